@@ -1,0 +1,128 @@
+"""The backbone protocol: what a diffusion model must provide to become a DiffC codec.
+
+A backbone owns (1) an autoencoder between images and latents x0 (identity for the Gaussian
+backbone), (2) a noise schedule in the VP view, (3) a network and its prediction type, and
+(4) optional conditioning (text). The codec never touches the network directly: it calls
+``predict_x0(x_t, t, cond)``, which runs the network and converts its output through
+``diffc.prediction`` (one conversion layer for every prediction type).
+
+Adapters implement the abstract methods; see ``diffc.backbones.gaussian`` (analytic) and
+``diffc.backbones.diffusers_*`` (SD 1.5 / 2.1 / XL, Flux).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+
+from .prediction import network_input, x0_from_output
+from .schedule import NoiseSchedule
+
+
+class Backbone(ABC):
+    """A pretrained diffusion model seen as a DiffC backbone.
+
+    Units: images are float tensors [3, H, W] in [0, 1]; latents are float32 tensors [C, h, w]
+    already multiplied by the VAE scaling factor (and shifted, where the backbone defines a shift),
+    i.e. the x0 of the diffusion process.
+    """
+
+    #: registry name (conf/model/NAME.yaml), written into the .diffc header
+    name: str
+    #: 'epsilon' | 'sample' | 'v_prediction' | 'flow'
+    prediction_type: str
+    #: images are padded (replicate) to a multiple of this before encoding, cropped after decoding
+    size_multiple: int = 8
+    schedule: NoiseSchedule
+    device: torch.device = torch.device("cpu")
+
+    # ---- autoencoder --------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image [3, H, W] in [0, 1] (H, W multiples of ``size_multiple``) -> latent x0 [C, h, w]."""
+
+    @abstractmethod
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent x0 [C, h, w] -> image [3, H, W] in [0, 1] (clamped)."""
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def condition(self, caption: str | None) -> Any:
+        """Conditioning for the network (text embeddings...), computed once per image."""
+        return None
+
+    # ---- network ------------------------------------------------------------------------------
+    @abstractmethod
+    def network(self, model_input: torch.Tensor, t: int, cond: Any) -> torch.Tensor:
+        """Raw network output for one latent [C, h, w] at integer timestep t (0 <= t < T).
+
+        ``model_input`` is what ``diffc.prediction.network_input`` gives for the prediction type.
+        """
+
+    def network_timestep(self, t: int) -> int:
+        """Timestep at which the network is evaluated for chain timestep t (T -> T-1)."""
+        return min(t, self.schedule.num_train_timesteps - 1)
+
+    @torch.no_grad()
+    def predict_x0(self, x_t: torch.Tensor, t: int, cond: Any = None) -> torch.Tensor:
+        """E[x0 | x_t] as the model sees it, in latent units (float32, shape of x_t)."""
+        tn = self.network_timestep(t)
+        a, s = self.schedule.a_s(tn)
+        inp = network_input(x_t, a, s, self.prediction_type)
+        out = self.network(inp, tn, cond).to(x_t.dtype)
+        return x0_from_output(out, x_t, a, s, self.prediction_type)
+
+    def kl_weights(self, x_t: torch.Tensor, t: int, t_prev: int) -> torch.Tensor | None:
+        """Decoder-computable relative expected KL per latent entry for step t -> t_prev, or None.
+
+        Used to balance the chunk plan (chunks of equal *expected* KL). None = uniform.
+        """
+        return None
+
+    # ---- identity -----------------------------------------------------------------------------
+    @abstractmethod
+    def config(self) -> dict:
+        """JSON-able description of everything that changes the network's outputs
+        (architecture, weights id/revision, dtype, schedule). Hashed into the file fingerprint."""
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """Shape of the latent of a (padded) image of this size."""
+        img = torch.zeros(3, height, width, device=self.device)
+        return tuple(self.encode(img).shape)
+
+
+def fingerprint(obj: dict) -> bytes:
+    """4-byte fingerprint of a JSON-able dict (canonical JSON, sha256)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).digest()[:4]
+
+
+# ---- registry -----------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(*names: str):
+    """Decorator: register a factory ``f(**options) -> Backbone`` under one or more names."""
+
+    def deco(factory):
+        for n in names:
+            _REGISTRY[n] = factory
+        return factory
+
+    return deco
+
+
+def available_backbones() -> list[str]:
+    from . import backbones  # noqa: F401  (registers the built-in adapters)
+
+    return sorted(_REGISTRY)
+
+
+def load_backbone(name: str, **options: Any) -> Backbone:
+    """Build the backbone registered as ``name`` (options come from conf/model/NAME.yaml)."""
+    from . import backbones  # noqa: F401
+
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)
