@@ -1,0 +1,255 @@
+"""Evaluation datasets as lists of ``(image_id, uint8 array [H, W, 3])``.
+
+Datasets (``load_dataset(name, **options)``; the options are the keys of conf/dataset/NAME.yaml):
+
+- ``kodak``: the 24 Kodak images at native 768x512 / 512x768, fetched with pooch from
+  r0k.us and verified against the sha256 hashes below. Offline machines pre-seed the cache
+  (``make seed-data`` copies ../shared/datasets/kodak into ``$DIFFC_CACHE/kodak``): the same
+  fetch code then only verifies the hashes.
+- ``kodak-small``: a few Kodak images (default kodim01, 05, 15, 23), center-cropped to a square
+  and downscaled with Lanczos to 64x64 -- for demos and fast tests.
+- ``folder``: every PNG/JPEG of a directory, sorted by file name (the id is the file stem).
+- ``div2k``: the DIV2K validation (or training) HR set, downloaded as the official zip, each image
+  resized to about 1024^2 pixels with both sides multiples of 64 (see ``fit_to_pixels``; 2040x1356
+  -> 1216x832, the reference's "div2k-1024" samples).
+
+The cache directory is ``$DIFFC_CACHE`` or pooch's per-user cache (``pooch.os_cache('diffc')``).
+Every failure (missing network, a hash mismatch, a missing folder) raises ``DatasetError`` with
+one line naming the problem.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pooch
+import torch
+from PIL import Image
+
+Sample = tuple[str, np.ndarray]
+
+KODAK_URL = "https://r0k.us/graphics/kodak/kodak/"
+KODAK_SHA256: dict[str, str] = {
+    "kodim01.png": "a56e27cbf5f843c048b6af1d6e090760e9c92fadba88b7dee0205918a37523bd",
+    "kodim02.png": "4f4b74a79237e311d72cad958237b5f7088d8bce1c82305ebefe1a70e3022dfd",
+    "kodim03.png": "e25ca1ff2f0c0cb5fdfd5f9b0a0bb21ac4c3de3c84a67f35b09a85d3306249db",
+    "kodim04.png": "e3b946107c5d3441c022f678d0c3caf1e224d81b1604ba840a4f88e562de61aa",
+    "kodim05.png": "10349e963c5c813d327852f82c1795fa4148d69fedffc4c589bee458e3ac3d53",
+    "kodim06.png": "363510303b715d4cbc384e1ce227e466b613a09e1b71ae985882bf8e7fbd9b18",
+    "kodim07.png": "b77d3f006f42414bb242222e0482e750c0fb9e5ee8d4bed2f6f11c5605fe54a4",
+    "kodim08.png": "ba23983c76b4832ee0e8af0592664756841a16779acd69f792e268fb6d13d6e7",
+    "kodim09.png": "6a4361c2fc194feb4edaa9f9a4a0620fb9943e460ac7fdf037fb0f6dd6607a7d",
+    "kodim10.png": "9dfb70f5867c29ff9ed6313683f19b3d867849e40fbc0c4c54a4a89df341cf23",
+    "kodim11.png": "7936814b58b5387fce2e4e2488b4ec830dadd95fa9520f358ddb30990b50f2b6",
+    "kodim12.png": "d78c37c2f04f23761ed2367dd77e2db584ddd4c3950833fecf89f199a8126980",
+    "kodim13.png": "bc34a3ce58dea09dce1704c997171602de90cb34d0c8503a988b77f473d39b08",
+    "kodim14.png": "55a94550ff18f3246c4074fd32b77b0c74447c26b6ad274d564d999c0450ba6e",
+    "kodim15.png": "7538cbb80cb9103606c48b806eae57d56c885c7f90b9b3be70a41160f9cbb683",
+    "kodim16.png": "a89c7268ccd4718ba424a99fc4643c572cf692ca6eae887185ceb4e9f11d2e54",
+    "kodim17.png": "37afcc89fbdcb76d9518e04b2fc011027e2f4cd14b3b2f83cefd721641a47c5b",
+    "kodim18.png": "1a9258c365988961d87a0598725b609139c303ad48a5aad6c503c3b1a87849aa",
+    "kodim19.png": "b7450b264b1b0a411390d8931b112c27905a992520fc90569dc4b920aa32bbdc",
+    "kodim20.png": "3b46c71e3b92a563820ba32936be8330c586c41f938efd94be938386aae4328a",
+    "kodim21.png": "ac958597c82073f6bb65129c68f72b651db5b9efd82e11547d07350214bc268b",
+    "kodim22.png": "1cee58eb1f2d9c7ebb254d208a03c783ce6cf2c4d8c2cf45e235dd23b4ce1b29",
+    "kodim23.png": "e3111a2fd4da24af15d6459ef9eacfe54106b38e27b4a21821b75c3f5d2d5baf",
+    "kodim24.png": "1071c68372cc5a01435c2c225a5cf7d4bb803846ec08bb6b3d6721b156d7cb96",
+}
+KODAK_SMALL_IDS: tuple[str, ...] = ("kodim01", "kodim05", "kodim15", "kodim23")
+
+DIV2K_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+# sha256 of the official zips. Not recorded here (this project was built without access to the
+# files): None makes pooch download unverified and log the hash it computed; pin it by passing
+# ``sha256=...`` (conf/dataset/div2k.yaml) once you have checked a download.
+DIV2K_SHA256: dict[str, str | None] = {"valid": None, "train": None}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be loaded (one line: what and why)."""
+
+
+def cache_dir() -> Path:
+    """Root of the dataset cache: ``$DIFFC_CACHE`` or pooch's per-user cache for 'diffc'."""
+    env = os.environ.get("DIFFC_CACHE")
+    return Path(env) if env else Path(pooch.os_cache("diffc"))
+
+
+def _fetch(name: str, fname: str, base_url: str, sha256: str | None, **fetch_kwargs: Any) -> Path:
+    """Fetch one file of dataset ``name`` through pooch (download, or verify the cached copy)."""
+    path = cache_dir() / name
+    registry = {fname: None if sha256 is None else f"sha256:{sha256}"}
+    repo = pooch.create(path=path, base_url=base_url, registry=registry)
+    cached = path / fname
+    tampered = cached.exists() and sha256 is not None and pooch.file_hash(str(cached)) != sha256
+    try:
+        return Path(repo.fetch(fname, downloader=pooch.HTTPDownloader(progressbar=False, timeout=60),
+                               **fetch_kwargs))
+    except Exception as exc:  # network errors (requests), hash mismatch (ValueError), disk...
+        why = f"cached copy {cached} fails its sha256 check and " if tampered else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} "
+                           f"({type(exc).__name__}: {first[:200]})") from exc
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3]."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+def center_crop_square(img: np.ndarray) -> np.ndarray:
+    """The largest centered square of an [H, W, 3] image."""
+    h, w = img.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return img[top:top + side, left:left + side]
+
+
+def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resize of a uint8 [H, W, 3] image to (width, height)."""
+    if img.shape[:2] == (height, width):
+        return img
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def fit_to_pixels(img: np.ndarray, target_pixels: int = 1024 * 1024, multiple: int = 64,
+                  fit: str = "crop") -> np.ndarray:
+    """Resize to about ``target_pixels`` pixels with both sides multiples of ``multiple``.
+
+    The output size is (floor(W s / m) m, floor(H s / m) m) with s = sqrt(target / (W H)): e.g.
+    2040x1356 -> 1216x832 and 2040x1152 -> 1344x768 (SDXL resolution buckets). ``fit='crop'``
+    keeps the aspect ratio: Lanczos-resize so the image covers the output, then center-crop (at
+    most ``multiple`` pixels lost per side); ``fit='stretch'`` resizes straight to the output
+    size (aspect changes by < multiple / side).
+    """
+    h, w = img.shape[:2]
+    s = math.sqrt(target_pixels / (w * h))
+    out_w = max(multiple, int(w * s) // multiple * multiple)
+    out_h = max(multiple, int(h * s) // multiple * multiple)
+    if fit == "stretch":
+        return resize(img, out_w, out_h)
+    if fit != "crop":
+        raise DatasetError(f"unknown fit {fit!r} (crop, stretch)")
+    cover = max(out_w / w, out_h / h)
+    big_w, big_h = max(out_w, round(w * cover)), max(out_h, round(h * cover))
+    big = resize(img, big_w, big_h)
+    top, left = (big_h - out_h) // 2, (big_w - out_w) // 2
+    return big[top:top + out_h, left:left + out_w]
+
+
+def _kodak_files(ids: Sequence[str] | None) -> list[str]:
+    if ids is None:
+        return sorted(KODAK_SHA256)
+    files = [i if i.endswith(".png") else f"{i}.png" for i in ids]
+    unknown = [f for f in files if f not in KODAK_SHA256]
+    if unknown:
+        raise DatasetError(f"kodak: unknown image ids {unknown} (kodim01..kodim24)")
+    return files
+
+
+def load_kodak(ids: Sequence[str] | None = None, base_url: str = KODAK_URL) -> list[Sample]:
+    """The Kodak images (all 24 by default, or the given ids such as 'kodim05'), native size."""
+    return [(Path(f).stem, read_image(_fetch("kodak", f, base_url, KODAK_SHA256[f])))
+            for f in _kodak_files(ids)]
+
+
+def load_kodak_small(ids: Sequence[str] = KODAK_SMALL_IDS, size: int = 64, crop: bool = True,
+                     base_url: str = KODAK_URL) -> list[Sample]:
+    """A few Kodak images, center-cropped to a square (``crop``) and Lanczos-resized to ``size``.
+
+    Without ``crop`` the image is resized so its short side is ``size`` (aspect kept).
+    """
+    out = []
+    for image_id, img in load_kodak(ids, base_url=base_url):
+        if crop:
+            img = resize(center_crop_square(img), size, size)
+        else:
+            h, w = img.shape[:2]
+            k = size / min(h, w)
+            img = resize(img, round(w * k), round(h * k))
+        out.append((image_id, img))
+    return out
+
+
+def load_folder(path: str | os.PathLike | None = None, limit: int | None = None) -> list[Sample]:
+    """Every PNG/JPEG directly inside ``path``, sorted by name; ids are the file stems."""
+    if path is None:
+        raise DatasetError("folder: no path given (dataset.path=DIR)")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"folder: {root} is not a directory")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DatasetError(f"folder: no PNG/JPEG images in {root}")
+    return [(p.stem, read_image(p)) for p in files[:limit]]
+
+
+def load_div2k(split: str = "valid", ids: Sequence[str] | None = None, limit: int | None = None,
+               target_pixels: int = 1024 * 1024, multiple: int = 64, fit: str = "crop",
+               sha256: str | None = None, base_url: str = DIV2K_URL) -> list[Sample]:
+    """DIV2K HR images (``split`` valid: 0801-0900, train: 0001-0800) through ``fit_to_pixels``.
+
+    ``target_pixels=None`` keeps the native size.
+    """
+    if split not in DIV2K_SHA256:
+        raise DatasetError(f"div2k: unknown split {split!r} (valid, train)")
+    zname = f"DIV2K_{split}_HR.zip"
+    members = _fetch("div2k", zname, base_url, sha256 or DIV2K_SHA256[split],
+                     processor=pooch.Unzip(extract_dir=f"DIV2K_{split}_HR"))
+    files = sorted(Path(m) for m in members if Path(m).suffix.lower() == ".png")
+    if ids is not None:
+        wanted = {str(i) for i in ids}
+        files = [f for f in files if f.stem in wanted]
+        missing = wanted - {f.stem for f in files}
+        if missing:
+            raise DatasetError(f"div2k: ids not in the {split} split: {sorted(missing)}")
+    out = []
+    for f in files[:limit]:
+        img = read_image(f)
+        if target_pixels is not None:
+            img = fit_to_pixels(img, target_pixels, multiple, fit)
+        out.append((f.stem, img))
+    return out
+
+
+LOADERS: dict[str, Callable[..., list[Sample]]] = {
+    "kodak": load_kodak,
+    "kodak-small": load_kodak_small,
+    "folder": load_folder,
+    "div2k": load_div2k,
+}
+
+
+def load_dataset(name: str, **options: Any) -> list[Sample]:
+    """Load dataset ``name`` (kodak, kodak-small, folder, div2k) with its options.
+
+    Returns ``[(image_id, uint8 array [H, W, 3]), ...]`` in a fixed order.
+    """
+    if name not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(sorted(LOADERS))}")
+    loader = LOADERS[name]
+    known = inspect.signature(loader).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DatasetError(f"{name}: unknown options {unknown} (known: {', '.join(known)})")
+    return loader(**options)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 tensor [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Float tensor [3, H, W] in [0, 1] -> uint8 [H, W, 3] (clamped, rounded)."""
+    x = image.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
