@@ -1,0 +1,209 @@
+"""FLUX.1-dev backbone (and its tiny random-weight twin): a rectified-flow transformer.
+
+Flow matching: x_sigma = (1 - sigma) x0 + sigma eps, the transformer predicts the velocity
+v = eps - x0 (``prediction_type = 'flow'``, converted to x0 by ``diffc.prediction``). The integer
+chain timestep t maps to sigma through ``NoiseSchedule.flow_matching(shift)``:
+sigma(t) = shift u / (1 + (shift - 1) u), u = (t + 1) / T, and the transformer receives sigma
+(diffusers' Flux pipeline passes ``timestep / 1000`` with ``timestep = 1000 sigma``).
+
+The shift: FLUX.1-dev's scheduler config sets ``use_dynamic_shifting`` — its pipeline shifts by
+exp(mu), mu linear in the number of packed image tokens (``dynamic_flow_shift``). A backbone has
+one schedule for every image (the decoder must know it before seeing any image data), so we fix
+the token count at ``image_seq_len`` (default 1536 = a 768x512 Kodak image: latent 96x64 packed
+2x2 -> 48x32 tokens; shift = 2.048). ``shift`` overrides it (1.0 = the plain t/T grid of the
+reference implementation).
+
+Latents: the 16-channel VAE latent in ``Backbone`` units is (z - shift_factor) * scaling_factor,
+kept unpacked [16, h, w]; ``network`` packs 2x2 patches into tokens [h/2 * w/2, 64], builds the
+image position ids (0, row, col) and zero text ids, runs the transformer and unpacks. Images are
+padded to multiples of 16 (VAE 8x, then 2x2 packing).
+
+Guidance: FLUX.1-dev is guidance-distilled; its ``guidance`` input is the CFG scale it imitates.
+We default to 1.0 (= no guidance: the plain conditional model, the best density model for coding),
+not the 3.5 its pipeline uses for generation.
+
+Text: CLIP-L pooled vector + T5-XXL states (``max_sequence_length`` tokens, 512 for dev), the
+empty prompt by default. ``cpu_offload`` keeps T5/CLIP and the VAE on the CPU between their
+once-per-image uses; the transformer stays on the device.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backbone import register_backbone
+from ..prediction import flow_sigma
+from ..schedule import NoiseSchedule
+from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, T5TextStage, WeightsSource,
+                               cast, resolve_device, resolve_dtype)
+
+#: FLUX.1-dev's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler).
+FLUX_SCHEDULER: dict[str, Any] = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                      max_shift=1.15, num_train_timesteps=1000, shift=3.0,
+                                      use_dynamic_shifting=True)
+
+#: Tiny twin: one double + one single block, 2 heads of 16 (rope axes 4 + 4 + 8 = 16).
+TINY_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+    axes_dims_rope=(4, 4, 8))
+#: 16-channel VAE with the real 8x downsampling, no quant convs (as FLUX.1's). Factors chosen like the
+#: real ones (latents of natural images ~ unit variance), with a non-zero shift to exercise that path.
+TINY_FLUX_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
+    block_out_channels=(16, 16, 32, 32), sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+    scaling_factor=3.0, shift_factor=-0.01,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+TINY_TEXT_SEQ_LEN = 8
+
+#: Default token count for the dynamic shift: a 768x512 image (Kodak).
+KODAK_SEQ_LEN = (768 // 16) * (512 // 16)
+
+
+def dynamic_flow_shift(image_seq_len: int, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
+                       base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Flux's resolution-dependent shift exp(mu), mu linear in the packed token count.
+
+    mu = base_shift + (n - base_image_seq_len) (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
+    (diffusers ``calculate_shift``); the exponential time shift sigma' = e^mu sigma / (1 + (e^mu - 1) sigma)
+    is exactly ``NoiseSchedule.flow_matching(shift=e^mu)``. 1536 tokens (768x512) -> 2.048.
+    """
+    slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
+    return math.exp(base_shift + (image_seq_len - base_image_seq_len) * slope)
+
+
+def flow_shift(scheduler_config: dict[str, Any], image_seq_len: int) -> float:
+    """The shift a Flux scheduler config implies for ``image_seq_len`` packed tokens."""
+    sc = scheduler_config
+    if not sc.get("use_dynamic_shifting", False):
+        return float(sc.get("shift", 1.0))
+    return dynamic_flow_shift(image_seq_len, sc["base_image_seq_len"], sc["max_image_seq_len"],
+                              sc["base_shift"], sc["max_shift"])
+
+
+def pack_latent(x: torch.Tensor) -> torch.Tensor:
+    """[C, h, w] -> tokens [h/2 * w/2, 4C]: 2x2 patches, row-major, channels-major within a token."""
+    c, h, w = x.shape
+    return x.view(c, h // 2, 2, w // 2, 2).permute(1, 3, 0, 2, 4).reshape((h // 2) * (w // 2), c * 4)
+
+
+def unpack_latent(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latent`: tokens [h/2 * w/2, 4C] -> [C, h, w]."""
+    c = tokens.shape[-1] // 4
+    return tokens.view(h // 2, w // 2, c, 2, 2).permute(2, 0, 3, 1, 4).reshape(c, h, w)
+
+
+def image_ids(h: int, w: int) -> torch.Tensor:
+    """Position ids [h/2 * w/2, 3] of the packed tokens: (0, row, col)."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+@dataclass(frozen=True)
+class FluxCond:
+    """Per-image conditioning: T5 states [1, L, 4096], CLIP pooled [1, 768], text ids [L, 3]."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+    txt_ids: torch.Tensor
+
+
+class FluxBackbone(DiffusersBackbone):
+    """FLUX.1 as a DiffC backbone (see the module docstring for the math)."""
+
+    size_multiple = 16
+
+    def __init__(self, *, name: str, transformer: torch.nn.Module, vae: torch.nn.Module, text_stages: list[Any],
+                 scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 identity: dict[str, Any], shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
+                 guidance: float = 1.0, compile: bool = False, cpu_offload: bool = False):
+        self.shift = float(shift) if shift is not None else flow_shift(scheduler_config, image_seq_len)
+        schedule = NoiseSchedule.flow_matching(self.shift, scheduler_config.get("num_train_timesteps", 1000))
+        super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, prediction_type="flow",
+                         device=device, dtype=dtype, cpu_offload=cpu_offload)
+        self.transformer = self._maybe_compile(cast(transformer, dtype).to(device).eval(), compile)
+        self.guidance = float(guidance)
+        self._identity_dict = {**identity, "shift": self.shift, "guidance": self.guidance,
+                               "shift_rule": "fixed" if shift is not None else f"dynamic@{image_seq_len}"}
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str, *, hub_id: str = "black-forest-labs/FLUX.1-dev", revision: str | None = None,
+                        path: str | None = None, dtype: str = "bfloat16", device: str = "auto",
+                        compile: bool = False, cpu_offload: bool = False, shift: float | None = None,
+                        image_seq_len: int = KODAK_SEQ_LEN, guidance: float = 1.0,
+                        max_sequence_length: int = 512) -> "FluxBackbone":
+        """Load a diffusers-format Flux checkpoint (transformer, vae, CLIP + T5 encoders)."""
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        src = WeightsSource(name, hub_id, revision, path)
+        sched = src.load_config(FlowMatchEulerDiscreteScheduler, "scheduler")  # small: fail fast
+        transformer = src.load(FluxTransformer2DModel, "transformer", torch_dtype=dt)
+        vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
+        stages = [ClipTextStage(src.load(CLIPTokenizer, "tokenizer"), src.load(CLIPTextModel, "text_encoder", dtype=dt)),
+                  T5TextStage(src.load(T5TokenizerFast, "tokenizer_2"),
+                              src.load(T5EncoderModel, "text_encoder_2", dtype=dt), max_sequence_length)]
+        identity = {"weights": src.identity(), "max_sequence_length": max_sequence_length}
+        return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=sched,
+                   device=dev, dtype=dt, identity=identity, shift=shift, image_seq_len=image_seq_len,
+                   guidance=guidance, compile=compile, cpu_offload=cpu_offload)
+
+    @classmethod
+    def tiny(cls, name: str = "tiny-flux", *, seed: int = 0, dtype: str = "float32", device: str = "auto",
+             compile: bool = False, shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
+             guidance: float = 1.0) -> "FluxBackbone":
+        """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings."""
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+        dev = resolve_device(device)
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER)
+        vae = AutoencoderKL(**TINY_FLUX_VAE)
+        tt = TINY_TRANSFORMER
+        stages = [SeededTextStage(seed, 0, TINY_TEXT_SEQ_LEN, tt["joint_attention_dim"], tt["pooled_projection_dim"])]
+        identity = {"tiny": {"seed": seed, "transformer": TINY_TRANSFORMER, "vae": TINY_FLUX_VAE,
+                             "text_seq_len": TINY_TEXT_SEQ_LEN}}
+        return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=FLUX_SCHEDULER,
+                   device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, shift=shift,
+                   image_seq_len=image_seq_len, guidance=guidance, compile=compile)
+
+    # ---- conditioning -----------------------------------------------------------------------------
+    def condition(self, caption: str | None) -> FluxCond:
+        """T5 states from the last stage, CLIP pooled vector from the first (one seeded stage for tiny)."""
+        outs = self._run_text_stages(caption)
+        hidden = outs[-1].hidden
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=self.device, dtype=self.dtype)
+        return FluxCond(hidden, outs[0].pooled, txt_ids)
+
+    # ---- network --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def network(self, model_input: torch.Tensor, t: int, cond: FluxCond | None) -> torch.Tensor:
+        """Velocity v = eps - x0 for one flow-space latent [16, h, w] at chain timestep t."""
+        cond = self._cond(cond)
+        _, h, w = model_input.shape
+        sigma = flow_sigma(*self.schedule.a_s(t))
+        tokens = pack_latent(model_input.to(self.device, self.dtype))[None]
+        guidance = (torch.full((1,), self.guidance, device=self.device, dtype=self.dtype)
+                    if self.transformer.config.guidance_embeds else None)
+        out = self.transformer(
+            hidden_states=tokens, encoder_hidden_states=cond.hidden, pooled_projections=cond.pooled,
+            timestep=torch.full((1,), sigma, device=self.device, dtype=self.dtype),
+            img_ids=image_ids(h, w).to(self.device, self.dtype), txt_ids=cond.txt_ids, guidance=guidance,
+            return_dict=False)[0]
+        return unpack_latent(out[0].float(), h, w).to(model_input.device)
+
+    def _identity(self) -> dict[str, Any]:
+        return {"family": "flux", **self._identity_dict}
+
+
+register_backbone("flux-dev")(functools.partial(FluxBackbone.from_pretrained, "flux-dev"))
+register_backbone("tiny-flux")(functools.partial(FluxBackbone.tiny, "tiny-flux"))

@@ -1,0 +1,247 @@
+"""Stable Diffusion 1.5 / 2.1 / XL backbones and their tiny random-weight twins.
+
+One adapter class, :class:`StableDiffusionBackbone`, serves the whole family; the variants differ
+only by data:
+
+- ``sd15``  runwayml/stable-diffusion-v1-5 (epsilon), one CLIP-L encoder, final-layer states;
+- ``sd21``  stabilityai/stable-diffusion-2-1 (768 px, v_prediction), one OpenCLIP-H encoder;
+- ``sdxl``  stabilityai/stable-diffusion-xl-base-1.0 (epsilon), CLIP-L + OpenCLIP-bigG penultimate
+  states concatenated, pooled bigG embedding and "added time ids" (micro-conditioning on the image
+  size), optional refiner UNet (stabilityai/stable-diffusion-xl-refiner-1.0) for the low-noise steps
+  t < ``refiner_below_t`` (the refiner was trained on the lowest 200 of the 1000 DDPM steps).
+
+The prediction type and the DDPM betas are read from the checkpoint's scheduler config, never
+hard-coded: schedule = ``NoiseSchedule.ddpm(beta_start, beta_end, beta_schedule, num_train_timesteps)``.
+
+Tiny twins (``tiny-sd15``, ``tiny-sd21``, ``tiny-sdxl``): the same diffusers classes built from
+small constructor arguments after ``torch.manual_seed(seed)`` (as diffusers' own tests do), a VAE
+with the real 8x downsampling, and :class:`SeededTextStage` in place of tokenizers/text encoders.
+They are offline and fast; ``tiny-sdxl`` can build a tiny refiner too (``refiner: true``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..backbone import register_backbone
+from ..schedule import NoiseSchedule
+from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds,
+                               WeightsSource, cast, resolve_device, resolve_dtype)
+
+#: SDXL micro-conditioning defaults of diffusers' pipelines (refiner "aesthetic score").
+AESTHETIC_SCORE = 6.0
+
+# ---- tiny architectures ------------------------------------------------------------------------
+#: VAE with the real 8x downsampling (4 blocks) and tiny widths: 64x64 image -> 4x8x8 latent.
+#: scaling_factor chosen as the real one is (1 / std of natural-image latents, Kodak at 96x64).
+TINY_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, scaling_factor=4.0,
+    block_out_channels=(16, 16, 32, 32), sample_size=64,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+_TINY_UNET_BASE: dict[str, Any] = dict(
+    block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+
+#: The scheduler config of the real SD checkpoints (DDPM betas, scaled_linear, 1000 steps).
+_SD_SCHEDULER: dict[str, Any] = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                     num_train_timesteps=1000, prediction_type="epsilon")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """A tiny twin: UNet args, text stage dims [(dim, pooled_dim)], scheduler config, refiner UNet args."""
+
+    unet: dict[str, Any]
+    text: tuple[tuple[int, int | None], ...]
+    scheduler: dict[str, Any]
+    refiner_unet: dict[str, Any] | None = None
+    text_seq_len: int = 8
+
+
+TINY_SPECS: dict[str, TinySpec] = {
+    "tiny-sd15": TinySpec(
+        unet={**_TINY_UNET_BASE, "cross_attention_dim": 32, "attention_head_dim": 8},
+        text=((32, None),), scheduler=_SD_SCHEDULER),
+    "tiny-sd21": TinySpec(
+        unet={**_TINY_UNET_BASE, "cross_attention_dim": 32, "attention_head_dim": (2, 4),
+              "use_linear_projection": True},
+        text=((32, None),), scheduler={**_SD_SCHEDULER, "prediction_type": "v_prediction"}),
+    "tiny-sdxl": TinySpec(
+        # CLIP-L-like (32) + bigG-like (32, pooled 32) stages: cross-attention dim 64, time-ids 6 x 8 + 32.
+        unet={**_TINY_UNET_BASE, "cross_attention_dim": 64, "attention_head_dim": (2, 4),
+              "use_linear_projection": True, "transformer_layers_per_block": (1, 2),
+              "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+              "projection_class_embeddings_input_dim": 6 * 8 + 32},
+        text=((32, None), (32, 32)), scheduler=_SD_SCHEDULER,
+        # refiner: bigG-like stage only (32), 5 time ids (size, crop, aesthetic score) x 8 + 32.
+        refiner_unet={**_TINY_UNET_BASE, "cross_attention_dim": 32, "attention_head_dim": (2, 4),
+                      "use_linear_projection": True, "addition_embed_type": "text_time",
+                      "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 5 * 8 + 32}),
+}
+
+
+@dataclass(frozen=True)
+class SDCond:
+    """Per-image conditioning: base UNet embeddings, and the refiner's (SDXL with refiner) or None."""
+
+    base: TextEmbeds
+    refiner: TextEmbeds | None
+
+
+class StableDiffusionBackbone(DiffusersBackbone):
+    """SD 1.5 / 2.1 / XL as a DiffC backbone: UNet2DConditionModel + AutoencoderKL + text stages.
+
+    Conditioning: each text stage gives (states, pooled); the base UNet sees the stages' states
+    concatenated on the feature axis (one stage for SD 1.5/2.1, CLIP-L ++ bigG for SDXL) and the last
+    stage's pooled vector; the SDXL refiner sees the last stage alone. UNets with
+    ``addition_embed_type == "text_time"`` also get time ids built from the (padded) image size:
+    6 ids (H, W, 0, 0, H, W) for the base, 5 ids (H, W, 0, 0, aesthetic score) for the refiner,
+    told apart by the UNet's ``projection_class_embeddings_input_dim``.
+    """
+
+    size_multiple = 8
+
+    def __init__(self, *, name: str, unet: torch.nn.Module, vae: torch.nn.Module, text_stages: list[Any],
+                 scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                 identity: dict[str, Any], refiner: torch.nn.Module | None = None, refiner_below_t: int = 200,
+                 compile: bool = False, cpu_offload: bool = False):
+        sc = scheduler_config
+        schedule = NoiseSchedule.ddpm(sc["beta_start"], sc["beta_end"], sc["beta_schedule"],
+                                      sc["num_train_timesteps"])
+        super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, device=device, dtype=dtype,
+                         prediction_type=sc.get("prediction_type", "epsilon"), cpu_offload=cpu_offload)
+        self.scheduler_config = {k: sc[k] for k in ("beta_start", "beta_end", "beta_schedule",
+                                                     "num_train_timesteps")}
+        self.unet = self._maybe_compile(cast(unet, dtype).to(device).eval(), compile)
+        self.refiner = None if refiner is None else self._maybe_compile(
+            cast(refiner, dtype).to(device).eval(), compile)
+        self.refiner_below_t = refiner_below_t
+        self._identity_dict = identity
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str, *, hub_id: str, revision: str | None = None, path: str | None = None,
+                        dtype: str = "float16", device: str = "auto", compile: bool = False,
+                        cpu_offload: bool = False, refiner_hub_id: str | None = None,
+                        refiner_revision: str | None = None, refiner_path: str | None = None,
+                        refiner_below_t: int = 200) -> "StableDiffusionBackbone":
+        """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        src = WeightsSource(name, hub_id, revision, path)
+        sched = src.load_config(DDPMScheduler, "scheduler")  # small file first: fail fast offline
+        unet = src.load(UNet2DConditionModel, "unet", torch_dtype=dt)
+        vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
+        xl = unet.config.addition_embed_type == "text_time"
+        stages = [ClipTextStage(src.load(CLIPTokenizer, "tokenizer"),
+                                src.load(CLIPTextModel, "text_encoder", dtype=dt), penultimate=xl)]
+        if xl:
+            stages.append(ClipTextStage(src.load(CLIPTokenizer, "tokenizer_2"),
+                                        src.load(CLIPTextModelWithProjection, "text_encoder_2", dtype=dt),
+                                        penultimate=True))
+        identity: dict[str, Any] = {"weights": src.identity()}
+        refiner = None
+        if refiner_hub_id is not None:
+            rsrc = WeightsSource(name, refiner_hub_id, refiner_revision, refiner_path)
+            rsched = rsrc.load_config(DDPMScheduler, "scheduler")
+            if rsched.get("prediction_type", "epsilon") != sched.get("prediction_type", "epsilon"):
+                raise ValueError(f"{name}: refiner {refiner_hub_id!r} predicts {rsched.get('prediction_type')}, "
+                                 f"base predicts {sched.get('prediction_type')}")
+            refiner = rsrc.load(UNet2DConditionModel, "unet", torch_dtype=dt)
+            identity["refiner"] = {"weights": rsrc.identity(), "below_t": refiner_below_t}
+        return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=sched, device=dev,
+                   dtype=dt, identity=identity, refiner=refiner, refiner_below_t=refiner_below_t,
+                   compile=compile, cpu_offload=cpu_offload)
+
+    @classmethod
+    def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
+             compile: bool = False, refiner: bool = False, refiner_below_t: int = 200) -> "StableDiffusionBackbone":
+        """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        spec = TINY_SPECS[name]
+        if refiner and spec.refiner_unet is None:
+            raise ValueError(f"{name} has no refiner twin")
+        dev = resolve_device(device)
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**spec.unet)
+        vae = AutoencoderKL(**TINY_VAE)
+        ref = None
+        if refiner:
+            torch.manual_seed(seed + 1)
+            ref = UNet2DConditionModel(**spec.refiner_unet)
+        stages = [SeededTextStage(seed, i, spec.text_seq_len, d, p) for i, (d, p) in enumerate(spec.text)]
+        identity: dict[str, Any] = {"tiny": {"seed": seed, "unet": spec.unet, "vae": TINY_VAE,
+                                             "text": spec.text, "text_seq_len": spec.text_seq_len}}
+        if refiner:
+            identity["refiner"] = {"tiny_unet": spec.refiner_unet, "seed": seed + 1, "below_t": refiner_below_t}
+        return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=spec.scheduler,
+                   device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, refiner=ref,
+                   refiner_below_t=refiner_below_t, compile=compile)
+
+    # ---- conditioning -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def condition(self, caption: str | None) -> SDCond:
+        """Run the text stage(s) once; ``None`` = the empty prompt."""
+        outs = self._run_text_stages(caption)
+        base = TextEmbeds(torch.cat([e.hidden for e in outs], dim=-1), outs[-1].pooled)
+        return SDCond(base, outs[-1] if self.refiner is not None else None)
+
+    # ---- network --------------------------------------------------------------------------------
+    @staticmethod
+    def time_ids(unet: torch.nn.Module, pooled_dim: int, height: int, width: int) -> list[float]:
+        """SDXL micro-conditioning for an uncropped image of height x width pixels."""
+        cfg = unet.config
+        n = (cfg.projection_class_embeddings_input_dim - pooled_dim) // cfg.addition_time_embed_dim
+        if n == 6:
+            return [height, width, 0, 0, height, width]
+        if n == 5:
+            return [height, width, 0, 0, AESTHETIC_SCORE]
+        raise ValueError(f"unsupported SDXL time-id layout ({n} ids)")
+
+    @torch.no_grad()
+    def network(self, model_input: torch.Tensor, t: int, cond: SDCond | None) -> torch.Tensor:
+        """UNet output (eps or v, per ``prediction_type``) for one latent [4, h, w] at timestep t."""
+        cond = self._cond(cond)
+        use_refiner = self.refiner is not None and t < self.refiner_below_t
+        unet, emb = (self.refiner, cond.refiner) if use_refiner else (self.unet, cond.base)
+        x = model_input[None].to(self.device, self.dtype)
+        added = None
+        if unet.config.addition_embed_type == "text_time":
+            h, w = (d * self.vae_scale for d in model_input.shape[-2:])
+            ids = self.time_ids(unet, emb.pooled.shape[-1], h, w)
+            added = {"text_embeds": emb.pooled,
+                     "time_ids": torch.tensor([ids], device=self.device, dtype=self.dtype)}
+        out = unet(x, t, encoder_hidden_states=emb.hidden, added_cond_kwargs=added, return_dict=False)[0]
+        return out[0].float().to(model_input.device)
+
+    def _identity(self) -> dict[str, Any]:
+        return {"family": "stable-diffusion", "scheduler": self.scheduler_config, **self._identity_dict}
+
+
+# ---- registry -------------------------------------------------------------------------------------
+#: Real checkpoints: name -> default hub id (options from conf/model/NAME.yaml override it).
+REAL_HUB_IDS: dict[str, str] = {
+    "sd15": "runwayml/stable-diffusion-v1-5",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+def _build_real(name: str, **options: Any) -> StableDiffusionBackbone:
+    options.setdefault("hub_id", REAL_HUB_IDS[name])
+    return StableDiffusionBackbone.from_pretrained(name, **options)
+
+
+for _name in REAL_HUB_IDS:
+    register_backbone(_name)(functools.partial(_build_real, _name))
+for _name in TINY_SPECS:
+    register_backbone(_name)(functools.partial(StableDiffusionBackbone.tiny, _name))
