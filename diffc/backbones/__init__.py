@@ -1,1 +1,2 @@
-"""diffc/backbones."""
+"""Built-in backbones; importing this package registers them."""
+from . import gaussian  # noqa: F401

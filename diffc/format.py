@@ -1,0 +1,204 @@
+"""The .diffc container.
+
+Layout (all integers unsigned LEB128 varints unless noted; every length is bounded):
+
+    magic      4 bytes  b"\\x89DFC"
+    version    1 byte   (FORMAT_VERSION)
+    backbone   u8 length + ASCII registry name (<= 64)
+    fingerprint 4 bytes  sha256[:4] of backbone config + codec parameters
+    width, height          original image size in pixels (1..65536)
+    seed                   shared-randomness seed (< 2^32)
+    schedule   u8 length + ASCII schedule name (<= 64)
+    chunk_bits, padding_bits   1 byte each
+    recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
+    n_steps                number of coded diffusion steps (<= 10000)
+    caption    varint length (<= 65536) + zlib-compressed UTF-8 (0 = none)
+    payload    range-coded stream (multiple of 4 bytes)
+    crc32      4 bytes little-endian, over everything before it
+
+Any malformed, truncated or foreign input raises a subclass of ``DiffcFormatError`` with a
+one-line message; nothing is allocated from a header field before it is bounds-checked.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"\x89DFC"
+FORMAT_VERSION = 1
+RECON_MODES = ("denoise", "ode")
+MAX_NAME = 64
+MAX_SIDE = 65536
+MAX_STEPS = 10000
+MAX_CAPTION = 65536
+
+
+class DiffcFormatError(ValueError):
+    """A .diffc file could not be parsed."""
+
+
+class NotADiffcFile(DiffcFormatError):
+    """Wrong magic: not a .diffc file."""
+
+
+class UnsupportedVersion(DiffcFormatError):
+    """Written by a newer/older, incompatible format version."""
+
+
+class TruncatedFile(DiffcFormatError):
+    """The file ends early."""
+
+
+class CorruptFile(DiffcFormatError):
+    """Checksum mismatch or out-of-range header field."""
+
+
+class FingerprintMismatch(DiffcFormatError):
+    """The file was written with another backbone/weights/config than the one loaded."""
+
+
+@dataclass(frozen=True)
+class Header:
+    backbone: str
+    fingerprint: bytes
+    width: int
+    height: int
+    seed: int
+    schedule: str
+    chunk_bits: int
+    padding_bits: int
+    recon: str
+    recon_steps: int
+    n_steps: int
+    caption: str | None = None
+
+
+def _varint(v: int) -> bytes:
+    if v < 0:
+        raise ValueError("varint must be >= 0")
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _short_str(s: str) -> bytes:
+    b = s.encode("ascii")
+    if len(b) > MAX_NAME:
+        raise ValueError(f"name {s!r} longer than {MAX_NAME} bytes")
+    return bytes([len(b)]) + b
+
+
+def write(header: Header, payload: bytes) -> bytes:
+    """Serialise header + payload + CRC32."""
+    if header.recon not in RECON_MODES:
+        raise ValueError(f"recon must be one of {RECON_MODES}")
+    cap = zlib.compress(header.caption.encode("utf-8"), 9) if header.caption else b""
+    body = b"".join([
+        MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
+        _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
+        bytes([header.chunk_bits, header.padding_bits, RECON_MODES.index(header.recon)]),
+        _varint(header.recon_steps), _varint(header.n_steps), _varint(len(cap)), cap, payload,
+    ])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise TruncatedFile(f"truncated .diffc file: ends inside the {what}")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def varint(self, what: str, max_value: int) -> int:
+        v = shift = 0
+        for _ in range(5):
+            (b,) = self.take(1, what)
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        else:
+            raise CorruptFile(f"corrupt .diffc file: {what} is not a valid varint")
+        if v > max_value:
+            raise CorruptFile(f"corrupt .diffc file: {what} = {v} exceeds {max_value}")
+        return v
+
+    def short_str(self, what: str) -> str:
+        (n,) = self.take(1, what)
+        if n > MAX_NAME:
+            raise CorruptFile(f"corrupt .diffc file: {what} length {n} exceeds {MAX_NAME}")
+        raw = self.take(n, what)
+        if not all(0x21 <= c < 0x7F for c in raw):
+            raise CorruptFile(f"corrupt .diffc file: {what} is not printable ASCII")
+        return raw.decode("ascii")
+
+
+def read(data: bytes) -> tuple[Header, bytes]:
+    """Parse and verify a .diffc file; returns (header, payload)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("read() takes bytes")
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise NotADiffcFile("not a .diffc file (bad magic bytes)")
+    if len(data) < len(MAGIC) + 1 + 4:
+        raise TruncatedFile("truncated .diffc file: shorter than the smallest header")
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(f".diffc format version {version} is not supported (this build reads {FORMAT_VERSION})")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    r = _Reader(body)
+    r.take(len(MAGIC) + 1, "magic")
+    try:
+        backbone = r.short_str("backbone name")
+        fp = r.take(4, "fingerprint")
+        width = r.varint("width", MAX_SIDE)
+        height = r.varint("height", MAX_SIDE)
+        seed = r.varint("seed", 2**32 - 1)
+        schedule = r.short_str("schedule name")
+        chunk_bits, padding_bits, recon = r.take(3, "codec parameters")
+        recon_steps = r.varint("recon_steps", 1000)
+        n_steps = r.varint("step count", MAX_STEPS)
+        cap_len = r.varint("caption length", MAX_CAPTION)
+        cap_raw = r.take(cap_len, "caption")
+    except TruncatedFile:
+        if zlib.crc32(body) != crc:
+            raise TruncatedFile("truncated or corrupt .diffc file (header incomplete, checksum mismatch)") from None
+        raise
+    if zlib.crc32(body) != crc:
+        raise CorruptFile("corrupt .diffc file: CRC32 mismatch")
+    if width < 1 or height < 1:
+        raise CorruptFile("corrupt .diffc file: zero image size")
+    if recon >= len(RECON_MODES):
+        raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
+    if not 1 <= chunk_bits <= 24 or padding_bits > 8:
+        raise CorruptFile("corrupt .diffc file: chunk parameters out of range")
+    caption = None
+    if cap_len:
+        try:
+            z = zlib.decompressobj()
+            cap_bytes = z.decompress(cap_raw, MAX_CAPTION)
+            if z.unconsumed_tail or not z.eof:
+                raise CorruptFile("corrupt .diffc file: caption too long or incomplete")
+            caption = cap_bytes.decode("utf-8")
+        except (zlib.error, UnicodeDecodeError) as e:
+            raise CorruptFile(f"corrupt .diffc file: bad caption ({e})") from None
+    payload = body[r.pos:]
+    if len(payload) % 4:
+        raise CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
+    header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
+                    RECON_MODES[recon], recon_steps, n_steps, caption)
+    return header, payload
+
+
+def header_size(header: Header) -> int:
+    """Bytes of everything but the payload (header fields + CRC)."""
+    return len(write(header, b""))

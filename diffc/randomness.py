@@ -1,0 +1,87 @@
+"""Counter-based shared randomness: standard normals with random access.
+
+Every random number of the codec is a pure function of (seed, stream, row, column):
+
+    P[col] = h(col + key),   R[row] = h(h(row + key) ^ key'),   entry(row, col) = N(h(P[col] ^ R[row]))
+
+with ``h`` the 32-bit "lowbias32" integer hash (two xorshift-multiply rounds) and
+N(u) = sqrt(2) erfinv(2u - 1) applied to the top 24 bits of the hash. A candidate of PFR is
+a *row*, a latent entry is a *column*. Nothing depends on call order, tensor shape or thread
+count, so the decoder regenerates one candidate of a chunk (its columns only) without producing
+the K-1 others, and it gets exactly the entries the encoder scored. Rows and columns enter
+through separate hashes, never through ``row * n_cols + col``: no index product can overflow
+(the reference's 32-bit-offset bug cannot happen by construction).
+
+Integer work is int32 with two's-complement wrap-around (as on CPU and CUDA); right shifts are
+made logical by masking. Normals are truncated at |z| ~ 5.4 (24-bit uniforms): a 1e-7 tail.
+Floating point (erfinv) may differ between device types, so files are portable between
+machines of the same device type (CPU<->CPU, CUDA<->CUDA).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+_C1 = 0x7FEB352D
+_C2 = 0x846CA68B - (1 << 32)  # as signed int32
+_SQRT2 = math.sqrt(2.0)
+_INV24 = 1.0 / (1 << 24)
+
+
+def stream_key(seed: int, *labels: int) -> int:
+    """A 31-bit stream key from the seed and integer labels (step index, purpose, ...)."""
+    h = hashlib.blake2b(repr((int(seed),) + tuple(int(v) for v in labels)).encode(), digest_size=4)
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on an int32 tensor (wrapping multiplies, logical shifts)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _C1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _C2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def column_hashes(key: int, cols: torch.Tensor) -> torch.Tensor:
+    """P[col] for int columns (any int dtype, values < 2^31)."""
+    return hash32(cols.to(torch.int32) + key)
+
+
+def row_hashes(key: int, rows: torch.Tensor) -> torch.Tensor:
+    """R[row] for int rows (values < 2^31)."""
+    return hash32(hash32(rows.to(torch.int32) + key) ^ 0x5BD1E995)
+
+
+def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal from a 32-bit hash: sqrt(2) erfinv(2u - 1), u = (top 24 bits + 1/2) / 2^24.
+
+    2u - 1 = (2k + 1 - 2^24) / 2^24 is formed in integers first, so it is exact in float32.
+    """
+    v = (((h >> 8) & 0xFFFFFF) * 2 + (1 - (1 << 24))).to(dtype) * _INV24
+    return _SQRT2 * torch.erfinv(v)
+
+
+def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor) -> torch.Tensor:
+    """h(P[col] ^ R[row]) from precomputed column and row hashes (broadcasting)."""
+    return hash32(col_h ^ row_h)
+
+
+def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Entries (row, col) of the stream's infinite Gaussian matrix; rows and cols broadcast."""
+    return hash_to_normal(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)), dtype)
+
+
+def uniforms(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Uniforms in (0, 1) from the same construction (24-bit resolution)."""
+    h = entry_hashes(column_hashes(key, cols), row_hashes(key, rows))
+    return (((h >> 8) & 0xFFFFFF).to(dtype) + 0.5) * _INV24
+
+
+def noise_like(seed: int, label: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """A reproducible N(0, I) float32 tensor of the given shape (e.g. the pure-noise start x_T)."""
+    cols = torch.arange(math.prod(shape), dtype=torch.int32, device=device)
+    rows = torch.zeros(1, dtype=torch.int32, device=device)
+    return normals(stream_key(seed, label), rows, cols).reshape(shape)
