@@ -246,7 +246,7 @@ def load_dataset(name: str, **options: Any) -> list[Sample]:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 tensor [3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""Rate-distortion figures from a results directory.
+
+    python -m analysis.rd_curves results=DIR [metrics=psnr,lpips] [out=DIR/figures] [formats=png,pdf]
+
+One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}``: bits per pixel on
+x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
+mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
+quality ceiling of its autoencoder). FID/KID come from the dataset-level table (no band).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import cli  # noqa: E402
+from .results import HIGHER_IS_BETTER, UNITS, load_results, rate_points, vae_ceiling  # noqa: E402
+
+Z95 = 1.96
+
+
+def fid_points(fid: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curve points, VAE ceilings) of a dataset-level metric in the shape of ``rate_points``."""
+    ok = fid[fid[metric].notna()].copy()
+    ok["value"], ok["sem"], ok["n"] = ok[metric].astype(float), 0.0, ok["n_patches"]
+    codec = ok[ok["kind"] == "codec"].rename(columns={"bpp_mean": "bpp"})
+    codec = codec[["dataset", "model", "recon_timestep", "target_bpp", "bpp", "value", "n", "sem"]]
+    return codec.sort_values(["dataset", "model", "bpp"], ignore_index=True), ok[ok["kind"] == "vae"]
+
+
+def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: str,
+            title: str) -> dict[str, dict[str, Any]]:
+    """Draw one RD plot; returns per model what was plotted: bpp, value, lo, hi, vae."""
+    plotted: dict[str, dict[str, Any]] = {}
+    models = sorted(set(curves["model"]) | set(ceilings["model"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, model in enumerate(models):
+        color = colors[k % len(colors)]
+        c = curves[curves["model"] == model]
+        entry: dict[str, Any] = {"bpp": c["bpp"].to_numpy(), "value": c["value"].to_numpy(),
+                                 "lo": (c["value"] - Z95 * c["sem"]).to_numpy(),
+                                 "hi": (c["value"] + Z95 * c["sem"]).to_numpy(), "vae": None}
+        if len(c):
+            ax.plot(entry["bpp"], entry["value"], marker="o", ms=4, color=color, label=model)
+            ax.fill_between(entry["bpp"], entry["lo"], entry["hi"], color=color, alpha=0.2, lw=0)
+        v = ceilings[ceilings["model"] == model]
+        if len(v):
+            entry["vae"] = float(v["value"].mean())
+            if math.isinf(entry["vae"]):  # lossless autoencoder: nothing to draw
+                ax.plot([], [], ls="--", lw=1.2, color=color, label=f"{model} VAE: lossless")
+            else:
+                ax.axhline(entry["vae"], ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
+        plotted[model] = entry
+    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    ax.set_xlabel("rate (bits per pixel, bpp)")
+    ax.set_ylabel(f"{UNITS[metric]} ({better} is better)")
+    ax.set_title(title)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right" if HIGHER_IS_BETTER[metric] else "upper right",
+              framealpha=0.9)
+    return plotted
+
+
+def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> dict[tuple[str, str], dict]:
+    """Write every figure; returns {(dataset, metric): plotted data} of the figures written."""
+    rows, fid = load_results(results)
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[str, str], dict] = {}
+    for metric in metrics:
+        if metric in ("fid", "kid"):
+            curves, ceilings = fid_points(fid, metric)
+        else:
+            curves, ceilings = rate_points(rows, metric), vae_ceiling(rows, metric)
+        for dataset in sorted(set(curves["dataset"])):
+            n_img = rows.loc[(rows["dataset"] == dataset) & (rows["kind"] == "codec"), "image"].nunique()
+            fig, ax = plt.subplots(figsize=(6.4, 4.6))
+            band = "" if metric in ("fid", "kid") else ", band: 95% CI of the mean"
+            plotted = plot_rd(ax, curves[curves["dataset"] == dataset], ceilings[ceilings["dataset"] == dataset],
+                              metric, f"{dataset} ({n_img} images{band})")
+            fig.tight_layout()
+            for fmt in formats:
+                fig.savefig(out / f"{dataset}-rd-{metric}.{fmt}", dpi=150)
+            plt.close(fig)
+            done[(dataset, metric)] = plotted
+    if not done:
+        raise cli.UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")
+    return done
+
+
+def _main(v: dict[str, Any]) -> None:
+    unknown = [m for m in v["metrics"] if m not in HIGHER_IS_BETTER]
+    if unknown:
+        raise cli.UsageError(f"unknown metrics {unknown}; known: {', '.join(HIGHER_IS_BETTER)}")
+    results = Path(v["results"])
+    written = render(results, v["metrics"], Path(v["out"]) if v["out"] else results / "figures", v["formats"])
+    for dataset, metric in written:
+        print(f"{dataset}-rd-{metric}: {len(written[dataset, metric])} models")
+
+
+OPTIONS = {
+    "results": cli.Option(str, None, "results directory (a job dir or a sweep dir)"),
+    "metrics": cli.Option(cli.as_list, list(HIGHER_IS_BETTER), "metrics to plot (those with data)"),
+    "out": cli.Option(str, "", "output directory (default: RESULTS/figures)", optional=True),
+    "formats": cli.Option(cli.as_list, ["png", "pdf"], "figure formats"),
+}
+
+if __name__ == "__main__":
+    cli.run(_main, sys.argv[1:], OPTIONS, "analysis.rd_curves", __doc__.strip().splitlines()[0])

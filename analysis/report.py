@@ -1,0 +1,138 @@
+"""Tables of a results directory: metrics per rate point, and BD-rate between backbones.
+
+    python -m analysis.report results=DIR [out=DIR/report] [anchor=MODEL] [method=akima]
+
+Writes ``{out}.md`` (both tables, markdown) and ``{out}-points.csv`` / ``{out}-bdrate.csv``.
+BD-rate (bjontegaard) of every model against ``anchor`` (default: the first model by name), per
+dataset and metric, on the mean curves: quality is given higher-is-better (-LPIPS, -DISTS), rates
+sorted strictly increasing (points that do not increase the rate are dropped). Negative = the
+model needs fewer bits than the anchor for the same quality. A pair that cannot be computed
+(too few points, no overlap) gives NaN and the reason.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import bjontegaard
+import numpy as np
+import pandas as pd
+
+from . import cli
+from .results import HIGHER_IS_BETTER, load_results, rate_points, vae_ceiling
+
+PER_IMAGE = ("psnr", "ms_ssim", "lpips", "dists", "qalign")
+MIN_POINTS = 2
+
+
+def points_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, model and rate point (VAE last): n images, mean bpp and every metric's mean."""
+    keys = ["dataset", "model", "kind", "recon_timestep", "target_bpp"]
+    finite = rows.copy()
+    for m in PER_IMAGE:
+        finite[m] = finite[m].astype(float).replace([np.inf, -np.inf], np.nan)
+    finite["kl_bpp"] = finite["kl_bits"] / (finite["width"] * finite["height"]).astype(float)
+    agg = finite.groupby(keys, dropna=False).agg(
+        n=("image", "nunique"), bpp=("bpp", "mean"), kl_bpp=("kl_bpp", "mean"),
+        **{m: (m, "mean") for m in PER_IMAGE}).reset_index()
+    return agg.sort_values(["dataset", "model", "kind", "bpp"], ignore_index=True)
+
+
+def monotone(bpp: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by rate and keep only strictly increasing rates (first of equal rates)."""
+    order = np.argsort(bpp, kind="stable")
+    bpp, quality = bpp[order], quality[order]
+    keep = np.concatenate([[True], np.diff(bpp) > 0]) if len(bpp) else np.zeros(0, bool)
+    return bpp[keep], quality[keep]
+
+
+def bd_rate(anchor: pd.DataFrame, test: pd.DataFrame, metric: str, method: str) -> tuple[float, str]:
+    """BD-rate (%) of ``test`` vs ``anchor`` curves (columns bpp, value): (value, reason if NaN/suspect)."""
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    ra, qa = monotone(anchor["bpp"].to_numpy(float), sign * anchor["value"].to_numpy(float))
+    rt, qt = monotone(test["bpp"].to_numpy(float), sign * test["value"].to_numpy(float))
+    if min(len(ra), len(rt)) < MIN_POINTS:
+        return math.nan, f"too few distinct rate points ({len(ra)} anchor, {len(rt)} test)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value = float(bjontegaard.bd_rate(ra, qa, rt, qt, method=method, require_matching_points=False))
+        except (AssertionError, ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
+            return math.nan, f"bjontegaard failed: {type(exc).__name__}: {exc}".rstrip(": ")
+    reason = "; ".join(str(w.message) for w in caught)
+    if not math.isfinite(value):
+        return math.nan, reason or "non-finite result"
+    return value, reason
+
+
+def bd_table(rows: pd.DataFrame, anchor: str | None, method: str) -> pd.DataFrame:
+    """BD-rate of every model vs the anchor, per dataset and per-image metric with data."""
+    out = []
+    for metric in PER_IMAGE:
+        curves = rate_points(rows, metric)
+        for dataset, per_ds in curves.groupby("dataset"):
+            models = sorted(set(rows.loc[rows["dataset"] == dataset, "model"]))
+            ref = anchor or models[0]
+            if ref not in models:
+                raise cli.UsageError(f"anchor {ref!r} not among the models of {dataset}: {', '.join(models)}")
+            for model in models:
+                if model == ref:
+                    continue
+                value, reason = bd_rate(per_ds[per_ds["model"] == ref], per_ds[per_ds["model"] == model],
+                                        metric, method)
+                out.append({"dataset": dataset, "metric": metric, "anchor": ref, "model": model,
+                            "bd_rate_pct": value, "reason": reason})
+    return pd.DataFrame(out, columns=["dataset", "metric", "anchor", "model", "bd_rate_pct", "reason"])
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a markdown table (floats to 4 significant digits, NaN/NA as 'nan')."""
+    if not len(df):
+        return "(none)"
+
+    def cell(v: Any) -> str:
+        if v is None or v is pd.NA:
+            return "nan"
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def markdown(points: pd.DataFrame, bd: pd.DataFrame, ceilings: pd.DataFrame) -> str:
+    """The report as markdown."""
+    fmt = md_table
+    return "\n\n".join([
+        "# DiffC results", "## Metrics per rate point (mean over images; kind=vae: autoencoder only)",
+        fmt(points), "## VAE ceilings (PSNR)", fmt(ceilings),
+        "## BD-rate vs anchor (%; negative = fewer bits for the same quality)", fmt(bd), ""])
+
+
+def _main(v: dict[str, Any]) -> None:
+    results = Path(v["results"])
+    rows, _ = load_results(results)
+    out = Path(v["out"]) if v["out"] else results / "report"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    points = points_table(rows)
+    bd = bd_table(rows, v["anchor"] or None, v["method"])
+    points.to_csv(f"{out}-points.csv", index=False)
+    bd.to_csv(f"{out}-bdrate.csv", index=False)
+    Path(f"{out}.md").write_text(markdown(points, bd, vae_ceiling(rows, "psnr")))
+    print(f"{out}.md: {len(points)} rate points, {len(bd)} BD-rate pairs "
+          f"({int(bd['bd_rate_pct'].isna().sum())} NaN)")
+
+
+OPTIONS = {
+    "results": cli.Option(str, None, "results directory (a job dir or a sweep dir)"),
+    "out": cli.Option(str, "", "output path prefix (default: RESULTS/report)"),
+    "anchor": cli.Option(str, "", "anchor model for BD-rate (default: first by name)"),
+    "method": cli.Option(str, "akima", "bjontegaard interpolation: akima | pchip | cubic"),
+}
+
+if __name__ == "__main__":
+    cli.run(_main, sys.argv[1:], OPTIONS, "analysis.report", __doc__.strip().splitlines()[0])

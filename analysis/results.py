@@ -1,0 +1,79 @@
+"""Reading a results directory written by ``pipelines.evaluate`` (one or many job dirs).
+
+A job dir holds ``job.json`` (its current config hash) and ``shards/IMAGE.HASH.parquet``; only
+shards of the current hash are read, so rows of an older config in the same dir never mix in.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.evaluate import FID_COLUMNS, FID_FILE, JOB_JSON, SHARDS, frame
+
+from .cli import UsageError
+
+#: direction of each metric: True = higher is better
+HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ms_ssim": True, "lpips": False, "dists": False,
+                                     "qalign": True, "fid": False, "kid": False}
+UNITS: dict[str, str] = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS (AlexNet)",
+                         "dists": "DISTS", "qalign": "Q-Align score", "fid": "FID (256px patches)",
+                         "kid": "KID (256px patches)"}
+
+
+def job_dirs(results: Path) -> list[Path]:
+    """Every job dir under ``results`` (itself included), sorted."""
+    if not results.is_dir():
+        raise UsageError(f"results directory {results} does not exist")
+    return sorted(p.parent for p in results.rglob(JOB_JSON))
+
+
+def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, fid) of every job under ``results``; rows has the columns of ``pipelines.evaluate``."""
+    rows, fids = [], []
+    dirs = job_dirs(Path(results))
+    for d in dirs:
+        chash = json.loads((d / JOB_JSON).read_text())["config_hash"]
+        rows += [pd.read_parquet(p) for p in sorted((d / SHARDS).glob(f"*.{chash}.parquet"))]
+        fid = d / FID_FILE
+        if fid.exists():
+            df = pd.read_parquet(fid)
+            fids.append(df[df["config_hash"] == chash])
+    if not rows:
+        raise UsageError(f"no result shards under {results} ({len(dirs)} job dirs)")
+    out_rows = pd.concat(rows, ignore_index=True)
+    out_fid = pd.concat(fids, ignore_index=True) if fids else pd.DataFrame(columns=list(FID_COLUMNS))
+    return frame(out_rows.to_dict("records")), out_fid
+
+
+def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean curve per (dataset, model, rate point) of the codec rows, sorted by bpp.
+
+    Columns: dataset, model, recon_timestep, target_bpp, bpp, value (mean over images with a
+    finite value), sem (standard error of that mean; 0 with one image), n.
+    """
+    codec = rows[(rows["kind"] == "codec") & rows["bpp"].notna()].copy()
+    codec["value"] = codec[metric].astype(float)
+    codec = codec[codec["value"].notna() & (codec["value"].abs() != float("inf"))]
+    keys = ["dataset", "model", "recon_timestep", "target_bpp"]
+    agg = codec.groupby(keys, dropna=False).agg(bpp=("bpp", "mean"), value=("value", "mean"),
+                                                sd=("value", "std"), n=("value", "size")).reset_index()
+    agg["sem"] = (agg["sd"] / agg["n"] ** 0.5).fillna(0.0)
+    return agg.drop(columns="sd").sort_values(["dataset", "model", "bpp"], ignore_index=True)
+
+
+def vae_ceiling(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean metric of the VAE round trip per (dataset, model): columns dataset, model, value, n.
+
+    Infinite values (PSNR of a lossless autoencoder, e.g. the Gaussian backbone's identity) are
+    left out of the mean; a model whose every value is infinite gets value inf.
+    """
+    vae = rows[rows["kind"] == "vae"].copy()
+    vae["value"] = vae[metric].astype(float)
+    vae = vae[vae["value"].notna()]
+    vae["finite"] = vae["value"].where(vae["value"].abs() != float("inf"))
+    agg = vae.groupby(["dataset", "model"]).agg(value=("finite", "mean"), inf=("value", "max"),
+                                                n=("value", "size")).reset_index()
+    agg["value"] = agg["value"].fillna(agg["inf"])
+    return agg.drop(columns="inf")

@@ -1,0 +1,353 @@
+"""Sweep job: one model x one dataset, every rate point from one progressive encode per image.
+
+    python -m pipelines.evaluate [-m] model=gaussian dataset=kodak-small bitrate=quick metrics=offline
+
+Per image: encode ONCE with all stop timesteps (progressive bitstream), write each rate point's
+real .diffc bytes (bpp = file size x 8 / pixels), decode them (checking the decoder's x_t equals
+the encoder's), reconstruct and score; plus one VAE round-trip row (kind='vae': the ceiling of
+the backbone's autoencoder). Output, in the job directory (named by the job's overrides):
+
+- ``shards/IMAGE.HASH.parquet``: the rows of one image (written atomically; HASH = config hash),
+- ``job.json`` (identity: config hash, model, dataset) and ``job.yaml`` (resolved config),
+- ``fid.parquet``: dataset-level FID/KID on patches per rate point (when ``metrics.fid``),
+- ``done.json``: the done marker; a rerun of a done job returns at once, an interrupted job
+  redoes only the images without a shard.
+
+Columns: see ``COLUMNS`` (DESIGN.md section 2, plus ``timestep``, ``target_bpp``,
+``delivered_bits``, ``width``, ``height``, ``ms_ssim_scales``, ``metric_errors``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
+from .metrics import ALL_METRICS, MetricSet, fid_kid, format_reasons, ms_ssim_scales
+
+log = logging.getLogger(__name__)
+
+#: the results table, in order (DESIGN.md section 2 first)
+COLUMNS: tuple[str, ...] = (
+    "model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
+    "bits_payload", "bits_side", "bits_header", "kl_bits", *ALL_METRICS, "encode_s", "decode_s",
+    "config_hash", "timestep", "target_bpp", "delivered_bits", "width", "height",
+    "ms_ssim_scales", "metric_errors",
+)
+INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
+               "height", "ms_ssim_scales")
+STR_COLUMNS = ("model", "dataset", "image", "kind", "config_hash", "metric_errors")
+FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
+                                "bpp_mean", "fid", "kid", "n_patches", "reason", "config_hash")
+#: config keys that do not change the results (left out of the config hash)
+VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra")
+DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
+
+
+# job dir name: the job's overrides, or "defaults" when there are none (conf/config.yaml)
+OmegaConf.register_new_resolver("or_defaults", lambda name: name or "defaults", replace=True)
+
+
+class PipelineError(RuntimeError):
+    """Bad input or an unusable setup: reported as one line, non-zero exit."""
+
+
+# ---- configuration ------------------------------------------------------------------------------
+def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits identifying everything that changes the rows of a job."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in VOLATILE_KEYS:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config mapping (or None) as a resolved plain dict."""
+    return {} if node is None else dict(OmegaConf.to_container(node, resolve=True))
+
+
+def codec_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The model's codec defaults with the non-null ``codec.*`` overrides applied."""
+    return plain(cfg.model.get("codec")) | {k: v for k, v in plain(cfg.codec).items() if v is not None}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class RatePlan:
+    """What to encode (stop timesteps) and which rate points to report (labels)."""
+
+    stop_timesteps: list[int]
+    targets: list[float] | None  # bpp mode: one reported point per target
+
+    @classmethod
+    def from_config(cls, bitrate: DictConfig) -> "RatePlan":
+        mode = bitrate.get("mode", "timesteps")
+        key = {"timesteps": "stop_timesteps", "bpp": "candidates"}.get(mode)
+        if key is None:
+            raise PipelineError(f"bitrate.mode must be timesteps or bpp, got {mode!r}")
+        stops = [int(t) for t in bitrate.get(key) or []]
+        if not stops or any(t <= 0 for t in stops):
+            raise PipelineError(f"bitrate.{key} must be a non-empty list of positive timesteps")
+        targets = None
+        if mode == "bpp":
+            targets = sorted(float(b) for b in bitrate.get("targets") or [])
+            if not targets or targets[0] <= 0:
+                raise PipelineError("bitrate.targets must be a non-empty list of positive bpp")
+        return cls(sorted(set(stops), reverse=True), targets)
+
+    def select(self, pairs: list[tuple[int, Any]], pixels: int) -> list[tuple[int | None, Any | None, float]]:
+        """Rate points to report from ``pairs`` = [(requested stop timestep, point)] in
+        increasing rate: [(timestep, point, target_bpp)] -- every pair (target NaN), or per
+        target the highest-rate pair whose file is at most the target ((None, None, target)
+        when none is)."""
+        if self.targets is None:
+            return [(t, p, math.nan) for t, p in pairs]
+        chosen = []
+        for target in self.targets:
+            fits = [(t, p) for t, p in pairs if len(p.data) * 8 / pixels <= target]
+            chosen.append((*fits[-1], target) if fits else (None, None, target))
+        return chosen
+
+
+# ---- files --------------------------------------------------------------------------------------
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file + os.replace (never a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """Atomically write a parquet table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 [H, W, 3] image."""
+    from io import BytesIO
+
+    buf = BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def point_label(recon_timestep: int | None, target_bpp: float) -> str:
+    """File stem of a rate point: 'vae', 't700' or 'bpp0.1'."""
+    if recon_timestep is None:
+        return "vae"
+    return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
+
+
+def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> the results table with fixed column order and dtypes (nullable ints)."""
+    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    for c in INT_COLUMNS:
+        df[c] = df[c].astype("Int64")
+    for c in STR_COLUMNS:
+        df[c] = df[c].astype("string")
+    float_cols = [c for c in COLUMNS if c not in INT_COLUMNS and c not in STR_COLUMNS]
+    df[float_cols] = df[float_cols].astype("float64")
+    return df
+
+
+# ---- one image ----------------------------------------------------------------------------------
+class Job:
+    """The state of one job: config, backbone + codec, metrics, output directory."""
+
+    def __init__(self, cfg: DictConfig, job_dir: Path):
+        self.cfg = cfg
+        self.job_dir = job_dir
+        self.hash = config_hash(cfg)
+        self.plan = RatePlan.from_config(cfg.bitrate)
+        self.device = resolve_device(cfg.device)
+        self.fid = bool(cfg.metrics.get("fid", False))
+        self.save_png = bool(cfg.save.recon_png) or self.fid
+        try:
+            self.metrics = MetricSet(list(cfg.metrics.names), self.device)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from exc
+        self.codec = build_codec(cfg)
+        try:
+            for t in self.plan.stop_timesteps:
+                self.codec.stop_step_for(t)
+        except ValueError as exc:
+            raise PipelineError(f"bitrate: {exc}") from exc
+
+    def base_row(self, image_id: str, img: np.ndarray) -> dict[str, Any]:
+        h, w = img.shape[:2]
+        return {"model": self.cfg.model.name, "dataset": self.cfg.dataset.name, "image": image_id,
+                "config_hash": self.hash, "width": w, "height": h, "ms_ssim_scales": ms_ssim_scales(h, w)}
+
+    def score(self, row: dict[str, Any], ref: np.ndarray, rec: np.ndarray | None) -> dict[str, Any]:
+        if rec is None:
+            values, reasons = {}, {}
+        else:
+            values, reasons = self.metrics.compute(ref, rec)
+        row.update({m: values.get(m, math.nan) for m in ALL_METRICS})
+        row["metric_errors"] = format_reasons(reasons, self.metrics.names)
+        return row
+
+    def save(self, image_id: str, label: str, png: np.ndarray | None, data: bytes | None) -> None:
+        if png is not None and self.save_png:
+            atomic_write(self.job_dir / "recon" / image_id / f"{label}.png", png_bytes(png))
+        if data is not None and self.cfg.save.diffc:
+            atomic_write(self.job_dir / "diffc" / image_id / f"{label}.diffc", data)
+
+    def image_rows(self, image_id: str, img: np.ndarray) -> list[dict[str, Any]]:
+        """Encode once, decode + score every rate point, and the VAE round trip."""
+        x = to_tensor(img)
+        pixels = img.shape[0] * img.shape[1]
+        res = self.codec.encode(x, stop_timesteps=self.plan.stop_timesteps,
+                                caption=self.cfg.caption, progress=False)
+        by_step = {p.step_index: p for p in res.points}
+        pairs = [(t, by_step[self.codec.stop_step_for(t)]) for t in self.plan.stop_timesteps]
+        rows = []
+        for requested, point, target in self.plan.select(pairs, pixels):
+            row = self.base_row(image_id, img) | {"kind": "codec", "target_bpp": target,
+                                                   "encode_s": res.encode_s}
+            if point is None:
+                self.score(row, img, None)
+                row["metric_errors"] = f"no rate point at or below {target:g} bpp"
+                rows.append(row)
+                continue
+            out = self.codec.decode(point.data)
+            if self.cfg.verify_decode and not torch.equal(out.x_t.cpu(), point.x_t.cpu()):
+                raise PipelineError(f"{image_id} t={point.timestep}: decoded x_t differs from the encoder's")
+            rec = to_uint8(out.image)
+            row |= {"recon_timestep": requested, "step_index": point.step_index, "timestep": point.timestep,
+                    "bpp": len(point.data) * 8 / pixels, "bits_total": point.bits_total,
+                    "bits_payload": point.bits_payload, "bits_side": point.bits_side,
+                    "bits_header": point.bits_header, "kl_bits": point.kl_bits,
+                    "delivered_bits": point.delivered_bits, "decode_s": out.decode_s}
+            self.save(image_id, point_label(requested, target), rec, point.data)
+            rows.append(self.score(row, img, rec))
+        t0 = time.perf_counter()
+        vae = to_uint8(self.codec.vae_roundtrip(x))
+        row = self.base_row(image_id, img) | {"kind": "vae", "target_bpp": math.nan,
+                                               "decode_s": time.perf_counter() - t0}
+        self.save(image_id, "vae", vae, None)
+        rows.append(self.score(row, img, vae))
+        return rows
+
+
+def build_codec(cfg: DictConfig) -> Any:
+    """Backbone + DiffcCodec from the model config (its ``options`` choose the backbone's device)
+    and the codec overrides."""
+    from diffc.backbone import load_backbone
+    from diffc.codec import CodecParams, DiffcCodec
+
+    fields = codec_fields(cfg)
+    known = {f.name for f in dataclasses.fields(CodecParams)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
+    options = plain(cfg.model.get("options"))
+    try:
+        backbone = load_backbone(cfg.model.name, **options)
+        params = CodecParams(**fields)
+        return DiffcCodec(backbone, params)
+    except Exception as exc:  # missing weights, bad option values: one line for the user
+        raise PipelineError(f"model {cfg.model.name}: {type(exc).__name__}: {exc}") from exc
+
+
+# ---- the job ------------------------------------------------------------------------------------
+def shard_path(job_dir: Path, image_id: str, chash: str) -> Path:
+    return job_dir / SHARDS / f"{image_id}.{chash}.parquet"
+
+
+def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray]],
+                rows: pd.DataFrame) -> pd.DataFrame:
+    """FID/KID per rate point (and for the VAE) from the reconstructions saved in ``job_dir``."""
+    refs = [img for _, img in data]
+    out = []
+    for (kind, t, target), grp in rows.groupby(["kind", "recon_timestep", "target_bpp"], dropna=False):
+        label = point_label(None if pd.isna(t) else int(t), target)
+        pngs = [job_dir / "recon" / i / f"{label}.png" for i in grp["image"]]
+        if not all(p.exists() for p in pngs):
+            res_fid, res_kid, n, reason = math.nan, math.nan, 0, "reconstructions missing"
+        else:
+            recs = [np.asarray(Image.open(p).convert("RGB")) for p in pngs]
+            r = fid_kid(refs, recs, patch=int(cfg.metrics.fid_patch), device=resolve_device(cfg.device))
+            res_fid, res_kid, n, reason = r.fid, r.kid, r.n_patches, r.reason
+        out.append({"model": cfg.model.name, "dataset": cfg.dataset.name, "kind": kind,
+                    "recon_timestep": t, "target_bpp": target, "bpp_mean": grp["bpp"].mean(),
+                    "fid": res_fid, "kid": res_kid, "n_patches": n, "reason": reason,
+                    "config_hash": config_hash(cfg)})
+    df = pd.DataFrame(out, columns=list(FID_COLUMNS))
+    df["recon_timestep"] = df["recon_timestep"].astype("Int64")
+    return df
+
+
+def run_job(cfg: DictConfig, job_dir: Path) -> Path:
+    """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(cfg)
+    done = job_dir / DONE
+    if done.exists() and json.loads(done.read_text()).get("config_hash") == chash:
+        log.info("job %s already done (config %s)", job_dir, chash)
+        return job_dir
+    try:
+        data = load_dataset(cfg.dataset.name, **plain(cfg.dataset.get("options")))
+    except DatasetError as exc:
+        raise PipelineError(str(exc)) from exc
+    ids = [i for i, _ in data]
+    if len(set(ids)) != len(ids):
+        raise PipelineError(f"dataset {cfg.dataset.name}: duplicate image ids")
+    atomic_write(job_dir / JOB_YAML, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    atomic_write(job_dir / JOB_JSON, json.dumps({"config_hash": chash, "model": cfg.model.name,
+                                                 "dataset": cfg.dataset.name}).encode())
+    for stale in (job_dir / SHARDS).glob(".*.tmp-*"):
+        stale.unlink()
+    todo = [(i, img) for i, img in data if not shard_path(job_dir, i, chash).exists()]
+    job = Job(cfg, job_dir) if todo else None
+    for image_id, img in tqdm(todo, desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",
+                              disable=not cfg.progress, file=sys.stderr):
+        write_table(frame(job.image_rows(image_id, img)), shard_path(job_dir, image_id, chash))
+    rows = pd.concat([pd.read_parquet(shard_path(job_dir, i, chash)) for i in ids], ignore_index=True)
+    if cfg.metrics.get("fid", False):
+        write_table(dataset_fid(cfg, job_dir, data, rows), job_dir / FID_FILE)
+    atomic_write(done, json.dumps({"config_hash": chash, "images": len(ids), "rows": len(rows),
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+    log.info("job %s done: %d images, %d rows", job_dir, len(ids), len(rows))
+    return job_dir
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: one job in its own output directory."""
+    try:
+        run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
