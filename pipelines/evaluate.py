@@ -23,9 +23,9 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, plain, png_bytes
 from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
 from .metrics import ALL_METRICS, MetricSet, fid_kid, format_reasons, ms_ssim_scales
 
@@ -64,10 +65,6 @@ DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml"
 OmegaConf.register_new_resolver("or_defaults", lambda name: name or "defaults", replace=True)
 
 
-class PipelineError(RuntimeError):
-    """Bad input or an unusable setup: reported as one line, non-zero exit."""
-
-
 # ---- configuration ------------------------------------------------------------------------------
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits identifying everything that changes the rows of a job."""
@@ -76,16 +73,6 @@ def config_hash(cfg: DictConfig) -> str:
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def plain(node: Any) -> dict[str, Any]:
-    """A config mapping (or None) as a resolved plain dict."""
-    return {} if node is None else dict(OmegaConf.to_container(node, resolve=True))
-
-
-def codec_fields(cfg: DictConfig) -> dict[str, Any]:
-    """The model's codec defaults with the non-null ``codec.*`` overrides applied."""
-    return plain(cfg.model.get("codec")) | {k: v for k, v in plain(cfg.codec).items() if v is not None}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,29 +120,11 @@ class RatePlan:
 
 
 # ---- files --------------------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + os.replace (never a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """Atomically write a parquet table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """PNG encoding of a uint8 [H, W, 3] image."""
-    from io import BytesIO
-
     buf = BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
+    df.to_parquet(buf, index=False)
+    atomic_write(path, buf.getvalue())
 
 
 def point_label(recon_timestep: int | None, target_bpp: float) -> str:
@@ -193,7 +162,7 @@ class Job:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
-        self.codec = build_codec(cfg)
+        self.codec = build_codec(cfg.model, cfg.codec)
         try:
             for t in self.plan.stop_timesteps:
                 self.codec.stop_step_for(t)
@@ -255,26 +224,6 @@ class Job:
         self.save(image_id, "vae", vae, None)
         rows.append(self.score(row, img, vae))
         return rows
-
-
-def build_codec(cfg: DictConfig) -> Any:
-    """Backbone + DiffcCodec from the model config (its ``options`` choose the backbone's device)
-    and the codec overrides."""
-    from diffc.backbone import load_backbone
-    from diffc.codec import CodecParams, DiffcCodec
-
-    fields = codec_fields(cfg)
-    known = {f.name for f in dataclasses.fields(CodecParams)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
-    options = plain(cfg.model.get("options"))
-    try:
-        backbone = load_backbone(cfg.model.name, **options)
-        params = CodecParams(**fields)
-        return DiffcCodec(backbone, params)
-    except Exception as exc:  # missing weights, bad option values: one line for the user
-        raise PipelineError(f"model {cfg.model.name}: {type(exc).__name__}: {exc}") from exc
 
 
 # ---- the job ------------------------------------------------------------------------------------
@@ -340,14 +289,13 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: one job in its own output directory."""
-    try:
-        run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":
+    for group in ("model", "dataset", "bitrate", "metrics", "experiment"):
+        check_group_choice(sys.argv[1:], group)
     main()

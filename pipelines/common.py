@@ -1,0 +1,131 @@
+"""Pieces shared by the Hydra entry points: model configs -> codec, atomic files, one-line errors.
+
+A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name), ``options``
+(keyword arguments of ``diffc.backbone.load_backbone``) and ``codec`` (the backbone's defaults of
+``diffc.codec.CodecParams``). ``conf/codec/default.yaml`` holds user overrides of those defaults
+(``null`` = keep the model's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class PipelineError(RuntimeError):
+    """Bad input or an unusable setup: reported as one line, non-zero exit."""
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config mapping (or None) as a resolved plain dict."""
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        return dict(OmegaConf.to_container(node, resolve=True))
+    return dict(node)
+
+
+def available_models() -> list[str]:
+    """Names of the model configs in ``conf/model``."""
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def model_config(name: str) -> DictConfig:
+    """``conf/model/NAME.yaml`` (how decompress finds the backbone named in a file header)."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise PipelineError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return OmegaConf.load(path)
+
+
+def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
+                option_overrides: Mapping[str, Any] | None = None):
+    """Backbone + ``DiffcCodec`` from a model config, with non-null codec overrides applied.
+
+    Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
+    """
+    from diffc.backbone import load_backbone
+    from diffc.codec import CodecParams, DiffcCodec
+
+    model = OmegaConf.create(plain(model)) if not isinstance(model, DictConfig) else model
+    fields = plain(model.get("codec")) | {k: v for k, v in plain(codec_overrides).items() if v is not None}
+    known = {f.name for f in dataclasses.fields(CodecParams)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
+    options = plain(model.get("options")) | plain(option_overrides)
+    try:
+        params = CodecParams(**fields)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"codec parameters: {exc}") from exc
+    try:
+        backbone = load_backbone(model.name, **options)
+    except Exception as exc:  # missing weights, bad option values: one line for the user
+        raise PipelineError(f"model {model.name}: {type(exc).__name__}: {exc}") from exc
+    return DiffcCodec(backbone, params)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``:
+    readers see the old file or the whole new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 [H, W, 3] image."""
+    buf = BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def one_line_errors(func: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Decorate a Hydra task: expected failures (bad input, corrupt files, missing weights) print
+    ``error: ...`` on one line and exit 2; ``debug=true`` re-raises for the full traceback."""
+    from diffc.format import DiffcFormatError
+
+    from .datasets import DatasetError
+
+    @functools.wraps(func)
+    def wrapper(cfg: DictConfig) -> None:
+        try:
+            func(cfg)
+        except (PipelineError, DiffcFormatError, DatasetError, OSError) as exc:
+            if cfg.get("debug", False):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_group_choice(argv: list[str], group: str) -> None:
+    """Fail in one line on ``group=NAME`` when conf/GROUP/NAME.yaml does not exist (Hydra would
+    print a multi-line composition error)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == group and "," not in value:
+            names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            if value not in names:
+                print(f"error: unknown {group} {value!r}; available: {', '.join(names)}", file=sys.stderr)
+                sys.exit(2)
