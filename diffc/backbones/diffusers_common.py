@@ -102,30 +102,84 @@ class WeightsSource:
                 f"backbone {self.backbone!r}: model.options.path={self.path!r} is not a directory; "
                 f"it must be a local diffusers-format copy of {self.hub_id!r} (with {subfolder}/ and the "
                 "other component subfolders)")
-        if self.path is None:
-            kwargs["revision"] = self.revision
+        if self.path is not None:
+            try:
+                return fn(self.path, subfolder=subfolder, **kwargs)
+            except Exception as e:
+                raise BackboneLoadError(self.explain(subfolder, e)) from e
+        kwargs["revision"] = self.revision
+        # 1. The local HF cache only: no network, no retries (fast when the weights are there).
         try:
-            return fn(self.location, subfolder=subfolder, **kwargs)
+            return fn(self.hub_id, subfolder=subfolder, local_files_only=True, **kwargs)
         except Exception as e:  # diffusers/transformers/hub raise OSError, ValueError, HTTP errors...
-            raise BackboneLoadError(self.explain(subfolder, e)) from e
+            cache_err: BaseException = e
+        # 2. Not cached: download, unless offline (huggingface_hub would retry a dead network for ~30 s).
+        offline = hub_offline_reason()
+        if offline is not None:
+            raise BackboneLoadError(self.explain(subfolder, cache_err, offline)) from cache_err
+        try:
+            return fn(self.hub_id, subfolder=subfolder, **kwargs)
+        except Exception as e:
+            raise BackboneLoadError(self.explain(subfolder, e, "download failed")) from e
 
-    def explain(self, subfolder: str, err: BaseException) -> str:
-        """One message: what was looked for, where, and how to fix it."""
+    def explain(self, subfolder: str, err: BaseException, why: str | None = None) -> str:
+        """One line: what was looked for, where, and how to fix it."""
         from huggingface_hub import constants
 
-        cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        env = path_env_var(self.backbone)
         if self.path is not None:
             return (f"backbone {self.backbone!r}: could not load {subfolder!r} from the local copy "
                     f"model.options.path={self.path!r} (expected a diffusers-format copy of "
                     f"{self.hub_id!r} with a {subfolder}/ subfolder). Cause: {cause}")
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         rev = f" at revision {self.revision!r}" if self.revision else ""
+        why = f" ({why})" if why else ""
         return (f"backbone {self.backbone!r}: could not load {subfolder!r} of model {self.hub_id!r}{rev}: "
-                f"not found in the Hugging Face cache {constants.HF_HUB_CACHE} and not downloadable"
-                f"{offline}. Either download it there (`huggingface-cli download {self.hub_id}` on a "
-                "machine with access; gated models need `huggingface-cli login`), or point "
-                "model.options.path at a local diffusers-format copy, e.g. "
-                f"`model.options.path=/data/models/{self.hub_id.split('/')[-1]}`. Cause: {cause}")
+                f"not in the Hugging Face cache {constants.HF_HUB_CACHE} and not downloadable{why}. "
+                f"Either download it there (`huggingface-cli download {self.hub_id}` on a machine with "
+                "access; gated models need `huggingface-cli login`), or point model.options.path at a local "
+                f"diffusers-format copy, e.g. `model.options.path=/data/models/{self.hub_id.split('/')[-1]}` "
+                f"(or set {env}). Cause: {cause}")
+
+
+def path_env_var(backbone: str) -> str:
+    """Environment variable naming a local copy of ``backbone``'s weights: sd15 -> DIFFC_SD15_PATH,
+    flux-dev -> DIFFC_FLUX_DEV_PATH. Used when ``model.options.path`` is null."""
+    return "DIFFC_" + "".join(c if c.isalnum() else "_" for c in backbone.upper()) + "_PATH"
+
+
+def default_path(backbone: str, path: str | None) -> str | None:
+    """``path`` if given, else the value of :func:`path_env_var` (None when unset or empty)."""
+    return path if path is not None else (os.environ.get(path_env_var(backbone)) or None)
+
+
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def hub_offline_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be used now ('HF_HUB_OFFLINE is set', 'hub unreachable...'), or None.
+
+    One TCP connection attempt to the hub endpoint (or the HTTPS proxy) with a short timeout,
+    cached per process: offline machines fail in seconds instead of huggingface_hub's retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy if proxy else constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    key = f"{host}:{port}"
+    if key not in _HUB_REACHABLE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _HUB_REACHABLE[key] = True
+        except OSError:
+            _HUB_REACHABLE[key] = False
+    return None if _HUB_REACHABLE[key] else f"hub {constants.ENDPOINT} unreachable: no network"
 
 
 # ---- text conditioning --------------------------------------------------------------------------

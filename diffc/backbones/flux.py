@@ -39,7 +39,7 @@ from ..backbone import register_backbone
 from ..prediction import flow_sigma
 from ..schedule import NoiseSchedule
 from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, T5TextStage, WeightsSource,
-                               cast, resolve_device, resolve_dtype)
+                               cast, default_path, resolve_device, resolve_dtype)
 
 #: FLUX.1-dev's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler).
 FLUX_SCHEDULER: dict[str, Any] = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
@@ -145,7 +145,7 @@ class FluxBackbone(DiffusersBackbone):
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        src = WeightsSource(name, hub_id, revision, path)
+        src = WeightsSource(name, hub_id, revision, default_path(name, path))
         sched = src.load_config(FlowMatchEulerDiscreteScheduler, "scheduler")  # small: fail fast
         transformer = src.load(FluxTransformer2DModel, "transformer", torch_dtype=dt)
         vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)

@@ -29,7 +29,7 @@ import torch
 from ..backbone import register_backbone
 from ..schedule import NoiseSchedule
 from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds,
-                               WeightsSource, cast, resolve_device, resolve_dtype)
+                               WeightsSource, cast, default_path, resolve_device, resolve_dtype)
 
 #: SDXL micro-conditioning defaults of diffusers' pipelines (refiner "aesthetic score").
 AESTHETIC_SCORE = 6.0
@@ -136,7 +136,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        src = WeightsSource(name, hub_id, revision, path)
+        src = WeightsSource(name, hub_id, revision, default_path(name, path))
         sched = src.load_config(DDPMScheduler, "scheduler")  # small file first: fail fast offline
         unet = src.load(UNet2DConditionModel, "unet", torch_dtype=dt)
         vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
@@ -150,7 +150,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
         identity: dict[str, Any] = {"weights": src.identity()}
         refiner = None
         if refiner_hub_id is not None:
-            rsrc = WeightsSource(name, refiner_hub_id, refiner_revision, refiner_path)
+            rname = f"{name}-refiner"  # local copy: refiner_path or DIFFC_SDXL_REFINER_PATH
+            rsrc = WeightsSource(rname, refiner_hub_id, refiner_revision, default_path(rname, refiner_path))
             rsched = rsrc.load_config(DDPMScheduler, "scheduler")
             if rsched.get("prediction_type", "epsilon") != sched.get("prediction_type", "epsilon"):
                 raise ValueError(f"{name}: refiner {refiner_hub_id!r} predicts {rsched.get('prediction_type')}, "
