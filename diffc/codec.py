@@ -209,7 +209,7 @@ class DiffcCodec:
             if k in stops:
                 points.append((k, x.clone()))
         for k, x_k in points:
-            payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits)
+            payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits, min(x.numel(), MAX_CHUNKS))
             header = self._header(width, height, k, caption)
             data = fmt.write(header, payload)
             coded = cost.side_bits + cost.index_bits

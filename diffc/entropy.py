@@ -38,8 +38,13 @@ def _index_model(num_candidates: int, chunk_bits: float):
     return constriction.stream.model.Categorical(zipf_probabilities(num_candidates, chunk_bits), perfect=False)
 
 
-def _count_model():
-    return constriction.stream.model.QuantizedLaplace(1, MAX_CHUNKS)
+@functools.lru_cache(maxsize=32)
+def _count_model(max_chunks: int):
+    # Support 1..max_chunks (the decoder knows the bound: the latent's entry count). Over the whole
+    # 1..MAX_CHUNKS range the coder's 24-bit leaky quantization gives every one of the 2^24 symbols
+    # one quantum, i.e. a uniform law: ~24 bits per count instead of a few. constriction needs >= 2
+    # symbols.
+    return constriction.stream.model.QuantizedLaplace(1, max(2, min(max_chunks, MAX_CHUNKS)))
 
 
 def _count_params(prev: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,18 +74,22 @@ def laplace_bits(x: int, mean: float, scale: float) -> float:
     return -math.log2(max(cdf(x + 0.5) - cdf(x - 0.5), 1e-300))
 
 
-def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float) -> tuple[bytes, StreamCost]:
-    """Range-code a sequence of steps; returns the bytes and the ideal cost split."""
+def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float,
+                 max_chunks: int = MAX_CHUNKS) -> tuple[bytes, StreamCost]:
+    """Range-code a sequence of steps; returns the bytes and the ideal cost split.
+
+    ``max_chunks`` bounds every chunk count (the decoder passes the same bound to ``next_count``).
+    """
     enc = constriction.stream.queue.RangeEncoder()
     probs = zipf_probabilities(num_candidates, chunk_bits)
     log2p = np.log2(probs)
     cost = StreamCost()
     prev = 1
     for st in steps:
-        if not 1 <= st.n_chunks <= MAX_CHUNKS:
-            raise ValueError(f"chunk count {st.n_chunks} outside 1..{MAX_CHUNKS}")
+        if not 1 <= st.n_chunks <= min(max_chunks, MAX_CHUNKS):
+            raise ValueError(f"chunk count {st.n_chunks} outside 1..{min(max_chunks, MAX_CHUNKS)}")
         mean, scale = _count_params(prev)
-        enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(), mean, scale)
+        enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
         enc.encode(np.asarray(st.indices, dtype=np.int32), _index_model(num_candidates, chunk_bits))
         sb = laplace_bits(st.n_chunks, mean[0], scale[0])
         ib = float(-log2p[np.asarray(st.indices)].sum())
@@ -105,7 +114,7 @@ class StepDecoder:
 
     def next_count(self, max_chunks: int) -> int:
         mean, scale = _count_params(self._prev)
-        n = int(self._dec.decode(_count_model(), mean, scale)[0])
+        n = int(self._dec.decode(_count_model(max_chunks), mean, scale)[0])
         if not 1 <= n <= max_chunks:
             raise ValueError(f"decoded chunk count {n} outside 1..{max_chunks}")
         self._prev = n

@@ -1,0 +1,282 @@
+"""The codec end to end (Gaussian backbone): bit-exact round trips at every stop step,
+rate accounting, progressivity, parameters from the header, fingerprint checks."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffc import format as fmt
+from diffc.backbones.gaussian import GaussianBackbone
+from diffc.codec import CodecParams, DiffcCodec, params_from_header
+from diffc.entropy import MAX_CHUNKS, StepDecoder, StepSymbols, encode_steps
+
+CASES = {
+    # 64x64 Kodak crop, log-spaced schedule (denser at low noise), K = 2^5 (small K keeps it fast;
+    # exactness does not depend on K, see test_roundtrip_paper_like_settings for K = 2^10)
+    "kodak64-geom12": ("kodak64", CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0, recon="denoise")),
+    # odd size (77 wide x 53 high: padded to 80x56 inside, cropped back), K = 2^5
+    "odd77x53-linspace8": ("kodak_odd", CodecParams(schedule="linspace-8", chunk_bits=4, padding_bits=1, seed=3, recon="denoise")),
+}
+
+
+@dataclasses.dataclass
+class Encoded:
+    codec: DiffcCodec
+    image: torch.Tensor
+    result: object
+    decoded: list
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def enc(request, gaussian_backbone) -> Encoded:
+    fixture_name, params = CASES[request.param]
+    image = request.getfixturevalue(fixture_name)
+    codec = DiffcCodec(gaussian_backbone, params)
+    res = codec.encode(image, stop_timesteps=codec.timesteps[1:])
+    decoded = [codec.decode(p.data) for p in res.points]
+    return Encoded(codec, image, res, decoded)
+
+
+def _symbols(codec: DiffcCodec, data: bytes, n_dims: int) -> list[StepSymbols]:
+    """The entropy-decoded (chunk count, indices) of every step of a file."""
+    header, payload = fmt.read(data)
+    p = params_from_header(header)
+    dec = StepDecoder(payload, p.num_candidates, p.chunk_bits)
+    out = []
+    for _ in range(header.n_steps):
+        n = dec.next_count(min(n_dims, MAX_CHUNKS))
+        out.append(StepSymbols(n, dec.next_indices(n).astype(np.int32)))
+    return out
+
+
+def test_one_point_per_stop_step(enc: Encoded) -> None:
+    pts = enc.result.points
+    n_steps = len(enc.codec.timesteps) - 1
+    assert [p.step_index for p in pts] == list(range(1, n_steps + 1))
+    assert [p.timestep for p in pts] == enc.codec.timesteps[1:]
+    assert len(enc.result.step_kl_bits) == len(enc.result.step_chunks) == n_steps
+
+
+def test_decoder_xt_bit_identical_at_every_stop(enc: Encoded) -> None:
+    for p, d in zip(enc.result.points, enc.decoded):
+        assert d.timestep == p.timestep
+        assert d.header.n_steps == p.step_index
+        assert d.x_t.dtype == p.x_t.dtype == torch.float32
+        assert torch.equal(d.x_t, p.x_t), f"x_t differs at step {p.step_index} (t={p.timestep})"
+
+
+def test_decoded_image_is_what_encoder_reconstructs(enc: Encoded) -> None:
+    h, w = enc.image.shape[-2:]
+    for p, d in zip(enc.result.points, enc.decoded):
+        expected = enc.codec.reconstruct(p.x_t, p.timestep, h, w)
+        assert d.image.shape == (3, h, w)
+        assert torch.equal(d.image, expected)
+        assert float(d.image.min()) >= 0.0 and float(d.image.max()) <= 1.0
+
+
+def test_ode_reconstruction_matches_encoder_side(enc: Encoded) -> None:
+    h, w = enc.image.shape[-2:]
+    p = enc.result.points[len(enc.result.points) // 2]
+    d = enc.codec.decode(p.data, recon="ode", recon_steps=5)
+    assert torch.equal(d.x_t, p.x_t)
+    assert torch.equal(d.image, enc.codec.reconstruct(p.x_t, p.timestep, h, w, mode="ode", steps=5))
+    # and it is a different reconstruction from the one-step denoiser
+    assert not torch.equal(d.image, enc.decoded[len(enc.result.points) // 2].image)
+
+
+def test_quality_improves_with_rate(enc: Encoded) -> None:
+    mse = [float(((d.image - enc.image) ** 2).mean()) for d in enc.decoded]
+    psnr = [10 * math.log10(1 / m) for m in mse]
+    assert 9.0 < psnr[0] < 16.0, psnr  # first point: ~0.1 bpp, about the prior mean
+    assert psnr[-1] > psnr[0] + 5.0, psnr
+    # bits buy quality: no rate point is worse than the one before it (0.3 dB slack)
+    assert all(b > a - 0.3 for a, b in zip(psnr, psnr[1:])), psnr
+
+
+def test_rate_accounting(enc: Encoded) -> None:
+    h, w = enc.image.shape[-2:]
+    for p in enc.result.points:
+        header, payload = fmt.read(p.data)
+        assert (p.width, p.height) == (w, h) == (header.width, header.height)
+        assert p.bits_total == 8 * len(p.data)
+        assert p.bpp == 8 * len(p.data) / (w * h)
+        assert p.bits_header == 8 * fmt.header_size(header) == 8 * (len(p.data) - len(payload))
+        assert p.bits_side > 0 and p.bits_payload > 0
+        assert p.bits_header + p.bits_side + p.bits_payload == pytest.approx(p.bits_total, abs=1e-6)
+        assert p.kl_bits == pytest.approx(sum(enc.result.step_kl_bits[: p.step_index]), rel=1e-12)
+        assert p.delivered_bits == pytest.approx(sum(enc.result.step_delivered_bits[: p.step_index]), rel=1e-12)
+        assert p.kl_bits > 0
+
+
+def test_payload_is_the_range_coded_symbols(enc: Encoded) -> None:
+    """Re-encoding the decoded symbols gives the same payload bytes; the side/payload split is the
+    ideal-cost ratio; the chunk counts are the encoder's."""
+    c = enc.codec
+    n_dims = enc.result.points[0].x_t.numel()
+    k_cands = c.params.num_candidates
+    for p in enc.result.points:
+        header, payload = fmt.read(p.data)
+        steps = _symbols(c, p.data, n_dims)
+        assert [s.n_chunks for s in steps] == enc.result.step_chunks[: p.step_index]
+        assert all(0 <= int(i) < k_cands for s in steps for i in s.indices)
+        again, cost = encode_steps(steps, k_cands, c.params.chunk_bits, min(n_dims, MAX_CHUNKS))
+        assert again == payload
+        side = 8 * len(payload) * cost.side_bits / (cost.side_bits + cost.index_bits)
+        assert p.bits_side == pytest.approx(side, rel=1e-12)
+        # a range coder is within a few 32-bit words of the ideal code length
+        assert 8 * len(payload) <= cost.side_bits + cost.index_bits + 64 + 0.01 * (cost.side_bits + cost.index_bits)
+
+
+def test_chunk_count_side_info_costs_what_its_model_says() -> None:
+    """100 steps of slowly varying chunk counts: the range-coded stream is within 1% + 64 bits
+    of the ideal (Laplace) code length, i.e. a few bits per count, not ~24 (the 2^24-symbol
+    count model used to degenerate to uniform under the coder's 24-bit quantization)."""
+    counts = [20 + 5 * k + (k * 7) % 4 for k in range(100)]
+    steps = [StepSymbols(n, np.zeros(n, dtype=np.int32)) for n in counts]
+    data, cost = encode_steps(steps, 64, 6, max_chunks=12288)
+    assert cost.side_bits / len(counts) < 8.0
+    assert 8 * len(data) <= 1.01 * (cost.side_bits + cost.index_bits) + 64
+    dec = StepDecoder(data, 64, 6)
+    for n in counts:
+        assert dec.next_count(12288) == n
+        assert np.array_equal(dec.next_indices(n), np.zeros(n))
+    with pytest.raises(ValueError, match="outside"):
+        encode_steps([StepSymbols(5, np.zeros(5, dtype=np.int32))], 64, 6, max_chunks=4)
+    # a one-entry latent: the count is always 1 and still round-trips
+    data, _ = encode_steps([StepSymbols(1, np.array([3], dtype=np.int32))] * 3, 64, 6, max_chunks=1)
+    dec = StepDecoder(data, 64, 6)
+    assert [(dec.next_count(1), int(dec.next_indices(1)[0])) for _ in range(3)] == [(1, 3)] * 3
+
+
+def test_progressive_files_extend_each_other(enc: Encoded) -> None:
+    pts = enc.result.points
+    n_dims = pts[0].x_t.numel()
+    assert all(a.timestep > b.timestep for a, b in zip(pts, pts[1:]))
+    assert all(len(a.data) <= len(b.data) for a, b in zip(pts, pts[1:]))
+    assert len(pts[-1].data) > 4 * len(pts[0].data)
+    assert all(a.kl_bits < b.kl_bits for a, b in zip(pts, pts[1:]))
+    last = _symbols(enc.codec, pts[-1].data, n_dims)
+    for p in pts[:-1]:
+        mine = _symbols(enc.codec, p.data, n_dims)
+        assert len(mine) == p.step_index < len(last)
+        for a, b in zip(mine, last):  # symbol-level prefix of the longest file
+            assert a.n_chunks == b.n_chunks and np.array_equal(a.indices, b.indices)
+
+
+def test_encode_is_deterministic_and_stop_subset_matches(enc: Encoded) -> None:
+    """Asking for two stop steps gives byte-identical files to the full progressive encode."""
+    c, pts = enc.codec, enc.result.points
+    want = [pts[1].timestep, pts[3].timestep]
+    res = c.encode(enc.image, stop_timesteps=want[::-1])
+    assert [p.step_index for p in res.points] == [pts[1].step_index, pts[3].step_index]
+    assert res.points[0].data == pts[1].data and res.points[1].data == pts[3].data
+    assert torch.equal(res.points[1].x_t, pts[3].x_t)
+    # a stop timestep between grid points maps to the next lower encoding timestep
+    assert c.stop_step_for(pts[1].timestep + 1) == pts[1].step_index
+    with pytest.raises(ValueError):
+        c.stop_step_for(0)
+
+
+def test_params_come_from_the_header(enc: Encoded, gaussian_backbone) -> None:
+    """A codec built with other parameters decodes the file exactly (it uses the header's)."""
+    other = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-3", chunk_bits=3, padding_bits=0,
+                                                      seed=enc.codec.params.seed + 11, recon="ode"))
+    p, ref = enc.result.points[2], enc.decoded[2]
+    d = other.decode(p.data)
+    assert d.header.seed == enc.codec.params.seed
+    assert params_from_header(d.header) == enc.codec.params
+    assert d.timestep == p.timestep
+    assert torch.equal(d.x_t, p.x_t)
+    assert torch.equal(d.image, ref.image)  # header says recon='denoise'
+
+
+def test_other_seed_decodes_to_something_else(enc: Encoded) -> None:
+    """The seed matters: a file re-written with another seed in the header (fingerprint and CRC
+    recomputed) decodes without error to another x_t."""
+    c, p = enc.codec, enc.result.points[3]
+    header, payload = fmt.read(p.data)
+    forged_params = dataclasses.replace(c.params, seed=c.params.seed + 1)
+    forged = fmt.write(dataclasses.replace(header, seed=forged_params.seed,
+                                           fingerprint=DiffcCodec(c.backbone, forged_params).fingerprint()), payload)
+    d = c.decode(forged)
+    assert d.x_t.shape == p.x_t.shape
+    assert float((d.x_t - p.x_t).abs().mean()) > 0.1
+
+
+def test_fingerprint_mismatch_other_schedule(enc: Encoded) -> None:
+    other = DiffcCodec(GaussianBackbone(beta_end=0.013), enc.codec.params)
+    assert other.fingerprint() != enc.codec.fingerprint()
+    with pytest.raises(fmt.FingerprintMismatch, match="fingerprint"):
+        other.decode(enc.result.points[0].data)
+
+
+def test_fingerprint_mismatch_forged_header(enc: Encoded) -> None:
+    header, payload = fmt.read(enc.result.points[0].data)
+    renamed = fmt.write(dataclasses.replace(header, backbone="sd15"), payload)  # CRC recomputed
+    with pytest.raises(fmt.FingerprintMismatch, match="sd15"):
+        enc.codec.decode(renamed)
+    bad_fp = bytes(b ^ 0xFF for b in header.fingerprint)
+    refp = fmt.write(dataclasses.replace(header, fingerprint=bad_fp), payload)
+    with pytest.raises(fmt.FingerprintMismatch):
+        enc.codec.decode(refp)
+
+
+def test_fingerprint_ignores_decode_time_choices(gaussian_backbone) -> None:
+    a = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", recon="ode", recon_steps=50))
+    b = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", recon="denoise", recon_steps=3))
+    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-13"))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_step_count_beyond_schedule_is_corrupt(enc: Encoded) -> None:
+    header, payload = fmt.read(enc.result.points[-1].data)
+    forged = fmt.write(dataclasses.replace(header, n_steps=len(enc.codec.timesteps)), payload)
+    with pytest.raises(fmt.CorruptFile, match="steps"):
+        enc.codec.decode(forged)
+
+
+def test_bad_images_are_rejected(gaussian_backbone) -> None:
+    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-2", chunk_bits=2, padding_bits=0))
+    with pytest.raises(ValueError, match="3, H, W"):
+        c.encode(torch.zeros(1, 16, 16))
+    with pytest.raises(ValueError, match="3, H, W"):
+        c.encode(torch.zeros(16, 16, 3))
+
+
+def test_codec_params_validation() -> None:
+    assert CodecParams(chunk_bits=8, padding_bits=2).num_candidates == 1024
+    for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9),
+                dict(recon="magic"), dict(recon_steps=0), dict(seed=2**32)):
+        with pytest.raises(ValueError):
+            CodecParams(**bad)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known codec weakness: when a step's KL per latent entry exceeds chunk_bits, the chunk count "
+    "is capped at the number of entries and each 1-entry chunk carries far more KL than its "
+    "2^(chunk_bits+padding) candidates can deliver; the sample is then biased toward p "
+    "(delivered < 0, i.e. worse than sending nothing) and the chain drifts (DESIGN.md section 3)"))
+def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:
+    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-8", chunk_bits=4, padding_bits=1, recon="denoise"))
+    res = c.encode(kodak_odd, stop_timesteps=[c.timesteps[-1]])
+    # the last step (t=140 -> 1) has ~30 bits of KL per entry: chunks are capped at 1 entry
+    assert res.step_chunks[-1] == kodak_odd[:, :56, :80].numel()
+    assert all(d > 0.25 * kl for kl, d in zip(res.step_kl_bits, res.step_delivered_bits)), \
+        list(zip(res.step_kl_bits, res.step_delivered_bits))
+
+
+@pytest.mark.slow
+def test_roundtrip_paper_like_settings(gaussian_backbone, kodak64) -> None:
+    """K = 2^10 candidates per chunk, 30 steps: the last point decodes bit-exactly."""
+    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-30", chunk_bits=8, padding_bits=2, recon="denoise"))
+    stops = [c.timesteps[10], c.timesteps[-1]]
+    res = c.encode(kodak64, stop_timesteps=stops)
+    for p in res.points:
+        d = c.decode(p.data)
+        assert torch.equal(d.x_t, p.x_t)
+        assert torch.equal(d.image, c.reconstruct(p.x_t, p.timestep, 64, 64))
+        assert p.bpp == 8 * len(p.data) / (64 * 64)
