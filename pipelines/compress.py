@@ -1,0 +1,86 @@
+"""Compress one image into a .diffc file.
+
+    python -m pipelines.compress model=gaussian input=kodim01.png output=kodim01.diffc timestep=300
+    python -m pipelines.compress model=sd15 input=kodim01.png output=kodim01.diffc bpp=0.1
+
+The bitrate is set by how far down the diffusion chain the encoder sends x_t: ``timestep=T``
+stops at the largest schedule timestep <= T; ``bpp=B`` encodes once (progressively) and keeps the
+highest-rate point whose real file is at most B bits per pixel. bpp = file bytes x 8 / (W x H) of
+the original image: header, side information, indices and caption included.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from diffc.codec import DiffcCodec, RatePoint
+
+from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, png_bytes
+from .datasets import read_image, to_tensor, to_uint8
+
+
+def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None) -> list[int]:
+    """Timesteps to encode: the one asked for, or every step of the schedule (bpp mode)."""
+    if (timestep is None) == (bpp is None):
+        raise PipelineError("give exactly one of timestep=T (stop timestep) or bpp=B (target bits per pixel)")
+    if bpp is not None:
+        if not bpp > 0:
+            raise PipelineError(f"bpp must be > 0, got {bpp}")
+        return codec.timesteps[1:]
+    try:
+        codec.stop_step_for(int(timestep))
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from exc
+    return [int(timestep)]
+
+
+def choose_point(points: list[RatePoint], bpp: float | None) -> RatePoint:
+    """The single requested point, or the highest-rate point within the target bpp."""
+    if bpp is None:
+        return points[-1]
+    fits = [p for p in points if p.bpp <= bpp]
+    if not fits:
+        raise PipelineError(f"no rate point within {bpp:g} bpp: the smallest file is {points[0].bpp:.4f} bpp "
+                            f"(header alone: {points[0].bits_header / (points[0].width * points[0].height):.4f} bpp)")
+    return fits[-1]
+
+
+def describe(point: RatePoint, n_steps: int) -> str:
+    return (f"{point.bits_total // 8} B = {point.bpp:.4f} bpp at t={point.timestep} (step {point.step_index}/{n_steps}); "
+            f"bits: header {point.bits_header}, side {point.bits_side:.0f}, payload {point.bits_payload:.0f}; "
+            f"sum KL {point.kl_bits:.0f} bits, delivered {point.delivered_bits:.0f} bits")
+
+
+@one_line_errors
+def compress(cfg: DictConfig) -> None:
+    image = read_image(cfg.input)
+    codec = build_codec(cfg.model, cfg.codec)
+    stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
+    x = to_tensor(image)
+    try:
+        result = codec.encode(x, stop_timesteps=stops, caption=cfg.caption, progress=cfg.progress)
+    except ValueError as exc:  # image too large, bad caption...
+        raise PipelineError(str(exc)) from exc
+    point = choose_point(result.points, cfg.bpp)
+    recon_png = None
+    if cfg.recon_output:
+        h, w = image.shape[:2]
+        cond = codec.backbone.condition(cfg.caption)
+        recon_png = png_bytes(to_uint8(codec.reconstruct(point.x_t, point.timestep, h, w, cond)))
+    atomic_write(cfg.output, point.data)
+    if recon_png is not None:
+        atomic_write(cfg.recon_output, recon_png)
+    print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; encode {result.encode_s:.1f} s")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compress")
+def main(cfg: DictConfig) -> None:
+    compress(cfg)
+
+
+if __name__ == "__main__":
+    check_group_choice(sys.argv[1:], "model")
+    main()
