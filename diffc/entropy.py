@@ -112,13 +112,19 @@ class StepDecoder:
         self._model = _index_model(num_candidates, chunk_bits)
         self._prev = 1
 
+    def _decode(self, *args):
+        try:
+            return self._dec.decode(*args)
+        except (AssertionError, RuntimeError) as e:  # constriction: "invalid for the employed entropy model"
+            raise ValueError(f"invalid range-coded data ({e})") from None
+
     def next_count(self, max_chunks: int) -> int:
         mean, scale = _count_params(self._prev)
-        n = int(self._dec.decode(_count_model(max_chunks), mean, scale)[0])
+        n = int(self._decode(_count_model(max_chunks), mean, scale)[0])
         if not 1 <= n <= max_chunks:
             raise ValueError(f"decoded chunk count {n} outside 1..{max_chunks}")
         self._prev = n
         return n
 
     def next_indices(self, n_chunks: int) -> np.ndarray:
-        return np.asarray(self._dec.decode(self._model, n_chunks), dtype=np.int64)
+        return np.asarray(self._decode(self._model, n_chunks), dtype=np.int64)

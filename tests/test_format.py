@@ -1,0 +1,415 @@
+"""The .diffc container: every malformed input raises the right DiffcFormatError subclass,
+nothing is allocated from an unchecked header field, and a golden file pins the bitstream."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from diffc import format as fmt
+from diffc.codec import CodecParams, DiffcCodec
+
+GOLDEN = Path(__file__).with_name("golden") / "gaussian_tiny.json"
+ERRORS = (fmt.NotADiffcFile, fmt.UnsupportedVersion, fmt.TruncatedFile, fmt.CorruptFile, fmt.FingerprintMismatch)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, schedule=b"geom-12",
+             chunk_bits=8, padding_bits=2, recon=0, recon_steps=50, n_steps=1, caption=b"",
+             caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True) -> bytes:
+    """The documented layout, written independently of diffc.format.write (fields unchecked)."""
+    body = b"".join([
+        fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
+        varint(seed), bytes([len(schedule)]), schedule, bytes([chunk_bits, padding_bits, recon]),
+        varint(recon_steps), varint(n_steps), varint(len(caption) if caption_len is None else caption_len),
+        caption, payload])
+    return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
+
+
+def read_peak(data: bytes) -> tuple[BaseException | None, int]:
+    """(exception raised by fmt.read, peak traced allocation in bytes during the call)."""
+    tracemalloc.start()
+    err = None
+    try:
+        fmt.read(data)
+    except Exception as e:  # noqa: BLE001
+        err = e
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return err, peak
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(gaussian_backbone) -> DiffcCodec:
+    return DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-6", chunk_bits=4, padding_bits=1,
+                                                     seed=1234, recon="denoise"))
+
+
+def tiny_image(height: int = 12, width: int = 20) -> torch.Tensor:
+    """A deterministic synthetic image (no dataset needed), sides not multiples of 8."""
+    y = torch.arange(height, dtype=torch.float32)[:, None]
+    x = torch.arange(width, dtype=torch.float32)[None, :]
+    r = 0.5 + 0.4 * torch.sin(0.45 * x + 0.2 * y)
+    g = (x + 2 * y) / (width + 2 * height)
+    b = ((x.long() // 3 + y.long() // 2) % 2).float() * 0.6 + 0.2
+    return torch.stack([r.expand(height, width), g, b])
+
+
+@pytest.fixture(scope="module")
+def real_files(tiny_codec) -> list[bytes]:
+    res = tiny_codec.encode(tiny_image(), stop_timesteps=[tiny_codec.timesteps[3], tiny_codec.timesteps[-1]],
+                            caption="a golden test")
+    return [p.data for p in res.points]
+
+
+# ---- header round trip ---------------------------------------------------------------------------
+@pytest.mark.parametrize("caption", [None, "x", "ünïcode caption " * 40])
+def test_write_read_roundtrip(caption) -> None:
+    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption)
+    payload = bytes(range(16))
+    data = fmt.write(h, payload)
+    h2, p2 = fmt.read(data)
+    assert h2 == h and p2 == payload
+    assert fmt.header_size(h) == len(data) - len(payload)
+    assert data == raw_file(b"gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, b"geom-12", 8, 2, 1, 50, 12,
+                            zlib.compress(caption.encode(), 9) if caption else b"", payload=payload)
+
+
+def test_real_file_parses(real_files, tiny_codec) -> None:
+    h, payload = fmt.read(real_files[1])
+    assert (h.width, h.height, h.seed, h.schedule, h.caption) == (20, 12, 1234, "linspace-6", "a golden test")
+    assert h.fingerprint == tiny_codec.fingerprint() and len(payload) % 4 == 0 and len(payload) > 0
+
+
+# ---- empty, foreign, version -------------------------------------------------------------------
+def test_empty_and_foreign_inputs() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    rng = random.Random(0)
+    foreign = [b"", b"\x89", b"\x89DF", buf.getvalue(), b"GIF89a" + bytes(40), b"\x00" * 100,
+               bytes(rng.getrandbits(8) for _ in range(1000))]
+    for data in foreign:
+        with pytest.raises(fmt.NotADiffcFile, match="not a .diffc file"):
+            fmt.read(data)
+    with pytest.raises(TypeError):
+        fmt.read("a string")  # type: ignore[arg-type]
+
+
+def test_other_version_is_unsupported(real_files) -> None:
+    for v in (0, 2, 255):
+        data = bytearray(real_files[0])
+        data[4] = v
+        with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
+            fmt.read(bytes(data))
+
+
+# ---- truncation ------------------------------------------------------------------------------------
+def test_every_prefix_is_refused_with_the_right_error(real_files, tiny_codec) -> None:
+    for data in real_files:
+        header, _ = fmt.read(data)
+        fields = fmt.header_size(header) - 4  # header bytes before the payload
+        for n in range(len(data)):
+            prefix = data[:n]
+            if n < 4:
+                expected = fmt.NotADiffcFile
+            elif n < len(fmt.MAGIC) + 1 + 4 or n - 4 < fields:
+                expected = fmt.TruncatedFile  # the body (all but the last 4 bytes) ends inside the header
+            else:
+                expected = fmt.CorruptFile  # CRC (or payload word alignment) fails
+            with pytest.raises(expected):
+                fmt.read(prefix)
+            with pytest.raises(expected):
+                tiny_codec.decode(prefix, reconstruct=False)
+
+
+# ---- bit flips -------------------------------------------------------------------------------------
+def test_every_single_bit_flip_is_detected(real_files) -> None:
+    data = real_files[1]
+    counts: dict[type, int] = {}
+    for i in range(len(data)):
+        for bit in range(8):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(fmt.DiffcFormatError) as ei:
+                fmt.read(bytes(bad))
+            kind = type(ei.value)
+            if i < 4:
+                assert kind is fmt.NotADiffcFile
+            elif i == 4:
+                assert kind is fmt.UnsupportedVersion
+            else:  # CRC32 catches every single-bit error; a corrupted length may first look truncated
+                assert kind in (fmt.CorruptFile, fmt.TruncatedFile), (i, bit, kind)
+            counts[kind] = counts.get(kind, 0) + 1
+    assert counts[fmt.CorruptFile] > 0.9 * 8 * len(data)
+
+
+def test_bad_crc_only(real_files) -> None:
+    data = bytearray(real_files[0])
+    data[-1] ^= 0x10
+    with pytest.raises(fmt.CorruptFile, match="CRC32"):
+        fmt.read(bytes(data))
+
+
+# ---- out-of-range fields, refused before any allocation ---------------------------------------------
+@pytest.mark.parametrize("fields, match", [
+    (dict(width=2**30), "width"),
+    (dict(height=2**34), "height"),
+    (dict(width=0), "zero image size"),
+    (dict(seed=2**32), "seed"),
+    (dict(n_steps=2**34), "step count"),
+    (dict(n_steps=fmt.MAX_STEPS + 1), "step count"),
+    (dict(recon_steps=1001), "recon_steps"),
+    (dict(caption_len=2**34), "caption length"),
+    (dict(caption_len=fmt.MAX_CAPTION + 1), "caption length"),
+    (dict(recon=2), "reconstruction mode"),
+    (dict(chunk_bits=0), "chunk parameters"),
+    (dict(chunk_bits=25), "chunk parameters"),
+    (dict(padding_bits=9), "chunk parameters"),
+    (dict(backbone=b"x" * 65), "backbone name length"),
+    (dict(backbone=b"gauss ian"), "printable"),
+    (dict(schedule=b"geom\x0012"), "printable"),
+    (dict(caption=b"not zlib", caption_len=8), "caption"),
+    (dict(caption=zlib.compress(b"\xff\xfe bad utf-8"), ), "caption"),
+    (dict(caption=zlib.compress(b"ok")[:-3]), "caption"),
+    (dict(payload=b"abc"), "32-bit words"),
+])
+def test_bad_header_fields_are_refused(fields, match) -> None:
+    data = raw_file(**fields)
+    err, peak = read_peak(data)
+    assert isinstance(err, fmt.CorruptFile), repr(err)
+    assert match in str(err)
+    assert "\n" not in str(err)
+    assert peak < 256 * 1024, f"read() allocated {peak} bytes for a {len(data)}-byte file"
+
+
+def test_overlong_varint_is_refused() -> None:
+    data = raw_file()
+    # replace the width varint (after magic, version, name, fingerprint) by 6 continuation bytes
+    pos = 4 + 1 + 1 + len(b"gaussian") + 4
+    body = data[:pos] + b"\xff" * 6 + b"\x01" + data[pos + 1:-4]
+    with pytest.raises(fmt.CorruptFile, match="varint"):
+        fmt.read(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_huge_declared_caption_in_a_short_file_is_truncated() -> None:
+    data = raw_file(caption_len=fmt.MAX_CAPTION, caption=b"abc")
+    err, peak = read_peak(data)
+    assert isinstance(err, fmt.TruncatedFile)
+    assert peak < 256 * 1024
+
+
+def test_caption_zip_bomb_is_refused_without_inflating() -> None:
+    bomb = zlib.compress(b"a" * (64 << 20), 9)  # 64 MiB of text in ~64 KiB
+    assert len(bomb) <= fmt.MAX_CAPTION
+    err, peak = read_peak(raw_file(caption=bomb))
+    assert isinstance(err, fmt.CorruptFile) and "caption too long" in str(err)
+    assert peak < 4 * fmt.MAX_CAPTION + 4 * len(bomb) + (1 << 20), peak
+
+
+def test_decoder_refuses_more_steps_than_its_schedule(tiny_codec) -> None:
+    p = tiny_codec.params
+    data = raw_file(fp=tiny_codec.fingerprint(), width=20, height=12, seed=p.seed, schedule=p.schedule.encode(),
+                    chunk_bits=p.chunk_bits, padding_bits=p.padding_bits, n_steps=fmt.MAX_STEPS)
+    with pytest.raises(fmt.CorruptFile, match="steps"):
+        tiny_codec.decode(data)
+    bad_sched = raw_file(schedule=b"geom-0")
+    with pytest.raises(fmt.CorruptFile, match="schedule"):
+        tiny_codec.decode(bad_sched)
+    too_many_cands = raw_file(chunk_bits=20, padding_bits=8)  # passes the container, not the codec
+    with pytest.raises(fmt.CorruptFile):
+        tiny_codec.decode(too_many_cands)
+
+
+@pytest.mark.parametrize("payload", [b"\xff" * 8, b"\xff" * 4, b"\x00" * 8, b"\xff\xff\xff\x7f" * 3, b""])
+def test_garbage_payload_with_valid_header(payload) -> None:
+    """A valid header (right fingerprint) over a payload the range decoder rejects: CorruptFile
+    (constriction raises a bare AssertionError for b'\xff' * 8; it used to escape decode())."""
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3", chunk_bits=2,
+                    padding_bits=0, n_steps=3, payload=payload)
+    try:
+        res = codec.decode(data)
+    except fmt.DiffcFormatError as e:
+        assert isinstance(e, fmt.CorruptFile) and "payload" in str(e)
+        assert payload == b"\xff" * 8  # the one known-invalid stream above
+        return
+    assert res.image.shape == (3, 16, 16)
+
+
+# ---- fuzzing ---------------------------------------------------------------------------------------
+SCHEDULES = ["linspace-3", "geom-4", "linspace-6", "geom-0", "paper-x", "linspace-1"]
+
+
+@st.composite
+def forged_files(draw) -> bytes:
+    """Structurally valid files (right CRC, often the right fingerprint) with arbitrary fields and
+    payloads: they reach deep into the decoder."""
+    schedule = draw(st.sampled_from(SCHEDULES))
+    chunk_bits = draw(st.integers(1, 8))
+    padding_bits = draw(st.integers(0, 3))
+    seed = draw(st.integers(0, 3))
+    n_steps = draw(st.integers(0, 8))
+    width, height = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    payload = draw(st.one_of(st.binary(max_size=48),  # random bytes, or runs of one byte (0xff...)
+                             st.tuples(st.integers(0, 255), st.integers(0, 12)).map(lambda t: bytes([t[0]]) * 4 * t[1])))
+    if draw(st.booleans()):
+        payload = payload[: len(payload) // 4 * 4]
+    good_fp = draw(st.integers(0, 4)) > 0
+    fp = b"\0\0\0\0"
+    if good_fp:
+        try:
+            params = CodecParams(schedule, chunk_bits, padding_bits, seed, "denoise", 1)
+            fp = _fingerprints(params)
+        except ValueError:
+            pass
+    caption = draw(st.one_of(st.none(), st.text(max_size=20)))
+    cap = zlib.compress(caption.encode("utf-8"), 9) if caption else b""
+    return raw_file(fp=fp, width=width, height=height, seed=seed, schedule=schedule.encode(),
+                    chunk_bits=chunk_bits, padding_bits=padding_bits, recon=0, recon_steps=1,
+                    n_steps=n_steps, caption=cap, payload=payload)
+
+
+_FP_CACHE: dict = {}
+
+
+def _fingerprints(params: CodecParams) -> bytes:
+    if params not in _FP_CACHE:
+        _FP_CACHE[params] = DiffcCodec(_fuzz_backbone(), params).fingerprint()
+    return _FP_CACHE[params]
+
+
+_BACKBONE: list = []
+
+
+def _fuzz_backbone():
+    if not _BACKBONE:
+        from diffc.backbones.gaussian import GaussianBackbone
+
+        _BACKBONE.append(GaussianBackbone())
+    return _BACKBONE[0]
+
+
+def _mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
+    b = bytearray(data)
+    for kind, pos, val in ops:
+        if not b:
+            break
+        i = pos % len(b)
+        if kind == 0:
+            b[i] = val
+        elif kind == 1:
+            del b[i:]
+        else:
+            b[i:i] = bytes([val])
+    return bytes(b)
+
+
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=200), st.binary(max_size=60).map(lambda b: fmt.MAGIC + bytes([1]) + b)))
+def test_fuzz_read_raw_bytes(data: bytes) -> None:
+    try:
+        header, payload = fmt.read(data)
+    except fmt.DiffcFormatError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert len(payload) % 4 == 0 and 1 <= header.width <= fmt.MAX_SIDE
+
+
+@FUZZ
+@given(ops=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       which=st.integers(0, 1), fix_crc=st.booleans())
+def test_fuzz_mutated_real_files(real_files, tiny_codec, ops, which, fix_crc) -> None:
+    data = _mutate(real_files[which], ops)
+    if fix_crc and len(data) > 4:
+        data = data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
+    try:
+        fmt.read(data)
+    except fmt.DiffcFormatError:
+        pass
+    try:
+        res = tiny_codec.decode(data, reconstruct=True)
+    except fmt.DiffcFormatError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert res.image is not None and res.image.shape == (3, res.header.height, res.header.width)
+
+
+@FUZZ
+@given(data=forged_files())
+def test_fuzz_decode_forged_files(data: bytes) -> None:
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    try:
+        res = codec.decode(data, reconstruct=True)
+    except fmt.DiffcFormatError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    h = res.header
+    assert res.image.shape == (3, h.height, h.width)
+    assert torch.isfinite(res.x_t).all()
+
+
+# ---- golden bitstream ------------------------------------------------------------------------------
+def _golden_now(codec: DiffcCodec) -> dict:
+    res = codec.encode(tiny_image(), stop_timesteps=[codec.timesteps[3], codec.timesteps[-1]], caption="a golden test")
+    return {
+        "params": dataclasses.asdict(codec.params),
+        "image": "tests/test_format.py::tiny_image(12, 20)",
+        "caption": "a golden test",
+        "points": [{
+            "step_index": p.step_index,
+            "timestep": p.timestep,
+            "bytes": len(p.data),
+            "sha256": hashlib.sha256(p.data).hexdigest(),
+            "hex": p.data.hex(),
+            "x_t_sha256": hashlib.sha256(p.x_t.contiguous().numpy().tobytes()).hexdigest(),
+        } for p in res.points],
+    }
+
+
+def test_golden_bitstream(tiny_codec) -> None:
+    """Silent format drift check (CompressAI-style). Regenerate deliberately with
+    DIFFC_REGEN_GOLDEN=1 after an intended bitstream change (and bump FORMAT_VERSION if old files
+    no longer decode)."""
+    now = _golden_now(tiny_codec)
+    if os.environ.get("DIFFC_REGEN_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(now, indent=1) + "\n")
+        pytest.skip(f"regenerated {GOLDEN}")
+    assert GOLDEN.is_file(), f"missing {GOLDEN}; create it with DIFFC_REGEN_GOLDEN=1"
+    want = json.loads(GOLDEN.read_text())
+    assert want["params"] == now["params"]
+    for w, n in zip(want["points"], now["points"], strict=True):
+        assert (n["step_index"], n["timestep"]) == (w["step_index"], w["timestep"])
+        assert n["sha256"] == w["sha256"], "the encoder's bitstream changed (format drift)"
+        # the stored file still decodes to the same x_t (decoder drift)
+        d = tiny_codec.decode(bytes.fromhex(w["hex"]))
+        assert hashlib.sha256(bytes.fromhex(w["hex"])).hexdigest() == w["sha256"]
+        assert hashlib.sha256(d.x_t.contiguous().numpy().tobytes()).hexdigest() == w["x_t_sha256"]
