@@ -235,6 +235,10 @@ class DiffcCodec:
     def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False,
                recon: str | None = None, recon_steps: int | None = None) -> DecodeResult:
         """Rebuild x_t from a .diffc file and (optionally) reconstruct the image."""
+        if recon is not None and recon not in fmt.RECON_MODES:
+            raise ValueError(f"recon must be one of {fmt.RECON_MODES}, got {recon!r}")
+        if recon_steps is not None and not 1 <= recon_steps <= 1000:
+            raise ValueError("recon_steps must be in 1..1000")
         t0 = time.perf_counter()
         header, payload = fmt.read(data)
         params = params_from_header(header)

@@ -79,6 +79,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``:
     readers see the old file or the whole new one, never a partial file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -95,9 +97,16 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def require(cfg: DictConfig, *keys: str) -> None:
+    """Fail in one line when a mandatory option (``???`` in the config) was not given."""
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise PipelineError(f"missing required option(s): {', '.join(f'{k}=...' for k in missing)} (see --help)")
+
+
 def one_line_errors(func: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
-    """Decorate a Hydra task: expected failures (bad input, corrupt files, missing weights) print
-    ``error: ...`` on one line and exit 2; ``debug=true`` re-raises for the full traceback."""
+    """Decorate a Hydra task: any failure (bad input, corrupt file, missing weights) prints
+    ``error: ...`` on one line and exits 2; ``debug=true`` re-raises for the full traceback."""
     from diffc.format import DiffcFormatError
 
     from .datasets import DatasetError
@@ -106,15 +115,18 @@ def one_line_errors(func: Callable[[DictConfig], None]) -> Callable[[DictConfig]
     def wrapper(cfg: DictConfig) -> None:
         try:
             func(cfg)
-        except (PipelineError, DiffcFormatError, DatasetError, OSError) as exc:
-            if cfg.get("debug", False):
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception as exc:
+            if cfg.get("debug", False):
+                raise
+            text = str(exc).strip().splitlines()
+            message = text[0] if text else ""
+            if not isinstance(exc, (PipelineError, DiffcFormatError, DatasetError, OSError)):
+                message = f"{type(exc).__name__}: {message} (debug=true shows the traceback)"
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
 
     return wrapper
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from diffc.codec import DiffcCodec, RatePoint
 
-from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, png_bytes
+from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, png_bytes, require
 from .datasets import read_image, to_tensor, to_uint8
 
 
@@ -56,6 +56,7 @@ def describe(point: RatePoint, n_steps: int) -> str:
 
 @one_line_errors
 def compress(cfg: DictConfig) -> None:
+    require(cfg, "input", "output")
     image = read_image(cfg.input)
     codec = build_codec(cfg.model, cfg.codec)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
