@@ -1,0 +1,311 @@
+"""Coding efficiency of the PFR reverse-channel coder, per chunk_bits / padding_bits setting.
+
+Source: kodak-small (Gaussian backbone, schedule geom-30, the full chain: every step coded).
+For each setting (chunk_bits, padding_bits; K = 2^(chunk_bits + padding_bits) candidates):
+
+- bits_over_kl       = bits in the .diffc file / sum KL(q||p)            (what we pay vs the ideal rate)
+- delivered_over_kl  = sum log2 q/p(sent sample) / sum KL                 (how much of q the truncated
+                                                                           search actually delivered)
+- bits_over_delivered = bits / delivered                                   (the headline: <= 1.15 is the goal)
+
+plus the overhead split (header, side info = chunk counts, index payload; each / sum KL), the
+index code against the empirical index entropy and against the best ZIPF_SCALE, and the chunk-KL
+imbalance: each chunk's real KL against its budget chunk_bits (the plan is made from decoder-side
+weights, so a chunk's realised KL is random; DESIGN.md §3).
+
+Two measurement paths, both with real .diffc files (header + range-coded payload):
+
+- ``codec``: ``DiffcCodec.encode`` itself (K x D candidate entries per step). Used for the default
+  setting (the gaussian model's 8/2), and in the full run for 10/2 too.
+- ``sim``: a statistically exact simulation of the same chain that is cheap for any K. PFR sees
+  the candidates of a chunk only through z_n . u (z_n ~ N(0, I_d)), which is N(0, |u|^2) whatever
+  d is; so each chunk is searched as a 1-dimensional chunk with shift |u| (the codec's own
+  ``encode_chunks``), and the chosen d-dimensional candidate is rebuilt with the right law:
+  z = w u/|u| + (I - u u^T/|u|^2) g, g ~ N(0, I), w = the chosen scalar. Chunk plans, chunk
+  counts, the entropy coder and the file are the codec's. Cost: K x (chunks) per step instead of
+  K x D. The default setting is run both ways on the same images: the two must agree.
+
+Each setting follows its own chain (the sent samples change the next steps' KL).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+try:
+    from . import _common as C  # type: ignore
+except ImportError:
+    import _common as C
+
+import numpy as np
+import torch
+
+import diffc.codec as codec_mod
+from diffc import format as fmt
+from diffc import entropy
+from diffc.backbone import load_backbone
+from diffc.codec import CodecParams, DiffcCodec
+from diffc.entropy import MAX_CHUNKS, StepSymbols, encode_steps, zipf_probabilities
+from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
+
+LN2 = math.log(2.0)
+DEFAULT = (8, 2)  # conf/model/gaussian.yaml
+BASELINE = (14, 2)  # the reference's 2^16 candidates, 2 bits of padding
+QUICK_SETTINGS = [(8, 2), (10, 2), (12, 2), (12, 4), (14, 2)]
+FULL_SETTINGS = [(8, 2), (8, 4), (8, 6), (10, 2), (10, 4), (12, 2), (12, 4), (14, 2)]
+ZIPF_GRID = np.round(np.arange(0.5, 4.01, 0.1), 2)
+
+
+class Recorder:
+    """Per-chunk records of one encode: KL, delivered, index, budget, step."""
+
+    def __init__(self):
+        self.kl, self.delivered, self.index, self.step, self.ndims = [], [], [], [], []
+
+    def add(self, k: int, kl_c: torch.Tensor, deliv_c: torch.Tensor, idx: torch.Tensor, ndims: torch.Tensor):
+        self.kl.append(kl_c.cpu().double().numpy())
+        self.delivered.append(deliv_c.cpu().double().numpy())
+        self.index.append(idx.cpu().numpy().astype(np.int64))
+        self.step.append(np.full(len(idx), k))
+        self.ndims.append(ndims.cpu().numpy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {n: np.concatenate(getattr(self, n)) for n in ("kl", "delivered", "index", "step", "ndims")}
+
+
+# ---- path 1: the real codec, with a recording hook on encode_chunks -----------------------------
+def run_codec(codec: DiffcCodec, image: torch.Tensor) -> tuple[dict, Recorder]:
+    rec = Recorder()
+    real = codec_mod.encode_chunks
+    step = [0]
+
+    def hooked(u, plan, num_candidates, key):
+        step[0] += 1
+        idx = real(u, plan, num_candidates, key)
+        z = decode_chunks(idx, plan, key, u.device)
+        u64 = u.double()
+        kl_c = chunk_sums(0.5 * u64 * u64, plan) / LN2
+        deliv_c = chunk_sums(z.double() * u64 - 0.5 * u64 * u64, plan) / LN2
+        ndims = torch.bincount(plan.chunk_of, minlength=plan.n_chunks)
+        rec.add(step[0], kl_c, deliv_c, idx, ndims)
+        return idx
+
+    codec_mod.encode_chunks = hooked
+    try:
+        t0 = time.perf_counter()
+        res = codec.encode(image)
+        secs = time.perf_counter() - t0
+    finally:
+        codec_mod.encode_chunks = real
+    p = res.points[-1]
+    return dict(bits=p.bits_total, header=p.bits_header, side=p.bits_side, payload=p.bits_payload,
+                kl=p.kl_bits, delivered=p.delivered_bits, secs=secs), rec
+
+
+# ---- path 2: the exact 1-D-projection simulation of the same chain -----------------------------
+@torch.no_grad()
+def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tuple[dict, Recorder]:
+    """``codec.encode`` with each chunk searched through its 1-D projection (same law, see top)."""
+    t0 = time.perf_counter()
+    b, p = codec.backbone, codec.params
+    height, width = image.shape[-2:]
+    x0 = b.encode(image.to(b.device, torch.float32)).to(torch.float32)
+    cond = b.condition(None)
+    x = codec._start(tuple(x0.shape))
+    d = x.numel()
+    rec, steps = Recorder(), []
+    kl_total = deliv_total = 0.0
+    for k in range(1, len(codec.timesteps)):
+        x0_hat, mu_p, pc = codec._prior(x, k, cond)
+        std = pc.std
+        u = (pc.c0 / std) * (x0 - x0_hat)
+        kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
+        n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), d, MAX_CHUNKS))
+        plan = codec._plan(x, k, n_chunks)
+        perm = plan.perm.to(u.device)
+        u_c = u.flatten()[perm].double()
+        r2 = chunk_sums(u_c * u_c, plan)
+        r = r2.sqrt()
+        one = ChunkPlan(torch.arange(n_chunks), torch.arange(n_chunks), n_chunks)
+        key = codec._step_key(k)
+        idx = encode_chunks(r.to(torch.float32), one, p.num_candidates, key)
+        w = decode_chunks(idx, one, key, u.device).double()  # chosen candidate's component along u
+        chunk_of = plan.chunk_of.to(u.device)
+        uhat = torch.where(r[chunk_of] > 0, u_c / r[chunk_of].clamp_min(1e-300), torch.zeros_like(u_c))
+        g = torch.randn(d, generator=gen, dtype=torch.float64).to(u.device)
+        z_c = g + (w - chunk_sums(g * uhat, plan))[chunk_of] * uhat
+        z = torch.empty_like(z_c)
+        z[perm] = z_c
+        x = (mu_p + std * z.reshape(mu_p.shape).to(torch.float32))
+        kl_c = 0.5 * r2 / LN2
+        deliv_c = (w * r - 0.5 * r2) / LN2
+        rec.add(k, kl_c, deliv_c, idx, torch.bincount(plan.chunk_of, minlength=n_chunks))
+        kl_total += kl_bits
+        deliv_total += float(deliv_c.sum())
+        steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))
+    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, min(d, MAX_CHUNKS))
+    data = fmt.write(codec._header(width, height, len(steps), None), payload)
+    coded = cost.side_bits + cost.index_bits
+    side = 8 * len(payload) * cost.side_bits / coded
+    return dict(bits=8 * len(data), header=8 * (len(data) - len(payload)), side=side,
+                payload=8 * len(payload) - side, kl=kl_total, delivered=deliv_total,
+                secs=time.perf_counter() - t0), rec
+
+
+# ---- summaries -----------------------------------------------------------------------------------
+def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int) -> dict:
+    s = {k: float(sum(t[k] for t in totals)) for k in ("bits", "header", "side", "payload", "kl", "delivered", "secs")}
+    K = 1 << (cb + pb)
+    kl, idx = rec["kl"], rec["index"]
+    ratio = kl / cb
+    logp = np.log2(zipf_probabilities(K, cb))
+    zipf_bits = float(-logp[idx].sum())
+    # the best static scale of the Zipf law (a constant the decoder would know): ideal bits
+    saved = {}
+    old = entropy.ZIPF_SCALE
+    try:
+        for sc in ZIPF_GRID:
+            entropy.ZIPF_SCALE = float(sc)
+            zipf_probabilities.cache_clear()
+            saved[float(sc)] = float(-np.log2(zipf_probabilities(K, cb))[idx].sum())
+    finally:
+        entropy.ZIPF_SCALE = old
+        zipf_probabilities.cache_clear()
+    best_sc = min(saved, key=saved.get)
+    steps = rec["step"]
+    n_steps = int(steps.max())
+    over = kl > cb + pb
+    thirds = {}
+    for name, lo, hi in (("first", 1, n_steps // 3), ("middle", n_steps // 3 + 1, 2 * n_steps // 3),
+                         ("last", 2 * n_steps // 3 + 1, n_steps)):
+        m = (steps >= lo) & (steps <= hi)
+        thirds[name] = {"kl_share": float(kl[m].sum() / kl.sum()),
+                        "frac_gt_budget_plus_padding": float(over[m].mean()) if m.any() else None,
+                        "delivered_over_kl": float(rec["delivered"][m].sum() / kl[m].sum()) if m.any() else None}
+    return {
+        "chunk_bits": cb, "padding_bits": pb, "candidates": K,
+        "bits": s["bits"], "kl_bits": s["kl"], "delivered_bits": s["delivered"],
+        "bits_over_kl": s["bits"] / s["kl"],
+        "delivered_over_kl": s["delivered"] / s["kl"],
+        "bits_over_delivered": s["bits"] / s["delivered"],
+        "header_over_kl": s["header"] / s["kl"], "side_over_kl": s["side"] / s["kl"],
+        "payload_over_kl": s["payload"] / s["kl"],
+        "chunks": int(len(kl)), "kl_per_chunk_mean": float(kl.mean()),
+        "index_bits_per_chunk": zipf_bits / len(idx),
+        "zipf_scale_best": best_sc, "index_bits_per_chunk_best_scale": saved[best_sc] / len(idx),
+        "chunk_kl_over_budget": {
+            "p10": float(np.quantile(ratio, 0.1)), "p50": float(np.median(ratio)),
+            "p90": float(np.quantile(ratio, 0.9)), "p99": float(np.quantile(ratio, 0.99)), "max": float(ratio.max()),
+            "frac_gt_budget": float((kl > cb).mean()),
+            "frac_gt_budget_plus_padding": float((kl > cb + pb).mean()),
+            "kl_share_in_chunks_gt_budget_plus_padding": float(kl[kl > cb + pb].sum() / kl.sum()),
+        },
+        "delivered_over_kl_chunks_gt_budget_plus_padding": (
+            float(rec["delivered"][kl > cb + pb].sum() / kl[kl > cb + pb].sum()) if (kl > cb + pb).any() else None),
+        "dims_per_chunk_median": float(np.median(rec["ndims"])),
+        "by_step_third": thirds,
+        "secs": s["secs"],
+    }
+
+
+def merge(recs: list[Recorder]) -> dict[str, np.ndarray]:
+    arrs = [r.arrays() for r in recs]
+    return {k: np.concatenate([a[k] for a in arrs]) for k in arrs[0]}
+
+
+def main() -> None:
+    ap = C.parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--schedule", default="geom-30")
+    ap.add_argument("--settings", default=None,
+                    help="comma list CB/PB, e.g. 8/2,12/2 (default: quick or full list)")
+    ap.add_argument("--codec-settings", default=None,
+                    help="settings also run through DiffcCodec.encode (default: 8/2, full run adds 10/2)")
+    args = ap.parse_args()
+    C.setup(args)
+    t_start = time.perf_counter()
+    parse = lambda s: [tuple(int(v) for v in item.split("/")) for item in s.split(",")]
+    settings = parse(args.settings) if args.settings else (QUICK_SETTINGS if args.quick else FULL_SETTINGS)
+    for must in (DEFAULT, BASELINE):
+        if must not in settings:
+            settings.append(must)
+    codec_settings = parse(args.codec_settings) if args.codec_settings else ([DEFAULT] if args.quick else [DEFAULT, (10, 2)])
+
+    images = C.kodak_small(args.quick)
+    backbone = load_backbone("gaussian", device=args.device)
+    C.log(f"coding_efficiency: {len(images)} kodak-small images {tuple(images[0][1].shape)}, gaussian, "
+          f"{args.schedule}, full chain; settings {settings}; codec path for {codec_settings}; "
+          f"ZIPF_SCALE={entropy.ZIPF_SCALE}")
+
+    rows, by_key = [], {}
+    for cb, pb in settings:
+        params = CodecParams(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise")
+        codec = DiffcCodec(backbone, params)
+        paths = (["codec"] if (cb, pb) in codec_settings else []) + ["sim"]
+        for path in paths:
+            totals, recs = [], []
+            gen = torch.Generator().manual_seed(args.seed)
+            for _, img in images:
+                tot, rec = run_codec(codec, img) if path == "codec" else run_sim(codec, img, gen)
+                totals.append(tot)
+                recs.append(rec)
+            summ = summarize(totals, merge(recs), cb, pb)
+            summ["path"] = path
+            by_key[(cb, pb, path)] = summ
+            rows.append(summ)
+            C.log(f"  {cb:2d}/{pb} K=2^{cb + pb:<2d} {path:5s} bits/KL {summ['bits_over_kl']:.3f}  "
+                  f"delivered/KL {summ['delivered_over_kl']:.3f}  bits/delivered {summ['bits_over_delivered']:.3f}  "
+                  f"({summ['secs']:.1f}s)")
+
+    C.log("\nPer setting (file bits, real .diffc files; 'sim' = exact 1-D projection simulation):")
+    C.table([{k: r[k] for k in ("chunk_bits", "padding_bits", "path", "bits_over_kl", "delivered_over_kl",
+                                 "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
+                                 "kl_per_chunk_mean", "index_bits_per_chunk",
+                                 "zipf_scale_best", "index_bits_per_chunk_best_scale")} for r in rows])
+    C.log("\nChunk-KL imbalance (real KL of each chunk / chunk_bits budget):")
+    C.table([{"cb/pb": f"{r['chunk_bits']}/{r['padding_bits']}", "path": r["path"], **{
+        k: v for k, v in r["chunk_kl_over_budget"].items()}, "dims/chunk": r["dims_per_chunk_median"],
+        "deliv/KL of >b+p": r["delivered_over_kl_chunks_gt_budget_plus_padding"]} for r in rows])
+
+    C.log("\nBy thirds of the schedule (first = high noise): KL share, chunks over budget+padding, delivered/KL:")
+    C.table([{"cb/pb": f"{r['chunk_bits']}/{r['padding_bits']}", "path": r["path"],
+              **{f"{n}:{k[:5]}": v for n, t in r["by_step_third"].items() for k, v in t.items()}} for r in rows])
+
+    def head(cb, pb):
+        r = by_key.get((cb, pb, "codec")) or by_key[(cb, pb, "sim")]
+        return r, {k: r[k] for k in ("bits_over_kl", "delivered_over_kl", "bits_over_delivered")}
+
+    d_row, d_head = head(*DEFAULT)
+    b_row, b_head = head(*BASELINE)
+    agree = None
+    if (*DEFAULT, "codec") in by_key:
+        c, s = by_key[(*DEFAULT, "codec")], by_key[(*DEFAULT, "sim")]
+        agree = {k: s[k] / c[k] - 1 for k in ("bits_over_kl", "delivered_over_kl", "bits_over_delivered")}
+        C.log(f"\nsim vs codec at the default setting (relative differences): "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in agree.items()))
+    C.emit("coding_efficiency", args, {
+        **d_head,
+        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "path": d_row["path"],
+                    "header_over_kl": d_row["header_over_kl"], "side_over_kl": d_row["side_over_kl"],
+                    "payload_over_kl": d_row["payload_over_kl"],
+                    "chunk_kl_over_budget": d_row["chunk_kl_over_budget"], "by_step_third": d_row["by_step_third"],
+                    "zipf_scale_best": d_row["zipf_scale_best"],
+                    "index_bits_per_chunk": d_row["index_bits_per_chunk"],
+                    "index_bits_per_chunk_best_scale": d_row["index_bits_per_chunk_best_scale"]},
+        "baseline": {**b_head, "chunk_bits": BASELINE[0], "padding_bits": BASELINE[1], "path": b_row["path"],
+                     "frac_chunks_kl_gt_budget_plus_padding": b_row["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"]},
+        "goal_bits_over_delivered": 1.15,
+        "sim_vs_codec_rel_diff": agree,
+        "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "path", "bits_over_kl", "delivered_over_kl",
+                                        "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
+                                        "index_bits_per_chunk", "zipf_scale_best", "index_bits_per_chunk_best_scale")}
+                     | {"frac_kl_gt_budget_plus_padding": r["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"],
+                        "time_rel_default": r["secs"] / by_key[(*DEFAULT, r["path"])]["secs"]
+                        if (*DEFAULT, r["path"]) in by_key else None}
+                     for r in rows],
+        "source": {"dataset": "kodak-small", "images": len(images), "size": list(images[0][1].shape),
+                   "backbone": "gaussian", "schedule": args.schedule, "zipf_scale": entropy.ZIPF_SCALE},
+    }, t_start)
+
+
+if __name__ == "__main__":
+    main()
