@@ -1,0 +1,251 @@
+"""PFR (diffc/pfr.py): the law of the sent sample, index code lengths, the bias of a truncated
+search, chunk plans, and encoder/decoder agreement at large candidate index x dimension.
+
+Statistical tests use fixed seeds (deterministic) and a stated false-alarm rate ALPHA per test;
+each has a companion case showing the same check does fail on a biased sampler.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import diffc.pfr as pfr
+from diffc.entropy import zipf_probabilities
+from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
+from diffc.randomness import normals, uniforms
+
+LN2 = math.log(2.0)
+ALPHA = 1e-3  # false-alarm rate of each KS test (seeds are fixed, so the outcome is too)
+
+
+def contiguous_plan(n_chunks: int, dims: int) -> ChunkPlan:
+    """n_chunks independent chunks of ``dims`` entries each (trial i = chunk i)."""
+    d = n_chunks * dims
+    return ChunkPlan(torch.arange(d), torch.arange(d) // dims, n_chunks)
+
+
+def trials(dims: int, kl_bits: float, num_candidates: int, n: int, key: int):
+    """Run PFR n times at once (n chunks with the same shift u): (u [dims], z [n, dims], idx [n])."""
+    g = torch.Generator().manual_seed(key)
+    direction = torch.randn(dims, generator=g, dtype=torch.float64)
+    u = (direction / direction.norm() * math.sqrt(2 * kl_bits * LN2)).to(torch.float32)
+    plan = contiguous_plan(n, dims)
+    idx = encode_chunks(u.repeat(n), plan, num_candidates, key)
+    z = decode_chunks(idx, plan, key).reshape(n, dims).double()
+    return u.double(), z, idx
+
+
+def delivered_bits(u: torch.Tensor, z: torch.Tensor) -> float:
+    """Mean log2 q/p of the sent samples (q = N(u, I), p = N(0, I))."""
+    return float((z @ u - 0.5 * u @ u).mean()) / LN2
+
+
+def ks_pvalues(u: torch.Tensor, z: torch.Tensor, key: int) -> dict[str, float]:
+    """KS p-values of z ~ N(u, I): projection on u, on a fixed orthogonal direction, and |z-u|^2 ~ chi2."""
+    d = u.numel()
+    e = z - u
+    out = {"parallel": stats.kstest((e @ (u / u.norm())).numpy(), "norm").pvalue,
+           "chi2": stats.kstest((e * e).sum(1).numpy(), "chi2", args=(d,)).pvalue}
+    g = torch.Generator().manual_seed(key + 1)
+    v = torch.randn(d, generator=g, dtype=torch.float64)
+    v -= (v @ u) / (u @ u) * u
+    out["orthogonal"] = stats.kstest((e @ (v / v.norm())).numpy(), "norm").pvalue
+    return out
+
+
+# ---- the law of the transmitted sample --------------------------------------------------------------
+@pytest.mark.parametrize("dims, kl_bits, log2_k, n, key", [
+    (2, 2.0, 8, 3000, 11),    # K = 2^(KL + 6)
+    (8, 2.0, 8, 2000, 12),
+    (4, 2.5, 9, 2000, 13),
+    (2, 3.0, 11, 1500, 14),   # K = 2^(KL + 8): the Gaussian tail of log q/p needs it at 3 bits
+])
+def test_sent_sample_has_law_q(dims, kl_bits, log2_k, n, key) -> None:
+    u, z, idx = trials(dims, kl_bits, 1 << log2_k, n, key)
+    p = ks_pvalues(u, z, key)
+    assert min(p.values()) > ALPHA, p
+    assert delivered_bits(u, z) == pytest.approx(kl_bits, abs=0.25)
+    assert int(idx.max()) < (1 << log2_k)
+
+
+def test_ks_check_detects_a_truncated_search() -> None:
+    """Power of the check above: with K = 2^KL the sample is visibly pulled toward p."""
+    u, z, _ = trials(2, 3.0, 1 << 3, 3000, 21)
+    p = ks_pvalues(u, z, 21)
+    assert p["parallel"] < 1e-6, p
+
+
+def test_known_truncation_bias_at_k_2_to_kl_plus_6() -> None:
+    """At 6 bits, 2^12 candidates still miss the Gaussian tail (DESIGN.md section 4): the parallel
+    projection is rejected and ~8% of the KL is not delivered. Documents the limit of plain PFR."""
+    u, z, _ = trials(2, 6.0, 1 << 12, 800, 31)
+    assert ks_pvalues(u, z, 31)["parallel"] < ALPHA
+    assert 0.80 * 6 < delivered_bits(u, z) < 0.97 * 6
+
+
+# ---- delivered information vs candidate count ---------------------------------------------------------
+def test_too_few_candidates_deliver_less_than_kl() -> None:
+    """K = 2^KL delivers well under KL (6 bits: ~2.6; 3 bits: ~0.6); more candidates deliver more
+    (2^(KL+6) at 6 bits: test_known_truncation_bias_at_k_2_to_kl_plus_6; at 3 bits with 2^11:
+    test_sent_sample_has_law_q)."""
+    kl = 6.0
+    got = {lk: delivered_bits(*trials(2, kl, 1 << lk, 800, 40 + lk)[:2]) for lk in (6, 9)}
+    assert got[6] < 0.6 * kl, got
+    assert got[6] + 1.0 < got[9] < kl, got
+    kl = 3.0
+    assert delivered_bits(*trials(4, kl, 1 << 3, 2000, 50)[:2]) < 0.35 * kl
+
+
+# ---- index code length ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kl_bits, dims, n", [(2.0, 2, 3000), (3.0, 4, 2000), (6.0, 2, 800)])
+def test_index_code_length_tracks_kl(kl_bits, dims, n) -> None:
+    """Mean Zipf code length (diffc.entropy, lambda = KL) = KL + log2(KL + 1) + c with c in
+    [-1, +1] bits (measured: +0.8 at 2 bits, +0.5 at 3 bits, -0.4 at 6 bits where the 2^(KL+6)
+    truncation shortens indices); E[log2(N+1)] stays within 1 bit below KL + 1 (Li & El Gamal)."""
+    log2_k = int(kl_bits) + 6
+    u, z, idx = trials(dims, kl_bits, 1 << log2_k, n, 60 + int(kl_bits))
+    code = float(-np.log2(zipf_probabilities(1 << log2_k, kl_bits)[idx.numpy()]).mean())
+    c = code - (kl_bits + math.log2(kl_bits + 1))
+    assert -1.0 <= c <= 1.0, (code, c)
+    mean_log = float(np.log2(idx.numpy() + 1.0).mean())
+    assert kl_bits - 1.0 <= mean_log <= kl_bits + 1.0, mean_log
+    assert code > delivered_bits(u, z)  # a code cannot beat the information it carries
+
+
+def test_index_law_is_close_to_zipf() -> None:
+    """P(N = n) ~ (n + 1)^-(1 + 1/lambda): the empirical index histogram's log-log slope."""
+    kl = 3.0
+    _, _, idx = trials(2, kl, 1 << 10, 6000, 70)
+    counts = np.bincount(idx.numpy(), minlength=1 << 10).astype(float)
+    edges = [1, 2, 4, 8, 16, 32, 64, 128]  # geometric bins, densities per index
+    dens = [counts[a:b].sum() / (b - a) for a, b in zip(edges, edges[1:])]
+    mids = [math.sqrt(a * b) for a, b in zip(edges, edges[1:])]
+    slope = np.polyfit(np.log(mids), np.log(dens), 1)[0]
+    assert -2.2 < slope < -1.1, slope  # Zipf exponent 1 + 1/(3 ln 2) = 1.48
+
+
+# ---- chunk plans ------------------------------------------------------------------------------------
+def test_make_plan_uniform_and_weighted() -> None:
+    d = 1000
+    p = make_plan(d, 7, key=5)
+    assert torch.equal(torch.sort(p.perm).values, torch.arange(d))
+    assert torch.all(p.chunk_of[1:] >= p.chunk_of[:-1])
+    sizes = torch.bincount(p.chunk_of, minlength=7)
+    assert int(sizes.min()) >= d // 7 and int(sizes.max()) <= d // 7 + 1
+    assert torch.equal(make_plan(d, 7, key=5).perm, p.perm) and not torch.equal(make_plan(d, 7, key=6).perm, p.perm)
+    w = torch.ones(d, dtype=torch.float64)
+    w[:10] = 1000.0  # ten entries carry ~92% of the weight
+    q = make_plan(d, 20, key=5, weights=w)
+    heavy_per_chunk = torch.bincount(q.chunk_of[w[q.perm] > 1], minlength=20)
+    assert torch.all(torch.bincount(q.chunk_of, minlength=20) >= 1)
+    assert int(heavy_per_chunk.max()) == 1  # the 10 heavy entries land in 10 different chunks
+    for bad in (0, d + 1):
+        with pytest.raises(ValueError):
+            make_plan(d, bad, key=1)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known weakness of make_plan: an entry whose weight exceeds 1/n_chunks of the total spans "
+    "several equal-weight slots, leaving empty chunks (each still costs an index symbol) while "
+    "its own chunk exceeds the budget; the 1e-12 floor does not prevent it. Occurs in the codec: "
+    "Gaussian backbone, first step, 200 chunks -> 25 empty"))
+def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
+    x = torch.zeros(3, 64, 64)
+    w = gaussian_backbone.kl_weights(x, 1000, 972)
+    p = make_plan(x.numel(), 200, key=1, weights=w)
+    assert int((torch.bincount(p.chunk_of, minlength=200) == 0).sum()) == 0
+    wz = torch.zeros(1000)
+    wz[3] = 1.0  # all weight on one entry
+    assert torch.all(torch.bincount(make_plan(1000, 5, 1, wz).chunk_of, minlength=5) >= 1)
+
+
+def test_chunk_sums() -> None:
+    p = contiguous_plan(3, 2)
+    assert chunk_sums(torch.tensor([1.0, 2, 3, 4, 5, 6]), p).tolist() == [3.0, 7.0, 11.0]
+
+
+# ---- encoder/decoder agreement (DESIGN.md section 4: index x dims overflow) ----------------------------
+def test_selected_index_is_the_exact_argmin_over_blocks(monkeypatch) -> None:
+    """Blocked search (tiny blocks: many carries of the arrival times) = one-shot reference argmin
+    of log S_n - z_n . u, with z and S from the public randomness functions."""
+    key, d, c, k = 987654, 6, 3, 1 << 10
+    plan = contiguous_plan(c, d // c)
+    u = torch.tensor([2.0, -1.0, 0.5, 0.3, 3.0, -2.5])
+    monkeypatch.setattr(pfr, "BLOCK_ENTRIES", 7 * d)  # blocks of 7 candidates
+    idx = encode_chunks(u, plan, k, key)
+    rows = torch.arange(k, dtype=torch.int32)
+    z = normals(key, rows[:, None], torch.arange(d, dtype=torch.int32)[None, :])  # [K, D]
+    dots = (z * u).reshape(k, c, d // c).sum(-1).double()
+    s = torch.cumsum(-torch.log(uniforms(pfr._arrival_key(key), rows[:, None], torch.arange(c, dtype=torch.int32)[None, :])), 0)
+    ref = (torch.log(s) - dots).argmin(0)
+    assert torch.equal(idx, ref)
+    assert torch.equal(decode_chunks(idx, plan, key), z[idx[plan.chunk_of], torch.arange(d)])
+
+
+@pytest.mark.parametrize("n_chunks", [1, 64])
+def test_scored_candidate_equals_regenerated_at_high_rows_and_65536_dims(monkeypatch, n_chunks) -> None:
+    """A 65,536-entry latent (one chunk, or 64 chunks over a shuffled plan) with candidate rows
+    just below 2^24 (row x dims ~ 2^40): the z the encoder scored for the selected candidate is
+    the one decode_chunks regenerates, entry for entry. The encoder's rows are shifted by
+    patching pfr.row_hashes (encode only); its generated blocks are recorded through
+    pfr.hash_to_normal."""
+    key, d, k = 2**31 - 7, 1 << 16, 16
+    offset = (1 << 24) - k
+    plan = make_plan(d, n_chunks, key=3)
+    g = torch.Generator().manual_seed(0)
+    u = (torch.randn(d, generator=g) * 0.05).float()
+    real_row_hashes, real_h2n = pfr.row_hashes, pfr.hash_to_normal
+    blocks: list[torch.Tensor] = []
+
+    def spy(h, *a, **kw):
+        out = real_h2n(h, *a, **kw)
+        blocks.append(out.clone())
+        return out
+
+    monkeypatch.setattr(pfr, "row_hashes", lambda kk, rows: real_row_hashes(kk, rows.to(torch.int64) + offset))
+    monkeypatch.setattr(pfr, "hash_to_normal", spy)
+    idx = encode_chunks(u, plan, k, key)
+    monkeypatch.undo()
+    z_scored = torch.cat(blocks, 1)  # [D, K]: every candidate the encoder scored
+    assert z_scored.shape == (d, k)
+    rows = idx + offset
+    assert int(rows.max()) < 1 << 24 and int(rows.min()) >= offset
+    z_dec = decode_chunks(rows, plan, key)
+    assert torch.equal(z_dec, z_scored[torch.arange(d), idx[plan.chunk_of]])
+    # and both are the stream's entries (row, column) computed directly
+    assert torch.equal(z_dec, normals(key, rows[plan.chunk_of], torch.arange(d, dtype=torch.int64)))
+
+
+@pytest.mark.slow
+def test_full_search_over_2_to_24_candidates() -> None:
+    """A real 2^24-candidate search (strong shift: the best candidate lies deep in the list)."""
+    key, k = 4242, 1 << 24
+    plan = contiguous_plan(2, 1)
+    u = torch.tensor([5.0, 5.0])
+    idx = encode_chunks(u, plan, k, key)
+    assert int(idx.max()) > 1 << 20
+    z = decode_chunks(idx, plan, key)
+    assert torch.equal(z, normals(key, idx, torch.arange(2)))
+    assert float(z.min()) > 4.0  # a far-tail candidate was found and regenerated
+
+
+def test_bit_identical_across_thread_counts() -> None:
+    key, d, k = 77, 1 << 15, 64
+    plan = make_plan(d, 512, key=9)
+    u = (torch.randn(d, generator=torch.Generator().manual_seed(1)) * 0.4).float()
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            idx = encode_chunks(u, plan, k, key)
+            out.append((idx, decode_chunks(idx, plan, key)))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0])
+    assert torch.equal(out[0][1], out[1][1])
+    assert len(set(out[0][0].tolist())) > 10  # a non-trivial selection
