@@ -57,7 +57,7 @@ STR_COLUMNS = ("model", "dataset", "image", "kind", "config_hash", "metric_error
 FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
                                 "bpp_mean", "fid", "kid", "n_patches", "reason", "config_hash")
 #: config keys that do not change the results (left out of the config hash)
-VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra")
+VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra", "dry_run", "debug")
 DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
 
 
@@ -254,6 +254,30 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
     return df
 
 
+def remove_stale_temps(job_dir: Path) -> int:
+    """Delete the temp files that a killed run left behind (``atomic_write``'s ``.NAME.tmp-PID``)
+    anywhere in the job dir; returns how many. Only one process works in a job dir at a time."""
+    stale = [p for p in job_dir.rglob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def describe_job(cfg: DictConfig, job_dir: Path) -> str:
+    """One line naming a job (what ``dry_run=true`` prints instead of running it)."""
+    plan = RatePlan.from_config(cfg.bitrate)
+    points = plan.targets if plan.targets is not None else plan.stop_timesteps
+    done = job_dir / DONE
+    state = "done" if done.exists() and json.loads(done.read_text()).get("config_hash") == config_hash(cfg) else "todo"
+    return (f"job model={cfg.model.name} dataset={cfg.dataset.name} {plan_kind(plan)}={list(points)} "
+            f"metrics={list(cfg.metrics.names)} fid={bool(cfg.metrics.get('fid', False))} "
+            f"config_hash={config_hash(cfg)} state={state} dir={job_dir}")
+
+
+def plan_kind(plan: RatePlan) -> str:
+    return "target_bpp" if plan.targets is not None else "stop_timesteps"
+
+
 def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``."""
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -272,8 +296,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     atomic_write(job_dir / JOB_YAML, OmegaConf.to_yaml(cfg, resolve=True).encode())
     atomic_write(job_dir / JOB_JSON, json.dumps({"config_hash": chash, "model": cfg.model.name,
                                                  "dataset": cfg.dataset.name}).encode())
-    for stale in (job_dir / SHARDS).glob(".*.tmp-*"):
-        stale.unlink()
+    remove_stale_temps(job_dir)
     todo = [(i, img) for i, img in data if not shard_path(job_dir, i, chash).exists()]
     job = Job(cfg, job_dir) if todo else None
     for image_id, img in tqdm(todo, desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",
@@ -291,8 +314,12 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one job in its own output directory."""
-    run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    """Hydra entry point: one job in its own output directory (``dry_run=true``: print it only)."""
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("dry_run", False):
+        print(describe_job(cfg, job_dir), flush=True)
+        return
+    run_job(cfg, job_dir)
 
 
 if __name__ == "__main__":
