@@ -1,0 +1,191 @@
+"""Command lines: pipelines.compress / pipelines.decompress round trips and bad input.
+
+Bad input must give one line on stderr, a non-zero exit and no output file. Most cases run the
+Hydra task in-process (compose + call) for speed; the real ``python -m`` path runs a few times.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from diffc import format as fmt
+from pipelines.common import CONF_DIR
+from pipelines.compress import compress
+from pipelines.decompress import decompress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def odd_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 77x53 RGB test image (smooth + texture, deterministic)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:53, 0:77]
+    img = np.stack([xx * 3, yy * 4, (xx + yy) * 2], -1) + rng.integers(0, 40, (53, 77, 3))
+    path = tmp_path_factory.mktemp("img") / "odd.png"
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def run_task(task, config: str, overrides: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Compose ``conf/CONFIG.yaml`` with ``overrides`` and run ``task`` as the CLI would."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=overrides + ["progress=false"])
+    code = 0
+    try:
+        task(cfg)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args, "progress=false"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def encoded(odd_image: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real CLIs: compress (with the encoder's reconstruction) and decompress."""
+    d = tmp_path_factory.mktemp("cli")
+    files = {"diffc": d / "a.diffc", "reported": d / "reported.png", "decoded": d / "decoded.png"}
+    r = cli("pipelines.compress", "model=gaussian", f"input={odd_image}", f"output={files['diffc']}",
+            "timestep=300", f"recon_output={files['reported']}")
+    assert r.returncode == 0, r.stderr
+    assert "bpp" in r.stdout
+    r = cli("pipelines.decompress", f"input={files['diffc']}", f"output={files['decoded']}")
+    assert r.returncode == 0, r.stderr
+    return files
+
+
+def test_cli_round_trip_gives_the_reported_png(encoded: dict[str, Path], odd_image: Path) -> None:
+    assert encoded["decoded"].read_bytes() == encoded["reported"].read_bytes()
+    decoded = np.asarray(Image.open(encoded["decoded"]))
+    assert decoded.shape == (53, 77, 3)  # original size, not the padded 80x56
+    header, _ = fmt.read(encoded["diffc"].read_bytes())
+    assert (header.backbone, header.width, header.height) == ("gaussian", 77, 53)
+    original = np.asarray(Image.open(odd_image)).astype(float)
+    psnr = 10 * np.log10(255**2 / np.mean((decoded - original) ** 2))
+    assert 12 < psnr < 60  # a real, lossy reconstruction of this image
+
+
+@pytest.mark.parametrize("target", [0.3, 1.0])
+def test_bpp_target_picks_highest_rate_within_target(odd_image: Path, tmp_path: Path, target: float,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "b.diffc"
+    code, _, err = run_task(compress, "compress", ["model=gaussian", f"input={odd_image}", f"output={out}",
+                                                   f"bpp={target}"], capsys)
+    assert code == 0, err
+    bpp = out.stat().st_size * 8 / (77 * 53)
+    assert bpp <= target
+    header, _ = fmt.read(out.read_bytes())
+    # one more step would exceed the target: re-encode at the next schedule step and compare
+    from diffc.codec import DiffcCodec, params_from_header
+    from diffc.backbone import load_backbone
+    from pipelines.datasets import read_image, to_tensor
+
+    codec = DiffcCodec(load_backbone("gaussian"), params_from_header(header))
+    if header.n_steps + 1 < len(codec.timesteps):
+        nxt = codec.encode(to_tensor(read_image(odd_image)), [codec.timesteps[header.n_steps + 1]]).points[-1]
+        assert nxt.bpp > target
+
+
+def test_tiny_sd15_cli_round_trip(odd_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    f, rep, dec = tmp_path / "t.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
+    code, out, err = run_task(compress, "compress", ["model=tiny-sd15", f"input={odd_image}", f"output={f}",
+                                                     "timestep=500", f"recon_output={rep}"], capsys)
+    assert code == 0, err
+    assert f"{f.stat().st_size} B" in out
+    code, _, err = run_task(decompress, "decompress", [f"input={f}", f"output={dec}"], capsys)
+    assert code == 0, err
+    assert dec.read_bytes() == rep.read_bytes()
+
+
+def _bad_files(tmp: Path, good: bytes) -> dict[str, Path]:
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    cases = {"empty": b"", "truncated": good[: len(good) // 2], "foreign": b"\x89PNG\r\n\x1a\n" + bytes(64),
+             "bitflip": bytes(flipped), "header-only": good[:12]}
+    paths = {}
+    for name, data in cases.items():
+        paths[name] = tmp / f"{name}.diffc"
+        paths[name].write_bytes(data)
+    paths["missing"] = tmp / "missing.diffc"
+    return paths
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "foreign", "bitflip", "header-only", "missing"])
+def test_decompress_bad_file_one_line_no_output(case: str, encoded: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    bad = _bad_files(tmp_path, encoded["diffc"].read_bytes())[case]
+    out = tmp_path / "out.png"
+    code, _, err = run_task(decompress, "decompress", [f"input={bad}", f"output={out}"], capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out.png*"))
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["input=MISSING", "output=OUT", "timestep=300"], "cannot read image"),
+    (["input=NOTIMAGE", "output=OUT", "timestep=300"], "cannot read image"),
+    (["input=IMG", "output=OUT"], "exactly one of timestep"),
+    (["input=IMG", "output=OUT", "timestep=300", "bpp=0.5"], "exactly one of timestep"),
+    (["input=IMG", "output=OUT", "timestep=0"], "below the last encoding timestep"),
+    (["input=IMG", "output=OUT", "bpp=0.001"], "no rate point within"),
+    (["input=IMG", "timestep=300"], "missing required option"),
+    (["input=IMG", "output=OUT", "timestep=300", "codec.chunk_bits=40"], "chunk_bits"),
+    (["input=IMG", "output=OUT", "timestep=300", "model.options.params_path=/nope.npz"], "not found"),
+])
+def test_compress_bad_input_one_line_no_output(overrides: list[str], needle: str, odd_image: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out.diffc"
+    notimage = tmp_path / "notimage.png"
+    notimage.write_bytes(b"this is not an image")
+    subst = {"MISSING": str(tmp_path / "missing.png"), "NOTIMAGE": str(notimage), "IMG": str(odd_image),
+             "OUT": str(out)}
+    args = [o.split("=")[0] + "=" + subst.get(o.split("=", 1)[1], o.split("=", 1)[1]) for o in overrides]
+    code, _, err = run_task(compress, "compress", ["model=gaussian", *args], capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not out.exists() and not list(tmp_path.glob(".out.diffc*"))
+
+
+def test_decompress_refuses_other_weights(encoded: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file from the shipped Kodak fit, decoded with other prior parameters: fingerprint mismatch."""
+    import pipelines.decompress as dmod
+    from pipelines.common import model_config
+
+    with np.load(ROOT / "diffc/backbones/params/gaussian_kodak.npz") as f:
+        np.savez(tmp_path / "other.npz", mean=f["mean"], var=f["var"] * 1.01)
+
+    def other_weights(name: str):
+        cfg = model_config(name)
+        cfg.options.params_path = str(tmp_path / "other.npz")
+        return cfg
+
+    monkeypatch.setattr(dmod, "model_config", other_weights)
+    out = tmp_path / "o.png"
+    code, _, err = run_task(decompress, "decompress", [f"input={encoded['diffc']}", f"output={out}"], capsys)
+    assert code != 0 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_real_cli_errors_and_help(tmp_path: Path) -> None:
+    r = cli("pipelines.compress", "model=nope", "input=x", "output=y", "timestep=1")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "unknown model 'nope'" in r.stderr
+    r = cli("pipelines.decompress", f"input={tmp_path / 'none.diffc'}", f"output={tmp_path / 'o.png'}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "No such file" in r.stderr
+    for module in ("pipelines.compress", "pipelines.decompress"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and "input" in r.stdout and "output" in r.stdout
