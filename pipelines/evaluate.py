@@ -180,7 +180,8 @@ class Job:
         else:
             values, reasons = self.metrics.compute(ref, rec)
         row.update({m: values.get(m, math.nan) for m in ALL_METRICS})
-        row["metric_errors"] = format_reasons(reasons, self.metrics.names)
+        # every NaN metric cell gets its reason, 'not requested' included (never a silent NaN)
+        row["metric_errors"] = format_reasons(reasons, ALL_METRICS)
         return row
 
     def save(self, image_id: str, label: str, png: np.ndarray | None, data: bytes | None) -> None:
