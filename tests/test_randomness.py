@@ -1,0 +1,143 @@
+"""Counter-based shared randomness (diffc/randomness.py): an independent pure-Python reference of
+the hash construction (no int32 overflow at high rows/columns), random access, distribution,
+independence, and invariance to thread count and call shape."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from diffc import randomness as rnd
+
+M32 = 0xFFFFFFFF
+
+
+def ref_hash32(x: int) -> int:
+    """lowbias32 on Python ints (unsigned, explicit 32-bit masks)."""
+    x &= M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
+def ref_entry_bits(key: int, row: int, col: int) -> int:
+    p = ref_hash32(col + key)
+    r = ref_hash32(ref_hash32(row + key) ^ 0x5BD1E995)
+    return ref_hash32(p ^ r)
+
+
+def ref_normal(key: int, row: int, col: int) -> float:
+    k = (ref_entry_bits(key, row, col) >> 8) & 0xFFFFFF
+    return math.sqrt(2.0) * float(special.erfinv((2 * k + 1 - (1 << 24)) / (1 << 24)))
+
+
+def to_signed(v: int) -> int:
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+EDGE = [0, 1, 2, 0x7FFF, 0x8000, 0xFFFF, 0x10000, (1 << 24) - 1, 1 << 24, 0x7FFFFFFF, -1, -(1 << 31), 123456789]
+
+
+def test_hash32_matches_reference() -> None:
+    rng = np.random.default_rng(0)
+    vals = EDGE + [int(v) for v in rng.integers(-(1 << 31), 1 << 31, 2000)]
+    got = rnd.hash32(torch.tensor(vals, dtype=torch.int32)).tolist()
+    assert got == [to_signed(ref_hash32(v)) for v in vals]
+
+
+@pytest.mark.parametrize("key", [0, 1, 0x5BD1E995 & 0x7FFFFFFF, 2**31 - 1])
+def test_entries_match_reference_at_high_rows_and_columns(key) -> None:
+    """(row, col) up to (2^24 - 1, 2^31 - 1): the product row x n_cols would be ~2^55, far past
+    int32/int64 offsets; the construction never forms it. Integer bits are exact, normals agree
+    with a float64 erfinv to float32 precision."""
+    rows = [0, 1, 65535, 65536, (1 << 24) - 2, (1 << 24) - 1, (1 << 31) - 1]
+    cols = [0, 1, 4095, 65535, 65536, (1 << 24) - 1, (1 << 31) - 1]  # col + key wraps past 2^31
+    r = torch.tensor(rows, dtype=torch.int64)[:, None]
+    c = torch.tensor(cols, dtype=torch.int64)[None, :]
+    bits = rnd.entry_hashes(rnd.column_hashes(key, c), rnd.row_hashes(key, r))
+    z = rnd.normals(key, r, c)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            assert int(bits[i, j]) == to_signed(ref_entry_bits(key, row, col)), (row, col)
+            assert float(z[i, j]) == pytest.approx(ref_normal(key, row, col), abs=2e-6, rel=2e-6)
+
+
+def test_random_access_equals_block_generation() -> None:
+    """One entry, one row, one column or a whole block: the same numbers (no call-order state)."""
+    key = rnd.stream_key(7, 2, 3)
+    rows = torch.arange(0, 64, dtype=torch.int32)
+    cols = torch.arange(1000, 1300, dtype=torch.int32)
+    block = rnd.normals(key, rows[:, None], cols[None, :])
+    assert block.shape == (64, 300) and block.dtype == torch.float32
+    for i, j in [(0, 0), (17, 123), (63, 299)]:
+        assert torch.equal(rnd.normals(key, rows[i:i + 1], cols[j:j + 1]), block[i:i + 1, j])
+    assert torch.equal(rnd.normals(key, rows[5:6, None], cols[None, :])[0], block[5])
+    assert torch.equal(rnd.normals(key, rows[:, None], cols[None, 40:41])[:, 0], block[:, 40])
+    # the same columns in another order: the same values, permuted
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(rnd.normals(key, rows[:, None], cols[perm][None, :]), block[:, perm])
+    # int64 inputs give the same as int32
+    assert torch.equal(rnd.normals(key, rows.long()[:, None], cols.long()[None, :]), block)
+    # float64 output: the same uniforms, more precise erfinv
+    assert torch.allclose(rnd.normals(key, rows[:, None], cols[None, :], torch.float64), block.double(), atol=1e-5)
+
+
+def test_normals_are_standard_normal() -> None:
+    """KS against N(0, 1) at alpha = 1e-3 (fixed key, deterministic), moments, 24-bit truncation."""
+    z = rnd.normals(rnd.stream_key(1, 2), torch.arange(256)[:, None], torch.arange(2048)[None, :]).double().flatten()
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert float(z.std()) == pytest.approx(1.0, abs=5 * math.sqrt(2 / n))
+    assert stats.kstest(z[:200_000].numpy(), "norm").pvalue > 1e-3
+    bound = math.sqrt(2) * float(special.erfinv(1 - 2.0 ** -24))
+    assert float(z.abs().max()) <= bound + 1e-5 and bound < 5.5
+    u = rnd.uniforms(3, torch.arange(512)[:, None], torch.arange(512)[None, :]).flatten()
+    assert float(u.min()) > 0 and float(u.max()) < 1
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+
+
+def test_rows_and_columns_are_uncorrelated() -> None:
+    key = rnd.stream_key(5, 9)
+    z = rnd.normals(key, torch.arange(2000)[:, None], torch.arange(64)[None, :]).double()
+    c = torch.corrcoef(z.T)  # 64 columns x 2000 samples
+    off = c[~torch.eye(64, dtype=torch.bool)]
+    assert float(off.abs().max()) < 5 / math.sqrt(2000)
+    r = torch.corrcoef(z[:64])  # adjacent candidates (rows) over the same 64 columns
+    assert float(r[~torch.eye(64, dtype=torch.bool)].abs().mean()) < 0.15
+    # neighbouring rows/columns (counters differing by 1 bit) are decorrelated too
+    a = rnd.normals(key, torch.arange(0, 100000, 2), torch.tensor([0])).double().flatten()
+    b = rnd.normals(key, torch.arange(1, 100001, 2), torch.tensor([0])).double().flatten()
+    assert abs(float((a * b).mean())) < 5 / math.sqrt(a.numel())
+
+
+def test_stream_keys_and_noise() -> None:
+    keys = {rnd.stream_key(s, lab, k) for s in range(4) for lab in range(3) for k in range(50)}
+    assert len(keys) == 600 and all(0 <= k < 2**31 for k in keys)
+    assert rnd.stream_key(0, 2, 5) == rnd.stream_key(0, 2, 5)
+    x = rnd.noise_like(3, 0, (3, 16, 24))
+    assert x.shape == (3, 16, 24) and x.dtype == torch.float32
+    assert torch.equal(x, rnd.noise_like(3, 0, (3, 16, 24)))
+    assert torch.equal(x.flatten(), rnd.noise_like(3, 0, (3 * 16 * 24,)))  # layout-independent values
+    assert not torch.equal(x, rnd.noise_like(4, 0, (3, 16, 24)))
+    assert not torch.equal(x, rnd.noise_like(3, 1, (3, 16, 24)))
+
+
+def test_bit_identical_across_thread_counts() -> None:
+    key = rnd.stream_key(11, 2, 1)
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append((rnd.normals(key, torch.arange(64)[:, None], torch.arange(1 << 15)[None, :]),
+                        rnd.uniforms(key, torch.arange(64)[:, None], torch.arange(4096)[None, :]),
+                        rnd.noise_like(11, 0, (4, 128, 128))))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
