@@ -259,6 +259,7 @@ def _cached(hub_id: str) -> bool:
     return isinstance(try_to_load_from_cache(hub_id, "scheduler/scheduler_config.json"), str)
 
 
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")
 @pytest.mark.parametrize("mode", ["HF_HUB_OFFLINE", "unreachable"])
 def test_load_error_offline_is_clear_and_fast(mode: str, monkeypatch: pytest.MonkeyPatch):
     """No weights offline -> one line: the model id, the HF cache path, model.options.path and the
@@ -280,7 +281,9 @@ def test_load_error_offline_is_clear_and_fast(mode: str, monkeypatch: pytest.Mon
         monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")
         monkeypatch.delenv("HTTPS_PROXY", raising=False)
         monkeypatch.delenv("https_proxy", raising=False)
-    import diffusers  # noqa: F401  (import time is not the loader's)
+    # import time is not the loader's: the classes it imports lazily
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
     t0 = time.perf_counter()
     with pytest.raises(BackboneLoadError) as e:
@@ -334,6 +337,10 @@ def test_real_backbone_kodak_roundtrip(name: str, tmp_path: Path):
     env = path_env_var(name)
     if not os.environ.get(env) and not options.get("path") and not _cached(options["hub_id"]):
         pytest.skip(f"no weights for {name}: {options['hub_id']} is not in the HF cache and {env} is unset")
+    if options.get("refiner_hub_id") and not os.environ.get("DIFFC_SDXL_REFINER_PATH") \
+            and not options.get("refiner_path") and not _cached(options["refiner_hub_id"]):
+        pytest.skip(f"no weights for the {name} refiner: {options['refiner_hub_id']} is not in the HF cache "
+                    "and DIFFC_SDXL_REFINER_PATH is unset")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     b = load_backbone(name, **options)
     codec = DiffcCodec(b, CodecParams(**codec_cfg))
