@@ -5,7 +5,10 @@ What lives here, used by ``stable_diffusion.py`` and ``flux.py``:
 - device / dtype resolution (``device: auto`` = CUDA when available; float32 forced on CPU);
 - :class:`WeightsSource`: loading components by hub id or local path with ``from_pretrained``,
   turning every failure into one :class:`BackboneLoadError` that says what was looked for, where,
-  and how to point ``model.options.path`` at a local copy;
+  and how to point ``model.options.path`` (or ``DIFFC_<NAME>_PATH``) at a local copy. Hub ids are
+  tried in the local HF cache first (``local_files_only``); only when that fails is the hub asked,
+  after a 3-second reachability check (``hub_offline_reason``), so an offline machine gets the
+  error in seconds instead of after huggingface_hub's ~30 s of retries;
 - text stages: CLIP / T5 prompt encoders for real weights, and a seeded stand-in for the tiny
   twins (no tokenizer, no hub access);
 - :class:`DiffusersBackbone`: the VAE side shared by every adapter.
