@@ -6,6 +6,8 @@ One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}``: bi
 x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
 mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
 quality ceiling of its autoencoder). FID/KID come from the dataset-level table (no band).
+Next to each figure, ``{dataset}-rd-{metric}.csv`` holds exactly the plotted points (one row per
+curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
 """
 from __future__ import annotations
 
@@ -64,9 +66,28 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
     ax.set_title(title)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right" if HIGHER_IS_BETTER[metric] else "upper right",
+    # outside the axes: never hides a curve, however many models
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
               framealpha=0.9)
     return plotted
+
+
+def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame) -> pd.DataFrame:
+    """The sidecar table of one figure: every plotted point (codec curves) and VAE ceiling."""
+    out = []
+    for model, entry in plotted.items():
+        c = curves[curves["model"] == model]
+        for i in range(len(entry["bpp"])):
+            out.append({"model": model, "series": "codec", "recon_timestep": c["recon_timestep"].iloc[i],
+                        "target_bpp": c["target_bpp"].iloc[i], "bpp": entry["bpp"][i],
+                        "value": entry["value"][i], "lo": entry["lo"][i], "hi": entry["hi"][i],
+                        "n": c["n"].iloc[i]})
+        if entry["vae"] is not None:
+            out.append({"model": model, "series": "vae", "recon_timestep": pd.NA, "target_bpp": float("nan"),
+                        "bpp": float("nan"), "value": entry["vae"], "lo": float("nan"), "hi": float("nan"),
+                        "n": pd.NA})
+    return pd.DataFrame(out, columns=["model", "series", "recon_timestep", "target_bpp", "bpp", "value",
+                                      "lo", "hi", "n"])
 
 
 def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> dict[tuple[str, str], dict]:
@@ -81,14 +102,17 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> 
             curves, ceilings = rate_points(rows, metric), vae_ceiling(rows, metric)
         for dataset in sorted(set(curves["dataset"])):
             n_img = rows.loc[(rows["dataset"] == dataset) & (rows["kind"] == "codec"), "image"].nunique()
-            fig, ax = plt.subplots(figsize=(6.4, 4.6))
+            fig, ax = plt.subplots(figsize=(8.0, 4.6))
             band = "" if metric in ("fid", "kid") else ", band: 95% CI of the mean"
-            plotted = plot_rd(ax, curves[curves["dataset"] == dataset], ceilings[ceilings["dataset"] == dataset],
-                              metric, f"{dataset} ({n_img} images{band})")
+            ds_curves = curves[curves["dataset"] == dataset]
+            plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
+                              metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})")
             fig.tight_layout()
+            stem = out / f"{dataset}-rd-{metric}"
             for fmt in formats:
-                fig.savefig(out / f"{dataset}-rd-{metric}.{fmt}", dpi=150)
+                fig.savefig(f"{stem}.{fmt}", dpi=150, bbox_inches="tight")
             plt.close(fig)
+            plotted_points(plotted, ds_curves).to_csv(f"{stem}.csv", index=False)
             done[(dataset, metric)] = plotted
     if not done:
         raise cli.UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")

@@ -29,16 +29,32 @@ MIN_POINTS = 2
 
 
 def points_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset, model and rate point (VAE last): n images, mean bpp and every metric's mean."""
+    """Per dataset, model and rate point (VAE last): n images, mean bpp, mean ideal rate (Σ KL)
+    and delivered information per pixel, and every metric's mean over the images with a value
+    (inf stays inf: a lossless VAE round trip has PSNR inf, not NaN)."""
     keys = ["dataset", "model", "kind", "recon_timestep", "target_bpp"]
-    finite = rows.copy()
+    df = rows.copy()
+    pixels = (df["width"] * df["height"]).astype(float)
+    df["kl_bpp"] = df["kl_bits"].astype(float) / pixels
+    df["delivered_bpp"] = df["delivered_bits"].astype(float) / pixels
     for m in PER_IMAGE:
-        finite[m] = finite[m].astype(float).replace([np.inf, -np.inf], np.nan)
-    finite["kl_bpp"] = finite["kl_bits"] / (finite["width"] * finite["height"]).astype(float)
-    agg = finite.groupby(keys, dropna=False).agg(
+        df[m] = df[m].astype(float)
+    agg = df.groupby(keys, dropna=False).agg(
         n=("image", "nunique"), bpp=("bpp", "mean"), kl_bpp=("kl_bpp", "mean"),
-        **{m: (m, "mean") for m in PER_IMAGE}).reset_index()
+        delivered_bpp=("delivered_bpp", "mean"), **{m: (m, "mean") for m in PER_IMAGE}).reset_index()
     return agg.sort_values(["dataset", "model", "kind", "bpp"], ignore_index=True)
+
+
+def nan_reasons(rows: pd.DataFrame) -> pd.DataFrame:
+    """Why metric cells are NaN: per dataset, model and distinct reason, how many rows."""
+    out = []
+    for (dataset, model), grp in rows.groupby(["dataset", "model"]):
+        for cell in grp["metric_errors"].fillna(""):
+            for part in filter(None, (p.strip() for p in str(cell).split("; "))):
+                out.append({"dataset": dataset, "model": model, "reason": part})
+    df = pd.DataFrame(out, columns=["dataset", "model", "reason"])
+    return df.value_counts().rename("rows").reset_index().sort_values(["dataset", "model", "reason"],
+                                                                       ignore_index=True)
 
 
 def monotone(bpp: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,13 +120,20 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(points: pd.DataFrame, bd: pd.DataFrame, ceilings: pd.DataFrame) -> str:
+def markdown(points: pd.DataFrame, bd: pd.DataFrame, ceilings: pd.DataFrame,
+             reasons: pd.DataFrame | None = None) -> str:
     """The report as markdown."""
     fmt = md_table
-    return "\n\n".join([
-        "# DiffC results", "## Metrics per rate point (mean over images; kind=vae: autoencoder only)",
+    parts = [
+        "# DiffC results",
+        "## Metrics per rate point (mean over images; kind=vae: autoencoder only)",
+        "bpp = real file size; kl_bpp = Σ KL(q‖p) per pixel (the ideal rate); delivered_bpp = "
+        "Σ log2 q/p of the samples sent (what the truncated search delivered).",
         fmt(points), "## VAE ceilings (PSNR)", fmt(ceilings),
-        "## BD-rate vs anchor (%; negative = fewer bits for the same quality)", fmt(bd), ""])
+        "## BD-rate vs anchor (%; negative = fewer bits for the same quality)", fmt(bd)]
+    if reasons is not None:
+        parts += ["## Why metric cells are NaN (rows per reason)", fmt(reasons)]
+    return "\n\n".join(parts + [""])
 
 
 def _main(v: dict[str, Any]) -> None:
@@ -122,7 +145,7 @@ def _main(v: dict[str, Any]) -> None:
     bd = bd_table(rows, v["anchor"] or None, v["method"])
     points.to_csv(f"{out}-points.csv", index=False)
     bd.to_csv(f"{out}-bdrate.csv", index=False)
-    Path(f"{out}.md").write_text(markdown(points, bd, vae_ceiling(rows, "psnr")))
+    Path(f"{out}.md").write_text(markdown(points, bd, vae_ceiling(rows, "psnr"), nan_reasons(rows)))
     print(f"{out}.md: {len(points)} rate points, {len(bd)} BD-rate pairs "
           f"({int(bd['bd_rate_pct'].isna().sum())} NaN)")
 
