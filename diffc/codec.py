@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
-from .entropy import MAX_CHUNKS, StepDecoder, StepSymbols, encode_steps
+from .entropy import MAX_CHUNKS, StepDecoder, StepSymbols, encode_steps, step_bits
 from .pfr import chunk_sums, decode_chunks, encode_chunks, make_plan
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
@@ -171,11 +171,13 @@ class DiffcCodec:
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
-               caption: str | None = None, progress: bool = False) -> EncodeResult:
+               caption: str | None = None, progress: bool = False, max_bits: float | None = None) -> EncodeResult:
         """Encode ``image`` ([3, H, W] in [0, 1]) once; one ``RatePoint`` per stop timestep.
 
         ``stop_timesteps`` None = only the end of the schedule. Points are ordered by decreasing
-        timestep (increasing rate).
+        timestep (increasing rate). ``max_bits``: stop the chain after the first step whose file
+        would exceed ``max_bits`` (no later point can fit a rate target), dropping the stops
+        beyond it; the ideal code length screens each step and real bytes confirm.
         """
         t0 = time.perf_counter()
         _check_image(image)
@@ -189,6 +191,7 @@ class DiffcCodec:
         steps: list[StepSymbols] = []
         res = EncodeResult([], 0.0)
         points: list[tuple[int, torch.Tensor]] = []
+        ideal = 0.0  # ideal payload bits so far (max_bits screening)
         for k in tqdm(range(1, stops[-1] + 1), desc="encode", unit="step", disable=not progress, leave=False):
             x0_hat, mu_p, pc = self._prior(x, k, cond)
             std = pc.std
@@ -208,6 +211,14 @@ class DiffcCodec:
             x = x_next
             if k in stops:
                 points.append((k, x.clone()))
+            if max_bits is not None:
+                ideal += sum(step_bits(steps[-1], steps[-2].n_chunks if k > 1 else 1, p.num_candidates, p.chunk_bits))
+                header_bits = 8 * fmt.header_size(self._header(width, height, k, caption))
+                if header_bits + ideal > max_bits and \
+                        header_bits + 8 * len(encode_steps(steps, p.num_candidates, p.chunk_bits, min(x.numel(), MAX_CHUNKS))[0]) > max_bits:
+                    if not points or points[-1][0] != k:
+                        points.append((k, x.clone()))
+                    break
         for k, x_k in points:
             payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits, min(x.numel(), MAX_CHUNKS))
             header = self._header(width, height, k, caption)

@@ -74,6 +74,18 @@ def laplace_bits(x: int, mean: float, scale: float) -> float:
     return -math.log2(max(cdf(x + 0.5) - cdf(x - 0.5), 1e-300))
 
 
+@functools.lru_cache(maxsize=8)
+def _zipf_log2(num_candidates: int, chunk_bits: float) -> np.ndarray:
+    return np.log2(zipf_probabilities(num_candidates, chunk_bits))
+
+
+def step_bits(st: StepSymbols, prev: int, num_candidates: int, chunk_bits: float) -> tuple[float, float]:
+    """Ideal code lengths in bits (side, indices) of one step that follows a step of ``prev`` chunks."""
+    mean, scale = _count_params(prev)
+    return (laplace_bits(st.n_chunks, mean[0], scale[0]),
+            float(-_zipf_log2(num_candidates, chunk_bits)[np.asarray(st.indices)].sum()))
+
+
 def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float,
                  max_chunks: int = MAX_CHUNKS) -> tuple[bytes, StreamCost]:
     """Range-code a sequence of steps; returns the bytes and the ideal cost split.
@@ -81,8 +93,6 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
     ``max_chunks`` bounds every chunk count (the decoder passes the same bound to ``next_count``).
     """
     enc = constriction.stream.queue.RangeEncoder()
-    probs = zipf_probabilities(num_candidates, chunk_bits)
-    log2p = np.log2(probs)
     cost = StreamCost()
     prev = 1
     for st in steps:
@@ -91,8 +101,7 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
         mean, scale = _count_params(prev)
         enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
         enc.encode(np.asarray(st.indices, dtype=np.int32), _index_model(num_candidates, chunk_bits))
-        sb = laplace_bits(st.n_chunks, mean[0], scale[0])
-        ib = float(-log2p[np.asarray(st.indices)].sum())
+        sb, ib = step_bits(st, prev, num_candidates, chunk_bits)
         cost.side_bits += sb
         cost.index_bits += ib
         cost.per_step.append((sb, ib))

@@ -23,7 +23,8 @@ from .datasets import read_image, to_tensor, to_uint8
 
 
 def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None) -> list[int]:
-    """Timesteps to encode: the one asked for, or every step of the schedule (bpp mode)."""
+    """Timesteps to encode: the one asked for, or every step of the schedule (bpp mode: the
+    encoder stops after the first step whose file exceeds the target)."""
     if (timestep is None) == (bpp is None):
         raise PipelineError("give exactly one of timestep=T (stop timestep) or bpp=B (target bits per pixel)")
     if bpp is not None:
@@ -62,7 +63,8 @@ def compress(cfg: DictConfig) -> None:
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
     x = to_tensor(image)
     try:
-        result = codec.encode(x, stop_timesteps=stops, caption=cfg.caption, progress=cfg.progress)
+        max_bits = None if cfg.bpp is None else cfg.bpp * image.shape[0] * image.shape[1]
+        result = codec.encode(x, stop_timesteps=stops, caption=cfg.caption, progress=cfg.progress, max_bits=max_bits)
     except ValueError as exc:  # image too large, bad caption...
         raise PipelineError(str(exc)) from exc
     point = choose_point(result.points, cfg.bpp)
