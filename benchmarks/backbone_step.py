@@ -64,7 +64,7 @@ REFINER_BELOW_T = 200
 RECON_CALLS = 51  # 50 ODE steps + the final x0 prediction (DiffcCodec.denoise)
 CHUNK_BITS, PADDING_BITS = 12, 2
 QUICK_RCC_BITS = 10  # quick: search 2^10 candidates, scale to 2^14
-QUICK_BUDGET_S = 7 * 60  # --quick must finish in < 8 min: children get what is left of this
+QUICK_BUDGET_S = 450  # --quick must finish in < 8 min (480 s): everything after startup fits in this
 
 # ---- real architectures (values of the checkpoints' config.json files) ----------------------------
 SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
@@ -155,7 +155,32 @@ def _text_dims(name: str) -> tuple[int, int | None, int | None]:
 
 def count_flops() -> dict[str, float]:
     """FLOPs of one network call at the 768x512 latent, and of the VAE encode/decode at full and
-    quarter size, counted with torch.utils.flop_counter on the meta device."""
+    quarter size, counted with torch.utils.flop_counter on the meta device (~30 s; cached in
+    $DIFFC_CACHE/bench/ under a hash of the configs and library versions)."""
+    import hashlib
+
+    import diffusers
+
+    key = hashlib.sha256(json.dumps([SD_VAE, SDXL_VAE, FLUX_VAE, SD15_UNET, SD21_UNET, SDXL_UNET, SDXL_REFINER_UNET,
+                                     FLUX_TRANSFORMER, HEIGHT, WIDTH, torch.__version__, diffusers.__version__],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("DIFFC_CACHE", REPO / ".cache" / "diffc")) / "bench" / f"backbone_step_flops_{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    out = _count_flops()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return out
+
+
+def _count_flops() -> dict[str, float]:
     from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -362,11 +387,11 @@ def _device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 network call per model, no warm-up, RCC over 2^10 "
-                    "candidates scaled to 2^14, VAE at 1/4 of the pixels, a 7-minute budget; < 8 min")
+                    "candidates scaled to 2^14, VAE at 1/4 of the pixels, a 450 s budget; < 8 min")
     ap.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
     ap.add_argument("--steps", type=int, default=None, help="timed network calls per model (default 1 quick, 3)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for all children (default 420 with --quick)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for everything after startup (default 450 with --quick)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vae", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
