@@ -34,16 +34,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 CPU cores")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: 1 with --quick, torch's default otherwise; on a "
+                        "shared machine several threads per op can be several times slower than one)")
     p.add_argument("--device", default="cpu", help="torch device for the codec work")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sources / simulations")
     return p
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Apply the shared options (threads)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Apply the shared options (threads: 1 by default with --quick)."""
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -51,8 +51,8 @@ from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 LN2 = math.log(2.0)
 DEFAULT = (8, 2)  # conf/model/gaussian.yaml
 BASELINE = (14, 2)  # the reference's 2^16 candidates, 2 bits of padding
-QUICK_SETTINGS = [(8, 2), (10, 2), (12, 2), (12, 4), (14, 2)]
-FULL_SETTINGS = [(8, 2), (8, 4), (8, 6), (10, 2), (10, 4), (12, 2), (12, 4), (14, 2)]
+QUICK_SETTINGS = [(8, 2), (6, 4), (10, 2), (12, 2), (12, 4), (14, 2)]
+FULL_SETTINGS = [(8, 2), (6, 4), (8, 4), (8, 6), (10, 2), (10, 4), (12, 2), (12, 4), (14, 2)]
 ZIPF_GRID = np.round(np.arange(0.5, 4.01, 0.1), 2)
 
 
