@@ -96,7 +96,8 @@ class EncodeResult:
     encode_s: float
     step_kl_bits: list[float] = field(default_factory=list)
     step_delivered_bits: list[float] = field(default_factory=list)
-    step_chunks: list[int] = field(default_factory=list)
+    step_chunks: list[int] = field(default_factory=list)  # chunk count sent per step (side information)
+    step_indices: list[int] = field(default_factory=list)  # indices coded per step (non-empty chunks of the plan)
 
 
 @dataclass
@@ -204,10 +205,11 @@ class DiffcCodec:
             x_next = self._sample(mu_p, std, plan, idx, k)
             z = ((x_next - mu_p) / std).flatten()[plan.perm.to(u.device)]
             delivered = float(chunk_sums(z * u_coded - 0.5 * u_coded * u_coded, plan).sum()) / LN2
-            steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))
+            steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))  # len(idx) = plan.n_chunks
             res.step_kl_bits.append(kl_bits)
             res.step_delivered_bits.append(delivered)
             res.step_chunks.append(n_chunks)
+            res.step_indices.append(plan.n_chunks)
             x = x_next
             if k in stops:
                 points.append((k, x.clone()))
@@ -273,11 +275,11 @@ class DiffcCodec:
         for k in tqdm(range(1, header.n_steps + 1), desc="decode", unit="step", disable=not progress, leave=False):
             _, mu_p, pc = self._prior(x, k, cond)
             try:
-                n_chunks = dec.next_count(min(n_dims, MAX_CHUNKS))
-                idx = torch.from_numpy(dec.next_indices(n_chunks))
+                plan = self._plan(x, k, dec.next_count(min(n_dims, MAX_CHUNKS)))
+                idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
             except (ValueError, RuntimeError) as e:
                 raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
-            x = self._sample(mu_p, pc.std, self._plan(x, k, n_chunks), idx, k)
+            x = self._sample(mu_p, pc.std, plan, idx, k)
         t = self.timesteps[header.n_steps]
         image = None
         if reconstruct:
@@ -331,5 +333,5 @@ def params_from_header(header: fmt.Header) -> CodecParams:
 def _check_image(image: torch.Tensor) -> None:
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
-    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE:
-        raise ValueError(f"image sides must be <= {fmt.MAX_SIDE}")
+    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE or image.shape[1] * image.shape[2] > fmt.MAX_PIXELS:
+        raise ValueError(f"image sides must be <= {fmt.MAX_SIDE} and pixels <= {fmt.MAX_PIXELS}")

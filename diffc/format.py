@@ -30,6 +30,8 @@ FORMAT_VERSION = 1
 RECON_MODES = ("denoise", "ode")
 MAX_NAME = 64
 MAX_SIDE = 65536
+#: largest image (pixels) a file may describe: 8192 x 8192; bounds the decoder's latent allocation
+MAX_PIXELS = 1 << 26
 MAX_STEPS = 10000
 MAX_CAPTION = 65536
 
@@ -177,6 +179,8 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile("corrupt .diffc file: CRC32 mismatch")
     if width < 1 or height < 1:
         raise CorruptFile("corrupt .diffc file: zero image size")
+    if width * height > MAX_PIXELS:
+        raise CorruptFile(f"corrupt .diffc file: image {width}x{height} exceeds the {MAX_PIXELS}-pixel limit")
     if recon >= len(RECON_MODES):
         raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
     if not 1 <= chunk_bits <= 24 or padding_bits > 8:

@@ -45,7 +45,12 @@ class ChunkPlan:
 
 def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None) -> ChunkPlan:
     """Shuffle entries (seeded by ``key``) and cut the shuffled order into ``n_chunks`` runs of
-    equal total weight (weights = decoder-known expected KL per entry; None = uniform)."""
+    equal total weight (weights = decoder-known expected KL per entry; None = uniform).
+
+    An entry heavier than a run's share cannot be split: it covers several cuts, and the runs
+    left empty are dropped, so the plan may hold fewer than ``n_chunks`` chunks (every one
+    non-empty; the decoder computes the same plan, so no index is spent on an empty chunk).
+    """
     if not 1 <= n_chunks <= n_dims:
         raise ValueError(f"n_chunks must be in 1..{n_dims}, got {n_chunks}")
     gen = torch.Generator().manual_seed(key)
@@ -57,7 +62,8 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
         w = w + 1e-12 * w.sum().clamp_min(1e-300)  # no zero-weight entries: every chunk non-empty
         mid = torch.cumsum(w, 0) - 0.5 * w
         chunk_of = torch.floor(mid / w.sum() * n_chunks).to(torch.int64).clamp_(0, n_chunks - 1)
-    return ChunkPlan(perm, chunk_of, n_chunks)
+        _, chunk_of = torch.unique_consecutive(chunk_of, return_inverse=True)
+    return ChunkPlan(perm, chunk_of, int(chunk_of[-1]) + 1)
 
 
 def _arrival_key(key: int) -> int:

@@ -41,15 +41,16 @@ def enc(request, gaussian_backbone) -> Encoded:
     return Encoded(codec, image, res, decoded)
 
 
-def _symbols(codec: DiffcCodec, data: bytes, n_dims: int) -> list[StepSymbols]:
-    """The entropy-decoded (chunk count, indices) of every step of a file."""
+def _symbols(codec: DiffcCodec, data: bytes, n_dims: int, n_indices: list[int]) -> list[StepSymbols]:
+    """The entropy-decoded (chunk count, indices) of every step of a file; ``n_indices`` = the
+    number of non-empty chunks of each step's plan (what the decoder gets from the plan)."""
     header, payload = fmt.read(data)
     p = params_from_header(header)
     dec = StepDecoder(payload, p.num_candidates, p.chunk_bits)
     out = []
-    for _ in range(header.n_steps):
+    for k in range(header.n_steps):
         n = dec.next_count(min(n_dims, MAX_CHUNKS))
-        out.append(StepSymbols(n, dec.next_indices(n).astype(np.int32)))
+        out.append(StepSymbols(n, dec.next_indices(n_indices[k]).astype(np.int32)))
     return out
 
 
@@ -58,7 +59,8 @@ def test_one_point_per_stop_step(enc: Encoded) -> None:
     n_steps = len(enc.codec.timesteps) - 1
     assert [p.step_index for p in pts] == list(range(1, n_steps + 1))
     assert [p.timestep for p in pts] == enc.codec.timesteps[1:]
-    assert len(enc.result.step_kl_bits) == len(enc.result.step_chunks) == n_steps
+    assert len(enc.result.step_kl_bits) == len(enc.result.step_chunks) == len(enc.result.step_indices) == n_steps
+    assert all(1 <= i <= n for i, n in zip(enc.result.step_indices, enc.result.step_chunks))
 
 
 def test_decoder_xt_bit_identical_at_every_stop(enc: Encoded) -> None:
@@ -120,7 +122,7 @@ def test_payload_is_the_range_coded_symbols(enc: Encoded) -> None:
     k_cands = c.params.num_candidates
     for p in enc.result.points:
         header, payload = fmt.read(p.data)
-        steps = _symbols(c, p.data, n_dims)
+        steps = _symbols(c, p.data, n_dims, enc.result.step_indices)
         assert [s.n_chunks for s in steps] == enc.result.step_chunks[: p.step_index]
         assert all(0 <= int(i) < k_cands for s in steps for i in s.indices)
         again, cost = encode_steps(steps, k_cands, c.params.chunk_bits, min(n_dims, MAX_CHUNKS))
@@ -159,9 +161,9 @@ def test_progressive_files_extend_each_other(enc: Encoded) -> None:
     assert all(len(a.data) <= len(b.data) for a, b in zip(pts, pts[1:]))
     assert len(pts[-1].data) > 4 * len(pts[0].data)
     assert all(a.kl_bits < b.kl_bits for a, b in zip(pts, pts[1:]))
-    last = _symbols(enc.codec, pts[-1].data, n_dims)
+    last = _symbols(enc.codec, pts[-1].data, n_dims, enc.result.step_indices)
     for p in pts[:-1]:
-        mine = _symbols(enc.codec, p.data, n_dims)
+        mine = _symbols(enc.codec, p.data, n_dims, enc.result.step_indices)
         assert len(mine) == p.step_index < len(last)
         for a, b in zip(mine, last):  # symbol-level prefix of the longest file
             assert a.n_chunks == b.n_chunks and np.array_equal(a.indices, b.indices)

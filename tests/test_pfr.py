@@ -148,19 +148,20 @@ def test_make_plan_uniform_and_weighted() -> None:
             make_plan(d, bad, key=1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known weakness of make_plan: an entry whose weight exceeds 1/n_chunks of the total spans "
-    "several equal-weight slots, leaving empty chunks (each still costs an index symbol) while "
-    "its own chunk exceeds the budget; the 1e-12 floor does not prevent it. Occurs in the codec: "
-    "Gaussian backbone, first step, 200 chunks -> 25 empty"))
 def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
+    """An entry heavier than a run's share spans several cuts; the empty runs are dropped (no index
+    is spent on them). Gaussian backbone, first step, 200 requested chunks: 25 would be empty."""
     x = torch.zeros(3, 64, 64)
     w = gaussian_backbone.kl_weights(x, 1000, 972)
     p = make_plan(x.numel(), 200, key=1, weights=w)
-    assert int((torch.bincount(p.chunk_of, minlength=200) == 0).sum()) == 0
+    counts = torch.bincount(p.chunk_of)
+    assert len(counts) == p.n_chunks and int(counts.min()) >= 1
+    assert 150 <= p.n_chunks < 200
+    assert bool((p.chunk_of[1:] - p.chunk_of[:-1] <= 1).all())  # consecutive labels
     wz = torch.zeros(1000)
-    wz[3] = 1.0  # all weight on one entry
-    assert torch.all(torch.bincount(make_plan(1000, 5, 1, wz).chunk_of, minlength=5) >= 1)
+    wz[3] = 1.0  # all weight on one entry: before it, it, after it
+    pz = make_plan(1000, 5, 1, wz)
+    assert pz.n_chunks == 3 and int(torch.bincount(pz.chunk_of).min()) >= 1
 
 
 def test_chunk_sums() -> None:
