@@ -125,9 +125,12 @@ def test_plot_draws_the_means_and_dashed_vae_ceilings(results: Path) -> None:
         plt.close(fig)
 
 
-def test_report_cli_tables(results: Path) -> None:
-    out = cli("analysis.report", f"results={results}")
-    assert "report.md" in out.stdout
+def test_report_cli_tables(results: Path, capsys: pytest.CaptureFixture) -> None:
+    from analysis import cli as acli
+
+    # in process (the module's __main__ is this same call; rd_curves covers the subprocess path)
+    acli.run(report._main, [f"results={results}"], report.OPTIONS, "analysis.report", "about")
+    assert "report.md" in capsys.readouterr().out
     rows, _ = load_results(results)
     points = pd.read_csv(results / "report-points.csv")
     assert len(points) == len(MODELS) * (3 + 1)  # 3 rate points + the vae row per model

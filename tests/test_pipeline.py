@@ -213,3 +213,33 @@ def test_issue_command_full_size(tmp_path: Path) -> None:
     rows, _ = load_results(tmp_path)
     assert (rows["kind"] == "codec").sum() == 4 * 3 * 2 and (rows["kind"] == "vae").sum() == 4 * 2
     assert set(DESIGN_COLUMNS) <= set(rows.columns)
+
+
+def test_bpp_targets_pick_real_files(tmp_path: Path) -> None:
+    """bitrate=bpp: per target, the highest-rate point whose real file fits; none fits -> NaN + reason."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.common import CONF_DIR
+    from pipelines.evaluate import run_job
+
+    targets = [0.001, 1.0, 4.0]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=gaussian", *FAST, "bitrate=bpp", "dataset.options.ids=[kodim05]",
+                                           f"bitrate.targets=[{','.join(map(str, targets))}]"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(cfg, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    rows, _ = load_results(tmp_path)
+    codec = rows[rows["kind"] == "codec"].sort_values("target_bpp")
+    assert list(codec["target_bpp"]) == targets
+    none = codec.iloc[0]
+    assert pd.isna(none["bpp"]) and pd.isna(none["psnr"]) and "no rate point at or below" in none["metric_errors"]
+    for r in codec.iloc[1:].itertuples():
+        size = (tmp_path / "diffc" / r.image / f"bpp{r.target_bpp:g}.diffc").stat().st_size
+        assert r.bpp == 8 * size / (32 * 32) <= r.target_bpp
+        assert r.recon_timestep in cfg.bitrate.candidates and np.isfinite(r.psnr)
+    assert codec.iloc[2]["bpp"] >= codec.iloc[1]["bpp"]
