@@ -10,11 +10,14 @@ The baseline uses the same shared randomness (``diffc.randomness``): for each ch
 its K x d_c candidate matrix, scores every candidate and takes the argmin. Both must choose the
 same index for every chunk (float32 sums in another order may flip an exact near-tie: such a
 difference is accepted only when the two scores agree to 1e-4, and counted).
-Timing: the two implementations alternate, ``--reps`` times each; the median is reported.
+Timing: the two implementations alternate, ``--reps`` times each; the median is reported, at the
+run's thread count, at 1 thread and at one thread per CPU. Then the vectorised encoder alone at
+several candidate-block sizes (``pfr.BLOCK_ENTRIES``; 1 thread): the indices do not depend on it.
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 
@@ -28,6 +31,7 @@ import torch
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.entropy import MAX_CHUNKS
+import diffc.pfr as pfr
 from diffc.pfr import ChunkPlan, _arrival_key, encode_chunks
 from diffc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
 
@@ -90,11 +94,11 @@ def main() -> None:
     ap.add_argument("--chunk-bits", type=int, default=8)
     ap.add_argument("--padding-bits", type=int, default=2)
     ap.add_argument("--schedule", default="geom-30")
-    ap.add_argument("--reps", type=int, default=None, help="timing repetitions (default 1 quick, 3 full)")
+    ap.add_argument("--reps", type=int, default=None, help="timing repetitions (default 2 quick, 3 full)")
     args = ap.parse_args()
     C.setup(args)
     t_start = time.perf_counter()
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (2 if args.quick else 3)
     backbone = load_backbone("gaussian")
     codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=args.chunk_bits,
                                              padding_bits=args.padding_bits, seed=args.seed, recon="denoise"))
@@ -147,7 +151,7 @@ def main() -> None:
 
     entries = K * D * len(work)
     results = {}
-    for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+    for threads in sorted({torch.get_num_threads(), 1, os.cpu_count() or 1}, reverse=True):
         rows, vec, loop = timed(threads)
         results[threads] = (rows, vec, loop)
         C.log(f"\n  {threads} thread(s):")
@@ -158,6 +162,31 @@ def main() -> None:
           f"(checked on every timed call)")
     rows, vec, loop = results[torch.get_num_threads()]
     _, vec1, loop1 = results[1]
+
+    # sensitivity of the vectorised encoder to its candidate-block size (pfr.BLOCK_ENTRIES), 1 thread
+    default_block = pfr.BLOCK_ENTRIES
+    block_rows = []
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for be in (1 << 17, 1 << 19, default_block, 1 << 23):
+            pfr.BLOCK_ENTRIES = be
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for (k, u, plan, key), row in zip(work, rows):
+                    encode_chunks(u, plan, K, key)
+                ts.append(time.perf_counter() - t0)
+            block_rows.append({"block_entries": be, "entries_per_s": entries / statistics.median(ts)})
+    finally:
+        pfr.BLOCK_ENTRIES = default_block
+        torch.set_num_threads(prev_threads)
+    ref = next(r["entries_per_s"] for r in block_rows if r["block_entries"] == default_block)
+    for r in block_rows:
+        r["rel_to_default"] = r["entries_per_s"] / ref
+        r["speedup_vs_loop_1thread"] = r["entries_per_s"] / (entries / loop1)
+    C.log(f"\n  vectorised encoder vs candidate-block size (1 thread; default BLOCK_ENTRIES = {default_block}):")
+    C.table(block_rows)
     C.emit("rcc_throughput", args, {
         "entries_per_s": entries / vec,
         "baseline_entries_per_s": entries / loop,
@@ -165,6 +194,9 @@ def main() -> None:
         "goal_speedup": 20,
         "one_thread": {"entries_per_s": entries / vec1, "baseline_entries_per_s": entries / loop1,
                        "speedup": loop1 / vec1},
+        "by_threads": {str(t): {"entries_per_s": entries / v, "baseline_entries_per_s": entries / l, "speedup": l / v}
+                       for t, (_, v, l) in results.items()},
+        "block_entries_sweep_1thread": block_rows,
         "per_step": [{k: r[k] for k in ("step", "t", "chunks", "dims/chunk", "speedup")} for r in rows],
         "indices_identical": agree["identical"], "indices_near_tie": agree["near_tie"], "chunks": agree["chunks"],
         "workload": {"backbone": "gaussian", "image": image_id, "latent_entries": D, "candidates": K,
