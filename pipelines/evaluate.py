@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
@@ -59,6 +61,7 @@ FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "t
 #: config keys that do not change the results (left out of the config hash)
 VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra", "dry_run", "debug")
 DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
+FAILED = "failed.json"
 
 
 # job dir name: the job's overrides, or "defaults" when there are none (conf/config.yaml)
@@ -270,6 +273,8 @@ def describe_job(cfg: DictConfig, job_dir: Path) -> str:
     points = plan.targets if plan.targets is not None else plan.stop_timesteps
     done = job_dir / DONE
     state = "done" if done.exists() and json.loads(done.read_text()).get("config_hash") == config_hash(cfg) else "todo"
+    if state == "todo" and (job_dir / FAILED).exists():
+        state = "failed-before"
     return (f"job model={cfg.model.name} dataset={cfg.dataset.name} {plan_kind(plan)}={list(points)} "
             f"metrics={list(cfg.metrics.names)} fid={bool(cfg.metrics.get('fid', False))} "
             f"config_hash={config_hash(cfg)} state={state} dir={job_dir}")
@@ -282,6 +287,7 @@ def plan_kind(plan: RatePlan) -> str:
 def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``."""
     job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / FAILED).unlink(missing_ok=True)
     chash = config_hash(cfg)
     done = job_dir / DONE
     if done.exists() and json.loads(done.read_text()).get("config_hash") == chash:
@@ -312,15 +318,51 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     return job_dir
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one job in its own output directory (``dry_run=true``: print it only)."""
+class JobFailed(CompactHydraException):
+    """A job of a multirun failed with an expected error (its line was printed and saved in the job
+    dir's failed.json). Raised instead of exiting so that Hydra marks this job failed, runs the
+    other jobs of the sweep, and then exits non-zero printing just this line."""
+
+
+def _fail_job(cfg: DictConfig, job_dir: Path, exc: BaseException) -> JobFailed:
+    from diffc.format import DiffcFormatError
+
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    if not isinstance(exc, (PipelineError, DiffcFormatError, DatasetError, OSError)):
+        message = f"{type(exc).__name__}: {message} (debug=true shows the traceback)"
+    print(f"error: job {job_dir.name}: {message}", file=sys.stderr, flush=True)
+    try:
+        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
+                                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+    except OSError:
+        pass
+    return JobFailed(f"error: job {job_dir.name} failed (others may have too: see failed.json in their dirs)")
+
+
+def _task(cfg: DictConfig) -> None:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.get("dry_run", False):
         print(describe_job(cfg, job_dir), flush=True)
         return
     run_job(cfg, job_dir)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: one job in its own output directory (``dry_run=true``: print it only).
+
+    Single run: a failure is one line on stderr and exit status 2 (``debug=true``: traceback).
+    Multirun: a failing job is reported in one line (and ``failed.json`` in its dir), the sweep
+    goes on with its other jobs, and Hydra exits non-zero at the end.
+    """
+    if HydraConfig.get().mode != RunMode.MULTIRUN or cfg.get("debug", False):
+        one_line_errors(_task)(cfg)
+        return
+    try:
+        _task(cfg)
+    except Exception as exc:  # this job only: the launcher goes on with the others
+        raise _fail_job(cfg, Path(HydraConfig.get().runtime.output_dir), exc) from None
 
 
 if __name__ == "__main__":

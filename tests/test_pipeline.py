@@ -243,3 +243,15 @@ def test_bpp_targets_pick_real_files(tmp_path: Path) -> None:
         assert r.bpp == 8 * size / (32 * 32) <= r.target_bpp
         assert r.recon_timestep in cfg.bitrate.candidates and np.isfinite(r.psnr)
     assert codec.iloc[2]["bpp"] >= codec.iloc[1]["bpp"]
+
+
+def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    """Multirun: a job that fails is reported (one line + failed.json), the others still run, exit != 0."""
+    out = subprocess.run(evaluate_cmd(["-m", "model=gaussian", "bitrate.stop_timesteps=[0],[700]", *FAST[3:]], tmp_path),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "error: job bitrate.stop_timesteps=[0]" in out.stderr and "Traceback" not in out.stderr
+    (bad,) = [p.parent for p in tmp_path.rglob("failed.json")]
+    assert "positive timesteps" in json.loads((bad / "failed.json").read_text())["error"]
+    (good,) = [p.parent for p in tmp_path.rglob("done.json")]
+    assert "stop_timesteps=[700]" in good.name and len(list((good / "shards").glob("*.parquet"))) == len(IMAGES)
