@@ -11,7 +11,9 @@ the backbone's autoencoder). Output, in the job directory (named by the job's ov
 - ``job.json`` (identity: config hash, model, dataset) and ``job.yaml`` (resolved config),
 - ``fid.parquet``: dataset-level FID/KID on patches per rate point (when ``metrics.fid``),
 - ``done.json``: the done marker; a rerun of a done job returns at once, an interrupted job
-  redoes only the images without a shard.
+  redoes only the images without a shard (temp files a killed write left are deleted);
+- ``failed.json``: the one-line reason a job of a multirun failed (the sweep goes on with its
+  other jobs and exits non-zero); removed when the job runs again.
 
 Columns: see ``COLUMNS`` (DESIGN.md section 2, plus ``timestep``, ``target_bpp``,
 ``delivered_bits``, ``width``, ``height``, ``ms_ssim_scales``, ``metric_errors``).

@@ -188,3 +188,38 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
             acli.run(rd_curves._main, argv, rd_curves.OPTIONS, "analysis.rd_curves", "about")
         err = capsys.readouterr().err
         assert exc.value.code != 0 and err.strip().count("\n") == 0 and needle in err, err
+
+
+def test_fid_figure_from_the_dataset_table(results: Path, tmp_path: Path) -> None:
+    """FID/KID curves come from each job's fid.parquet (current config hash only), VAE dashed."""
+    import json
+    import shutil
+
+    from analysis.rd_curves import render
+    from pipelines.evaluate import FID_COLUMNS
+
+    root = tmp_path / "r"
+    shutil.copytree(results, root, ignore=shutil.ignore_patterns("figures", "report*"))
+    want = {}
+    for job in sorted(root.glob("model=*")):
+        chash = json.loads((job / "job.json").read_text())["config_hash"]
+        model = job.name.split("=")[1]
+        recs = [{"model": model, "dataset": "kodak-small", "kind": "codec", "recon_timestep": t, "target_bpp": math.nan,
+                 "bpp_mean": b, "fid": f, "kid": f / 1000, "n_patches": 8, "reason": "", "config_hash": chash}
+                for t, b, f in [(700, 0.1, 90.0), (300, 0.3, 60.0), (100, 0.9, 30.0)]]
+        recs.append({"model": model, "dataset": "kodak-small", "kind": "vae", "recon_timestep": pd.NA, "target_bpp": math.nan,
+                     "bpp_mean": math.nan, "fid": 5.0, "kid": 0.005, "n_patches": 8, "reason": "", "config_hash": chash})
+        # a row of an older config in the same file is ignored
+        recs.append(recs[0] | {"fid": 1e6, "config_hash": "0ldc0nf1g000"})
+        df = pd.DataFrame(recs, columns=list(FID_COLUMNS))
+        df["recon_timestep"] = df["recon_timestep"].astype("Int64")
+        df.to_parquet(job / "fid.parquet", index=False)
+        want[model] = [90.0, 60.0, 30.0]
+    done = render(root, ["fid", "kid"], root / "figures", ["png"])
+    side = pd.read_csv(root / "figures" / "kodak-small-rd-fid.csv")
+    for model, values in want.items():
+        codec = side[(side["model"] == model) & (side["series"] == "codec")]
+        assert list(codec["value"]) == values and list(codec["bpp"]) == [0.1, 0.3, 0.9]
+        assert list(side[(side["model"] == model) & (side["series"] == "vae")]["value"]) == [5.0]
+        assert done[("kodak-small", "fid")][model]["vae"] == 5.0
+    assert (root / "figures" / "kodak-small-rd-kid.png").exists()
