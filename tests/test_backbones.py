@@ -114,6 +114,7 @@ def test_caption_stored_counted_and_used(name: str):
     # the decoder's conditioning is the encoder's (deterministic text stage)
     b = tiny(name)
     c_enc, c_dec = b.condition(caption), b.condition(dec.header.caption)
+    assert _tensors(c_enc)
     for a, z in zip(_tensors(c_enc), _tensors(c_dec)):
         assert torch.equal(a, z)
 
