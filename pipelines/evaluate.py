@@ -9,6 +9,7 @@ the backbone's autoencoder). Output, in the job directory (named by the job's ov
 
 - ``shards/IMAGE.HASH.parquet``: the rows of one image (written atomically; HASH = config hash),
 - ``job.json`` (identity: config hash, model, dataset) and ``job.yaml`` (resolved config),
+- ``results.parquet``: every row of the job (the shards, concatenated), written when it completes;
 - ``fid.parquet``: dataset-level FID/KID on patches per rate point (when ``metrics.fid``),
 - ``done.json``: the done marker; a rerun of a done job returns at once, an interrupted job
   redoes only the images without a shard (temp files a killed write left are deleted);
@@ -63,7 +64,7 @@ FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "t
 #: config keys that do not change the results (left out of the config hash)
 VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra", "dry_run", "debug")
 DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
-FAILED = "failed.json"
+FAILED, RESULTS = "failed.json", "results.parquet"
 
 
 # job dir name: the job's overrides, or "defaults" when there are none (conf/config.yaml)
@@ -295,6 +296,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     if done.exists() and json.loads(done.read_text()).get("config_hash") == chash:
         log.info("job %s already done (config %s)", job_dir, chash)
         return job_dir
+    (job_dir / RESULTS).unlink(missing_ok=True)  # only ever the complete table of the current config
     try:
         data = load_dataset(cfg.dataset.name, **plain(cfg.dataset.get("options")))
     except DatasetError as exc:
@@ -312,6 +314,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
                               disable=not cfg.progress, file=sys.stderr):
         write_table(frame(job.image_rows(image_id, img)), shard_path(job_dir, image_id, chash))
     rows = pd.concat([pd.read_parquet(shard_path(job_dir, i, chash)) for i in ids], ignore_index=True)
+    write_table(rows, job_dir / RESULTS)
     if cfg.metrics.get("fid", False):
         write_table(dataset_fid(cfg, job_dir, data, rows), job_dir / FID_FILE)
     atomic_write(done, json.dumps({"config_hash": chash, "images": len(ids), "rows": len(rows),

@@ -126,6 +126,9 @@ def test_sweep_rows_and_columns(reference: tuple[Path, pd.DataFrame]) -> None:
         done = json.loads((d / "done.json").read_text())
         assert done["config_hash"] == chash and done["rows"] == len(IMAGES) * (len(STOPS) + 1)
         assert (d / "job.yaml").exists()
+        whole = pd.read_parquet(d / "results.parquet")  # the job's table, once complete
+        assert_same_rows(whole, rows[rows["model"] == model])
+        assert len(whole) == done["rows"]
         assert sorted(p.name.split(".")[0] for p in (d / "shards").glob("*.parquet")) == IMAGES
     assert not temp_files(root)
 
