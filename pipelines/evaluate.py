@@ -324,9 +324,9 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
 
 
 class JobFailed(CompactHydraException):
-    """A job of a multirun failed with an expected error (its line was printed and saved in the job
-    dir's failed.json). Raised instead of exiting so that Hydra marks this job failed, runs the
-    other jobs of the sweep, and then exits non-zero printing just this line."""
+    """A job of a multirun failed (its one-line reason was printed and saved in the job dir's
+    failed.json). Raised instead of exiting so that Hydra marks this job failed, runs the other
+    jobs of the sweep, and then exits non-zero printing just this line."""
 
 
 def _fail_job(cfg: DictConfig, job_dir: Path, exc: BaseException) -> JobFailed:
