@@ -95,6 +95,20 @@ def test_tiny_file_roundtrip_bit_exact(name: str, tmp_path: Path):
     assert tuple(point.x_t.shape[-2:]) == (-(-ODD_H // mult) * mult // 8, -(-ODD_W // mult) * mult // 8)
 
 
+def test_tiny_sdxl_refiner_roundtrip():
+    """With the refiner (t < 200 steps on a second UNet), the file still decodes bit-exactly, and a
+    decoder without the refiner refuses it (the refiner is part of the fingerprint)."""
+    b = tiny("tiny-sdxl", refiner=True)
+    codec = DiffcCodec(b, PARAMS)
+    assert any(t < b.refiner_below_t for t in codec.timesteps[1:])
+    point = codec.encode(make_image(), caption="a parrot").points[-1]
+    dec = DiffcCodec(b, PARAMS).decode(point.data)
+    assert torch.equal(dec.x_t, point.x_t)
+    assert torch.equal(dec.image, codec.reconstruct(point.x_t, point.timestep, ODD_H, ODD_W, b.condition("a parrot")))
+    with pytest.raises(fmt.FingerprintMismatch):
+        DiffcCodec(tiny("tiny-sdxl"), PARAMS).decode(point.data)
+
+
 @pytest.mark.parametrize("name", ["tiny-sd15", "tiny-sdxl", "tiny-flux"])
 def test_caption_stored_counted_and_used(name: str):
     """A caption goes in the file (larger file, higher bpp), and the decoder conditions on it:
