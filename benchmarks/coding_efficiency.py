@@ -45,7 +45,7 @@ from diffc import format as fmt
 from diffc import entropy
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.entropy import MAX_CHUNKS, StepSymbols, encode_steps, zipf_probabilities
+from diffc.entropy import StepSymbols, count_bound, encode_steps, zipf_probabilities
 from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 
 LN2 = math.log(2.0)
@@ -120,30 +120,28 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
         std = pc.std
         u = (pc.c0 / std) * (x0 - x0_hat)
         kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
-        n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), d, MAX_CHUNKS))
+        n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(d)))
         plan = codec._plan(x, k, n_chunks)
-        perm = plan.perm.to(u.device)
-        u_c = u.flatten()[perm].double()
+        u_c = plan.coded(u).double()
         r2 = chunk_sums(u_c * u_c, plan)
         r = r2.sqrt()
-        one = ChunkPlan(torch.arange(n_chunks), torch.arange(n_chunks), n_chunks)
+        nc = plan.n_chunks  # non-empty chunks (<= n_chunks)
+        one = ChunkPlan(torch.arange(nc), torch.arange(nc), nc)
         key = codec._step_key(k)
         idx = encode_chunks(r.to(torch.float32), one, p.num_candidates, key)
         w = decode_chunks(idx, one, key, u.device).double()  # chosen candidate's component along u
         chunk_of = plan.chunk_of.to(u.device)
         uhat = torch.where(r[chunk_of] > 0, u_c / r[chunk_of].clamp_min(1e-300), torch.zeros_like(u_c))
-        g = torch.randn(d, generator=gen, dtype=torch.float64).to(u.device)
+        g = torch.randn(u_c.numel(), generator=gen, dtype=torch.float64).to(u.device)
         z_c = g + (w - chunk_sums(g * uhat, plan))[chunk_of] * uhat
-        z = torch.empty_like(z_c)
-        z[perm] = z_c
-        x = (mu_p + std * z.reshape(mu_p.shape).to(torch.float32))
+        x = mu_p + std * plan.combine(z_c, d).reshape(mu_p.shape).to(torch.float32)
         kl_c = 0.5 * r2 / LN2
         deliv_c = (w * r - 0.5 * r2) / LN2
-        rec.add(k, kl_c, deliv_c, idx, torch.bincount(plan.chunk_of, minlength=n_chunks))
+        rec.add(k, kl_c, deliv_c, idx, torch.bincount(plan.chunk_of, minlength=nc))
         kl_total += kl_bits
         deliv_total += float(deliv_c.sum())
         steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))
-    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, min(d, MAX_CHUNKS))
+    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(d))
     data = fmt.write(codec._header(width, height, len(steps), None), payload)
     coded = cost.side_bits + cost.index_bits
     side = 8 * len(payload) * cost.side_bits / coded

@@ -30,7 +30,7 @@ import torch
 
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.entropy import MAX_CHUNKS
+from diffc.entropy import count_bound
 import diffc.pfr as pfr
 from diffc.pfr import ChunkPlan, _arrival_key, encode_chunks
 from diffc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
@@ -81,9 +81,9 @@ def workloads(codec: DiffcCodec, image: torch.Tensor, steps: list[int], seed: in
         u = (pc.c0 / pc.std) * (x0 - x0_hat)
         if k in steps:
             kl_bits = float((u.double() ** 2).sum()) / 2 / math.log(2)
-            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), x.numel(), MAX_CHUNKS))
+            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(x.numel())))
             plan = codec._plan(x, k, n_chunks)
-            out.append((k, u.flatten()[plan.perm].contiguous(), plan, codec._step_key(k)))
+            out.append((k, plan.coded(u).contiguous(), plan, codec._step_key(k)))
         mu_q = pc.c0 * x0 + pc.ct * x
         x = mu_q + pc.std * torch.randn(x.shape, generator=gen)
     return out

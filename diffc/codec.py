@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
-from .entropy import MAX_CHUNKS, StepDecoder, StepSymbols, encode_steps, step_bits
+from .entropy import StepDecoder, StepSymbols, count_bound, encode_steps, step_bits
 from .pfr import chunk_sums, decode_chunks, encode_chunks, make_plan
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
@@ -163,12 +163,11 @@ class DiffcCodec:
     def _step_key(self, k: int) -> int:
         return stream_key(self.params.seed, 2, k)
 
-    def _sample(self, mu_p: torch.Tensor, std: float, plan, indices: torch.Tensor, k: int) -> torch.Tensor:
-        """x_t' = mu_p + std * z_N (the same function on both sides: bit-identical)."""
+    def _sample(self, mu_p: torch.Tensor, std: float, plan, indices: torch.Tensor, k: int):
+        """(x_t', the coded candidates): x_t' = mu_p + std * z_N, split parts summed (the same
+        function on both sides: bit-identical)."""
         z_coded = decode_chunks(indices, plan, self._step_key(k), mu_p.device)
-        z = torch.empty_like(z_coded)
-        z[plan.perm.to(mu_p.device)] = z_coded
-        return mu_p + std * z.reshape(mu_p.shape)
+        return mu_p + std * plan.combine(z_coded, mu_p.numel()).reshape(mu_p.shape), z_coded
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
@@ -198,12 +197,11 @@ class DiffcCodec:
             std = pc.std
             u = (pc.c0 / std) * (x0 - x0_hat)
             kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
-            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), x.numel(), MAX_CHUNKS))
+            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(x.numel())))
             plan = self._plan(x, k, n_chunks)
-            u_coded = u.flatten()[plan.perm.to(u.device)]
+            u_coded = plan.coded(u)
             idx = encode_chunks(u_coded, plan, p.num_candidates, self._step_key(k))
-            x_next = self._sample(mu_p, std, plan, idx, k)
-            z = ((x_next - mu_p) / std).flatten()[plan.perm.to(u.device)]
+            x_next, z = self._sample(mu_p, std, plan, idx, k)
             delivered = float(chunk_sums(z * u_coded - 0.5 * u_coded * u_coded, plan).sum()) / LN2
             steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))  # len(idx) = plan.n_chunks
             res.step_kl_bits.append(kl_bits)
@@ -217,12 +215,12 @@ class DiffcCodec:
                 ideal += sum(step_bits(steps[-1], steps[-2].n_chunks if k > 1 else 1, p.num_candidates, p.chunk_bits))
                 header_bits = 8 * fmt.header_size(self._header(width, height, k, caption))
                 if header_bits + ideal > max_bits and \
-                        header_bits + 8 * len(encode_steps(steps, p.num_candidates, p.chunk_bits, min(x.numel(), MAX_CHUNKS))[0]) > max_bits:
+                        header_bits + 8 * len(encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(x.numel()))[0]) > max_bits:
                     if not points or points[-1][0] != k:
                         points.append((k, x.clone()))
                     break
         for k, x_k in points:
-            payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits, min(x.numel(), MAX_CHUNKS))
+            payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits, count_bound(x.numel()))
             header = self._header(width, height, k, caption)
             data = fmt.write(header, payload)
             coded = cost.side_bits + cost.index_bits
@@ -275,11 +273,11 @@ class DiffcCodec:
         for k in tqdm(range(1, header.n_steps + 1), desc="decode", unit="step", disable=not progress, leave=False):
             _, mu_p, pc = self._prior(x, k, cond)
             try:
-                plan = self._plan(x, k, dec.next_count(min(n_dims, MAX_CHUNKS)))
+                plan = self._plan(x, k, dec.next_count(count_bound(n_dims)))
                 idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
             except (ValueError, RuntimeError) as e:
                 raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
-            x = self._sample(mu_p, pc.std, plan, idx, k)
+            x, _ = self._sample(mu_p, pc.std, plan, idx, k)
         t = self.timesteps[header.n_steps]
         image = None
         if reconstruct:

@@ -38,6 +38,13 @@ def _index_model(num_candidates: int, chunk_bits: float):
     return constriction.stream.model.Categorical(zipf_probabilities(num_candidates, chunk_bits), perfect=False)
 
 
+def count_bound(n_dims: int) -> int:
+    """Largest chunk count of a step on a latent of ``n_dims`` entries (the count model's support,
+    known to the decoder): 64 chunks per entry (entries are split into parts beyond one chunk's
+    share, ``diffc.pfr.make_plan``), at most 2^20 so the 24-bit quantized model stays sharp."""
+    return max(2, min(1 << 20, 64 * n_dims))
+
+
 @functools.lru_cache(maxsize=32)
 def _count_model(max_chunks: int):
     # Support 1..max_chunks (the decoder knows the bound: the latent's entry count). Over the whole

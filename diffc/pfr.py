@@ -14,6 +14,13 @@ the KL was actually transmitted.
 
 The chunk plan is a pure function of what the decoder has: the step's chunk count (side
 information), optional decoder-side weights (expected KL per entry) and the seed.
+
+Splitting heavy entries: an entry whose expected KL exceeds a chunk's share cannot be coded well
+by one chunk (its K candidates deliver a small part of its KL). Such an entry is sent as m parts:
+x = mu_p + std * (z_1 + ... + z_m) / sqrt(m), each part with standardised shift u / sqrt(m), i.e.
+q_i = N(u/m, 1/m) against p_i = N(0, 1/m), KL u^2 / (2m) each. The parts are independent, sum to
+exactly N(u, 1) under q and N(0, 1) under p, and sum(log q_i/p_i) = log q/p of the entry, so
+``delivered`` is unchanged by the split. Parts go to different chunks like any other entry.
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
 candidates computes every chunk's scores with a single scatter-add; no Python loop over chunks.
 """
@@ -32,38 +39,79 @@ BLOCK_ENTRIES = 1 << 21
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Assignment of the flattened latent entries to chunks.
+    """Assignment of the flattened latent entries (or their parts) to chunks, in coding order.
 
-    ``perm[j]`` is the latent entry at position j of the coding order; positions of one chunk are
-    contiguous and ``chunk_of`` (non-decreasing) gives each position's chunk.
+    Position j of the coding order carries latent entry ``src[j]`` (an entry split into m parts
+    appears m times, each part scaled by ``scale[j]`` = 1/sqrt(m); ``scale`` None = no split, and
+    ``src`` is then a permutation). Positions of one chunk are contiguous and ``chunk_of``
+    (non-decreasing, consecutive) gives each position's chunk.
     """
 
-    perm: torch.Tensor  # int64 [D]
-    chunk_of: torch.Tensor  # int64 [D]
+    src: torch.Tensor  # int64 [P]
+    chunk_of: torch.Tensor  # int64 [P]
     n_chunks: int
+    scale: torch.Tensor | None = None  # float32 [P]
+    part: torch.Tensor | None = None  # int64 [P]: which part of its entry a position is (0..m-1)
+
+    def coded(self, u: torch.Tensor) -> torch.Tensor:
+        """Latent-shaped values (flattened) -> per-position values in coding order (parts scaled)."""
+        out = u.flatten()[self.src.to(u.device)]
+        return out if self.scale is None else out * self.scale.to(u.device)
+
+    def combine(self, z: torch.Tensor, n_dims: int) -> torch.Tensor:
+        """Per-position candidates in coding order -> the latent's flattened z (parts summed, scaled).
+
+        Deterministic on every device: one ``index_add_`` per part number, each with distinct
+        target indices (no two additions race), in a fixed order.
+        """
+        dev = z.device
+        src = self.src.to(dev)
+        out = torch.zeros(n_dims, dtype=z.dtype, device=dev)
+        if self.scale is None:
+            return out.index_copy_(0, src, z)
+        z = z * self.scale.to(dev)
+        part = self.part.to(dev)
+        order = torch.argsort(part, stable=True)
+        counts = torch.bincount(part).tolist()
+        for sel in torch.split(order, counts):  # loop over part numbers (max parts of an entry)
+            out.index_add_(0, src[sel], z[sel])
+        return out
 
 
 def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None) -> ChunkPlan:
     """Shuffle entries (seeded by ``key``) and cut the shuffled order into ``n_chunks`` runs of
     equal total weight (weights = decoder-known expected KL per entry; None = uniform).
 
-    An entry heavier than a run's share cannot be split: it covers several cuts, and the runs
-    left empty are dropped, so the plan may hold fewer than ``n_chunks`` chunks (every one
-    non-empty; the decoder computes the same plan, so no index is spent on an empty chunk).
+    An entry heavier than a run's share W / n_chunks is split into m = ceil(w / share) parts of
+    weight w / m (see the module docstring), so no position outweighs a run: every run is
+    non-empty and at most n_dims + n_chunks positions exist. Runs are relabelled consecutively.
     """
-    if not 1 <= n_chunks <= n_dims:
-        raise ValueError(f"n_chunks must be in 1..{n_dims}, got {n_chunks}")
+    if n_dims < 1 or n_chunks < 1:
+        raise ValueError(f"need n_dims >= 1 and n_chunks >= 1, got {n_dims}, {n_chunks}")
+    w = (torch.ones(n_dims, dtype=torch.float64) if weights is None
+         else weights.detach().flatten().to("cpu", torch.float64).clamp_min(0))
+    if w.numel() != n_dims:
+        raise ValueError(f"weights have {w.numel()} entries, expected {n_dims}")
+    w = w + 1e-12 * w.sum().clamp_min(1e-300)  # no zero-weight entries
+    total = w.sum()
+    m = torch.ceil(w / (total / n_chunks) * (1 - 1e-9)).clamp_min(1).to(torch.int64)
     gen = torch.Generator().manual_seed(key)
-    perm = torch.randperm(n_dims, generator=gen)
-    if weights is None:
-        chunk_of = torch.arange(n_dims, dtype=torch.int64) * n_chunks // n_dims
+    split = bool((m > 1).any())
+    if not split:
+        src = torch.randperm(n_dims, generator=gen)
+        vw = w[src]
+        scale = part = None
     else:
-        w = weights.detach().flatten().to("cpu", torch.float64).clamp_min(0)[perm]
-        w = w + 1e-12 * w.sum().clamp_min(1e-300)  # no zero-weight entries: every chunk non-empty
-        mid = torch.cumsum(w, 0) - 0.5 * w
-        chunk_of = torch.floor(mid / w.sum() * n_chunks).to(torch.int64).clamp_(0, n_chunks - 1)
-        _, chunk_of = torch.unique_consecutive(chunk_of, return_inverse=True)
-    return ChunkPlan(perm, chunk_of, int(chunk_of[-1]) + 1)
+        src0 = torch.repeat_interleave(torch.arange(n_dims), m)
+        part0 = torch.arange(src0.numel()) - torch.repeat_interleave(torch.cumsum(m, 0) - m, m)
+        perm = torch.randperm(src0.numel(), generator=gen)
+        src, part = src0[perm], part0[perm]
+        vw = (w / m)[src]
+        scale = m[src].to(torch.float32).rsqrt()
+    mid = torch.cumsum(vw, 0) - 0.5 * vw
+    chunk_of = torch.floor(mid / total * n_chunks).to(torch.int64).clamp_(0, n_chunks - 1)
+    _, chunk_of = torch.unique_consecutive(chunk_of, return_inverse=True)
+    return ChunkPlan(src, chunk_of, int(chunk_of[-1]) + 1, scale, part)
 
 
 def _arrival_key(key: int) -> int:
@@ -74,7 +122,8 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     """PFR-select one candidate index per chunk.
 
     Args:
-        u: float32 [D], the standardised shift (mu_q - mu_p) / std in *coding order* (u[perm]).
+        u: float32 [P], the standardised shift (mu_q - mu_p) / std per position of the coding
+            order (``plan.coded(u)``: entries gathered, split parts scaled).
         plan: the chunk plan.
         num_candidates: K, candidates searched per chunk.
         key: stream key of this step.
@@ -109,11 +158,11 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
 
 
 def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Regenerate the selected candidates: float32 [D] in coding order (chunk c's entries = z_{N_c}).
+    """Regenerate the selected candidates: float32 [P] in coding order (chunk c's entries = z_{N_c}).
 
     Only the selected rows are generated (random access), one vectorised call for all chunks.
     """
-    d = plan.perm.numel()
+    d = plan.src.numel()
     cols = torch.arange(d, dtype=torch.int32, device=device)
     rows = indices.to(device)[plan.chunk_of.to(device)].to(torch.int32)
     return hash_to_normal(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)))

@@ -255,7 +255,6 @@ def test_garbage_payload_with_valid_header(payload) -> None:
         res = codec.decode(data)
     except fmt.DiffcFormatError as e:
         assert isinstance(e, fmt.CorruptFile) and "payload" in str(e)
-        assert payload == b"\xff" * 8  # the one known-invalid stream above
         return
     assert res.image.shape == (3, 16, 16)
 

@@ -132,36 +132,71 @@ def test_index_law_is_close_to_zipf() -> None:
 def test_make_plan_uniform_and_weighted() -> None:
     d = 1000
     p = make_plan(d, 7, key=5)
-    assert torch.equal(torch.sort(p.perm).values, torch.arange(d))
+    assert torch.equal(torch.sort(p.src).values, torch.arange(d))
     assert torch.all(p.chunk_of[1:] >= p.chunk_of[:-1])
     sizes = torch.bincount(p.chunk_of, minlength=7)
     assert int(sizes.min()) >= d // 7 and int(sizes.max()) <= d // 7 + 1
-    assert torch.equal(make_plan(d, 7, key=5).perm, p.perm) and not torch.equal(make_plan(d, 7, key=6).perm, p.perm)
+    assert torch.equal(make_plan(d, 7, key=5).src, p.src) and not torch.equal(make_plan(d, 7, key=6).src, p.src)
     w = torch.ones(d, dtype=torch.float64)
     w[:10] = 1000.0  # ten entries carry ~92% of the weight
     q = make_plan(d, 20, key=5, weights=w)
-    heavy_per_chunk = torch.bincount(q.chunk_of[w[q.perm] > 1], minlength=20)
+    heavy_per_chunk = torch.bincount(q.chunk_of[w[q.src] > 1], minlength=20)
     assert torch.all(torch.bincount(q.chunk_of, minlength=20) >= 1)
     assert int(heavy_per_chunk.max()) == 1  # the 10 heavy entries land in 10 different chunks
-    for bad in (0, d + 1):
-        with pytest.raises(ValueError):
-            make_plan(d, bad, key=1)
+    with pytest.raises(ValueError):
+        make_plan(d, 0, key=1)
+
+
+def test_plan_splits_heavy_entries_into_parts() -> None:
+    """An entry heavier than a chunk's share goes out as m = ceil(w / share) parts of 1/sqrt(m)."""
+    w = torch.ones(100, dtype=torch.float64)
+    w[7] = 95.0  # share = 194 / 10 = 19.4 -> ceil(4.9) = 5 parts of weight 19
+    p = make_plan(100, 10, key=3, weights=w)
+    assert p.src.numel() == 104 and int((p.src == 7).sum()) == 5
+    assert torch.allclose(p.scale[p.src == 7], torch.full((5,), 5 ** -0.5))
+    assert torch.all(p.scale[p.src != 7] == 1.0)
+    assert sorted(p.part[p.src == 7].tolist()) == [0, 1, 2, 3, 4]
+    parts_chunks = p.chunk_of[p.src == 7]
+    assert parts_chunks.unique().numel() == 5  # each part in its own chunk
+    assert p.n_chunks == 10 and int(torch.bincount(p.chunk_of).min()) >= 1
+    # more chunks than entries (KL per entry > chunk budget): every entry split, about evenly
+    u = make_plan(50, 200, key=1)
+    assert u.n_chunks >= 190 and u.src.numel() == 200 and torch.equal(torch.bincount(u.src), torch.full((50,), 4))
+
+
+def test_split_parts_sum_to_the_entry() -> None:
+    """combine(coded(u)) scales parts by 1/sqrt(m) twice: each entry gets back m * u / m = u; and
+    parts of N(0, 1/m) variance sum to a unit-variance entry."""
+    w = torch.tensor([1.0, 30.0, 1.0, 1.0, 9.0], dtype=torch.float64)
+    p = make_plan(5, 7, key=2, weights=w)
+    u = torch.arange(1.0, 6.0)
+    assert int(torch.bincount(p.src).max()) > 1  # some entry is split
+    assert torch.allclose(p.combine(p.coded(u), 5), u)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, p.src.numel(), generator=g)
+    total = torch.stack([p.combine(row, 5) for row in z])
+    assert torch.allclose(total.var(0), torch.ones(5), atol=0.1)
+    # the log-likelihood ratio is unchanged by the split: sum_i (z_i u_i - u_i^2 / 2) over parts
+    zc = z[0]
+    whole = p.combine(zc, 5)
+    uc = p.coded(u)
+    assert torch.allclose((zc * uc - 0.5 * uc * uc).sum(), (whole * u - 0.5 * u * u).sum(), atol=1e-4)
 
 
 def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
-    """An entry heavier than a run's share spans several cuts; the empty runs are dropped (no index
-    is spent on them). Gaussian backbone, first step, 200 requested chunks: 25 would be empty."""
+    """Gaussian backbone, first step, 200 chunks: without splitting, entries heavier than a chunk's
+    share left 25 chunks empty; split into parts, every chunk is used."""
     x = torch.zeros(3, 64, 64)
     w = gaussian_backbone.kl_weights(x, 1000, 972)
     p = make_plan(x.numel(), 200, key=1, weights=w)
     counts = torch.bincount(p.chunk_of)
-    assert len(counts) == p.n_chunks and int(counts.min()) >= 1
-    assert 150 <= p.n_chunks < 200
+    assert len(counts) == p.n_chunks == 200 and int(counts.min()) >= 1
+    assert p.scale is not None and int(p.part.max()) >= 1  # the heavy entries went out in parts
     assert bool((p.chunk_of[1:] - p.chunk_of[:-1] <= 1).all())  # consecutive labels
     wz = torch.zeros(1000)
-    wz[3] = 1.0  # all weight on one entry: before it, it, after it
+    wz[3] = 1.0  # all weight on one entry: it goes out in 5 parts, one per chunk
     pz = make_plan(1000, 5, 1, wz)
-    assert pz.n_chunks == 3 and int(torch.bincount(pz.chunk_of).min()) >= 1
+    assert pz.n_chunks == 5 and int(torch.bincount(pz.chunk_of).min()) >= 1 and int((pz.src == 3).sum()) == 5
 
 
 def test_chunk_sums() -> None:
