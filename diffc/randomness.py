@@ -37,12 +37,19 @@ def stream_key(seed: int, *labels: int) -> int:
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on an int32 tensor (wrapping multiplies, logical shifts)."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _C1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _C2
-    return x ^ ((x >> 16) & 0xFFFF)
+    """lowbias32 on an int32 tensor (wrapping multiplies, logical shifts); ``x`` is not modified.
+
+    x ^= x >>> 16; x *= C1; x ^= x >>> 15; x *= C2; x ^= x >>> 16, with >>> made logical by masking.
+    In place on one output and one scratch tensor: ~2x faster on CPU than fresh tensors per op.
+    """
+    t = torch.bitwise_right_shift(x, 16).bitwise_and_(0xFFFF)
+    x = t.bitwise_xor_(x)  # x ^ (x >>> 16), in t's storage
+    t = torch.empty_like(x)
+    x.mul_(_C1)
+    torch.bitwise_right_shift(x, 15, out=t).bitwise_and_(0x1FFFF)
+    x.bitwise_xor_(t).mul_(_C2)
+    torch.bitwise_right_shift(x, 16, out=t).bitwise_and_(0xFFFF)
+    return x.bitwise_xor_(t)
 
 
 def column_hashes(key: int, cols: torch.Tensor) -> torch.Tensor:
@@ -60,8 +67,8 @@ def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 
     2u - 1 = (2k + 1 - 2^24) / 2^24 is formed in integers first, so it is exact in float32.
     """
-    v = (((h >> 8) & 0xFFFFFF) * 2 + (1 - (1 << 24))).to(dtype) * _INV24
-    return _SQRT2 * torch.erfinv(v)
+    k = torch.bitwise_right_shift(h, 8).bitwise_and_(0xFFFFFF).mul_(2).add_(1 - (1 << 24))
+    return k.to(dtype).mul_(_INV24).erfinv_().mul_(_SQRT2)
 
 
 def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor) -> torch.Tensor:
