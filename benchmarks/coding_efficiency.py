@@ -120,7 +120,7 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
         std = pc.std
         u = (pc.c0 / std) * (x0 - x0_hat)
         kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
-        n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(d)))
+        n_chunks = codec.chunk_count(kl_bits, d)
         plan = codec._plan(x, k, n_chunks)
         u_c = plan.coded(u).double()
         r2 = chunk_sums(u_c * u_c, plan)

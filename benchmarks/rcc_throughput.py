@@ -30,7 +30,6 @@ import torch
 
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.entropy import count_bound
 import diffc.pfr as pfr
 from diffc.pfr import ChunkPlan, _arrival_key, encode_chunks
 from diffc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
@@ -71,7 +70,7 @@ def exact_scores(u: torch.Tensor, plan: ChunkPlan, key: int, c: int, idx: list[i
 @torch.no_grad()
 def workloads(codec: DiffcCodec, image: torch.Tensor, steps: list[int], seed: int):
     """(k, u in coding order, plan, key) for the chosen steps of an exact-q chain."""
-    b, p = codec.backbone, codec.params
+    b = codec.backbone
     x0 = b.encode(image.to(b.device, torch.float32)).to(torch.float32)
     x = codec._start(tuple(x0.shape))
     gen = torch.Generator().manual_seed(seed)
@@ -81,7 +80,7 @@ def workloads(codec: DiffcCodec, image: torch.Tensor, steps: list[int], seed: in
         u = (pc.c0 / pc.std) * (x0 - x0_hat)
         if k in steps:
             kl_bits = float((u.double() ** 2).sum()) / 2 / math.log(2)
-            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(x.numel())))
+            n_chunks = codec.chunk_count(kl_bits, x.numel())
             plan = codec._plan(x, k, n_chunks)
             out.append((k, plan.coded(u).contiguous(), plan, codec._step_key(k)))
         mu_q = pc.c0 * x0 + pc.ct * x

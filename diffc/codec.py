@@ -156,6 +156,11 @@ class DiffcCodec:
         pc = self.backbone.schedule.posterior(t, t_prev)
         return x0_hat, pc.c0 * x0_hat + pc.ct * x, pc
 
+    def chunk_count(self, kl_bits: float, n_dims: int) -> int:
+        """Chunks of a step carrying ``kl_bits`` of KL: ceil(KL / chunk_bits), within the count
+        model's support (the side information the encoder sends)."""
+        return int(min(max(1, math.ceil(kl_bits / self.params.chunk_bits)), count_bound(n_dims)))
+
     def _plan(self, x: torch.Tensor, k: int, n_chunks: int):
         w = self.backbone.kl_weights(x, self.timesteps[k - 1], self.timesteps[k])
         return make_plan(x.numel(), n_chunks, stream_key(self.params.seed, 1, k), w)
@@ -197,7 +202,7 @@ class DiffcCodec:
             std = pc.std
             u = (pc.c0 / std) * (x0 - x0_hat)
             kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
-            n_chunks = int(min(max(1, math.ceil(kl_bits / p.chunk_bits)), count_bound(x.numel())))
+            n_chunks = self.chunk_count(kl_bits, x.numel())
             plan = self._plan(x, k, n_chunks)
             u_coded = plan.coded(u)
             idx = encode_chunks(u_coded, plan, p.num_candidates, self._step_key(k))

@@ -47,7 +47,7 @@ def count_bound(n_dims: int) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _count_model(max_chunks: int):
-    # Support 1..max_chunks (the decoder knows the bound: the latent's entry count). Over the whole
+    # Support 1..max_chunks (the decoder knows the bound: count_bound of the latent size). Over the whole
     # 1..MAX_CHUNKS range the coder's 24-bit leaky quantization gives every one of the 2^24 symbols
     # one quantum, i.e. a uniform law: ~24 bits per count instead of a few. constriction needs >= 2
     # symbols.

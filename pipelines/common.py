@@ -35,22 +35,28 @@ def plain(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
-def available_models() -> list[str]:
-    """Names of the model configs in ``conf/model``."""
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+def config_names(group: str) -> list[str]:
+    """Names of the options of a config group (``conf/GROUP/*.yaml``)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def model_config(name: str) -> DictConfig:
     """``conf/model/NAME.yaml`` (how decompress finds the backbone named in a file header)."""
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
-        raise PipelineError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        raise PipelineError(f"unknown model {name!r}; available: {', '.join(config_names('model'))}")
     return OmegaConf.load(path)
+
+
+def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The overrides that were set (null = keep the model's value)."""
+    return {k: v for k, v in plain(overrides).items() if v is not None}
 
 
 def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
                 option_overrides: Mapping[str, Any] | None = None):
-    """Backbone + ``DiffcCodec`` from a model config, with non-null codec overrides applied.
+    """Backbone + ``DiffcCodec`` from a model config, with the non-null codec and option
+    overrides applied.
 
     Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
     """
@@ -58,12 +64,12 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
     from diffc.codec import CodecParams, DiffcCodec
 
     model = OmegaConf.create(plain(model)) if not isinstance(model, DictConfig) else model
-    fields = plain(model.get("codec")) | {k: v for k, v in plain(codec_overrides).items() if v is not None}
+    fields = plain(model.get("codec")) | _given(codec_overrides)
     known = {f.name for f in dataclasses.fields(CodecParams)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
-    options = plain(model.get("options")) | plain(option_overrides)
+    options = plain(model.get("options")) | _given(option_overrides)
     try:
         params = CodecParams(**fields)
     except (TypeError, ValueError) as exc:
@@ -137,7 +143,7 @@ def check_group_choice(argv: list[str], group: str) -> None:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key.lstrip("+~") == group and "," not in value:
-            names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            names = config_names(group)
             if value not in names:
                 print(f"error: unknown {group} {value!r}; available: {', '.join(names)}", file=sys.stderr)
                 sys.exit(2)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from diffc import format as fmt
 from diffc.codec import params_from_header
 
-from .common import atomic_write, build_codec, model_config, one_line_errors, plain, png_bytes, require
+from .common import atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
 from .datasets import to_uint8
 
 
@@ -29,7 +29,7 @@ def decompress(cfg: DictConfig) -> None:
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
     params = params_from_header(header)
-    codec = build_codec(model_config(header.backbone), vars(params), {k: v for k, v in plain(cfg.options).items() if v is not None})
+    codec = build_codec(model_config(header.backbone), vars(params), cfg.options)
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps)
     png = png_bytes(to_uint8(result.image))
     latent = None
