@@ -26,6 +26,10 @@ Two measurement paths, both with real .diffc files (header + range-coded payload
   K x D. The default setting is run both ways on the same images: the two must agree.
 
 Each setting follows its own chain (the sent samples change the next steps' KL).
+
+Floor (``pfr_floor_perfect_plan``): the same 1-D search on chunks that each hold exactly chunk_bits
+of KL, up to K = 2^20, indices only. It is what truncated PFR costs per delivered bit with a
+perfect plan and no header or side information, i.e. a lower bound for any plan or index code.
 """
 from __future__ import annotations
 
@@ -148,6 +152,41 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
     return dict(bits=8 * len(data), header=8 * (len(data) - len(payload)), side=side,
                 payload=8 * len(payload) - side, kl=kl_total, delivered=deliv_total,
                 secs=time.perf_counter() - t0), rec
+
+
+# ---- path 3: the floor of plain PFR, with every chunk holding exactly its budget -------------------
+ORACLE_SETTINGS = [(8, 2), (8, 6), (12, 2), (12, 6), (16, 2), (16, 4)]
+
+
+@torch.no_grad()
+def oracle_floor(cb: int, pb: int, seed: int) -> dict:
+    """PFR with a perfect plan: n chunks of exactly ``cb`` bits of KL each (shift r = sqrt(2 cb ln 2)
+    along the chunk's 1-D projection, the exact reduction of ``run_sim``), K = 2^(cb + pb) candidates,
+    indices coded with the shipped Zipf law and with the best scale of ZIPF_GRID. No header, no side
+    information, no plan mismatch: what truncated PFR itself costs per delivered bit."""
+    K = 1 << (cb + pb)
+    n = int(min(4096, max(64, (1 << 27) // K)))
+    r = math.sqrt(2 * cb * LN2)
+    one = ChunkPlan(torch.arange(n), torch.arange(n), n)
+    key = (seed * 1000003 + cb * 64 + pb) & 0x7FFFFFFF
+    idx = encode_chunks(torch.full((n,), r, dtype=torch.float32), one, K, key)
+    w = decode_chunks(idx, one, key).double()
+    delivered = float((w * r - 0.5 * r * r).sum()) / LN2
+    kl = n * cb
+    old = entropy.ZIPF_SCALE
+    bits = {}
+    try:
+        for sc in ZIPF_GRID:
+            entropy.ZIPF_SCALE = float(sc)
+            zipf_probabilities.cache_clear()
+            bits[float(sc)] = float(-np.log2(zipf_probabilities(K, cb))[idx.numpy()].sum())
+    finally:
+        entropy.ZIPF_SCALE = old
+        zipf_probabilities.cache_clear()
+    best = min(bits, key=bits.get)
+    return {"chunk_bits": cb, "padding_bits": pb, "chunks": n, "bits_over_kl": bits[float(old)] / kl,
+            "delivered_over_kl": delivered / kl, "bits_over_delivered": bits[float(old)] / delivered,
+            "zipf_scale_best": best, "bits_over_delivered_best_scale": bits[best] / delivered}
 
 
 # ---- summaries -----------------------------------------------------------------------------------
@@ -296,6 +335,9 @@ def main() -> None:
     spread = {"seeds": len(spread_vals), "mean": float(np.mean(spread_vals)), "std": float(np.std(spread_vals, ddof=1))}
     C.log(f"default setting, sim over {spread['seeds']} seeds: bits_over_delivered {spread['mean']:.3f} "
           f"+- {spread['std']:.3f} (std)")
+    C.log("\nFloor of plain PFR (perfect plan: every chunk exactly chunk_bits of KL; indices only):")
+    floor = [oracle_floor(cb, pb, args.seed) for cb, pb in ORACLE_SETTINGS]
+    C.table(floor)
     C.emit("coding_efficiency", args, {
         **d_head,
         "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "path": d_row["path"],
@@ -309,6 +351,8 @@ def main() -> None:
         "baseline": {**b_head, "chunk_bits": BASELINE[0], "padding_bits": BASELINE[1], "path": b_row["path"],
                      "frac_chunks_kl_gt_budget_plus_padding": b_row["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"]},
         "goal_bits_over_delivered": 1.15,
+        "pfr_floor_perfect_plan": [{k: r[k] for k in ("chunk_bits", "padding_bits", "bits_over_delivered",
+                                                      "bits_over_delivered_best_scale")} for r in floor],
         "sim_vs_codec_rel_diff": agree,
         "default_seed_spread_bits_over_delivered": spread,
         "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "path", "bits_over_kl", "delivered_over_kl",

@@ -142,10 +142,16 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     best_score = torch.full((c,), math.inf, dtype=torch.float64, device=dev)
     best_idx = torch.zeros(c, dtype=torch.int64, device=dev)
     s_carry = torch.zeros(c, dtype=torch.float64, device=dev)
+    # one workspace for every block: hashes, hash scratch, candidates, per-chunk dot products
+    h_buf = torch.empty(d, block, dtype=torch.int32, device=dev)
+    t_buf, z_buf = torch.empty_like(h_buf), torch.empty(d, block, dtype=torch.float32, device=dev)
+    dots_buf = torch.empty(c, block, dtype=torch.float32, device=dev)
     for n0 in range(0, num_candidates, block):  # loop over candidate *blocks* (memory bound)
         rows = torch.arange(n0, min(n0 + block, num_candidates), dtype=torch.int32, device=dev)
-        z = hash_to_normal(entry_hashes(col_h, row_hashes(key, rows)[None, :]))  # [D, B]
-        dots = torch.zeros(c, rows.numel(), dtype=torch.float32, device=dev)
+        b = rows.numel()
+        h, t, z = h_buf[:, :b], t_buf[:, :b], z_buf[:, :b]
+        z = hash_to_normal(entry_hashes(col_h, row_hashes(key, rows)[None, :], h, t), out=z)  # [D, B]
+        dots = dots_buf[:, :b].zero_()
         dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
         exps = -torch.log(uniforms(akey, rows[:, None], chunk_cols[None, :]))  # [B, C] Exp(1)
         s = torch.cumsum(exps, 0) + s_carry

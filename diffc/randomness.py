@@ -37,19 +37,24 @@ def stream_key(seed: int, *labels: int) -> int:
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on an int32 tensor (wrapping multiplies, logical shifts); ``x`` is not modified.
+    """lowbias32 on an int32 tensor (wrapping multiplies, logical shifts); ``x`` is not modified."""
+    return hash32_(x.clone(), torch.empty_like(x))
+
+
+def hash32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """lowbias32 in place on ``x`` with a same-shape int32 ``scratch`` (overwritten); returns ``x``.
 
     x ^= x >>> 16; x *= C1; x ^= x >>> 15; x *= C2; x ^= x >>> 16, with >>> made logical by masking.
-    In place on one output and one scratch tensor: ~2x faster on CPU than fresh tensors per op.
+    No allocation: the encoder hashes every candidate block into the same two buffers (fresh
+    multi-MB tensors per op cost page faults, measured ~3x the arithmetic on CPU).
     """
-    t = torch.bitwise_right_shift(x, 16).bitwise_and_(0xFFFF)
-    x = t.bitwise_xor_(x)  # x ^ (x >>> 16), in t's storage
-    t = torch.empty_like(x)
-    x.mul_(_C1)
-    torch.bitwise_right_shift(x, 15, out=t).bitwise_and_(0x1FFFF)
-    x.bitwise_xor_(t).mul_(_C2)
-    torch.bitwise_right_shift(x, 16, out=t).bitwise_and_(0xFFFF)
-    return x.bitwise_xor_(t)
+    t = scratch
+    for shift, mult in ((16, _C1), (15, _C2), (16, None)):
+        torch.bitwise_right_shift(x, shift, out=t).bitwise_and_((1 << (32 - shift)) - 1)
+        x.bitwise_xor_(t)
+        if mult is not None:
+            x.mul_(mult)
+    return x
 
 
 def column_hashes(key: int, cols: torch.Tensor) -> torch.Tensor:
@@ -62,18 +67,25 @@ def row_hashes(key: int, rows: torch.Tensor) -> torch.Tensor:
     return hash32(hash32(rows.to(torch.int32) + key) ^ 0x5BD1E995)
 
 
-def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal from a 32-bit hash: sqrt(2) erfinv(2u - 1), u = (top 24 bits + 1/2) / 2^24.
 
     2u - 1 = (2k + 1 - 2^24) / 2^24 is formed in integers first, so it is exact in float32.
+    With ``out`` (a ``dtype`` tensor of h's shape) the result goes there and ``h`` is overwritten
+    (no allocation); without, ``h`` is left alone.
     """
-    k = torch.bitwise_right_shift(h, 8).bitwise_and_(0xFFFFFF).mul_(2).add_(1 - (1 << 24))
-    return k.to(dtype).mul_(_INV24).erfinv_().mul_(_SQRT2)
+    k = torch.bitwise_right_shift(h, 8, out=h if out is not None else None)
+    k.bitwise_and_(0xFFFFFF).mul_(2).add_(1 - (1 << 24))
+    z = k.to(dtype) if out is None else out.copy_(k)
+    return z.mul_(_INV24).erfinv_().mul_(_SQRT2)
 
 
-def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor) -> torch.Tensor:
-    """h(P[col] ^ R[row]) from precomputed column and row hashes (broadcasting)."""
-    return hash32(col_h ^ row_h)
+def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | None = None,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """h(P[col] ^ R[row]) from precomputed column and row hashes (broadcasting); into ``out``
+    (int32, the broadcast shape) with ``scratch`` (same) when given, allocation-free."""
+    x = torch.bitwise_xor(col_h, row_h, out=out)
+    return hash32_(x, torch.empty_like(x) if scratch is None else scratch)
 
 
 def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
