@@ -1,7 +1,8 @@
-"""Coding efficiency of the PFR reverse-channel coder, per chunk_bits / padding_bits setting.
+"""Coding efficiency of the PFR reverse-channel coder, per chunk_bits / padding_bits / split_above setting.
 
 Source: kodak-small (Gaussian backbone, schedule geom-30, the full chain: every step coded).
-For each setting (chunk_bits, padding_bits; K = 2^(chunk_bits + padding_bits) candidates):
+For each setting (chunk_bits, padding_bits, split_above; K = 2^(chunk_bits + padding_bits) candidates;
+chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``diffc.pfr``):
 
 - bits_over_kl       = bits in the .diffc file / sum KL(q||p)            (what we pay vs the ideal rate)
 - delivered_over_kl  = sum log2 q/p(sent sample) / sum KL                 (how much of q the truncated
@@ -50,13 +51,14 @@ from diffc import entropy
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.entropy import StepSymbols, count_bound, encode_steps, zipf_probabilities
-from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
+from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, split_parts
 
 LN2 = math.log(2.0)
-DEFAULT = (8, 2)  # conf/model/gaussian.yaml
-BASELINE = (14, 2)  # the reference's 2^16 candidates, 2 bits of padding
-QUICK_SETTINGS = [(8, 2), (6, 4), (10, 2), (12, 2), (12, 4), (14, 2)]
-FULL_SETTINGS = [(8, 2), (6, 4), (8, 4), (8, 6), (10, 2), (10, 4), (12, 2), (12, 4), (14, 2)]
+DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, CodecParams.split_above
+BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
+QUICK_SETTINGS = [(8, 2, 0.0), (8, 2, 2.0), (8, 2, 3.0), (6, 4, 2.0), (10, 2, 2.0), (12, 2, 0.0), (12, 2, 2.0),
+                  (12, 4, 2.0), (14, 2, 0.0), (14, 2, 2.0)]
+FULL_SETTINGS = QUICK_SETTINGS + [(8, 2, 1.5), (8, 4, 2.0), (8, 6, 2.0), (10, 4, 2.0)]
 ZIPF_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
 
 
@@ -126,6 +128,10 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
         kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
         n_chunks = codec.chunk_count(kl_bits, d)
         plan = codec._plan(x, k, n_chunks)
+        u_c = plan.coded(u)
+        parts = split_parts(chunk_sums(0.5 * u_c * u_c, plan) / LN2, p.chunk_bits, p.split_above,
+                            torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
+        plan = plan.split_chunks(parts)
         u_c = plan.coded(u).double()
         r2 = chunk_sums(u_c * u_c, plan)
         r = r2.sqrt()
@@ -144,8 +150,9 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
         rec.add(k, kl_c, deliv_c, idx, torch.bincount(plan.chunk_of, minlength=nc))
         kl_total += kl_bits
         deliv_total += float(deliv_c.sum())
-        steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))
-    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(d))
+        steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32),
+                                 parts.numpy().astype(np.int32) if p.split_min else None))
+    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(d), p.split_min)
     data = fmt.write(codec._header(width, height, len(steps), None), payload)
     coded = cost.side_bits + cost.index_bits
     side = 8 * len(payload) * cost.side_bits / coded
@@ -190,7 +197,7 @@ def oracle_floor(cb: int, pb: int, seed: int) -> dict:
 
 
 # ---- summaries -----------------------------------------------------------------------------------
-def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int) -> dict:
+def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int, split: float) -> dict:
     s = {k: float(sum(t[k] for t in totals)) for k in ("bits", "header", "side", "payload", "kl", "delivered", "secs")}
     K = 1 << (cb + pb)
     kl, idx = rec["kl"], rec["index"]
@@ -220,7 +227,7 @@ def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int) 
                         "frac_gt_budget_plus_padding": float(over[m].mean()) if m.any() else None,
                         "delivered_over_kl": float(rec["delivered"][m].sum() / kl[m].sum()) if m.any() else None}
     return {
-        "chunk_bits": cb, "padding_bits": pb, "candidates": K,
+        "chunk_bits": cb, "padding_bits": pb, "split_above": split, "candidates": K,
         "bits": s["bits"], "kl_bits": s["kl"], "delivered_bits": s["delivered"],
         "bits_over_kl": s["bits"] / s["kl"],
         "delivered_over_kl": s["delivered"] / s["kl"],
@@ -256,18 +263,20 @@ def main() -> None:
     ap = C.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", default="geom-30")
     ap.add_argument("--settings", default=None,
-                    help="comma list CB/PB, e.g. 8/2,12/2 (default: quick or full list)")
+                    help="comma list CB/PB[/SPLIT_ABOVE], e.g. 8/2,12/2/0 (default: quick or full list)")
     ap.add_argument("--codec-settings", default=None,
                     help="settings also run through DiffcCodec.encode (default: 8/2, full run adds 10/2)")
     args = ap.parse_args()
     C.setup(args)
     t_start = time.perf_counter()
-    parse = lambda s: [tuple(int(v) for v in item.split("/")) for item in s.split(",")]
+    parse = lambda s: [(int(v[0]), int(v[1]), float(v[2]) if len(v) > 2 else DEFAULT[2])
+                       for v in (item.split("/") for item in s.split(","))]
     settings = parse(args.settings) if args.settings else (QUICK_SETTINGS if args.quick else FULL_SETTINGS)
     for must in (DEFAULT, BASELINE):
         if must not in settings:
             settings.append(must)
-    codec_settings = parse(args.codec_settings) if args.codec_settings else ([DEFAULT] if args.quick else [DEFAULT, (10, 2)])
+    codec_settings = (parse(args.codec_settings) if args.codec_settings
+                      else [DEFAULT] if args.quick else [DEFAULT, (10, 2, DEFAULT[2])])
 
     images = C.kodak_small(args.quick)
     backbone = load_backbone("gaussian", device=args.device)
@@ -276,10 +285,11 @@ def main() -> None:
           f"ZIPF_SCALE={entropy.ZIPF_SCALE}")
 
     rows, by_key = [], {}
-    for cb, pb in settings:
-        params = CodecParams(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise")
+    for cb, pb, split in settings:
+        params = CodecParams(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
+                             split_above=split)
         codec = DiffcCodec(backbone, params)
-        paths = (["codec"] if (cb, pb) in codec_settings else []) + ["sim"]
+        paths = (["codec"] if (cb, pb, split) in codec_settings else []) + ["sim"]
         for path in paths:
             totals, recs = [], []
             gen = torch.Generator().manual_seed(args.seed)
@@ -287,31 +297,31 @@ def main() -> None:
                 tot, rec = run_codec(codec, img) if path == "codec" else run_sim(codec, img, gen)
                 totals.append(tot)
                 recs.append(rec)
-            summ = summarize(totals, merge(recs), cb, pb)
+            summ = summarize(totals, merge(recs), cb, pb, split)
             summ["path"] = path
-            by_key[(cb, pb, path)] = summ
+            by_key[(cb, pb, split, path)] = summ
             rows.append(summ)
             C.log(f"  {cb:2d}/{pb} K=2^{cb + pb:<2d} {path:5s} bits/KL {summ['bits_over_kl']:.3f}  "
                   f"delivered/KL {summ['delivered_over_kl']:.3f}  bits/delivered {summ['bits_over_delivered']:.3f}  "
                   f"({summ['secs']:.1f}s)")
 
     C.log("\nPer setting (file bits, real .diffc files; 'sim' = exact 1-D projection simulation):")
-    C.table([{k: r[k] for k in ("chunk_bits", "padding_bits", "path", "bits_over_kl", "delivered_over_kl",
+    C.table([{k: r[k] for k in ("chunk_bits", "padding_bits", "split_above", "path", "bits_over_kl", "delivered_over_kl",
                                  "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
                                  "kl_per_chunk_mean", "index_bits_per_chunk",
                                  "zipf_scale_best", "index_bits_per_chunk_best_scale",
                                  "bits_over_delivered_best_scale")} for r in rows])
     C.log("\nChunk-KL imbalance (real KL of each chunk / chunk_bits budget):")
-    C.table([{"cb/pb": f"{r['chunk_bits']}/{r['padding_bits']}", "path": r["path"], **{
+    C.table([{"cb/pb/split": f"{r['chunk_bits']}/{r['padding_bits']}/{r['split_above']:g}", "path": r["path"], **{
         k: v for k, v in r["chunk_kl_over_budget"].items()}, "dims/chunk": r["dims_per_chunk_median"],
         "deliv/KL of >b+p": r["delivered_over_kl_chunks_gt_budget_plus_padding"]} for r in rows])
 
     C.log("\nBy thirds of the schedule (first = high noise): KL share, chunks over budget+padding, delivered/KL:")
-    C.table([{"cb/pb": f"{r['chunk_bits']}/{r['padding_bits']}", "path": r["path"],
+    C.table([{"cb/pb/split": f"{r['chunk_bits']}/{r['padding_bits']}/{r['split_above']:g}", "path": r["path"],
               **{f"{n}:{k[:5]}": v for n, t in r["by_step_third"].items() for k, v in t.items()}} for r in rows])
 
-    def head(cb, pb):
-        r = by_key.get((cb, pb, "codec")) or by_key[(cb, pb, "sim")]
+    def head(cb, pb, split):
+        r = by_key.get((cb, pb, split, "codec")) or by_key[(cb, pb, split, "sim")]
         return r, {k: r[k] for k in ("bits_over_kl", "delivered_over_kl", "bits_over_delivered")}
 
     d_row, d_head = head(*DEFAULT)
@@ -326,8 +336,8 @@ def main() -> None:
     # simulation): the scale against which the sim-codec difference and setting gaps are read
     spread_vals = [by_key[(*DEFAULT, "sim")]["bits_over_delivered"]]
     for j in range(1, 4 if args.quick else 6):
-        codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0],
-                                                 padding_bits=DEFAULT[1], seed=args.seed + j, recon="denoise"))
+        codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
+                                                 seed=args.seed + j, recon="denoise", split_above=DEFAULT[2]))
         gen = torch.Generator().manual_seed(args.seed + j)
         outs = [run_sim(codec, img, gen) for _, img in images]
         summ = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
@@ -340,7 +350,7 @@ def main() -> None:
     C.table(floor)
     C.emit("coding_efficiency", args, {
         **d_head,
-        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "path": d_row["path"],
+        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "split_above": DEFAULT[2], "path": d_row["path"],
                     "header_over_kl": d_row["header_over_kl"], "side_over_kl": d_row["side_over_kl"],
                     "payload_over_kl": d_row["payload_over_kl"],
                     "chunk_kl_over_budget": d_row["chunk_kl_over_budget"], "by_step_third": d_row["by_step_third"],
@@ -348,14 +358,15 @@ def main() -> None:
                     "index_bits_per_chunk": d_row["index_bits_per_chunk"],
                     "index_bits_per_chunk_best_scale": d_row["index_bits_per_chunk_best_scale"],
                     "bits_over_delivered_best_scale": d_row["bits_over_delivered_best_scale"]},
-        "baseline": {**b_head, "chunk_bits": BASELINE[0], "padding_bits": BASELINE[1], "path": b_row["path"],
+        "baseline": {**b_head, "chunk_bits": BASELINE[0], "padding_bits": BASELINE[1], "split_above": BASELINE[2],
+                     "path": b_row["path"],
                      "frac_chunks_kl_gt_budget_plus_padding": b_row["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"]},
         "goal_bits_over_delivered": 1.15,
         "pfr_floor_perfect_plan": [{k: r[k] for k in ("chunk_bits", "padding_bits", "bits_over_delivered",
                                                       "bits_over_delivered_best_scale")} for r in floor],
         "sim_vs_codec_rel_diff": agree,
         "default_seed_spread_bits_over_delivered": spread,
-        "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "path", "bits_over_kl", "delivered_over_kl",
+        "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "split_above", "path", "bits_over_kl", "delivered_over_kl",
                                         "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
                                         "index_bits_per_chunk", "zipf_scale_best", "index_bits_per_chunk_best_scale",
                                         "bits_over_delivered_best_scale")}

@@ -3,7 +3,8 @@
 Chain (DESIGN.md §1), in the VP view of ``diffc.schedule``: x_T = shared noise (0 bits); for each
 step t -> t' of the encoding schedule, q = N(c0 x0 + ct x_t, var), p = the same with the model's
 x0 estimate; x_t' is sent by PFR (``diffc.pfr``) in chunks of about ``chunk_bits`` bits of KL,
-searching K = 2^(chunk_bits + padding_bits) candidates per chunk. The decoder repeats the chain
+searching K = 2^(chunk_bits + padding_bits) candidates per chunk; a chunk whose real KL exceeds
+``split_above`` x chunk_bits is sent in ceil(KL / chunk_bits) parts (``diffc.pfr``). The decoder repeats the chain
 without x0 and rebuilds exactly the encoder's x_t', then reconstructs an image by one-step
 denoising (posterior mean) or the probability-flow ODE (DDIM, eta = 0) down to t = 0.
 
@@ -11,7 +12,8 @@ Progressive: a file for stop step k holds the symbols of steps 1..k; one encode 
 files of every stop step (each file is a separate range-coded stream of that symbol prefix).
 
 Rates: ``bits_total`` = 8 x file size. ``bits_side`` and ``bits_payload`` split the range-coded
-stream in proportion to the ideal code lengths of the chunk counts and of the indices;
+stream in proportion to the ideal code lengths of the side information (chunk counts, split
+chunks and their parts) and of the indices;
 ``bits_header`` = header fields + CRC. ``kl_bits`` = sum of KL(q||p) in bits (the ideal rate);
 ``delivered_bits`` = sum of log2 q/p(sent sample) (what the truncated search actually sent).
 """
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .entropy import StepDecoder, StepSymbols, count_bound, encode_steps, step_bits
-from .pfr import chunk_sums, decode_chunks, encode_chunks, make_plan
+from .pfr import chunk_sums, decode_chunks, encode_chunks, make_plan, split_parts
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
 
@@ -47,6 +49,8 @@ class CodecParams:
     seed: int = 0
     recon: str = "ode"  # 'ode' | 'denoise'
     recon_steps: int = 50
+    #: split a chunk whose real KL exceeds split_above x chunk_bits (0 = never; 1..63.75 in steps of 1/4)
+    split_above: float = 2.0
 
     def __post_init__(self):
         if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
@@ -59,6 +63,13 @@ class CodecParams:
             raise ValueError("recon_steps must be in 1..1000")
         if not 0 <= self.seed < 2**32:
             raise ValueError("seed must be in 0..2^32-1")
+        if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
+            raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
+
+    @property
+    def split_min(self) -> int:
+        """Fewest parts of a split chunk (KL > split_above x chunk_bits): floor(split_above) + 1; 0 = off."""
+        return int(self.split_above) + 1 if self.split_above else 0
 
     @property
     def num_candidates(self) -> int:
@@ -97,7 +108,8 @@ class EncodeResult:
     step_kl_bits: list[float] = field(default_factory=list)
     step_delivered_bits: list[float] = field(default_factory=list)
     step_chunks: list[int] = field(default_factory=list)  # chunk count sent per step (side information)
-    step_indices: list[int] = field(default_factory=list)  # indices coded per step (non-empty chunks of the plan)
+    step_plan_chunks: list[int] = field(default_factory=list)  # non-empty chunks of each step's plan
+    step_indices: list[int] = field(default_factory=list)  # indices coded per step (chunks after splitting)
 
 
 @dataclass
@@ -136,7 +148,7 @@ class DiffcCodec:
     def _header(self, width: int, height: int, n_steps: int, caption: str | None) -> fmt.Header:
         p = self.params
         return fmt.Header(self.backbone.name, self.fingerprint(), width, height, p.seed, p.schedule,
-                          p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption)
+                          p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above)
 
     def stop_step_for(self, timestep: int) -> int:
         """Number of coded steps to reach the largest schedule timestep <= ``timestep``."""
@@ -162,6 +174,7 @@ class DiffcCodec:
         return int(min(max(1, math.ceil(kl_bits / self.params.chunk_bits)), count_bound(n_dims)))
 
     def _plan(self, x: torch.Tensor, k: int, n_chunks: int):
+        """The decoder-side plan of step k (before heavy chunks are split)."""
         w = self.backbone.kl_weights(x, self.timesteps[k - 1], self.timesteps[k])
         return make_plan(x.numel(), n_chunks, stream_key(self.params.seed, 1, k), w)
 
@@ -205,10 +218,16 @@ class DiffcCodec:
             n_chunks = self.chunk_count(kl_bits, x.numel())
             plan = self._plan(x, k, n_chunks)
             u_coded = plan.coded(u)
+            parts = split_parts(chunk_sums(0.5 * u_coded * u_coded, plan) / LN2, p.chunk_bits, p.split_above,
+                                torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
+            res.step_plan_chunks.append(plan.n_chunks)
+            plan = plan.split_chunks(parts)
+            u_coded = plan.coded(u)
             idx = encode_chunks(u_coded, plan, p.num_candidates, self._step_key(k))
             x_next, z = self._sample(mu_p, std, plan, idx, k)
             delivered = float(chunk_sums(z * u_coded - 0.5 * u_coded * u_coded, plan).sum()) / LN2
-            steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32)))  # len(idx) = plan.n_chunks
+            steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32),  # one index per chunk after splitting
+                                     parts.numpy().astype(np.int32) if p.split_min else None))
             res.step_kl_bits.append(kl_bits)
             res.step_delivered_bits.append(delivered)
             res.step_chunks.append(n_chunks)
@@ -217,15 +236,16 @@ class DiffcCodec:
             if k in stops:
                 points.append((k, x.clone()))
             if max_bits is not None:
-                ideal += sum(step_bits(steps[-1], steps[-2].n_chunks if k > 1 else 1, p.num_candidates, p.chunk_bits))
+                ideal += sum(step_bits(steps[-1], steps[-2] if k > 1 else None, p.num_candidates, p.chunk_bits,
+                                       p.split_min))
                 header_bits = 8 * fmt.header_size(self._header(width, height, k, caption))
                 if header_bits + ideal > max_bits and \
-                        header_bits + 8 * len(encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(x.numel()))[0]) > max_bits:
+                        header_bits + 8 * len(self._payload(steps, x.numel())[0]) > max_bits:
                     if not points or points[-1][0] != k:
                         points.append((k, x.clone()))
                     break
         for k, x_k in points:
-            payload, cost = encode_steps(steps[:k], p.num_candidates, p.chunk_bits, count_bound(x.numel()))
+            payload, cost = self._payload(steps[:k], x.numel())
             header = self._header(width, height, k, caption)
             data = fmt.write(header, payload)
             coded = cost.side_bits + cost.index_bits
@@ -236,6 +256,10 @@ class DiffcCodec:
                 kl_bits=sum(res.step_kl_bits[:k]), delivered_bits=sum(res.step_delivered_bits[:k])))
         res.encode_s = time.perf_counter() - t0
         return res
+
+    def _payload(self, steps: list[StepSymbols], n_dims: int):
+        p = self.params
+        return encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(n_dims), p.split_min)
 
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""
@@ -270,7 +294,7 @@ class DiffcCodec:
         cond = b.condition(header.caption)
         p = self.params
         try:
-            dec = StepDecoder(payload, p.num_candidates, p.chunk_bits)
+            dec = StepDecoder(payload, p.num_candidates, p.chunk_bits, p.split_min)
         except ValueError as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
         x = self._start(shape)
@@ -279,6 +303,7 @@ class DiffcCodec:
             _, mu_p, pc = self._prior(x, k, cond)
             try:
                 plan = self._plan(x, k, dec.next_count(count_bound(n_dims)))
+                plan = plan.split_chunks(torch.from_numpy(dec.next_parts(plan.n_chunks, count_bound(n_dims))))
                 idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
             except (ValueError, RuntimeError) as e:
                 raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
@@ -328,7 +353,7 @@ def params_from_header(header: fmt.Header) -> CodecParams:
     try:
         encoding_timesteps(header.schedule)
         return CodecParams(header.schedule, header.chunk_bits, header.padding_bits, header.seed,
-                           header.recon, header.recon_steps)
+                           header.recon, header.recon_steps, header.split_above)
     except ValueError as e:
         raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
 

@@ -3,9 +3,13 @@
 Per coded step the stream holds
 1. side information: the step's chunk count n (an integer >= 1), under a quantized Laplace
    centred on the previous step's count (scale 1 + n_prev / 8);
-2. one PFR index per chunk, under a truncated Zipf law P(N = n) ~ (n + 1)^-(1 + 1/lambda) on
-   0..K-1, lambda = ZIPF_SCALE * chunk_bits * ln 2 (nats): the law of PFR indices for a chunk
-   carrying about ``chunk_bits`` of KL (Li & El Gamal 2018).
+2. when heavy chunks may be split (``split_min`` > 0, ``diffc.pfr.split_parts``): the number m
+   of split chunks among the plan's C (quantized Laplace centred on the previous step's m), a
+   flag per chunk under Bernoulli(m / C) (skipped when m is 0 or C), and each split chunk's
+   parts s - split_min under a Zipf law ~ (e + 1)^-PARTS_ZIPF;
+3. one PFR index per chunk (after splitting), under a truncated Zipf law P(N = n) ~
+   (n + 1)^-(1 + 1/lambda) on 0..K-1, lambda = ZIPF_SCALE * chunk_bits * ln 2 (nats): the law of
+   PFR indices for a chunk carrying about ``chunk_bits`` of KL (Li & El Gamal 2018).
 
 Code lengths are reported in bits (log2).
 """
@@ -18,9 +22,14 @@ from dataclasses import dataclass, field
 import constriction
 import numpy as np
 
+from .pfr import MAX_PARTS
+
 #: lambda / (chunk KL in nats); measured by benchmarks/coding_efficiency.py
 ZIPF_SCALE = 1.0
 MAX_CHUNKS = (1 << 24) - 1
+#: exponent of the law of (parts - split_min) of a split chunk; fits benchmarks/coding_efficiency.py
+#: (8/2 and 12/2 at split_above 2: 66 %, 16 %, 9 %, 3 %, ... for e = 0, 1, 2, 3)
+PARTS_ZIPF = 2.0
 
 
 @functools.lru_cache(maxsize=32)
@@ -58,12 +67,39 @@ def _count_params(prev: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array([float(prev)]), np.array([1.0 + prev / 8.0])
 
 
+@functools.lru_cache(maxsize=32)
+def _split_count_model(max_chunks: int):
+    return constriction.stream.model.QuantizedLaplace(0, max(1, min(max_chunks, MAX_CHUNKS)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parts_log2(split_min: int) -> np.ndarray:
+    """log2 P(parts - split_min = e), e = 0..MAX_PARTS - split_min."""
+    e = np.arange(MAX_PARTS - split_min + 1, dtype=np.float64)
+    logp = -PARTS_ZIPF * np.log2(e + 1)
+    return logp - np.log2(np.exp2(logp).sum())
+
+
+@functools.lru_cache(maxsize=8)
+def _parts_model(split_min: int):
+    return constriction.stream.model.Categorical(np.exp2(_parts_log2(split_min)), perfect=False)
+
+
+def _flag_model(m: int, c: int):
+    return constriction.stream.model.Categorical(np.array([1.0 - m / c, m / c]), perfect=False)
+
+
 @dataclass
 class StepSymbols:
     """What one coded step puts in the stream."""
 
-    n_chunks: int
-    indices: np.ndarray  # int32 [n_chunks]
+    n_chunks: int  # the chunk count sent (the plan may hold fewer non-empty chunks)
+    indices: np.ndarray  # int32 [plan chunks after splitting]
+    parts: np.ndarray | None = None  # int32 [plan chunks before splitting], >= 1; None = no splitting
+
+    @property
+    def n_split(self) -> int:
+        return 0 if self.parts is None else int((np.asarray(self.parts) > 1).sum())
 
 
 @dataclass
@@ -86,33 +122,56 @@ def _zipf_log2(num_candidates: int, chunk_bits: float) -> np.ndarray:
     return np.log2(zipf_probabilities(num_candidates, chunk_bits))
 
 
-def step_bits(st: StepSymbols, prev: int, num_candidates: int, chunk_bits: float) -> tuple[float, float]:
-    """Ideal code lengths in bits (side, indices) of one step that follows a step of ``prev`` chunks."""
-    mean, scale = _count_params(prev)
-    return (laplace_bits(st.n_chunks, mean[0], scale[0]),
-            float(-_zipf_log2(num_candidates, chunk_bits)[np.asarray(st.indices)].sum()))
+def step_bits(st: StepSymbols, prev: StepSymbols | None, num_candidates: int, chunk_bits: float,
+              split_min: int = 0) -> tuple[float, float]:
+    """Ideal code lengths in bits (side, indices) of one step that follows step ``prev`` (None: the first)."""
+    mean, scale = _count_params(prev.n_chunks if prev else 1)
+    side = laplace_bits(st.n_chunks, mean[0], scale[0])
+    if split_min:
+        parts = np.asarray(st.parts)
+        c, m = parts.size, st.n_split
+        mean, scale = _count_params(prev.n_split if prev else 0)
+        side += laplace_bits(m, mean[0], scale[0])
+        if 0 < m < c:
+            side -= m * math.log2(m / c) + (c - m) * math.log2(1 - m / c)
+        side -= float(_parts_log2(split_min)[parts[parts > 1] - split_min].sum())
+    return side, float(-_zipf_log2(num_candidates, chunk_bits)[np.asarray(st.indices)].sum())
 
 
 def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float,
-                 max_chunks: int = MAX_CHUNKS) -> tuple[bytes, StreamCost]:
+                 max_chunks: int = MAX_CHUNKS, split_min: int = 0) -> tuple[bytes, StreamCost]:
     """Range-code a sequence of steps; returns the bytes and the ideal cost split.
 
     ``max_chunks`` bounds every chunk count (the decoder passes the same bound to ``next_count``).
+    ``split_min`` > 0: steps carry ``parts`` (the smallest part count of a split chunk, known to
+    both sides from ``split_above``); 0: no splitting, nothing about it is coded.
     """
     enc = constriction.stream.queue.RangeEncoder()
     cost = StreamCost()
-    prev = 1
+    prev = None
     for st in steps:
         if not 1 <= st.n_chunks <= min(max_chunks, MAX_CHUNKS):
             raise ValueError(f"chunk count {st.n_chunks} outside 1..{min(max_chunks, MAX_CHUNKS)}")
-        mean, scale = _count_params(prev)
+        mean, scale = _count_params(prev.n_chunks if prev else 1)
         enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
+        if split_min:
+            parts = np.asarray(st.parts, dtype=np.int32)
+            split = parts > 1
+            if parts.size > max_chunks or (split & (parts < split_min)).any() or (parts > MAX_PARTS).any():
+                raise ValueError(f"split parts must be 1 or {split_min}..{MAX_PARTS}, for at most {max_chunks} chunks")
+            m, c = st.n_split, parts.size
+            mean, scale = _count_params(prev.n_split if prev else 0)
+            enc.encode(np.array([m], dtype=np.int32), _split_count_model(max_chunks), mean, scale)
+            if 0 < m < c:
+                enc.encode(split.astype(np.int32), _flag_model(m, c))
+            if m:
+                enc.encode(parts[split] - split_min, _parts_model(split_min))
         enc.encode(np.asarray(st.indices, dtype=np.int32), _index_model(num_candidates, chunk_bits))
-        sb, ib = step_bits(st, prev, num_candidates, chunk_bits)
+        sb, ib = step_bits(st, prev, num_candidates, chunk_bits, split_min)
         cost.side_bits += sb
         cost.index_bits += ib
         cost.per_step.append((sb, ib))
-        prev = st.n_chunks
+        prev = st
     words = enc.get_compressed()
     return words.astype("<u4").tobytes(), cost
 
@@ -120,13 +179,15 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
 class StepDecoder:
     """Decodes steps one at a time from a payload (the decoder needs step s before it can plan s+1)."""
 
-    def __init__(self, payload: bytes, num_candidates: int, chunk_bits: float):
+    def __init__(self, payload: bytes, num_candidates: int, chunk_bits: float, split_min: int = 0):
         if len(payload) % 4:
             raise ValueError("payload length is not a multiple of 4 bytes")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(words)
         self._model = _index_model(num_candidates, chunk_bits)
         self._prev = 1
+        self._split_min = split_min
+        self._prev_split = 0
 
     def _decode(self, *args):
         try:
@@ -141,6 +202,24 @@ class StepDecoder:
             raise ValueError(f"decoded chunk count {n} outside 1..{max_chunks}")
         self._prev = n
         return n
+
+    def next_parts(self, n_chunks: int, max_chunks: int) -> np.ndarray:
+        """Parts per chunk of the plan's ``n_chunks`` chunks (all ones when splitting is off)."""
+        parts = np.ones(n_chunks, dtype=np.int64)
+        if not self._split_min:
+            return parts
+        mean, scale = _count_params(self._prev_split)
+        m = int(self._decode(_split_count_model(max_chunks), mean, scale)[0])
+        if not 0 <= m <= n_chunks:
+            raise ValueError(f"decoded split count {m} outside 0..{n_chunks}")
+        split = (np.ones(n_chunks, dtype=bool) if m == n_chunks else np.zeros(n_chunks, dtype=bool) if m == 0
+                 else np.asarray(self._decode(_flag_model(m, n_chunks), n_chunks), dtype=bool))
+        if int(split.sum()) != m:
+            raise ValueError(f"decoded {int(split.sum())} split flags, expected {m}")
+        if m:
+            parts[split] = np.asarray(self._decode(_parts_model(self._split_min), m), dtype=np.int64) + self._split_min
+        self._prev_split = m
+        return parts
 
     def next_indices(self, n_chunks: int) -> np.ndarray:
         return np.asarray(self._decode(self._model, n_chunks), dtype=np.int64)

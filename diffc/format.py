@@ -10,6 +10,7 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
     seed                   shared-randomness seed (< 2^32)
     schedule   u8 length + ASCII schedule name (<= 64)
     chunk_bits, padding_bits   1 byte each
+    split_above 1 byte, in quarters (0 = heavy chunks are never split)
     recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
     n_steps                number of coded diffusion steps (<= 10000)
     caption    varint length (<= 65536) + zlib-compressed UTF-8 (0 = none)
@@ -26,7 +27,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89DFC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: split_above byte and split side information
 RECON_MODES = ("denoise", "ode")
 MAX_NAME = 64
 MAX_SIDE = 65536
@@ -74,6 +75,7 @@ class Header:
     recon_steps: int
     n_steps: int
     caption: str | None = None
+    split_above: float = 0.0
 
 
 def _varint(v: int) -> bytes:
@@ -86,6 +88,13 @@ def _varint(v: int) -> bytes:
         out.append(b | (0x80 if v else 0))
         if not v:
             return bytes(out)
+
+
+def _quarters(v: float) -> int:
+    q = 4 * v
+    if q != int(q) or not 0 <= q <= 255:
+        raise ValueError(f"split_above {v} is not a multiple of 0.25 in 0..63.75")
+    return int(q)
 
 
 def _short_str(s: str) -> bytes:
@@ -103,7 +112,7 @@ def write(header: Header, payload: bytes) -> bytes:
     body = b"".join([
         MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
         _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
-        bytes([header.chunk_bits, header.padding_bits, RECON_MODES.index(header.recon)]),
+        bytes([header.chunk_bits, header.padding_bits, _quarters(header.split_above), RECON_MODES.index(header.recon)]),
         _varint(header.recon_steps), _varint(header.n_steps), _varint(len(cap)), cap, payload,
     ])
     return body + struct.pack("<I", zlib.crc32(body))
@@ -166,7 +175,7 @@ def read(data: bytes) -> tuple[Header, bytes]:
         height = r.varint("height", MAX_SIDE)
         seed = r.varint("seed", 2**32 - 1)
         schedule = r.short_str("schedule name")
-        chunk_bits, padding_bits, recon = r.take(3, "codec parameters")
+        chunk_bits, padding_bits, split_q, recon = r.take(4, "codec parameters")
         recon_steps = r.varint("recon_steps", 1000)
         n_steps = r.varint("step count", MAX_STEPS)
         cap_len = r.varint("caption length", MAX_CAPTION)
@@ -183,7 +192,7 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile(f"corrupt .diffc file: image {width}x{height} exceeds the {MAX_PIXELS}-pixel limit")
     if recon >= len(RECON_MODES):
         raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
-    if not 1 <= chunk_bits <= 24 or padding_bits > 8:
+    if not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4:
         raise CorruptFile("corrupt .diffc file: chunk parameters out of range")
     caption = None
     if cap_len:
@@ -199,7 +208,7 @@ def read(data: bytes) -> tuple[Header, bytes]:
     if len(payload) % 4:
         raise CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
     header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
-                    RECON_MODES[recon], recon_steps, n_steps, caption)
+                    RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4)
     return header, payload
 
 

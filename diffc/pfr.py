@@ -21,6 +21,13 @@ x = mu_p + std * (z_1 + ... + z_m) / sqrt(m), each part with standardised shift 
 q_i = N(u/m, 1/m) against p_i = N(0, 1/m), KL u^2 / (2m) each. The parts are independent, sum to
 exactly N(u, 1) under q and N(0, 1) under p, and sum(log q_i/p_i) = log q/p of the entry, so
 ``delivered`` is unchanged by the split. Parts go to different chunks like any other entry.
+
+Splitting heavy chunks (encoder-driven): the plan's weights are predictions, and a chunk's real
+KL is heavy-tailed (edges of a real image). A chunk whose real KL exceeds ``split_above`` x
+chunk_bits is sent as s = ceil(KL_c / chunk_bits) parts by the same construction applied to the
+whole chunk: s chunks over the same entries, each with shift u_c / sqrt(s) (KL_c / s each), summed
+and scaled by 1/sqrt(s). The encoder sends s (side information, ``diffc.entropy``); the decoder
+rebuilds the same plan with ``ChunkPlan.split_chunks``.
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
 candidates computes every chunk's scores with a single scatter-add; no Python loop over chunks.
 """
@@ -36,6 +43,10 @@ from .randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes,
 #: candidate-block size target: entries generated per block (memory ~ 12 bytes each); 2^19 measured
 #: fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21, cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
+#: most parts a chunk is split into (bounds the side information's alphabet and the work per chunk)
+MAX_PARTS = 256
+#: splitting may multiply a step's positions (and the decoder's memory) by at most this factor
+MAX_SPLIT_GROWTH = 16
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,54 @@ class ChunkPlan:
         for sel in torch.split(order, counts):  # loop over part numbers (max parts of an entry)
             out.index_add_(0, src[sel], z[sel])
         return out
+
+    def split_chunks(self, parts: torch.Tensor) -> "ChunkPlan":
+        """The plan with chunk c sent as ``parts[c]`` chunks over the same positions, each part
+        scaled by 1/sqrt(parts[c]) (see the module docstring); parts of chunk c become consecutive
+        chunks. ``parts``: int [n_chunks], values in 1..MAX_PARTS. All ones = this plan."""
+        parts = parts.to("cpu", torch.int64)
+        if parts.numel() != self.n_chunks:
+            raise ValueError(f"parts has {parts.numel()} entries, expected {self.n_chunks}")
+        if bool((parts == 1).all()):
+            return self
+        if int(parts.min()) < 1 or int(parts.max()) > MAX_PARTS:
+            raise ValueError(f"parts must be in 1..{MAX_PARTS}")
+        dims = torch.bincount(self.chunk_of, minlength=self.n_chunks)  # positions per chunk
+        if int((parts * dims).sum()) > MAX_SPLIT_GROWTH * self.src.numel():
+            raise ValueError(f"split parts would grow the plan more than {MAX_SPLIT_GROWTH}x")
+        start = torch.cumsum(dims, 0) - dims
+        parent = torch.repeat_interleave(torch.arange(self.n_chunks), parts)  # new chunk -> old chunk
+        new_dims = dims[parent]
+        chunk_of = torch.repeat_interleave(torch.arange(parent.numel()), new_dims)
+        offset = torch.arange(chunk_of.numel()) - (torch.cumsum(new_dims, 0) - new_dims)[chunk_of]
+        pos = start[parent][chunk_of] + offset  # old position each new position repeats
+        scale = parts[parent][chunk_of].to(torch.float32).rsqrt()
+        if self.scale is not None:
+            scale = scale * self.scale[pos]
+        src = self.src[pos]
+        # part number = rank of each occurrence of a latent entry (distinct targets per part in combine)
+        order = torch.argsort(src, stable=True)
+        counts = torch.bincount(src)
+        first = (torch.cumsum(counts, 0) - counts)[src[order]]
+        part = torch.empty_like(src)
+        part[order] = torch.arange(src.numel()) - first
+        return ChunkPlan(src, chunk_of, int(parent.numel()), scale, part)
+
+
+def split_parts(kl_bits: torch.Tensor, chunk_bits: int, split_above: float,
+                dims: torch.Tensor | None = None) -> torch.Tensor:
+    """Parts per chunk from the chunks' real KL (bits): ceil(KL_c / chunk_bits) where KL_c >
+    split_above x chunk_bits, else 1; at most MAX_PARTS. ``split_above`` 0 = never split.
+    ``dims`` (positions per chunk): if the split plan would exceed MAX_SPLIT_GROWTH x the
+    positions, the step is not split at all (all ones; the decoder refuses such plans)."""
+    ones = torch.ones(kl_bits.numel(), dtype=torch.int64)
+    if split_above <= 0:
+        return ones
+    kl = kl_bits.detach().to("cpu", torch.float64)
+    parts = torch.where(kl > split_above * chunk_bits, torch.ceil(kl / chunk_bits).clamp(1, MAX_PARTS).to(torch.int64), ones)
+    if dims is not None and int((parts * dims.cpu()).sum()) > MAX_SPLIT_GROWTH * int(dims.sum()):
+        return ones
+    return parts
 
 
 def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None) -> ChunkPlan:

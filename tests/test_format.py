@@ -38,12 +38,12 @@ def varint(v: int) -> bytes:
 
 
 def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, schedule=b"geom-12",
-             chunk_bits=8, padding_bits=2, recon=0, recon_steps=50, n_steps=1, caption=b"",
+             chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
              caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True) -> bytes:
     """The documented layout, written independently of diffc.format.write (fields unchecked)."""
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
-        varint(seed), bytes([len(schedule)]), schedule, bytes([chunk_bits, padding_bits, recon]),
+        varint(seed), bytes([len(schedule)]), schedule, bytes([chunk_bits, padding_bits, split_q, recon]),
         varint(recon_steps), varint(n_steps), varint(len(caption) if caption_len is None else caption_len),
         caption, payload])
     return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
@@ -89,13 +89,13 @@ def real_files(tiny_codec) -> list[bytes]:
 # ---- header round trip ---------------------------------------------------------------------------
 @pytest.mark.parametrize("caption", [None, "x", "ünïcode caption " * 40])
 def test_write_read_roundtrip(caption) -> None:
-    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption)
+    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption, 2.75)
     payload = bytes(range(16))
     data = fmt.write(h, payload)
     h2, p2 = fmt.read(data)
     assert h2 == h and p2 == payload
     assert fmt.header_size(h) == len(data) - len(payload)
-    assert data == raw_file(b"gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, b"geom-12", 8, 2, 1, 50, 12,
+    assert data == raw_file(b"gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, b"geom-12", 8, 2, 11, 1, 50, 12,
                             zlib.compress(caption.encode(), 9) if caption else b"", payload=payload)
 
 
@@ -120,7 +120,7 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    for v in (0, 2, 255):
+    for v in (0, 1, 3, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
@@ -189,6 +189,7 @@ def test_bad_crc_only(real_files) -> None:
     (dict(chunk_bits=0), "chunk parameters"),
     (dict(chunk_bits=25), "chunk parameters"),
     (dict(padding_bits=9), "chunk parameters"),
+    (dict(split_q=2), "chunk parameters"),  # split_above 0.5: below 1 and not 0
     (dict(backbone=b"x" * 65), "backbone name length"),
     (dict(backbone=b"gauss ian"), "printable"),
     (dict(schedule=b"geom\x0012"), "printable"),
@@ -233,7 +234,8 @@ def test_caption_zip_bomb_is_refused_without_inflating() -> None:
 def test_decoder_refuses_more_steps_than_its_schedule(tiny_codec) -> None:
     p = tiny_codec.params
     data = raw_file(fp=tiny_codec.fingerprint(), width=20, height=12, seed=p.seed, schedule=p.schedule.encode(),
-                    chunk_bits=p.chunk_bits, padding_bits=p.padding_bits, n_steps=fmt.MAX_STEPS)
+                    chunk_bits=p.chunk_bits, padding_bits=p.padding_bits, split_q=int(4 * p.split_above),
+                    n_steps=fmt.MAX_STEPS)
     with pytest.raises(fmt.CorruptFile, match="steps"):
         tiny_codec.decode(data)
     bad_sched = raw_file(schedule=b"geom-0")
@@ -250,7 +252,7 @@ def test_garbage_payload_with_valid_header(payload) -> None:
     (constriction raises a bare AssertionError for b'\xff' * 8; it used to escape decode())."""
     codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
     data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3", chunk_bits=2,
-                    padding_bits=0, n_steps=3, payload=payload)
+                    padding_bits=0, split_q=int(4 * codec.params.split_above), n_steps=3, payload=payload)
     try:
         res = codec.decode(data)
     except fmt.DiffcFormatError as e:
@@ -270,6 +272,7 @@ def forged_files(draw) -> bytes:
     schedule = draw(st.sampled_from(SCHEDULES))
     chunk_bits = draw(st.integers(1, 8))
     padding_bits = draw(st.integers(0, 3))
+    split_q = draw(st.sampled_from([0, 4, 8, 9, 2]))  # off, 1, 2, 2.25, and an invalid 0.5
     seed = draw(st.integers(0, 3))
     n_steps = draw(st.integers(0, 8))
     width, height = draw(st.integers(1, 40)), draw(st.integers(1, 40))
@@ -281,14 +284,14 @@ def forged_files(draw) -> bytes:
     fp = b"\0\0\0\0"
     if good_fp:
         try:
-            params = CodecParams(schedule, chunk_bits, padding_bits, seed, "denoise", 1)
+            params = CodecParams(schedule, chunk_bits, padding_bits, seed, "denoise", 1, split_q / 4)
             fp = _fingerprints(params)
         except ValueError:
             pass
     caption = draw(st.one_of(st.none(), st.text(max_size=20)))
     cap = zlib.compress(caption.encode("utf-8"), 9) if caption else b""
     return raw_file(fp=fp, width=width, height=height, seed=seed, schedule=schedule.encode(),
-                    chunk_bits=chunk_bits, padding_bits=padding_bits, recon=0, recon_steps=1,
+                    chunk_bits=chunk_bits, padding_bits=padding_bits, split_q=split_q, recon=0, recon_steps=1,
                     n_steps=n_steps, caption=cap, payload=payload)
 
 

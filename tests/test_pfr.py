@@ -183,6 +183,67 @@ def test_split_parts_sum_to_the_entry() -> None:
     assert torch.allclose((zc * uc - 0.5 * uc * uc).sum(), (whole * u - 0.5 * u * u).sum(), atol=1e-4)
 
 
+def test_split_chunks_repeats_a_chunk_in_scaled_parts() -> None:
+    """ChunkPlan.split_chunks: chunk c becomes parts[c] consecutive chunks over the same entries,
+    each scaled by 1/sqrt(parts[c]) on top of any entry split; combine(coded(u)) is still u."""
+    w = torch.tensor([1.0, 30.0, 1.0, 1.0, 9.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    p = make_plan(8, 6, key=2, weights=w)
+    assert p.split_chunks(torch.ones(p.n_chunks, dtype=torch.int64)) is p
+    parts = torch.tensor([1, 3, 1, 2, 4, 1][: p.n_chunks])
+    q = p.split_chunks(parts)
+    assert q.n_chunks == int(parts.sum())
+    assert torch.equal(q.chunk_of, torch.sort(q.chunk_of).values)  # contiguous, consecutive
+    assert torch.equal(torch.unique(q.chunk_of), torch.arange(q.n_chunks))
+    parent = torch.repeat_interleave(torch.arange(p.n_chunks), parts)
+    for new in range(q.n_chunks):
+        old = int(parent[new])
+        assert torch.equal(q.src[q.chunk_of == new], p.src[p.chunk_of == old])
+        assert torch.allclose(q.scale[q.chunk_of == new], p.scale[p.chunk_of == old] / math.sqrt(parts[old]))
+    pairs = set(zip(q.src.tolist(), q.part.tolist()))
+    assert len(pairs) == q.src.numel()  # (entry, part) unique: combine adds each part once
+    u = torch.arange(1.0, 9.0)
+    assert torch.allclose(q.combine(q.coded(u), 8), u)
+    for bad in (torch.zeros(p.n_chunks, dtype=torch.int64), torch.full((p.n_chunks,), pfr.MAX_PARTS + 1),
+                torch.ones(p.n_chunks + 1, dtype=torch.int64)):
+        with pytest.raises(ValueError):
+            p.split_chunks(bad)
+
+
+def test_split_parts_rule() -> None:
+    kl = torch.tensor([0.5, 8.0, 16.0, 16.01, 24.5, 1e6])
+    assert pfr.split_parts(kl, 8, 2.0).tolist() == [1, 1, 1, 3, 4, pfr.MAX_PARTS]
+    assert pfr.split_parts(kl, 8, 0.0).tolist() == [1] * 6
+    assert pfr.split_parts(kl, 8, 1.0).tolist() == [1, 1, 2, 3, 4, pfr.MAX_PARTS]
+    # a split that would grow the plan beyond MAX_SPLIT_GROWTH x its positions is not made
+    dims = torch.tensor([1, 1, 1, 1, 1, 100])
+    assert pfr.split_parts(kl, 8, 2.0, dims).tolist() == [1] * 6
+    assert pfr.split_parts(kl[:5], 8, 2.0, dims[:5]).tolist() == [1, 1, 1, 3, 4]
+    big = ChunkPlan(torch.arange(4), torch.tensor([0, 0, 1, 1]), 2)
+    with pytest.raises(ValueError, match="grow"):
+        big.split_chunks(torch.tensor([2 * pfr.MAX_SPLIT_GROWTH + 8, 2]))  # 84 positions > 16 x 4
+
+
+@pytest.mark.parametrize("split, ok", [(3, True), (1, False)])
+def test_split_chunk_sample_has_law_q(split, ok) -> None:
+    """A 6-bit chunk with K = 2^8: as one chunk the sample is pulled toward p (KS rejects, ~1 bit
+    short); split in 3 parts of 2 bits (K = 2^(KL + 6) each) the summed sample has law q."""
+    dims, kl_bits, n, key = 4, 6.0, 1500, 41
+    g = torch.Generator().manual_seed(key)
+    direction = torch.randn(dims, generator=g, dtype=torch.float64)
+    u = (direction / direction.norm() * math.sqrt(2 * kl_bits * LN2)).to(torch.float32)
+    plan = contiguous_plan(n, dims).split_chunks(torch.full((n,), split))
+    idx = encode_chunks(plan.coded(u.repeat(n)), plan, 1 << 8, key)
+    z = plan.combine(decode_chunks(idx, plan, key), n * dims).reshape(n, dims).double()
+    p = ks_pvalues(u.double(), z, key)
+    deliv = delivered_bits(u.double(), z)
+    if ok:
+        assert min(p.values()) > ALPHA, p
+        assert deliv == pytest.approx(kl_bits, abs=0.3)
+    else:
+        assert p["parallel"] < ALPHA, p
+        assert deliv < kl_bits - 0.5
+
+
 def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
     """Gaussian backbone, first step, 200 chunks: without splitting, entries heavier than a chunk's
     share left 25 chunks empty; split into parts, every chunk is used."""
