@@ -10,7 +10,7 @@ chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``di
 - bits_over_delivered = bits / delivered                                   (the headline: <= 1.15 is the goal)
 
 plus the overhead split (header, side info = chunk counts, index payload; each / sum KL), the
-index code against the best static ZIPF_SCALE (diffc.entropy; a constant the decoder would share), and the chunk-KL
+index code against the best static ZIPF_SCALE of a grid (diffc.entropy; a constant the decoder would share), and the chunk-KL
 imbalance: each chunk's real KL against its budget chunk_bits (the plan is made from decoder-side
 weights, so a chunk's realised KL is random; DESIGN.md §3).
 
@@ -59,7 +59,7 @@ BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, n
 QUICK_SETTINGS = [(8, 2, 0.0), (8, 2, 2.0), (8, 2, 3.0), (6, 4, 2.0), (10, 2, 2.0), (12, 2, 0.0), (12, 2, 2.0),
                   (12, 4, 2.0), (14, 2, 0.0), (14, 2, 2.0)]
 FULL_SETTINGS = QUICK_SETTINGS + [(8, 2, 1.5), (8, 4, 2.0), (8, 6, 2.0), (10, 4, 2.0)]
-ZIPF_GRID = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
+ZIPF_GRID = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.0, 256.0]
 
 
 class Recorder:
@@ -180,20 +180,49 @@ def oracle_floor(cb: int, pb: int, seed: int) -> dict:
     w = decode_chunks(idx, one, key).double()
     delivered = float((w * r - 0.5 * r * r).sum()) / LN2
     kl = n * cb
-    old = entropy.ZIPF_SCALE
-    bits = {}
-    try:
-        for sc in ZIPF_GRID:
-            entropy.ZIPF_SCALE = float(sc)
-            zipf_probabilities.cache_clear()
-            bits[float(sc)] = float(-np.log2(zipf_probabilities(K, cb))[idx.numpy()].sum())
-    finally:
-        entropy.ZIPF_SCALE = old
-        zipf_probabilities.cache_clear()
+    shipped = float(-np.log2(zipf_probabilities(K, cb))[idx.numpy()].sum())
+    bits = zipf_grid_bits(idx.numpy(), K, cb)
     best = min(bits, key=bits.get)
-    return {"chunk_bits": cb, "padding_bits": pb, "chunks": n, "bits_over_kl": bits[float(old)] / kl,
-            "delivered_over_kl": delivered / kl, "bits_over_delivered": bits[float(old)] / delivered,
+    return {"chunk_bits": cb, "padding_bits": pb, "chunks": n, "bits_over_kl": shipped / kl,
+            "delivered_over_kl": delivered / kl, "bits_over_delivered": shipped / delivered,
             "zipf_scale_best": best, "bits_over_delivered_best_scale": bits[best] / delivered}
+
+
+def zipf_grid_bits(idx: np.ndarray, K: int, cb: int) -> dict[float, float]:
+    """Ideal bits of the indices under the Zipf law at each scale of ZIPF_GRID."""
+    return {float(sc): float(-np.log2(zipf_probabilities(K, cb, float(sc)))[idx].sum()) for sc in ZIPF_GRID}
+
+
+# ---- what the split buys in image quality: RD curves with and without it ------------------------
+@torch.no_grad()
+def rd_curve(codec: DiffcCodec, images: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean bpp and PSNR (of the mean MSE) over the images at every stop of the schedule but the
+    first 6 (~0.1 bpp and below), from one progressive encode per image."""
+    stops = codec.timesteps[7:]
+    bpp, mse = np.zeros(len(stops)), np.zeros(len(stops))
+    for _, img in images:
+        for i, pt in enumerate(codec.encode(img, stop_timesteps=stops).points):
+            rec = codec.reconstruct(pt.x_t, pt.timestep, img.shape[1], img.shape[2])
+            bpp[i] += pt.bpp / len(images)
+            mse[i] += float(((rec - img) ** 2).mean()) / len(images)
+    return bpp, 10 * np.log10(1 / mse)
+
+
+def split_rd(backbone, images: list, args) -> dict:
+    """BD-rate (PSNR, %) of the default setting against the same setting without splitting."""
+    import pandas as pd
+
+    from analysis.report import bd_rate
+
+    curves = {}
+    for split in (0.0, DEFAULT[2]):
+        codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
+                                                 seed=args.seed, recon="denoise", split_above=split))
+        curves[split] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images))))
+    value, reason = bd_rate(curves[0.0], curves[DEFAULT[2]], "psnr", "akima")
+    return {"bd_rate_psnr_pct": value, "reason": reason,
+            **{f"split_{k:g}": {"bpp": c["bpp"].round(4).tolist(), "psnr": c["value"].round(3).tolist()}
+               for k, c in curves.items()}}
 
 
 # ---- summaries -----------------------------------------------------------------------------------
@@ -205,16 +234,7 @@ def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int, 
     logp = np.log2(zipf_probabilities(K, cb))
     zipf_bits = float(-logp[idx].sum())
     # the best static scale of the Zipf law (a constant the decoder would know): ideal bits
-    saved = {}
-    old = entropy.ZIPF_SCALE
-    try:
-        for sc in ZIPF_GRID:
-            entropy.ZIPF_SCALE = float(sc)
-            zipf_probabilities.cache_clear()
-            saved[float(sc)] = float(-np.log2(zipf_probabilities(K, cb))[idx].sum())
-    finally:
-        entropy.ZIPF_SCALE = old
-        zipf_probabilities.cache_clear()
+    saved = zipf_grid_bits(idx, K, cb)
     best_sc = min(saved, key=saved.get)
     steps = rec["step"]
     n_steps = int(steps.max())
@@ -345,6 +365,9 @@ def main() -> None:
     spread = {"seeds": len(spread_vals), "mean": float(np.mean(spread_vals)), "std": float(np.std(spread_vals, ddof=1))}
     C.log(f"default setting, sim over {spread['seeds']} seeds: bits_over_delivered {spread['mean']:.3f} "
           f"+- {spread['std']:.3f} (std)")
+    rd = split_rd(backbone, images, args)
+    C.log(f"\nImage quality: BD-rate (PSNR) of {DEFAULT[0]}/{DEFAULT[1]} split at {DEFAULT[2]:g} against no split, "
+          f"same images, every stop: {rd['bd_rate_psnr_pct']:+.2f}% {rd['reason']}")
     C.log("\nFloor of plain PFR (perfect plan: every chunk exactly chunk_bits of KL; indices only):")
     floor = [oracle_floor(cb, pb, args.seed) for cb, pb in ORACLE_SETTINGS]
     C.table(floor)
@@ -365,6 +388,8 @@ def main() -> None:
         "pfr_floor_perfect_plan": [{k: r[k] for k in ("chunk_bits", "padding_bits", "bits_over_delivered",
                                                       "bits_over_delivered_best_scale")} for r in floor],
         "sim_vs_codec_rel_diff": agree,
+        "split_bd_rate_psnr_pct": rd["bd_rate_psnr_pct"],
+        "split_rd_curves": rd,
         "default_seed_spread_bits_over_delivered": spread,
         "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "split_above", "path", "bits_over_kl", "delivered_over_kl",
                                         "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",

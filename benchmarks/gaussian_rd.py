@@ -93,11 +93,13 @@ def main() -> None:
     ap.add_argument("--schedule", default="geom-30")
     ap.add_argument("--chunk-bits", type=int, default=8)
     ap.add_argument("--padding-bits", type=int, default=2)
+    ap.add_argument("--split-above", type=float, default=CodecParams.split_above)
     args = ap.parse_args()
     C.setup(args)
     t_start = time.perf_counter()
     backbone = load_backbone("gaussian", device=args.device)
     params = CodecParams(schedule=args.schedule, chunk_bits=args.chunk_bits, padding_bits=args.padding_bits,
+                         split_above=args.split_above,
                          seed=args.seed, recon="denoise")
     codec = DiffcCodec(backbone, params)
     ts = codec.timesteps

@@ -188,7 +188,7 @@ def main() -> None:
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for be in (1 << 17, 1 << 19, default_block, 1 << 23):
+        for be in sorted({1 << 17, 1 << 18, default_block, 1 << 21, 1 << 23}):
             pfr.BLOCK_ENTRIES = be
             ts = []
             for _ in range(reps):

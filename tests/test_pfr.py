@@ -103,12 +103,12 @@ def test_too_few_candidates_deliver_less_than_kl() -> None:
 # ---- index code length ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kl_bits, dims, n", [(2.0, 2, 3000), (3.0, 4, 2000), (6.0, 2, 800)])
 def test_index_code_length_tracks_kl(kl_bits, dims, n) -> None:
-    """Mean Zipf code length (diffc.entropy, lambda = KL) = KL + log2(KL + 1) + c with c in
+    """Mean Zipf code length (Li & El Gamal's law, lambda = KL) = KL + log2(KL + 1) + c with c in
     [-1, +1] bits (measured: +0.8 at 2 bits, +0.5 at 3 bits, -0.4 at 6 bits where the 2^(KL+6)
     truncation shortens indices); E[log2(N+1)] stays within 1 bit below KL + 1 (Li & El Gamal)."""
     log2_k = int(kl_bits) + 6
     u, z, idx = trials(dims, kl_bits, 1 << log2_k, n, 60 + int(kl_bits))
-    code = float(-np.log2(zipf_probabilities(1 << log2_k, kl_bits)[idx.numpy()]).mean())
+    code = float(-np.log2(zipf_probabilities(1 << log2_k, kl_bits, scale=1.0)[idx.numpy()]).mean())
     c = code - (kl_bits + math.log2(kl_bits + 1))
     assert -1.0 <= c <= 1.0, (code, c)
     mean_log = float(np.log2(idx.numpy() + 1.0).mean())
