@@ -105,7 +105,8 @@ def run_codec(codec: DiffcCodec, image: torch.Tensor) -> tuple[dict, Recorder]:
         codec_mod.encode_chunks = real
     p = res.points[-1]
     return dict(bits=p.bits_total, header=p.bits_header, side=p.bits_side, payload=p.bits_payload,
-                kl=p.kl_bits, delivered=p.delivered_bits, secs=secs), rec
+                kl=p.kl_bits, delivered=p.delivered_bits, secs=secs,
+                latent=p.x_t.numel() * p.step_index), rec
 
 
 # ---- path 2: the exact 1-D-projection simulation of the same chain -----------------------------
@@ -158,7 +159,7 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
     side = 8 * len(payload) * cost.side_bits / coded
     return dict(bits=8 * len(data), header=8 * (len(data) - len(payload)), side=side,
                 payload=8 * len(payload) - side, kl=kl_total, delivered=deliv_total,
-                secs=time.perf_counter() - t0), rec
+                secs=time.perf_counter() - t0, latent=d * len(steps)), rec
 
 
 # ---- path 3: the floor of plain PFR, with every chunk holding exactly its budget -------------------
@@ -227,7 +228,8 @@ def split_rd(backbone, images: list, args) -> dict:
 
 # ---- summaries -----------------------------------------------------------------------------------
 def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int, split: float) -> dict:
-    s = {k: float(sum(t[k] for t in totals)) for k in ("bits", "header", "side", "payload", "kl", "delivered", "secs")}
+    s = {k: float(sum(t[k] for t in totals))
+         for k in ("bits", "header", "side", "payload", "kl", "delivered", "secs", "latent")}
     K = 1 << (cb + pb)
     kl, idx = rec["kl"], rec["index"]
     ratio = kl / cb
@@ -271,6 +273,8 @@ def summarize(totals: list[dict], rec: dict[str, np.ndarray], cb: int, pb: int, 
         "dims_per_chunk_median": float(np.median(rec["ndims"])),
         "by_step_third": thirds,
         "secs": s["secs"],
+        # candidate entries searched / K x latent entries (> 1: split entries and chunks add work)
+        "search_work_rel_latent": float(rec["ndims"].sum()) / s["latent"],
     }
 
 
@@ -330,7 +334,7 @@ def main() -> None:
                                  "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
                                  "kl_per_chunk_mean", "index_bits_per_chunk",
                                  "zipf_scale_best", "index_bits_per_chunk_best_scale",
-                                 "bits_over_delivered_best_scale")} for r in rows])
+                                 "bits_over_delivered_best_scale", "search_work_rel_latent")} for r in rows])
     C.log("\nChunk-KL imbalance (real KL of each chunk / chunk_bits budget):")
     C.table([{"cb/pb/split": f"{r['chunk_bits']}/{r['padding_bits']}/{r['split_above']:g}", "path": r["path"], **{
         k: v for k, v in r["chunk_kl_over_budget"].items()}, "dims/chunk": r["dims_per_chunk_median"],
@@ -380,7 +384,8 @@ def main() -> None:
                     "zipf_scale_best": d_row["zipf_scale_best"],
                     "index_bits_per_chunk": d_row["index_bits_per_chunk"],
                     "index_bits_per_chunk_best_scale": d_row["index_bits_per_chunk_best_scale"],
-                    "bits_over_delivered_best_scale": d_row["bits_over_delivered_best_scale"]},
+                    "bits_over_delivered_best_scale": d_row["bits_over_delivered_best_scale"],
+                    "search_work_rel_latent": d_row["search_work_rel_latent"]},
         "baseline": {**b_head, "chunk_bits": BASELINE[0], "padding_bits": BASELINE[1], "split_above": BASELINE[2],
                      "path": b_row["path"],
                      "frac_chunks_kl_gt_budget_plus_padding": b_row["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"]},
@@ -394,7 +399,7 @@ def main() -> None:
         "settings": [{k: r[k] for k in ("chunk_bits", "padding_bits", "split_above", "path", "bits_over_kl", "delivered_over_kl",
                                         "bits_over_delivered", "header_over_kl", "side_over_kl", "payload_over_kl",
                                         "index_bits_per_chunk", "zipf_scale_best", "index_bits_per_chunk_best_scale",
-                                        "bits_over_delivered_best_scale")}
+                                        "bits_over_delivered_best_scale", "search_work_rel_latent")}
                      | {"frac_kl_gt_budget_plus_padding": r["chunk_kl_over_budget"]["frac_gt_budget_plus_padding"],
                         "time_rel_default": r["secs"] / by_key[(*DEFAULT, r["path"])]["secs"]
                         if (*DEFAULT, r["path"]) in by_key else None}
