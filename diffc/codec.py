@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
-from .entropy import StepDecoder, StepSymbols, count_bound, encode_steps, step_bits
+from .entropy import StepDecoder, StepSymbols, count_bound, encode_prefixes, step_bits
 from .pfr import chunk_sums, decode_chunks, encode_chunks, make_plan, split_parts
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
@@ -240,12 +240,12 @@ class DiffcCodec:
                                        p.split_min))
                 header_bits = 8 * fmt.header_size(self._header(width, height, k, caption))
                 if header_bits + ideal > max_bits and \
-                        header_bits + 8 * len(self._payload(steps, x.numel())[0]) > max_bits:
+                        header_bits + 8 * len(self._payloads(steps, [k], x.numel())[0][0]) > max_bits:
                     if not points or points[-1][0] != k:
                         points.append((k, x.clone()))
                     break
-        for k, x_k in points:
-            payload, cost = self._payload(steps[:k], x.numel())
+        payloads = self._payloads(steps, [k for k, _ in points], x.numel())
+        for (k, x_k), (payload, cost) in zip(points, payloads):
             header = self._header(width, height, k, caption)
             data = fmt.write(header, payload)
             coded = cost.side_bits + cost.index_bits
@@ -257,9 +257,10 @@ class DiffcCodec:
         res.encode_s = time.perf_counter() - t0
         return res
 
-    def _payload(self, steps: list[StepSymbols], n_dims: int):
+    def _payloads(self, steps: list[StepSymbols], lengths: list[int], n_dims: int):
+        """Range-coded payloads (bytes, ideal cost) of the first n steps, for each n in ``lengths``."""
         p = self.params
-        return encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(n_dims), p.split_min)
+        return encode_prefixes(steps, lengths, p.num_candidates, p.chunk_bits, count_bound(n_dims), p.split_min)
 
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""

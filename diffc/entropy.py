@@ -149,10 +149,28 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
     ``split_min`` > 0: steps carry ``parts`` (the smallest part count of a split chunk, known to
     both sides from ``split_above``); 0: no splitting, nothing about it is coded.
     """
+    return encode_prefixes(steps, [len(steps)], num_candidates, chunk_bits, max_chunks, split_min)[0]
+
+
+def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates: int, chunk_bits: float,
+                    max_chunks: int = MAX_CHUNKS, split_min: int = 0) -> list[tuple[bytes, StreamCost]]:
+    """``encode_steps(steps[:n])`` for every n in ``lengths``, in one pass over the steps (the
+    streams of a progressive encode share their prefix: the encoder is cloned and sealed at each n)."""
+    if any(not 0 <= n <= len(steps) for n in lengths):
+        raise ValueError(f"prefix lengths must be in 0..{len(steps)}")
     enc = constriction.stream.queue.RangeEncoder()
     cost = StreamCost()
+    out: dict[int, tuple[bytes, StreamCost]] = {}
+
+    def seal(n: int) -> None:
+        if n in lengths:
+            words = enc.clone().get_compressed()
+            out[n] = (words.astype("<u4").tobytes(),
+                      StreamCost(cost.side_bits, cost.index_bits, list(cost.per_step)))
+
+    seal(0)
     prev = None
-    for st in steps:
+    for st in steps[:max(lengths, default=0)]:
         if not 1 <= st.n_chunks <= min(max_chunks, MAX_CHUNKS):
             raise ValueError(f"chunk count {st.n_chunks} outside 1..{min(max_chunks, MAX_CHUNKS)}")
         mean, scale = _count_params(prev.n_chunks if prev else 1)
@@ -175,8 +193,8 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
         cost.index_bits += ib
         cost.per_step.append((sb, ib))
         prev = st
-    words = enc.get_compressed()
-    return words.astype("<u4").tobytes(), cost
+        seal(len(cost.per_step))
+    return [out[n] for n in lengths]
 
 
 class StepDecoder:

@@ -186,6 +186,24 @@ def test_split_side_info_round_trips() -> None:
                      max_chunks=10, split_min=3)
 
 
+def test_prefix_streams_equal_separate_streams() -> None:
+    """encode_prefixes (one pass, the encoder cloned at each length) gives the bytes and costs of
+    encoding each prefix on its own."""
+    from diffc.entropy import encode_prefixes
+    rng = np.random.default_rng(1)
+    steps = []
+    for n in (3, 9, 4, 30, 2):
+        parts = np.where(rng.random(n) < 0.3, rng.integers(3, 6, n), 1).astype(np.int32)
+        steps.append(StepSymbols(n, rng.integers(0, 64, int(parts.sum())).astype(np.int32), parts))
+    lengths = [0, 1, 3, 5]
+    got = encode_prefixes(steps, lengths, 64, 6, max_chunks=100, split_min=3)
+    for n, (data, cost) in zip(lengths, got):
+        want, want_cost = encode_steps(steps[:n], 64, 6, max_chunks=100, split_min=3)
+        assert data == want and cost == want_cost
+    with pytest.raises(ValueError, match="prefix"):
+        encode_prefixes(steps, [6], 64, 6)
+
+
 def test_progressive_files_extend_each_other(enc: Encoded) -> None:
     pts = enc.result.points
     n_dims = pts[0].x_t.numel()
