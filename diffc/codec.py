@@ -65,6 +65,7 @@ class CodecParams:
             raise ValueError("seed must be in 0..2^32-1")
         if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
             raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
+        object.__setattr__(self, "split_above", float(self.split_above))  # 2 and 2.0: one fingerprint
 
     @property
     def split_min(self) -> int:

@@ -186,6 +186,18 @@ def test_split_side_info_round_trips() -> None:
                      max_chunks=10, split_min=3)
 
 
+def test_int_and_float_parameters_give_one_fingerprint(gaussian_backbone) -> None:
+    """Hydra passes split_above=0 as an int; the header stores quarters: the decoder must rebuild
+    the same parameters (and fingerprint) from the file."""
+    p_int = CodecParams(schedule="linspace-3", chunk_bits=4, padding_bits=0, recon="denoise", split_above=0)
+    assert p_int == dataclasses.replace(p_int, split_above=0.0) and isinstance(p_int.split_above, float)
+    codec = DiffcCodec(gaussian_backbone, p_int)
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    data = codec.encode(img).points[-1].data
+    assert params_from_header(fmt.read(data)[0]) == p_int
+    assert torch.equal(DiffcCodec(gaussian_backbone).decode(data).x_t, codec.encode(img).points[-1].x_t)
+
+
 def test_prefix_streams_equal_separate_streams() -> None:
     """encode_prefixes (one pass, the encoder cloned at each length) gives the bytes and costs of
     encoding each prefix on its own."""
