@@ -4,9 +4,9 @@ Chain (DESIGN.md §1), in the VP view of ``diffc.schedule``: x_T = shared noise 
 step t -> t' of the encoding schedule, q = N(c0 x0 + ct x_t, var), p = the same with the model's
 x0 estimate; x_t' is sent by PFR (``diffc.pfr``) in chunks of about ``chunk_bits`` bits of KL,
 searching K = 2^(chunk_bits + padding_bits) candidates per chunk; a chunk whose real KL exceeds
-``split_above`` x chunk_bits is sent in ceil(KL / chunk_bits) parts (``diffc.pfr``). The decoder repeats the chain
-without x0 and rebuilds exactly the encoder's x_t', then reconstructs an image by one-step
-denoising (posterior mean) or the probability-flow ODE (DDIM, eta = 0) down to t = 0.
+``split_above`` x chunk_bits is sent in ceil(KL / chunk_bits) parts (``diffc.pfr``). The decoder
+repeats the chain without x0 and rebuilds exactly the encoder's x_t', then reconstructs an image
+by one-step denoising (posterior mean) or the probability-flow ODE (DDIM, eta = 0) down to t = 0.
 
 Progressive: a file for stop step k holds the symbols of steps 1..k; one encode pass gives the
 files of every stop step (each file is a separate range-coded stream of that symbol prefix).

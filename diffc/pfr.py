@@ -28,6 +28,7 @@ chunk_bits is sent as s = ceil(KL_c / chunk_bits) parts by the same construction
 whole chunk: s chunks over the same entries, each with shift u_c / sqrt(s) (KL_c / s each), summed
 and scaled by 1/sqrt(s). The encoder sends s (side information, ``diffc.entropy``); the decoder
 rebuilds the same plan with ``ChunkPlan.split_chunks``.
+
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
 candidates computes every chunk's scores with a single scatter-add; no Python loop over chunks.
 """
@@ -54,9 +55,11 @@ class ChunkPlan:
     """Assignment of the flattened latent entries (or their parts) to chunks, in coding order.
 
     Position j of the coding order carries latent entry ``src[j]`` (an entry split into m parts
-    appears m times, each part scaled by ``scale[j]`` = 1/sqrt(m); ``scale`` None = no split, and
-    ``src`` is then a permutation). Positions of one chunk are contiguous and ``chunk_of``
-    (non-decreasing, consecutive) gives each position's chunk.
+    appears m times, each part scaled by ``scale[j]`` = 1/sqrt(m), times 1/sqrt(s) in a chunk split
+    into s parts; ``scale`` None = no split, and ``src`` is then a permutation). The squared scales
+    of an entry's positions sum to 1. Positions of one chunk are contiguous and ``chunk_of``
+    (non-decreasing, consecutive) gives each position's chunk; ``part`` numbers the positions of
+    each entry 0, 1, ...
     """
 
     src: torch.Tensor  # int64 [P]
