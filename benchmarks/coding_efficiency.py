@@ -51,7 +51,7 @@ from diffc import entropy
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.entropy import StepSymbols, count_bound, encode_steps, zipf_probabilities
-from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, split_parts
+from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 
 LN2 = math.log(2.0)
 DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, CodecParams.split_above
@@ -129,10 +129,7 @@ def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tup
         kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
         n_chunks = codec.chunk_count(kl_bits, d)
         plan = codec._plan(x, k, n_chunks)
-        u_c = plan.coded(u)
-        parts = split_parts(chunk_sums(0.5 * u_c * u_c, plan) / LN2, p.chunk_bits, p.split_above,
-                            torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
-        plan = plan.split_chunks(parts)
+        parts, plan = codec._split(plan, u)
         u_c = plan.coded(u).double()
         r2 = chunk_sums(u_c * u_c, plan)
         r = r2.sqrt()

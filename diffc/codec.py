@@ -179,6 +179,15 @@ class DiffcCodec:
         w = self.backbone.kl_weights(x, self.timesteps[k - 1], self.timesteps[k])
         return make_plan(x.numel(), n_chunks, stream_key(self.params.seed, 1, k), w)
 
+    def _split(self, plan, u: torch.Tensor):
+        """The encoder's split of heavy chunks: (parts per chunk of ``plan``, the split plan), from
+        each chunk's real KL = |u_c|^2 / 2 (``diffc.pfr.split_parts``)."""
+        u_coded = plan.coded(u)
+        kl_bits = chunk_sums(0.5 * u_coded * u_coded, plan) / LN2
+        parts = split_parts(kl_bits, self.params.chunk_bits, self.params.split_above,
+                            torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
+        return parts, plan.split_chunks(parts)
+
     def _step_key(self, k: int) -> int:
         return stream_key(self.params.seed, 2, k)
 
@@ -218,11 +227,8 @@ class DiffcCodec:
             kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
             n_chunks = self.chunk_count(kl_bits, x.numel())
             plan = self._plan(x, k, n_chunks)
-            u_coded = plan.coded(u)
-            parts = split_parts(chunk_sums(0.5 * u_coded * u_coded, plan) / LN2, p.chunk_bits, p.split_above,
-                                torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
             res.step_plan_chunks.append(plan.n_chunks)
-            plan = plan.split_chunks(parts)
+            parts, plan = self._split(plan, u)
             u_coded = plan.coded(u)
             idx = encode_chunks(u_coded, plan, p.num_candidates, self._step_key(k))
             x_next, z = self._sample(mu_p, std, plan, idx, k)

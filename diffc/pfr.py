@@ -104,7 +104,7 @@ class ChunkPlan:
         if int(parts.min()) < 1 or int(parts.max()) > MAX_PARTS:
             raise ValueError(f"parts must be in 1..{MAX_PARTS}")
         dims = torch.bincount(self.chunk_of, minlength=self.n_chunks)  # positions per chunk
-        if int((parts * dims).sum()) > MAX_SPLIT_GROWTH * self.src.numel():
+        if not _within_growth(parts, dims):
             raise ValueError(f"split parts would grow the plan more than {MAX_SPLIT_GROWTH}x")
         start = torch.cumsum(dims, 0) - dims
         parent = torch.repeat_interleave(torch.arange(self.n_chunks), parts)  # new chunk -> old chunk
@@ -136,9 +136,12 @@ def split_parts(kl_bits: torch.Tensor, chunk_bits: int, split_above: float,
         return ones
     kl = kl_bits.detach().to("cpu", torch.float64)
     parts = torch.where(kl > split_above * chunk_bits, torch.ceil(kl / chunk_bits).clamp(1, MAX_PARTS).to(torch.int64), ones)
-    if dims is not None and int((parts * dims.cpu()).sum()) > MAX_SPLIT_GROWTH * int(dims.sum()):
-        return ones
-    return parts
+    return parts if dims is None or _within_growth(parts, dims.cpu()) else ones
+
+
+def _within_growth(parts: torch.Tensor, dims: torch.Tensor) -> bool:
+    """Chunks of ``dims`` positions split into ``parts`` stay within MAX_SPLIT_GROWTH x the positions."""
+    return int((parts * dims).sum()) <= MAX_SPLIT_GROWTH * int(dims.sum())
 
 
 def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None) -> ChunkPlan:
