@@ -184,6 +184,28 @@ def _arrival_key(key: int) -> int:
     return (key * 0x9E3779B1 + 0x632BE5AB) & 0x7FFFFFFF
 
 
+def _block_size(n_positions: int, num_candidates: int) -> int:
+    """Candidates per block: ~BLOCK_ENTRIES entries, at least 1, at most all."""
+    return max(1, min(num_candidates, BLOCK_ENTRIES // max(n_positions, 1)))
+
+
+def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu"):
+    """Yield (rows int32 [B], z float32 [D, B]): candidates ``rows`` of the step's stream over its
+    ``n_positions`` columns, in blocks of ~BLOCK_ENTRIES entries, all written into one workspace
+    (each ``z`` is overwritten by the next block; the caller may modify it in place)."""
+    d = n_positions
+    col_h = column_hashes(key, torch.arange(d, dtype=torch.int32, device=device))[:, None]  # [D, 1]
+    block = _block_size(d, num_candidates)
+    h_buf = torch.empty(d, block, dtype=torch.int32, device=device)  # hashes
+    t_buf = torch.empty_like(h_buf)  # hash scratch
+    z_buf = torch.empty(d, block, dtype=torch.float32, device=device)  # candidates
+    for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
+        rows = torch.arange(n0, min(n0 + block, num_candidates), dtype=torch.int32, device=device)
+        b = rows.numel()
+        h = entry_hashes(col_h, row_hashes(key, rows)[None, :], h_buf[:, :b], t_buf[:, :b])
+        yield rows, hash_to_normal(h, out=z_buf[:, :b])
+
+
 def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int) -> torch.Tensor:
     """PFR-select one candidate index per chunk.
 
@@ -198,25 +220,16 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     """
     d, c = u.numel(), plan.n_chunks
     dev = u.device
-    col_h = column_hashes(key, torch.arange(d, dtype=torch.int32, device=dev))[:, None]  # [D, 1]
     u_col = u.to(torch.float32)[:, None]
     chunk_of = plan.chunk_of.to(dev)
     chunk_cols = torch.arange(c, dtype=torch.int32, device=dev)
     akey = _arrival_key(key)
-    block = max(1, min(num_candidates, BLOCK_ENTRIES // max(d, 1)))
     best_score = torch.full((c,), math.inf, dtype=torch.float64, device=dev)
     best_idx = torch.zeros(c, dtype=torch.int64, device=dev)
     s_carry = torch.zeros(c, dtype=torch.float64, device=dev)
-    # one workspace for every block: hashes, hash scratch, candidates, per-chunk dot products
-    h_buf = torch.empty(d, block, dtype=torch.int32, device=dev)
-    t_buf, z_buf = torch.empty_like(h_buf), torch.empty(d, block, dtype=torch.float32, device=dev)
-    dots_buf = torch.empty(c, block, dtype=torch.float32, device=dev)
-    for n0 in range(0, num_candidates, block):  # loop over candidate *blocks* (memory bound)
-        rows = torch.arange(n0, min(n0 + block, num_candidates), dtype=torch.int32, device=dev)
-        b = rows.numel()
-        h, t, z = h_buf[:, :b], t_buf[:, :b], z_buf[:, :b]
-        z = hash_to_normal(entry_hashes(col_h, row_hashes(key, rows)[None, :], h, t), out=z)  # [D, B]
-        dots = dots_buf[:, :b].zero_()
+    dots_buf = torch.empty(c, _block_size(d, num_candidates), dtype=torch.float32, device=dev)  # reused
+    for rows, z in candidate_blocks(key, d, num_candidates, dev):
+        dots = dots_buf[:, :rows.numel()].zero_()
         dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
         exps = -torch.log(uniforms(akey, rows[:, None], chunk_cols[None, :]))  # [B, C] Exp(1)
         s = torch.cumsum(exps, 0) + s_carry
@@ -225,7 +238,7 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
         bs, bi = score.min(0)
         better = bs < best_score
         best_score = torch.where(better, bs, best_score)
-        best_idx = torch.where(better, bi.to(torch.int64) + n0, best_idx)
+        best_idx = torch.where(better, bi.to(torch.int64) + rows[0], best_idx)
     return best_idx
 
 
