@@ -14,11 +14,8 @@ at their last training timestep instead (``network_timestep``) and convert with 
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-PredictionType = Literal["epsilon", "sample", "v_prediction", "flow"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "flow")
 
 

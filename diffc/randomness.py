@@ -2,9 +2,11 @@
 
 Every random number of the codec is a pure function of (seed, stream, row, column):
 
-    P[col] = h(col + key),   R[row] = h(h(row + key) ^ key'),   entry(row, col) = N(h(P[col] ^ R[row]))
+    P[col] = h(col + key),   R[row] = h(h(row + key) ^ ROW_SALT),   entry(row, col) = N(h(P[col] ^ R[row]))
 
-with ``h`` the 32-bit "lowbias32" integer hash (two xorshift-multiply rounds) and
+with ``h`` the 32-bit "lowbias32" integer hash (two xorshift-multiply rounds), ``key`` the
+stream key (``stream_key``: seed + labels), ROW_SALT = 0x5BD1E995 a fixed constant that makes
+the row hash a different function from the column hash (R[i] is not P[i]), and
 N(u) = sqrt(2) erfinv(2u - 1) applied to the top 24 bits of the hash. A candidate of PFR is
 a *row*, a latent entry is a *column*. Nothing depends on call order, tensor shape or thread
 count, so the decoder regenerates one candidate of a chunk (its columns only) without producing
@@ -28,6 +30,10 @@ _C1 = 0x7FEB352D
 _C2 = 0x846CA68B - (1 << 32)  # as signed int32
 _SQRT2 = math.sqrt(2.0)
 _INV24 = 1.0 / (1 << 24)
+#: xored into h(row + key) before the second hash, so that the row hash is a different function
+#: from the column hash (MurmurHash2's multiplier, used here only as a fixed constant).
+#: Part of the format: changing it changes every candidate and every bitstream.
+ROW_SALT = 0x5BD1E995
 
 
 def stream_key(seed: int, *labels: int) -> int:
@@ -64,7 +70,7 @@ def column_hashes(key: int, cols: torch.Tensor) -> torch.Tensor:
 
 def row_hashes(key: int, rows: torch.Tensor) -> torch.Tensor:
     """R[row] for int rows (values < 2^31)."""
-    return hash32(hash32(rows.to(torch.int32) + key) ^ 0x5BD1E995)
+    return hash32(hash32(rows.to(torch.int32) + key) ^ ROW_SALT)
 
 
 def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
