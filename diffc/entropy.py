@@ -2,7 +2,7 @@
 
 Per coded step the stream holds
 1. side information: the step's chunk count n (an integer >= 1), under a quantized Laplace
-   centred on the previous step's count (scale 1 + n_prev / 8);
+   centred on the previous step's count (scale COUNT_SCALE_MIN + n_prev / COUNT_SCALE_DIVISOR);
 2. when heavy chunks may be split (``split_min`` > 0, ``diffc.pfr.split_parts``): the number m
    of split chunks among the plan's C (quantized Laplace centred on the previous step's m), a
    flag per chunk under Bernoulli(m / C) (skipped when m is 0 or C), and each split chunk's
@@ -29,7 +29,27 @@ from .pfr import MAX_PARTS
 #: log-uniform, P(N = n) ~ 1/(n + 1): benchmarks/coding_efficiency.py finds the best scale of
 #: its grid at 64 for every setting (8/2: 7.61 -> 7.50 bits per chunk against scale 1).
 ZIPF_SCALE = 64.0
+#: floor of the Zipf law's lambda (nats): keeps the exponent 1 + 1/lambda finite for chunk_bits -> 0
+MIN_ZIPF_LAMBDA = 1e-3
+#: largest chunk count any model codes: constriction's quantized models have 24-bit precision,
+#: so a support above 2^24 symbols cannot give every symbol a nonzero quantum
 MAX_CHUNKS = (1 << 24) - 1
+#: chunk counts per latent entry that ``count_bound`` allows (entries are split into parts beyond
+#: one chunk's share, ``diffc.pfr.make_plan``)
+CHUNKS_PER_ENTRY = 64
+#: cap of ``count_bound`` (2^20): far enough below MAX_CHUNKS that the 24-bit count model stays sharp
+MAX_COUNT_BOUND = 1 << 20
+#: Laplace scale of a chunk count (and of a split count) given the previous step's value v:
+#: COUNT_SCALE_MIN + v / COUNT_SCALE_DIVISOR, i.e. counts may move by about 1/8 of their size per
+#: step, and by about one when small. Part of the format: changing either changes every bitstream.
+COUNT_SCALE_MIN = 1.0
+COUNT_SCALE_DIVISOR = 8.0
+#: the "previous step" values the first coded step is predicted from: one chunk, no split chunks
+FIRST_COUNT = 1
+FIRST_SPLIT_COUNT = 0
+#: smallest probability ``laplace_bits`` takes the log of (a mass that underflows to 0 costs
+#: ~997 bits instead of infinity)
+MIN_PROBABILITY = 1e-300
 #: exponent of the law of (parts - split_min) of a split chunk; fits benchmarks/coding_efficiency.py
 #: (8/2 and 12/2 at split_above 2: 66 %, 16 %, 9 %, 3 %, ... for e = 0, 1, 2, 3)
 PARTS_ZIPF = 2.0
@@ -38,7 +58,7 @@ PARTS_ZIPF = 2.0
 @functools.lru_cache(maxsize=32)
 def zipf_probabilities(num_candidates: int, chunk_bits: float, scale: float | None = None) -> np.ndarray:
     """float64 [K] truncated Zipf probabilities for PFR indices (``scale`` None = ZIPF_SCALE)."""
-    lam = max((ZIPF_SCALE if scale is None else scale) * chunk_bits * math.log(2), 1e-3)
+    lam = max((ZIPF_SCALE if scale is None else scale) * chunk_bits * math.log(2), MIN_ZIPF_LAMBDA)
     n = np.arange(1, num_candidates + 1, dtype=np.float64)
     logp = -(1.0 + 1.0 / lam) * np.log(n)
     p = np.exp(logp - logp.max())
@@ -52,9 +72,10 @@ def _index_model(num_candidates: int, chunk_bits: float):
 
 def count_bound(n_dims: int) -> int:
     """Largest chunk count of a step on a latent of ``n_dims`` entries (the count model's support,
-    known to the decoder): 64 chunks per entry (entries are split into parts beyond one chunk's
-    share, ``diffc.pfr.make_plan``), at most 2^20 so the 24-bit quantized model stays sharp."""
-    return max(2, min(1 << 20, 64 * n_dims))
+    known to the decoder): CHUNKS_PER_ENTRY (64) chunks per entry (entries are split into parts
+    beyond one chunk's share, ``diffc.pfr.make_plan``), at most MAX_COUNT_BOUND (2^20) so the 24-bit
+    quantized model stays sharp; at least 2 (constriction's smallest support)."""
+    return max(2, min(MAX_COUNT_BOUND, CHUNKS_PER_ENTRY * n_dims))
 
 
 @functools.lru_cache(maxsize=32)
@@ -67,7 +88,8 @@ def _count_model(max_chunks: int):
 
 
 def _count_params(prev: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([float(prev)]), np.array([1.0 + prev / 8.0])
+    """(mean, scale) arrays of the quantized Laplace of a count whose previous value is ``prev``."""
+    return np.array([float(prev)]), np.array([COUNT_SCALE_MIN + prev / COUNT_SCALE_DIVISOR])
 
 
 @functools.lru_cache(maxsize=32)
@@ -117,7 +139,7 @@ class StreamCost:
 def laplace_bits(x: int, mean: float, scale: float) -> float:
     """-log2 of the quantized Laplace mass of integer x (unbounded support; ideal code length)."""
     cdf = lambda v: 0.5 * math.exp((v - mean) / scale) if v < mean else 1 - 0.5 * math.exp(-(v - mean) / scale)
-    return -math.log2(max(cdf(x + 0.5) - cdf(x - 0.5), 1e-300))
+    return -math.log2(max(cdf(x + 0.5) - cdf(x - 0.5), MIN_PROBABILITY))
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,12 +150,12 @@ def _zipf_log2(num_candidates: int, chunk_bits: float) -> np.ndarray:
 def step_bits(st: StepSymbols, prev: StepSymbols | None, num_candidates: int, chunk_bits: float,
               split_min: int = 0) -> tuple[float, float]:
     """Ideal code lengths in bits (side, indices) of one step that follows step ``prev`` (None: the first)."""
-    mean, scale = _count_params(prev.n_chunks if prev else 1)
+    mean, scale = _count_params(prev.n_chunks if prev else FIRST_COUNT)
     side = laplace_bits(st.n_chunks, mean[0], scale[0])
     if split_min:
         parts = np.asarray(st.parts)
         c, m = parts.size, st.n_split
-        mean, scale = _count_params(prev.n_split if prev else 0)
+        mean, scale = _count_params(prev.n_split if prev else FIRST_SPLIT_COUNT)
         side += laplace_bits(m, mean[0], scale[0])
         if 0 < m < c:
             side -= m * math.log2(m / c) + (c - m) * math.log2(1 - m / c)
@@ -173,7 +195,7 @@ def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates
     for st in steps[:max(lengths, default=0)]:
         if not 1 <= st.n_chunks <= min(max_chunks, MAX_CHUNKS):
             raise ValueError(f"chunk count {st.n_chunks} outside 1..{min(max_chunks, MAX_CHUNKS)}")
-        mean, scale = _count_params(prev.n_chunks if prev else 1)
+        mean, scale = _count_params(prev.n_chunks if prev else FIRST_COUNT)
         enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
         if split_min:
             parts = np.asarray(st.parts, dtype=np.int32)
@@ -181,7 +203,7 @@ def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates
             if parts.size > max_chunks or (split & (parts < split_min)).any() or (parts > MAX_PARTS).any():
                 raise ValueError(f"split parts must be 1 or {split_min}..{MAX_PARTS}, for at most {max_chunks} chunks")
             m, c = st.n_split, parts.size
-            mean, scale = _count_params(prev.n_split if prev else 0)
+            mean, scale = _count_params(prev.n_split if prev else FIRST_SPLIT_COUNT)
             enc.encode(np.array([m], dtype=np.int32), _split_count_model(max_chunks), mean, scale)
             if 0 < m < c:
                 enc.encode(split.astype(np.int32), _flag_model(m, c))
@@ -206,9 +228,9 @@ class StepDecoder:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(words)
         self._model = _index_model(num_candidates, chunk_bits)
-        self._prev = 1
+        self._prev = FIRST_COUNT
         self._split_min = split_min
-        self._prev_split = 0
+        self._prev_split = FIRST_SPLIT_COUNT
 
     def _decode(self, *args):
         try:
