@@ -22,8 +22,9 @@ Two measurement paths, both with real .diffc files (header + range-coded payload
   the candidates of a chunk only through z_n . u (z_n ~ N(0, I_d)), which is N(0, |u|^2) whatever
   d is; so each chunk is searched as a 1-dimensional chunk with shift |u| (the codec's own
   ``encode_chunks``), and the chosen d-dimensional candidate is rebuilt with the right law:
-  z = w u/|u| + (I - u u^T/|u|^2) g, g ~ N(0, I), w = the chosen scalar. Chunk plans, chunk
-  counts, the entropy coder and the file are the codec's. Cost: K x (chunks) per step instead of
+  z = w u/|u| + (I - u u^T/|u|^2) g, g ~ N(0, I), w = the chosen scalar. This is
+  ``ProjectedPfrChannel``, a ``PfrChannel`` with another search, passed to ``DiffcCodec.encode``:
+  chunk plans, chunk counts, the entropy coder and the file are the codec's. Cost: K x (chunks) per step instead of
   K x D. The default setting is run both ways on the same images: the two must agree.
 
 Each setting follows its own chain (the sent samples change the next steps' KL).
@@ -34,6 +35,7 @@ perfect plan and no header or side information, i.e. a lower bound for any plan 
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -45,12 +47,11 @@ except ImportError:
 import numpy as np
 import torch
 
-import diffc.codec as codec_mod
-from diffc import format as fmt
 from diffc import entropy
 from diffc.backbone import load_backbone
+from diffc.channels import PfrChannel, PfrSettings, PfrStepRecord
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.entropy import StepSymbols, count_bound, encode_steps, zipf_probabilities
+from diffc.entropy import zipf_probabilities
 from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 
 LN2 = math.log(2.0)
@@ -63,100 +64,55 @@ ZIPF_GRID = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.
 
 
 class Recorder:
-    """Per-chunk records of one encode: KL, delivered, index, budget, step."""
+    """Per-chunk records of one encode: KL, delivered, index, step, positions per chunk."""
 
-    def __init__(self):
-        self.kl, self.delivered, self.index, self.step, self.ndims = [], [], [], [], []
-
-    def add(self, k: int, kl_c: torch.Tensor, deliv_c: torch.Tensor, idx: torch.Tensor, ndims: torch.Tensor):
-        self.kl.append(kl_c.cpu().double().numpy())
-        self.delivered.append(deliv_c.cpu().double().numpy())
-        self.index.append(idx.cpu().numpy().astype(np.int64))
-        self.step.append(np.full(len(idx), k))
-        self.ndims.append(ndims.cpu().numpy())
+    def __init__(self, records: list[PfrStepRecord]):
+        self.records = records
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {n: np.concatenate(getattr(self, n)) for n in ("kl", "delivered", "index", "step", "ndims")}
+        r = self.records
+        return {"kl": np.concatenate([s.chunk_kl_bits.cpu().numpy() for s in r]),
+                "delivered": np.concatenate([s.chunk_delivered_bits.cpu().numpy() for s in r]),
+                "index": np.concatenate([s.symbols.indices.astype(np.int64) for s in r]),
+                "step": np.concatenate([np.full(s.n_indices, k) for k, s in enumerate(r, 1)]),
+                "ndims": np.concatenate([s.chunk_dims.cpu().numpy() for s in r])}
 
 
-# ---- path 1: the real codec, with a recording hook on encode_chunks -----------------------------
-def run_codec(codec: DiffcCodec, image: torch.Tensor) -> tuple[dict, Recorder]:
-    rec = Recorder()
-    real = codec_mod.encode_chunks
-    step = [0]
+class ProjectedPfrChannel(PfrChannel):
+    """The PFR channel with each chunk searched through its 1-D projection (same law, see top):
+    K x (chunks) candidate entries per step instead of K x D. Everything else (plans, counts,
+    splitting, the entropy coder, the file) is the codec's."""
 
-    def hooked(u, plan, num_candidates, key):
-        step[0] += 1
-        idx = real(u, plan, num_candidates, key)
-        z = decode_chunks(idx, plan, key, u.device)
-        u64 = u.double()
-        kl_c = chunk_sums(0.5 * u64 * u64, plan) / LN2
-        deliv_c = chunk_sums(z.double() * u64 - 0.5 * u64 * u64, plan) / LN2
-        ndims = torch.bincount(plan.chunk_of, minlength=plan.n_chunks)
-        rec.add(step[0], kl_c, deliv_c, idx, ndims)
-        return idx
+    def __init__(self, settings: PfrSettings, n_dims: int, gen: torch.Generator):
+        super().__init__(settings, n_dims)
+        self.gen = gen
 
-    codec_mod.encode_chunks = hooked
-    try:
-        t0 = time.perf_counter()
-        res = codec.encode(image)
-        secs = time.perf_counter() - t0
-    finally:
-        codec_mod.encode_chunks = real
+    def search(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u_c = u_coded.double()
+        r = chunk_sums(u_c * u_c, plan).sqrt()
+        nc = plan.n_chunks
+        one = ChunkPlan(torch.arange(nc), torch.arange(nc), nc)
+        idx = encode_chunks(r.to(torch.float32), one, self.settings.num_candidates, key)
+        w = decode_chunks(idx, one, key, u_c.device).double()  # chosen candidate's component along u
+        chunk_of = plan.chunk_of.to(u_c.device)
+        uhat = torch.where(r[chunk_of] > 0, u_c / r[chunk_of].clamp_min(1e-300), torch.zeros_like(u_c))
+        g = torch.randn(u_c.numel(), generator=self.gen, dtype=torch.float64).to(u_c.device)
+        z = g + (w - chunk_sums(g * uhat, plan))[chunk_of] * uhat
+        return idx, z.to(torch.float32)
+
+
+@torch.no_grad()
+def run_codec(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator | None = None) -> tuple[dict, Recorder]:
+    """``codec.encode`` of the whole chain: with the codec's own channel (``gen`` None, path
+    ``codec``) or with ``ProjectedPfrChannel`` (path ``sim``)."""
+    t0 = time.perf_counter()
+    channel = PfrChannel if gen is None else functools.partial(ProjectedPfrChannel, gen=gen)
+    res = codec.encode(image, channel=channel)
+    secs = time.perf_counter() - t0
     p = res.points[-1]
     return dict(bits=p.bits_total, header=p.bits_header, side=p.bits_side, payload=p.bits_payload,
                 kl=p.kl_bits, delivered=p.delivered_bits, secs=secs,
-                latent=p.x_t.numel() * p.step_index), rec
-
-
-# ---- path 2: the exact 1-D-projection simulation of the same chain -----------------------------
-@torch.no_grad()
-def run_sim(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator) -> tuple[dict, Recorder]:
-    """``codec.encode`` with each chunk searched through its 1-D projection (same law, see top)."""
-    t0 = time.perf_counter()
-    b, p = codec.backbone, codec.params
-    height, width = image.shape[-2:]
-    x0 = b.encode(image.to(b.device, torch.float32)).to(torch.float32)
-    cond = b.condition(None)
-    x = codec._start(tuple(x0.shape))
-    d = x.numel()
-    rec, steps = Recorder(), []
-    kl_total = deliv_total = 0.0
-    for k in range(1, len(codec.timesteps)):
-        x0_hat, mu_p, pc = codec._prior(x, k, cond)
-        std = pc.std
-        u = (pc.c0 / std) * (x0 - x0_hat)
-        kl_bits = float((u.double() ** 2).sum()) / 2 / LN2
-        n_chunks = codec.chunk_count(kl_bits, d)
-        plan = codec._plan(x, k, n_chunks)
-        parts, plan = codec._split(plan, u)
-        u_c = plan.coded(u).double()
-        r2 = chunk_sums(u_c * u_c, plan)
-        r = r2.sqrt()
-        nc = plan.n_chunks  # non-empty chunks (<= n_chunks)
-        one = ChunkPlan(torch.arange(nc), torch.arange(nc), nc)
-        key = codec._step_key(k)
-        idx = encode_chunks(r.to(torch.float32), one, p.num_candidates, key)
-        w = decode_chunks(idx, one, key, u.device).double()  # chosen candidate's component along u
-        chunk_of = plan.chunk_of.to(u.device)
-        uhat = torch.where(r[chunk_of] > 0, u_c / r[chunk_of].clamp_min(1e-300), torch.zeros_like(u_c))
-        g = torch.randn(u_c.numel(), generator=gen, dtype=torch.float64).to(u.device)
-        z_c = g + (w - chunk_sums(g * uhat, plan))[chunk_of] * uhat
-        x = mu_p + std * plan.combine(z_c, d).reshape(mu_p.shape).to(torch.float32)
-        kl_c = 0.5 * r2 / LN2
-        deliv_c = (w * r - 0.5 * r2) / LN2
-        rec.add(k, kl_c, deliv_c, idx, torch.bincount(plan.chunk_of, minlength=nc))
-        kl_total += kl_bits
-        deliv_total += float(deliv_c.sum())
-        steps.append(StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32),
-                                 parts.numpy().astype(np.int32) if p.split_min else None))
-    payload, cost = encode_steps(steps, p.num_candidates, p.chunk_bits, count_bound(d), p.split_min)
-    data = fmt.write(codec._header(width, height, len(steps), None), payload)
-    coded = cost.side_bits + cost.index_bits
-    side = 8 * len(payload) * cost.side_bits / coded
-    return dict(bits=8 * len(data), header=8 * (len(data) - len(payload)), side=side,
-                payload=8 * len(payload) - side, kl=kl_total, delivered=deliv_total,
-                secs=time.perf_counter() - t0, latent=d * len(steps)), rec
+                latent=p.x_t.numel() * p.step_index), Recorder(res.records)
 
 
 # ---- path 3: the floor of plain PFR, with every chunk holding exactly its budget -------------------
@@ -166,7 +122,7 @@ ORACLE_SETTINGS = [(8, 2), (8, 6), (12, 2), (12, 6), (16, 2), (16, 4)]
 @torch.no_grad()
 def oracle_floor(cb: int, pb: int, seed: int) -> dict:
     """PFR with a perfect plan: n chunks of exactly ``cb`` bits of KL each (shift r = sqrt(2 cb ln 2)
-    along the chunk's 1-D projection, the exact reduction of ``run_sim``), K = 2^(cb + pb) candidates,
+    along the chunk's 1-D projection, the exact reduction of ``ProjectedPfrChannel``), K = 2^(cb + pb) candidates,
     indices coded with the shipped Zipf law and with the best scale of ZIPF_GRID. No header, no side
     information, no plan mismatch: what truncated PFR itself costs per delivered bit."""
     K = 1 << (cb + pb)
@@ -315,7 +271,7 @@ def main() -> None:
             totals, recs = [], []
             gen = torch.Generator().manual_seed(args.seed)
             for _, img in images:
-                tot, rec = run_codec(codec, img) if path == "codec" else run_sim(codec, img, gen)
+                tot, rec = run_codec(codec, img, None if path == "codec" else gen)
                 totals.append(tot)
                 recs.append(rec)
             summ = summarize(totals, merge(recs), cb, pb, split)
@@ -360,7 +316,7 @@ def main() -> None:
         codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
                                                  seed=args.seed + j, recon="denoise", split_above=DEFAULT[2]))
         gen = torch.Generator().manual_seed(args.seed + j)
-        outs = [run_sim(codec, img, gen) for _, img in images]
+        outs = [run_codec(codec, img, gen) for _, img in images]
         summ = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
         spread_vals.append(summ["bits_over_delivered"])
     spread = {"seeds": len(spread_vals), "mean": float(np.mean(spread_vals)), "std": float(np.std(spread_vals, ddof=1))}

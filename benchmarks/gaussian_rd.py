@@ -1,7 +1,7 @@
 """The DiffC chain on a source drawn from the Gaussian backbone's own prior, against theory.
 
 Part 1 (math check, ideal channel): x_T = shared noise; every step samples x_t' EXACTLY from
-q(x_t' | x_t, x0) (no reverse-channel coding). Measured against the closed forms of DESIGN.md §1:
+q(x_t' | x_t, x0) (no reverse-channel coding). Measured against the closed forms of docs/design.md §1:
 - rate_rel_err: sum over the schedule of the measured KL(q||p) = c0^2 |x0 - x0_hat|^2 / (2 var)
   vs its expectation sum_k sum_i c0^2 mmse_i(t_k) / (2 var);
 - mse_rel_err: one-step-denoise MSE |x0 - E[x0|x_t]|^2 vs sum_i mmse_i(t), worst over the stop steps.
@@ -33,6 +33,7 @@ import torch
 
 from diffc.backbone import load_backbone
 from diffc.backbones.gaussian import from_coefficients
+from diffc.chain import ExactChannel
 from diffc.codec import CodecParams, DiffcCodec
 
 LN2 = math.log(2.0)
@@ -62,16 +63,14 @@ def expected_curve(codec: DiffcCodec, shape) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def exact_chain(codec: DiffcCodec, x0: torch.Tensor, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Measured per-step KL (bits) and one-step-denoise squared error after each step, exact q samples."""
-    b, ts = codec.backbone, codec.timesteps
-    x = codec._start(tuple(x0.shape))
+    """Measured per-step KL (bits) and one-step-denoise squared error after each step: the codec's
+    chain with the ideal channel (``diffc.chain.ExactChannel``: exact q samples)."""
+    chain = codec.chain
     kls, errs = [], []
-    for k in range(1, len(ts)):
-        x0_hat, mu_p, pc = codec._prior(x, k, None)
-        d = (x0 - x0_hat).double()
-        kls.append(float(pc.c0 ** 2 * (d * d).sum() / (2 * pc.var)) / LN2)
-        x = (pc.c0 * x0.double() + pc.ct * x.double() + pc.std * torch.randn(x.shape, generator=gen, dtype=torch.float64)).float()
-        e = (x0 - b.predict_x0(x, ts[k], None)).double()
+    x = chain.start(tuple(x0.shape))
+    for step, x in chain.run(ExactChannel(gen), x, None, chain.n_steps, x0=x0):
+        kls.append(step.kl_bits)
+        e = (x0 - codec.backbone.predict_x0(x, step.t_next, None)).double()
         errs.append(float((e * e).sum()))
     return np.array(kls), np.array(errs)
 

@@ -29,6 +29,7 @@ except ImportError:
 import torch
 
 from diffc.backbone import load_backbone
+from diffc.chain import ExactChannel
 from diffc.codec import CodecParams, DiffcCodec
 import diffc.pfr as pfr
 from diffc.pfr import ChunkPlan, _arrival_key, encode_chunks
@@ -77,22 +78,16 @@ def exact_scores(u: torch.Tensor, plan: ChunkPlan, key: int, c: int, idx: list[i
 
 @torch.no_grad()
 def workloads(codec: DiffcCodec, image: torch.Tensor, steps: list[int], seed: int):
-    """(k, u in coding order, plan, key) for the chosen steps of an exact-q chain."""
-    b = codec.backbone
+    """(k, u in coding order, plan, key) for the chosen steps of the codec's chain with the ideal
+    channel (exact q samples), planned as the codec's PFR channel plans them."""
+    b, chain, pfr_settings = codec.backbone, codec.chain, codec.params.pfr
     x0 = b.encode(image.to(b.device, torch.float32)).to(torch.float32)
-    x = codec._start(tuple(x0.shape))
-    gen = torch.Generator().manual_seed(seed)
     out = []
-    for k in range(1, max(steps) + 1):
-        x0_hat, mu_p, pc = codec._prior(x, k, None)
-        u = (pc.c0 / pc.std) * (x0 - x0_hat)
-        if k in steps:
-            kl_bits = float((u.double() ** 2).sum()) / 2 / math.log(2)
-            n_chunks = codec.chunk_count(kl_bits, x.numel())
-            plan = codec._plan(x, k, n_chunks)
-            out.append((k, plan.coded(u).contiguous(), plan, codec._step_key(k)))
-        mu_q = pc.c0 * x0 + pc.ct * x
-        x = mu_q + pc.std * torch.randn(x.shape, generator=gen)
+    x = chain.start(tuple(x0.shape))
+    for step, x in chain.run(ExactChannel(torch.Generator().manual_seed(seed)), x, None, max(steps), x0=x0):
+        if step.k in steps:
+            plan = chain.plan(step, pfr_settings.chunk_count(step.kl_bits, x.numel()))
+            out.append((step.k, plan.coded(step.u).contiguous(), plan, chain.step_key(step.k)))
     return out
 
 

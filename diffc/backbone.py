@@ -6,8 +6,9 @@ backbone), (2) a noise schedule in the VP view, (3) a network and its prediction
 ``predict_x0(x_t, t, cond)``, which runs the network and converts its output through
 ``diffc.prediction`` (one conversion layer for every prediction type).
 
-Adapters implement the abstract methods; see ``diffc.backbones.gaussian`` (analytic) and
-``diffc.backbones.diffusers_*`` (SD 1.5 / 2.1 / XL, Flux).
+Adapters implement the abstract methods and register a factory (``register_backbone``); see
+``diffc.backbones.gaussian`` (analytic), ``diffc.backbones.diffusers_common`` (what every
+diffusers pipeline shares) and one module per model family in ``diffc.backbones``.
 """
 from __future__ import annotations
 
@@ -74,10 +75,12 @@ class Backbone(ABC):
         out = self.network(inp, tn, cond).to(x_t.dtype)
         return x0_from_output(out, x_t, a, s, self.prediction_type)
 
-    def kl_weights(self, x_t: torch.Tensor, t: int, t_prev: int) -> torch.Tensor | None:
-        """Decoder-computable relative expected KL per latent entry for step t -> t_prev, or None.
+    def kl_weights(self, shape: tuple[int, ...], t: int, t_prev: int) -> torch.Tensor | None:
+        """Relative expected KL per latent entry for step t -> t_prev (a tensor of ``shape``), or None.
 
-        Used to balance the chunk plan (chunks of equal *expected* KL). None = uniform.
+        Used to balance the decoder-side chunk plan (chunks of equal *expected* KL). None = uniform.
+        A function of the shape and the timesteps only, never of a state or a model output: the
+        decoder's plan must not depend on floating-point rounding (docs/design.md §1).
         """
         return None
 
@@ -111,12 +114,6 @@ def register_backbone(*names: str):
         return factory
 
     return deco
-
-
-def available_backbones() -> list[str]:
-    from . import backbones  # noqa: F401  (registers the built-in adapters)
-
-    return sorted(_REGISTRY)
 
 
 def load_backbone(name: str, **options: Any) -> Backbone:

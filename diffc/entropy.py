@@ -177,31 +177,43 @@ def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: floa
 def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates: int, chunk_bits: float,
                     max_chunks: int = MAX_CHUNKS, split_min: int = 0) -> list[tuple[bytes, StreamCost]]:
     """``encode_steps(steps[:n])`` for every n in ``lengths``, in one pass over the steps (the
-    streams of a progressive encode share their prefix: the encoder is cloned and sealed at each n)."""
+    streams of a progressive encode share their prefix: ``StepEncoder.seal`` at each n)."""
     if any(not 0 <= n <= len(steps) for n in lengths):
         raise ValueError(f"prefix lengths must be in 0..{len(steps)}")
-    enc = constriction.stream.queue.RangeEncoder()
-    cost = StreamCost()
-    out: dict[int, tuple[bytes, StreamCost]] = {}
-
-    def seal(n: int) -> None:
+    enc = StepEncoder(num_candidates, chunk_bits, max_chunks, split_min)
+    out = {0: enc.seal()} if 0 in lengths else {}
+    for n, st in enumerate(steps[:max(lengths, default=0)], 1):
+        enc.push(st)
         if n in lengths:
-            words = enc.clone().get_compressed()
-            out[n] = (words.astype("<u4").tobytes(),
-                      StreamCost(cost.side_bits, cost.index_bits, list(cost.per_step)))
+            out[n] = enc.seal()
+    return [out[n] for n in lengths]
 
-    seal(0)
-    prev = None
-    for st in steps[:max(lengths, default=0)]:
+
+class StepEncoder:
+    """Range-codes steps one at a time; ``seal`` gives the stream of the steps pushed so far
+    (a sealed copy of the running coder: O(stream size), no re-encoding), so a progressive
+    encoder gets every prefix's bytes, and exact file sizes for rate targets, in one pass."""
+
+    def __init__(self, num_candidates: int, chunk_bits: float, max_chunks: int = MAX_CHUNKS, split_min: int = 0):
+        self.num_candidates, self.chunk_bits = num_candidates, chunk_bits
+        self.max_chunks, self.split_min = max_chunks, split_min
+        self._enc = constriction.stream.queue.RangeEncoder()
+        self._cost = StreamCost()
+        self._prev: StepSymbols | None = None
+
+    def push(self, st: StepSymbols) -> None:
+        """Append one step's symbols (chunk count, split side information, indices)."""
+        max_chunks, split_min, prev, enc = self.max_chunks, self.split_min, self._prev, self._enc
         if not 1 <= st.n_chunks <= min(max_chunks, MAX_CHUNKS):
             raise ValueError(f"chunk count {st.n_chunks} outside 1..{min(max_chunks, MAX_CHUNKS)}")
-        mean, scale = _count_params(prev.n_chunks if prev else FIRST_COUNT)
-        enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
         if split_min:
             parts = np.asarray(st.parts, dtype=np.int32)
             split = parts > 1
             if parts.size > max_chunks or (split & (parts < split_min)).any() or (parts > MAX_PARTS).any():
                 raise ValueError(f"split parts must be 1 or {split_min}..{MAX_PARTS}, for at most {max_chunks} chunks")
+        mean, scale = _count_params(prev.n_chunks if prev else FIRST_COUNT)
+        enc.encode(np.array([st.n_chunks], dtype=np.int32), _count_model(max_chunks), mean, scale)
+        if split_min:
             m, c = st.n_split, parts.size
             mean, scale = _count_params(prev.n_split if prev else FIRST_SPLIT_COUNT)
             enc.encode(np.array([m], dtype=np.int32), _split_count_model(max_chunks), mean, scale)
@@ -209,14 +221,18 @@ def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates
                 enc.encode(split.astype(np.int32), _flag_model(m, c))
             if m:
                 enc.encode(parts[split] - split_min, _parts_model(split_min))
-        enc.encode(np.asarray(st.indices, dtype=np.int32), _index_model(num_candidates, chunk_bits))
-        sb, ib = step_bits(st, prev, num_candidates, chunk_bits, split_min)
-        cost.side_bits += sb
-        cost.index_bits += ib
-        cost.per_step.append((sb, ib))
-        prev = st
-        seal(len(cost.per_step))
-    return [out[n] for n in lengths]
+        enc.encode(np.asarray(st.indices, dtype=np.int32), _index_model(self.num_candidates, self.chunk_bits))
+        sb, ib = step_bits(st, prev, self.num_candidates, self.chunk_bits, split_min)
+        self._cost.side_bits += sb
+        self._cost.index_bits += ib
+        self._cost.per_step.append((sb, ib))
+        self._prev = st
+
+    def seal(self) -> tuple[bytes, StreamCost]:
+        """(bytes, ideal cost split) of the steps pushed so far; the coder keeps running."""
+        words = self._enc.clone().get_compressed()
+        c = self._cost
+        return words.astype("<u4").tobytes(), StreamCost(c.side_bits, c.index_bits, list(c.per_step))
 
 
 class StepDecoder:

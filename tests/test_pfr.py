@@ -248,7 +248,7 @@ def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
     """Gaussian backbone, first step, 200 chunks: without splitting, entries heavier than a chunk's
     share left 25 chunks empty; split into parts, every chunk is used."""
     x = torch.zeros(3, 64, 64)
-    w = gaussian_backbone.kl_weights(x, 1000, 972)
+    w = gaussian_backbone.kl_weights(tuple(x.shape), 1000, 972)
     p = make_plan(x.numel(), 200, key=1, weights=w)
     counts = torch.bincount(p.chunk_of)
     assert len(counts) == p.n_chunks == 200 and int(counts.min()) >= 1

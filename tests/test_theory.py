@@ -1,8 +1,8 @@
 """DiffC against its closed forms (fast version of benchmarks/gaussian_rd.py).
 
-Gaussian backbone, source drawn from its own prior, the DiffC chain with *exact* sampling from q
-(an ideal channel, no reverse-channel coding), built from the codec's own pieces
-(``DiffcCodec._start`` / ``_prior``, ``Backbone.predict_x0``, ``NoiseSchedule.posterior``):
+Gaussian backbone, source drawn from its own prior, the codec's chain (``DiffcCodec.chain``)
+with *exact* sampling from q (``diffc.chain.ExactChannel``: an ideal channel, no reverse-channel
+coding):
 - realised KL(q||p) per step = c0^2 |x0 - x0_hat|^2 / (2 var) against E = c0^2 sum_i mmse_i(t) / (2 var);
 - one-step-denoise squared error at every stop against sum_i mmse_i(t);
 - the closed-form sum of KL over ever finer schedules decreases to I(x0; x_t) = 1/2 sum log(1 + a^2 lam / s^2).
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffc.chain import ExactChannel
 from diffc.codec import CodecParams, DiffcCodec
 
 SOURCE_HW = (256, 128)  # 32 independent 32x32 sources (the prior is blockwise: 8x8 DCT blocks)
@@ -36,23 +37,21 @@ def mutual_information_nats(bb, shape, t) -> float:
 
 @pytest.fixture(scope="module")
 def ideal_chain(gaussian_backbone):
-    """Run the exact-sampling chain once: realised and expected KL per step, MSE per stop."""
+    """Run the codec's chain once with the ideal channel (exact q samples): realised and expected
+    KL per step, MSE per stop."""
     bb = gaussian_backbone
     codec = DiffcCodec(bb, CodecParams(schedule="linspace-20"))
-    ts = codec.timesteps
+    chain = codec.chain
     g = torch.Generator().manual_seed(2024)
     x0 = bb.sample_prior(*SOURCE_HW, generator=g).double()
     shape = tuple(x0.shape)
-    x = codec._start(shape)
     kl, mse = [], []
-    for k in range(1, len(ts)):
-        x0_hat, mu_p, pc = codec._prior(x, k, None)
-        err = x0 - x0_hat.double()
-        kl.append(float(pc.c0 ** 2 * (err * err).sum() / (2 * pc.var)))
-        mu_q = mu_p.double() + pc.c0 * err  # = c0 x0 + ct x_t
-        x = (mu_q + pc.std * torch.randn(shape, generator=g, dtype=torch.float64)).float()
-        x0_rec = codec.denoise(x, ts[k], mode="denoise")
+    x = chain.start(shape)
+    for step, x in chain.run(ExactChannel(g), x, None, chain.n_steps, x0=x0):
+        kl.append(step.kl_bits * math.log(2))
+        x0_rec = codec.denoise(x, step.t_next, mode="denoise")
         mse.append(float(((x0_rec.double() - x0) ** 2).sum()))
+    ts = chain.timesteps
     emse = [float(bb.mmse(shape, t).sum()) for t in ts[1:]]
     return dict(ts=ts, shape=shape, kl=kl, ekl=expected_kl_nats(bb, shape, ts), mse=mse, emse=emse)
 

@@ -134,8 +134,8 @@ class GaussianBackbone(Backbone):
         a, s = self.schedule.a_s(t)
         return v * s * s / (s * s + a * a * v)
 
-    def kl_weights(self, x_t: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-        return self.mmse(tuple(x_t.shape), t)
+    def kl_weights(self, shape: tuple[int, ...], t: int, t_prev: int) -> torch.Tensor:
+        return self.mmse(shape, t)
 
 
 @register_backbone("gaussian")
