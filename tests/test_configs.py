@@ -1,21 +1,25 @@
 """Every config in conf/ composes, and each experiment's sweep expands to the intended jobs.
 
-Composition goes through Hydra's compose API (in process, fast); the sweep of an experiment is
-expanded the way Hydra's basic sweeper does it (``hydra.sweeper.params`` + command-line
-overrides -> one override list per job), then each job's config is composed and checked. One
-test also runs the real entry point with ``dry_run=true`` (one printed line per job).
+Composition goes through Hydra's compose API (in process, fast). The jobs of a multirun are
+expanded with public Hydra API only (``OverridesParser`` + ``Override.sweep_string_iterator``),
+following the basic sweeper's documented rule: ``hydra.sweeper.params`` first, then the command
+line, a later override of the same key replacing the earlier one, jobs = the cartesian product in
+that key order. ``test_dry_run_lists_the_same_jobs`` checks that expansion against the real
+entry point (``dry_run=true`` prints one line per job, with its config hash).
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -24,15 +28,36 @@ from pipelines.common import CONF_DIR, build_codec
 from pipelines.evaluate import RatePlan, config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed-settings.json"
+SEED = ROOT / "docs" / "reference" / "seed-settings.json"  # the reference's settings (docs/design.md §2)
 GROUPS = ("model", "dataset", "bitrate", "metrics", "codec", "experiment")
 REAL_MODELS = ["sd15", "sd21", "sdxl", "flux-dev"]
-#: what each experiment must launch: {experiment: (dataset, [models])}
+OFFLINE_MODELS = ["gaussian", "tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-flux"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Intended:
+    """What an experiment must launch."""
+
+    dataset: str
+    models: list[str]  # one job per model, in this order
+    bitrate: str  # the conf/bitrate option whose rate points every job uses
+    metrics: str  # the conf/metrics option
+    codec: dict  # the codec overrides it sets (conf/codec keys that are not null)
+    recon_png: bool  # reconstructions kept as PNG (FID needs them)
+    multirun: bool  # launches a sweep without -m
+
+
+PAPER_CODEC = {"chunk_bits": 14, "padding_bits": 2}  # the reference's 2^16 candidates, 2 bits padding
 EXPERIMENTS = {
-    "paper_kodak": ("kodak", REAL_MODELS),
-    "paper_div2k": ("div2k", REAL_MODELS),
-    "compare_backbones": ("kodak-small", ["gaussian", "tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-flux"]),
-    "demo": ("kodak-small", ["gaussian"]),
+    "paper_kodak": Intended("kodak", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
+    "paper_div2k": Intended("div2k", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
+    "compare_backbones": Intended("kodak-small", OFFLINE_MODELS, "quick", "offline", {}, False, True),
+    "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False),
+}
+#: options with a job whose rows are the default job's (they change only result-neutral keys)
+SAME_ROWS_AS_DEFAULT = {
+    ("experiment", "demo"),  # the default job with its PNGs kept
+    ("experiment", "compare_backbones"),  # its gaussian job is the default job (under another name)
 }
 
 
@@ -48,30 +73,52 @@ def hydra_conf():
     GlobalHydra.instance().clear()
 
 
-def sweep(overrides: list[str]) -> list[DictConfig]:
-    """The job configs of ``-m`` with ``overrides`` (experiment sweeper params included),
-    expanded like Hydra's BasicSweeper."""
+def job_overrides(overrides: list[str]) -> list[list[str]]:
+    """The override list of each job that ``python -m pipelines.evaluate OVERRIDES`` launches."""
     parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    given = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in given if not o.is_sweep_override()]
     top = compose("config", overrides=fixed, return_hydra_config=True)
     params = top.hydra.sweeper.params or {}
-    multirun = top.hydra.mode is not None and str(top.hydra.mode).endswith("MULTIRUN")
-    parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    if not multirun and not any(o.is_sweep_override() for o in parsed):
-        jobs = [overrides]
-    return [compose("config", overrides=job) for job in jobs]
+    multirun = str(top.hydra.mode).endswith("MULTIRUN") or any(o.is_sweep_override() for o in given)
+    if not multirun:
+        return [overrides]
+    per_key: dict[str, list[str]] = {}  # insertion order = sweep order; a later override replaces
+    for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            assert o.is_discrete_sweep(), f"{o.input_line}: only choice sweeps are expanded here"
+            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            per_key[key] = [o.input_line]
+    return [list(job) for job in itertools.product(*per_key.values())]
+
+
+def sweep(overrides: list[str]) -> list[DictConfig]:
+    """The composed config of each job of ``overrides`` (see ``job_overrides``)."""
+    return [compose("config", overrides=job) for job in job_overrides(overrides)]
+
+
+@pytest.fixture(scope="module")
+def default_job(hydra_conf) -> tuple[dict, str]:
+    """(group -> default option, config hash) of the default job."""
+    choices = OmegaConf.to_container(compose("config", return_hydra_config=True).hydra.runtime.choices)
+    return choices, config_hash(compose("config"))
+
+
+def codec_overrides(cfg: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(cfg.codec).items() if v is not None}
 
 
 def test_every_group_has_options() -> None:
     for group in GROUPS:
         assert options(group), group
-    assert set(options("model")) >= {*REAL_MODELS, "tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-flux", "gaussian"}
+    assert set(options("model")) >= {*REAL_MODELS, *OFFLINE_MODELS}
     assert set(options("dataset")) >= {"kodak", "div2k", "folder", "kodak-small"}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_option_composes(group: str, option: str) -> None:
+def test_option_composes(group: str, option: str, default_job: tuple[dict, str]) -> None:
     cfg = compose("config", overrides=[f"{group}={option}"])
     # everything but the deliberately required folder path resolves
     if not (group == "dataset" and option == "folder"):
@@ -86,7 +133,15 @@ def test_option_composes(group: str, option: str) -> None:
         assert plan.stop_timesteps == sorted(plan.stop_timesteps, reverse=True)
     if group == "metrics":
         assert set(cfg.metrics.names) >= {"psnr"} and "fid" in cfg.metrics
-    assert config_hash(cfg)
+    # the hash: 12 hex digits, the same on a second composition, and equal to the default job's
+    # exactly when the option leaves the rows alone (an experiment: when one of its jobs does)
+    h = config_hash(cfg)
+    assert re.fullmatch(r"[0-9a-f]{12}", h), h
+    assert config_hash(compose("config", overrides=[f"{group}={option}"])) == h
+    hashes = {config_hash(j) for j in sweep([f"{group}={option}"])} if group == "experiment" else {h}
+    choices, default_hash = default_job
+    same_rows = option == choices.get(group) or (group, option) in SAME_ROWS_AS_DEFAULT
+    assert (default_hash in hashes) == same_rows, (group, option)
 
 
 def test_default_config_is_the_quick_cpu_job() -> None:
@@ -96,33 +151,97 @@ def test_default_config_is_the_quick_cpu_job() -> None:
     assert RatePlan.from_config(cfg.bitrate).stop_timesteps == [700, 300, 100]
 
 
-def test_volatile_keys_do_not_change_the_hash() -> None:
-    base = config_hash(compose("config"))
-    for o in ["root=/elsewhere", "name=x", "progress=false", "dry_run=true", "save.recon_png=true"]:
-        assert config_hash(compose("config", overrides=[o])) == base, o
-    assert config_hash(compose("config", overrides=["codec.chunk_bits=6"])) != base
+@pytest.mark.parametrize("override", [
+    "root=/elsewhere", "name=x", "progress=false", "dry_run=true", "debug=true", "save.recon_png=true",
+    "save.diffc=false", "hydra/launcher=joblib",
+])
+def test_result_neutral_keys_do_not_change_the_hash(override: str) -> None:
+    base = compose("config")
+    changed = compose("config", overrides=[override])
+    assert config_hash(changed) == config_hash(base)
+
+
+@pytest.mark.parametrize("override", [
+    # every codec parameter (conf/codec) and the model's own codec defaults and options
+    "codec.schedule=geom-10", "codec.chunk_bits=6", "codec.padding_bits=3", "codec.split_above=3",
+    "codec.seed=7", "codec.recon=ode", "codec.recon_steps=5", "model.codec.chunk_bits=6",
+    "model.codec.schedule=linspace-30", "model.options.params_path=/other/fit.npz",
+    # the data, the rate points and the metrics
+    "dataset.options.size=32", "dataset.options.ids=[kodim01]", "bitrate.stop_timesteps=[700,300]",
+    "metrics.names=[psnr]", "metrics.fid=true", "caption=photo",
+])
+def test_result_keys_change_the_hash(override: str) -> None:
+    base = compose("config")
+    changed = compose("config", overrides=[override])
+    assert changed != base, f"{override} is a no-op: pick another value"
+    assert config_hash(changed) != config_hash(base)
+
+
+def test_hash_is_a_function_of_the_resolved_values() -> None:
+    """Key order does not matter; an interpolation hashes like its resolved value."""
+    cfg = OmegaConf.to_container(compose("config"))
+    reordered = OmegaConf.create({k: cfg[k] for k in reversed(list(cfg))})
+    assert list(reordered) != list(cfg)
+    assert config_hash(reordered) == config_hash(OmegaConf.create(cfg))
+    chunk = cfg["model"]["codec"]["chunk_bits"]
+    interp = OmegaConf.create(cfg | {"bits": chunk, "model": cfg["model"] | {"codec": cfg["model"]["codec"] | {"chunk_bits": "${bits}"}}})
+    plain = OmegaConf.create(cfg | {"bits": chunk})
+    assert config_hash(interp) == config_hash(plain)
+    assert config_hash(interp) != config_hash(OmegaConf.create(cfg | {"bits": chunk + 1}))
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
 def test_experiment_sweep_lists_intended_jobs(experiment: str) -> None:
     assert set(EXPERIMENTS) == set(options("experiment")), "new experiment: add it to EXPERIMENTS"
-    dataset, models = EXPERIMENTS[experiment]
+    want = EXPERIMENTS[experiment]
+    top = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert str(top.hydra.mode).endswith("MULTIRUN") == want.multirun
     jobs = sweep([f"experiment={experiment}"])
-    assert [j.model.name for j in jobs] == models
-    assert {j.dataset.name for j in jobs} == {dataset}
-    assert {j.name for j in jobs} == {experiment}  # results under ${root}/<experiment>/<overrides>
+    assert [j.model.name for j in jobs] == want.models
+    bitrate = compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
+    metrics = compose("config", overrides=[f"metrics={want.metrics}"]).metrics
+    for j in jobs:
+        assert j.dataset.name == want.dataset
+        assert j.name == experiment  # results under ${root}/<experiment>/<overrides>
+        assert j.bitrate == bitrate and j.metrics == metrics
+        assert codec_overrides(j) == want.codec
+        assert j.save.recon_png == want.recon_png
+        assert not j.metrics.fid or j.save.recon_png  # FID reads the saved reconstructions
+        OmegaConf.to_container(j, resolve=True, throw_on_missing=True)
     assert len({config_hash(j) for j in jobs}) == len(jobs)
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_experiment_composes_with_offline_backbones(experiment: str) -> None:
+    """``experiment=X model=M`` with each offline backbone: one job, on M, with everything else
+    the experiment sets; with the Gaussian backbone the codec builds and places every rate point."""
+    want = EXPERIMENTS[experiment]
+    for model in OFFLINE_MODELS:
+        jobs = sweep([f"experiment={experiment}", f"model={model}"])
+        assert [j.model.name for j in jobs] == [model], model  # the command line replaces the sweep
+        job = jobs[0]
+        OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+        assert (job.dataset.name, job.name, job.save.recon_png) == (want.dataset, experiment, want.recon_png)
+        assert codec_overrides(job) == want.codec
+        assert job.bitrate == compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
+        if model == "gaussian":
+            codec = build_codec(job.model, job.codec)
+            assert codec.backbone.name == "gaussian"
+            for key, value in want.codec.items():
+                assert getattr(codec.params, key) == value
+            steps = [codec.stop_step_for(t) for t in RatePlan.from_config(job.bitrate).stop_timesteps]
+            assert steps == sorted(steps)  # lower timestep = later step (more bits)
 
 
 @pytest.mark.parametrize("experiment", ["paper_kodak", "paper_div2k"])
 def test_paper_experiments_use_reference_settings(experiment: str) -> None:
-    if not SEED.exists():
-        pytest.skip(f"no {SEED}")
     ref = json.loads(SEED.read_text())["settings"]
     by_model = {"sd15": "SD-1.5-base", "sd21": "SD-2.1-base", "sdxl": "SDXL-base", "flux-dev": "Flux-base"}
     from diffc.schedule import encoding_timesteps
 
-    for job in sweep([f"experiment={experiment}"]):
+    jobs = sweep([f"experiment={experiment}"])
+    assert sorted(j.model.name for j in jobs) == sorted(by_model)
+    for job in jobs:
         r = ref[by_model[job.model.name]]
         plan = RatePlan.from_config(job.bitrate)
         assert plan.targets is None and plan.stop_timesteps == r["recon_timesteps"]
@@ -131,8 +250,7 @@ def test_paper_experiments_use_reference_settings(experiment: str) -> None:
         schedule = job.codec.schedule or job.model.codec.schedule
         assert encoding_timesteps(schedule, 1000) == r["encoding_timesteps"], job.model.name
         assert list(job.metrics.names) == ["psnr", "ms_ssim", "lpips", "dists", "qalign"] and job.metrics.fid
-        if job.model.name == "sdxl":
-            assert job.model.options.refiner_hub_id  # the reference's SDXL used the refiner
+        assert bool(job.model.options.get("refiner_hub_id")) == r["use_refiner"] or job.model.name == "flux-dev"
 
 
 def test_command_line_sweep_expands() -> None:
@@ -140,6 +258,11 @@ def test_command_line_sweep_expands() -> None:
     assert [j.model.name for j in jobs] == ["gaussian", "tiny-sd15"]
     jobs = sweep(["experiment=compare_backbones", "model=gaussian,tiny-flux"])  # command line wins
     assert [j.model.name for j in jobs] == ["gaussian", "tiny-flux"]
+    # a cartesian product, in the order of the keys, the last key varying fastest
+    jobs = sweep(["model=gaussian,tiny-sd15", "bitrate=quick,bpp"])
+    assert [(j.model.name, j.bitrate.mode) for j in jobs] == [
+        ("gaussian", "timesteps"), ("gaussian", "bpp"), ("tiny-sd15", "timesteps"), ("tiny-sd15", "bpp")]
+    assert sweep(["model=tiny-sd15"])[0].model.name == "tiny-sd15"  # no sweep: one job
 
 
 @pytest.mark.parametrize("model", ["gaussian"])  # tiny-sd15: built by test_pipeline
@@ -151,28 +274,37 @@ def test_offline_models_build(model: str) -> None:
         codec.stop_step_for(t)
 
 
-@pytest.mark.parametrize("launcher,plugin", [("joblib", "hydra_plugins.hydra_joblib_launcher"),
-                                             ("submitit_local", "hydra_plugins.hydra_submitit_launcher"),
-                                             ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher"),
-                                             ("slurm_gpu", "hydra_plugins.hydra_submitit_launcher"),
-                                             ("ray_gpu", "hydra_plugins.hydra_ray_launcher")])
-def test_launcher_configs_compose(launcher: str, plugin: str) -> None:
+@pytest.mark.parametrize("launcher,plugin,cls", [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher", "joblib_launcher.JoblibLauncher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher", "submitit_launcher.LocalLauncher"),
+    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher", "submitit_launcher.SlurmLauncher"),
+    ("slurm_gpu", "hydra_plugins.hydra_submitit_launcher", "submitit_launcher.SlurmLauncher"),
+    ("ray_gpu", "hydra_plugins.hydra_ray_launcher", "ray_launcher.RayLauncher"),
+])
+def test_launcher_configs_compose(launcher: str, plugin: str, cls: str) -> None:
     pytest.importorskip(plugin, reason=f"launcher plugin {plugin} not installed (optional)")
+    from hydra.plugins.launcher import Launcher
+    from hydra.utils import get_class
+
     cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_
-    if launcher == "slurm_gpu":
+    assert cfg.hydra.launcher._target_ == f"{plugin}.{cls}"
+    assert issubclass(get_class(cfg.hydra.launcher._target_), Launcher)
+    if launcher == "slurm_gpu":  # ours, on top of the plugin's submitit_slurm defaults
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.max_num_timeout > 0
     if launcher == "ray_gpu":
         assert cfg.hydra.launcher.ray.remote.num_gpus == 1
 
 
-def test_dry_run_prints_one_line_per_job(tmp_path: Path) -> None:
-    """The real entry point: ``experiment=paper_kodak dry_run=true`` lists the 4 jobs, runs nothing."""
+@pytest.mark.parametrize("experiment", ["paper_kodak", "compare_backbones", "demo"])  # paper_div2k: as kodak
+def test_dry_run_lists_the_same_jobs(experiment: str, tmp_path: Path) -> None:
+    """The real entry point: ``experiment=X dry_run=true`` prints one line per job (model, config
+    hash, state) and runs nothing; the jobs are those of ``sweep``, config hashes included."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    out = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "experiment=paper_kodak", "dry_run=true",
+    out = subprocess.run([sys.executable, "-m", "pipelines.evaluate", f"experiment={experiment}", "dry_run=true",
                           f"root={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("job ")]
-    assert [ln.split()[1] for ln in lines] == [f"model={m}" for m in REAL_MODELS]
-    assert all("dataset=kodak " in ln and "state=todo" in ln for ln in lines)
-    assert not list(tmp_path.rglob("shards"))  # nothing ran
+    printed = [(re.search(r"\bmodel=(\S+)", ln)[1], re.search(r"\bconfig_hash=(\w+)", ln)[1]) for ln in lines]
+    assert printed == [(j.model.name, config_hash(j)) for j in sweep([f"experiment={experiment}"])]
+    assert all(f"dataset={EXPERIMENTS[experiment].dataset} " in ln and "state=todo" in ln for ln in lines)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".parquet", ".diffc", ".png", ".json"}]
