@@ -39,6 +39,14 @@ class PosteriorCoeffs:
         return math.sqrt(self.var)
 
 
+def cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
+    """Betas of the ``squaredcos_cap_v2`` schedule: beta_i = min(1 - abar((i+1)/T) / abar(i/T), max_beta)
+    with abar(u) = cos^2((u + 0.008) / 1.008 * pi / 2) (float64; diffusers rounds them to float32)."""
+    u = np.arange(num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
+    abar = np.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
+
+
 class NoiseSchedule:
     """Cumulative signal fractions abar_t on an integer grid, plus the virtual pure-noise step T.
 
@@ -64,13 +72,22 @@ class NoiseSchedule:
     @classmethod
     def ddpm(cls, beta_start: float = 0.00085, beta_end: float = 0.012,
              beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000) -> "NoiseSchedule":
-        """The DDPM schedules of diffusers' DDPMScheduler (SD 1.5/2.1/XL use scaled_linear)."""
+        """The DDPM schedules of diffusers' DDPMScheduler.
+
+        ``scaled_linear`` (SD 1.5/2.1/XL), ``linear`` (the google/ddpm-* models) and
+        ``squaredcos_cap_v2`` (the cosine schedule of Nichol & Dhariwal 2021, improved DDPM: betas
+        discretise abar(u) = cos^2((u + 0.008) / 1.008 * pi / 2) on u = t / T, each beta capped at
+        0.999, as diffusers' ``betas_for_alpha_bar``; beta_start / beta_end are unused).
+        """
         if beta_schedule == "scaled_linear":
             betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps) ** 2
         elif beta_schedule == "linear":
             betas = np.linspace(beta_start, beta_end, num_train_timesteps)
+        elif beta_schedule == "squaredcos_cap_v2":
+            betas = cosine_betas(num_train_timesteps)
         else:
-            raise ValueError(f"unsupported beta_schedule {beta_schedule!r}")
+            raise ValueError(f"unsupported beta_schedule {beta_schedule!r} "
+                             "(scaled_linear, linear, squaredcos_cap_v2)")
         return cls(np.cumprod(1.0 - betas))
 
     @classmethod
@@ -96,11 +113,6 @@ class NoiseSchedule:
         """Signal and noise amplitudes (a_t, s_t), a_t^2 + s_t^2 = 1."""
         ab = self.abar(t)
         return math.sqrt(ab), math.sqrt(1.0 - ab)
-
-    def snr(self, t: int) -> float:
-        """Amplitude SNR a_t / s_t."""
-        a, s = self.a_s(t)
-        return a / s
 
     def posterior(self, t: int, t_prev: int) -> PosteriorCoeffs:
         """Coefficients of q(x_{t_prev} | x_t, x0), t_prev < t (DDPM eq. 7)."""
