@@ -1,6 +1,8 @@
-"""Shared machinery of the diffusers-based backbones (Stable Diffusion 1.5 / 2.1 / XL, Flux).
+"""Shared machinery of the diffusers-based backbones (Stable Diffusion 1.5 / 2.1 / XL / 3.5, Flux,
+pixel-space DDPM).
 
-What lives here, used by ``stable_diffusion.py`` and ``flux.py``:
+A new diffusers backbone is one module in this package (its network call, conditioning layout,
+loading and tiny twin) plus ``conf/model/NAME.yaml``; everything below is shared. What lives here:
 
 - device / dtype resolution (``device: auto`` = CUDA when available; float32 forced on CPU);
 - :class:`WeightsSource`: loading components by hub id or local path with ``from_pretrained``,
@@ -11,12 +13,18 @@ What lives here, used by ``stable_diffusion.py`` and ``flux.py``:
   error in seconds instead of after huggingface_hub's ~30 s of retries;
 - text stages: CLIP / T5 prompt encoders for real weights, and a seeded stand-in for the tiny
   twins (no tokenizer, no hub access);
-- :class:`DiffusersBackbone`: the VAE side shared by every adapter.
+- schedules from scheduler configs: :func:`ddpm_schedule` (DDPMScheduler betas) and
+  :func:`flow_shift` (FlowMatchEulerDiscreteScheduler's static or resolution-dependent shift);
+- :func:`tiny_vae_config`: the tiny twins' AutoencoderKL;
+- :class:`DiffusersBackbone`: the autoencoder side shared by every adapter (a VAE, or none for
+  pixel-space models), devices, offloading, identity; :class:`FlowMatchingBackbone` adds the
+  rectified-flow schedule of the Flux / SD3 transformers.
 
 Latent convention (``Backbone`` units): x0 = (mode of q_VAE(z | image) - shift_factor) * scaling_factor,
-with shift_factor = 0 where the VAE defines none (SD family). The image goes into the VAE as
+with shift_factor = 0 where the VAE defines none (SD 1.x/2.x/XL). The image goes into the VAE as
 2 * image - 1 (range [-1, 1]); decoding inverts both maps and clamps to [0, 1]. The distribution's
-mode (its mean) is used, never a sample, so ``encode`` is deterministic.
+mode (its mean) is used, never a sample, so ``encode`` is deterministic. Pixel-space models
+(``vae=None``) use the same maps with an identity autoencoder: x0 = 2 * image - 1, [3, H, W].
 
 Dtypes: the codec works in float32. Adapters cast inputs to the model dtype on the way in and
 outputs back to float32 on the way out; returned tensors live on the device of the input tensor.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -32,6 +41,7 @@ from typing import Any, Iterator
 import torch
 
 from ..backbone import Backbone
+from ..prediction import flow_sigma
 from ..schedule import NoiseSchedule
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -91,58 +101,82 @@ class WeightsSource:
     def identity(self) -> dict[str, Any]:
         return {"hub_id": self.hub_id, "revision": self.revision}
 
-    def load(self, cls: Any, subfolder: str, **kwargs: Any) -> Any:
-        """``cls.from_pretrained(location, subfolder=...)``; any failure -> :class:`BackboneLoadError`."""
+    def load(self, cls: Any, subfolder: Subfolder, **kwargs: Any) -> Any:
+        """``cls.from_pretrained(location, subfolder=...)``; any failure -> :class:`BackboneLoadError`.
+
+        ``subfolder`` may be a tuple of alternatives tried in order (``None`` = the repository root,
+        e.g. ``("unet", None)`` for repos that also keep a model's files flat at the root).
+        """
         return self._call(cls.from_pretrained, subfolder, **kwargs)
 
-    def load_config(self, cls: Any, subfolder: str) -> dict[str, Any]:
+    def load_config(self, cls: Any, subfolder: Subfolder) -> dict[str, Any]:
         """The component's config dict (e.g. the scheduler's ``scheduler_config.json``)."""
         return dict(self._call(cls.load_config, subfolder))
 
-    def _call(self, fn: Any, subfolder: str, **kwargs: Any) -> Any:
+    def _call(self, fn: Any, subfolder: Subfolder, **kwargs: Any) -> Any:
+        alternatives = subfolder if isinstance(subfolder, tuple) else (subfolder,)
+        label = " or ".join(f"{a}/" if a else "the repository root" for a in alternatives)
         if self.path is not None and not os.path.isdir(self.path):
             raise BackboneLoadError(
                 f"backbone {self.backbone!r}: model.options.path={self.path!r} is not a directory; "
-                f"it must be a local diffusers-format copy of {self.hub_id!r} (with {subfolder}/ and the "
+                f"it must be a local diffusers-format copy of {self.hub_id!r} (with {label} and the "
                 "other component subfolders)")
         if self.path is not None:
-            try:
-                return fn(self.path, subfolder=subfolder, **kwargs)
-            except Exception as e:
-                raise BackboneLoadError(self.explain(subfolder, e)) from e
+            result, err = _first_success(fn, self.path, alternatives, kwargs)
+            if err is not None:
+                raise BackboneLoadError(self.explain(label, err)) from err
+            return result
         kwargs["revision"] = self.revision
         # 1. The local HF cache only: no network, no retries (fast when the weights are there).
-        try:
-            return fn(self.hub_id, subfolder=subfolder, local_files_only=True, **kwargs)
-        except Exception as e:  # diffusers/transformers/hub raise OSError, ValueError, HTTP errors...
-            cache_err: BaseException = e
+        # (diffusers/transformers/hub raise OSError, ValueError, HTTP errors...)
+        result, cache_err = _first_success(fn, self.hub_id, alternatives, {**kwargs, "local_files_only": True})
+        if cache_err is None:
+            return result
         # 2. Not cached: download, unless offline (huggingface_hub would retry a dead network for ~30 s).
         offline = hub_offline_reason()
         if offline is not None:
-            raise BackboneLoadError(self.explain(subfolder, cache_err, offline)) from cache_err
-        try:
-            return fn(self.hub_id, subfolder=subfolder, **kwargs)
-        except Exception as e:
-            raise BackboneLoadError(self.explain(subfolder, e, "download failed")) from e
+            raise BackboneLoadError(self.explain(label, cache_err, offline)) from cache_err
+        result, err = _first_success(fn, self.hub_id, alternatives, kwargs)
+        if err is not None:
+            raise BackboneLoadError(self.explain(label, err, "download failed")) from err
+        return result
 
-    def explain(self, subfolder: str, err: BaseException, why: str | None = None) -> str:
-        """One line: what was looked for, where, and how to fix it."""
+    def explain(self, where: str, err: BaseException, why: str | None = None) -> str:
+        """One line: what was looked for (``where``: "unet/", "unet/ or the repository root"), where,
+        and how to fix it."""
         from huggingface_hub import constants
 
         cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         env = path_env_var(self.backbone)
         if self.path is not None:
-            return (f"backbone {self.backbone!r}: could not load {subfolder!r} from the local copy "
+            return (f"backbone {self.backbone!r}: could not load {where} from the local copy "
                     f"model.options.path={self.path!r} (expected a diffusers-format copy of "
-                    f"{self.hub_id!r} with a {subfolder}/ subfolder). Cause: {cause}")
+                    f"{self.hub_id!r} with {where}). Cause: {cause}")
         rev = f" at revision {self.revision!r}" if self.revision else ""
         why = f" ({why})" if why else ""
-        return (f"backbone {self.backbone!r}: could not load {subfolder!r} of model {self.hub_id!r}{rev}: "
+        return (f"backbone {self.backbone!r}: could not load {where} of model {self.hub_id!r}{rev}: "
                 f"not in the Hugging Face cache {constants.HF_HUB_CACHE} and not downloadable{why}. "
                 f"Either download it there (`huggingface-cli download {self.hub_id}` on a machine with "
                 "access; gated models need `huggingface-cli login`), or point model.options.path at a local "
                 f"diffusers-format copy, e.g. `model.options.path=/data/models/{self.hub_id.split('/')[-1]}` "
                 f"(or set {env}). Cause: {cause}")
+
+
+#: A component's subfolder, None for the repository root, or a tuple of alternatives tried in order.
+Subfolder = str | None | tuple[str | None, ...]
+
+
+def _first_success(fn: Any, location: str, alternatives: tuple[str | None, ...],
+                   kwargs: dict[str, Any]) -> tuple[Any, BaseException | None]:
+    """``fn(location, subfolder=a, **kwargs)`` for each alternative a: (first result, None), or
+    (None, the first alternative's error) when all fail."""
+    first: BaseException | None = None
+    for a in alternatives:
+        try:
+            return fn(location, subfolder=a, **kwargs), None
+        except Exception as e:
+            first = first or e
+    return None, first
 
 
 def path_env_var(backbone: str) -> str:
@@ -154,6 +188,14 @@ def path_env_var(backbone: str) -> str:
 def default_path(backbone: str, path: str | None) -> str | None:
     """``path`` if given, else the value of :func:`path_env_var` (None when unset or empty)."""
     return path if path is not None else (os.environ.get(path_env_var(backbone)) or None)
+
+
+def open_weights(name: str, hub_id: str, revision: str | None, path: str | None, device: str,
+                 dtype: str) -> tuple[WeightsSource, torch.device, torch.dtype]:
+    """What every ``from_pretrained`` starts with: the weights source (``path`` or ``DIFFC_<NAME>_PATH``
+    over ``hub_id``), the resolved device and model dtype."""
+    dev = resolve_device(device)
+    return WeightsSource(name, hub_id, revision, default_path(name, path)), dev, resolve_dtype(dtype, dev)
 
 
 _HUB_REACHABLE: dict[str, bool] = {}
@@ -255,32 +297,90 @@ def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module if p is None or p.dtype == dtype else module.to(dtype)
 
 
+# ---- schedules from scheduler configs -----------------------------------------------------------
+#: DDPMScheduler's defaults for the keys a schedule depends on (google/ddpm-* configs rely on some).
+DDPM_SCHEDULER_DEFAULTS: dict[str, Any] = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                               num_train_timesteps=1000)
+
+
+def ddpm_schedule(scheduler_config: dict[str, Any]) -> tuple[NoiseSchedule, dict[str, Any]]:
+    """The ``NoiseSchedule`` of a DDPMScheduler config, and the config values it depends on (for
+    ``config()``). Never hard-coded: betas, beta schedule and T come from the checkpoint."""
+    if scheduler_config.get("trained_betas") is not None or scheduler_config.get("rescale_betas_zero_snr"):
+        raise ValueError("scheduler configs with trained_betas or rescale_betas_zero_snr are not supported "
+                         "(zero terminal SNR has no VP start state to code from)")
+    kept = {k: scheduler_config.get(k, v) for k, v in DDPM_SCHEDULER_DEFAULTS.items()}
+    return NoiseSchedule.ddpm(**kept), kept
+
+
+#: Default token count for a dynamic flow shift: a 768x512 image (Kodak) = 48 x 32 tokens of 16x16 px.
+KODAK_SEQ_LEN = (768 // 16) * (512 // 16)
+
+
+def dynamic_flow_shift(image_seq_len: int, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
+                       base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """Flux's resolution-dependent shift exp(mu), mu linear in the packed token count.
+
+    mu = base_shift + (n - base_image_seq_len) (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
+    (diffusers ``calculate_shift``); the exponential time shift sigma' = e^mu sigma / (1 + (e^mu - 1) sigma)
+    is exactly ``NoiseSchedule.flow_matching(shift=e^mu)``. 1536 tokens (768x512) -> 2.048.
+    """
+    slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
+    return math.exp(base_shift + (image_seq_len - base_image_seq_len) * slope)
+
+
+def flow_shift(scheduler_config: dict[str, Any], image_seq_len: int) -> float:
+    """The shift a FlowMatchEulerDiscreteScheduler config implies: its static ``shift`` (SD3), or with
+    ``use_dynamic_shifting`` (FLUX.1-dev) the dynamic shift at ``image_seq_len`` tokens."""
+    sc = scheduler_config
+    if not sc.get("use_dynamic_shifting", False):
+        return float(sc.get("shift", 1.0))
+    return dynamic_flow_shift(image_seq_len, sc["base_image_seq_len"], sc["max_image_seq_len"],
+                              sc["base_shift"], sc["max_shift"])
+
+
+# ---- tiny twins ---------------------------------------------------------------------------------------
+def tiny_vae_config(**overrides: Any) -> dict[str, Any]:
+    """AutoencoderKL args of a tiny twin: the real 8x downsampling (4 blocks), tiny widths (64x64 image
+    -> C x 8 x 8 latent); ``overrides`` set the latent channels, scaling / shift factors, quant convs."""
+    return {**dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                   block_out_channels=(16, 16, 32, 32), sample_size=64,
+                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+            **overrides}
+
+
 # ---- the shared adapter base ----------------------------------------------------------------------
 class DiffusersBackbone(Backbone):
-    """VAE, devices, dtypes and offloading shared by the SD-family and Flux adapters.
+    """Autoencoder, devices, dtypes and offloading shared by every diffusers adapter.
 
-    ``text_stages`` is a list of CLIP / T5 / seeded stages (see above). Subclasses set
-    ``size_multiple`` and implement ``network``, ``condition`` and ``_identity`` (what besides the
-    VAE and schedule defines their outputs).
+    ``vae`` is an ``AutoencoderKL``, or None for pixel-space models (x0 = 2 image - 1, [3, H, W]).
+    ``text_stages`` is a list of CLIP / T5 / seeded stages (see above; empty = unconditional).
+    Subclasses set ``size_multiple`` (class or instance attribute), place their network with
+    ``_denoiser`` and implement ``network``, ``condition`` (unless unconditional) and ``_identity``
+    (what besides the autoencoder and schedule defines their outputs).
     """
 
-    def __init__(self, *, name: str, vae: torch.nn.Module, text_stages: list[Any], schedule: NoiseSchedule,
+    def __init__(self, *, name: str, vae: torch.nn.Module | None, text_stages: list[Any], schedule: NoiseSchedule,
                  prediction_type: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False):
         self.name, self.schedule, self.prediction_type = name, schedule, prediction_type
         self.device, self.dtype, self.cpu_offload = device, dtype, cpu_offload
-        # VAEs that overflow in fp16 (config.force_upcast, SD/SDXL/Flux VAEs) run in float32, as
-        # diffusers' pipelines do.
-        self.vae_dtype = torch.float32 if vae.config.force_upcast else dtype
-        self.vae = self._place(cast(vae, self.vae_dtype).eval())
-        self.scaling_factor = float(vae.config.scaling_factor)
-        self.shift_factor = float(vae.config.shift_factor or 0.0)
+        if vae is None:  # pixel space: the identity autoencoder, kept in float32 (the codec's dtype)
+            self.vae, self.vae_dtype, self.scaling_factor, self.shift_factor = None, torch.float32, 1.0, 0.0
+            self.vae_scale, self.latent_channels = 1, 3
+        else:
+            # VAEs that overflow in fp16 (config.force_upcast, SD/SDXL/Flux VAEs) run in float32, as
+            # diffusers' pipelines do.
+            self.vae_dtype = torch.float32 if vae.config.force_upcast else dtype
+            self.vae = self._place(cast(vae, self.vae_dtype).eval())
+            self.scaling_factor = float(vae.config.scaling_factor)
+            self.shift_factor = float(vae.config.shift_factor or 0.0)
+            self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.latent_channels = int(vae.config.latent_channels)
         self.text_stages = text_stages
         self._empty_cond: Any = None
         for stage in text_stages:
             if stage.model is not None:
                 self._place(cast(stage.model, dtype).eval())
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = int(vae.config.latent_channels)
 
     # -- placement / offload --
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -303,9 +403,10 @@ class DiffusersBackbone(Backbone):
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    @staticmethod
-    def _maybe_compile(module: torch.nn.Module, compile: bool) -> torch.nn.Module:
-        """``torch.compile`` opt-in (first call slow, later calls faster on GPU)."""
+    def _denoiser(self, module: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
+        """The denoising network: model dtype, on the device (never offloaded), eval mode, and
+        ``torch.compile`` when asked (first call slow, later calls faster on GPU)."""
+        module = cast(module, self.dtype).to(self.device).eval()
         return torch.compile(module) if compile else module
 
     @torch.no_grad()
@@ -338,23 +439,24 @@ class DiffusersBackbone(Backbone):
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Image [3, H, W] in [0, 1] -> x0 = (VAE mode - shift) * scaling, float32 [C, H/8, W/8]."""
+        """Image [3, H, W] in [0, 1] -> x0 = (VAE mode - shift) * scaling, float32 [C, H/f, W/f]
+        (pixel space: x0 = 2 image - 1, f = 1)."""
         self._check_size(image)
         with self._on_device(self.vae) as vae:
             x = (image[None].to(self.device, self.vae_dtype) * 2 - 1)
-            z = vae.encode(x).latent_dist.mode()
+            z = x if vae is None else vae.encode(x).latent_dist.mode()
         return ((z.float() - self.shift_factor) * self.scaling_factor)[0].to(image.device)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
-        """(C, H / f, W / f) for the VAE's downsampling factor f (8), without running the VAE."""
+        """(C, H / f, W / f) for the VAE's downsampling factor f (8; 1 in pixel space), without running it."""
         return (self.latent_channels, height // self.vae_scale, width // self.vae_scale)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latent x0 [C, h, w] -> image [3, 8h, 8w] in [0, 1] (float32, clamped)."""
-        z = latent[None].float() / self.scaling_factor + self.shift_factor
+        """Latent x0 [C, h, w] -> image [3, f h, f w] in [0, 1] (float32, clamped)."""
+        z = (latent[None].float() / self.scaling_factor + self.shift_factor).to(self.device, self.vae_dtype)
         with self._on_device(self.vae) as vae:
-            img = vae.decode(z.to(self.device, self.vae_dtype)).sample
+            img = z if vae is None else vae.decode(z).sample
         return ((img.float() + 1) / 2).clamp(0, 1)[0].to(latent.device)
 
     # -- identity --
@@ -363,7 +465,8 @@ class DiffusersBackbone(Backbone):
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        """JSON-able: backbone name, model dtype, prediction type, schedule, VAE factors + ``_identity``."""
+        """JSON-able: backbone name, model dtype, prediction type, schedule, VAE factors (None in pixel
+        space) + ``_identity``."""
         ac = self.schedule.alphas_cumprod
         return {
             "backbone": self.name,
@@ -372,8 +475,41 @@ class DiffusersBackbone(Backbone):
             "schedule": {"T": self.schedule.num_train_timesteps,
                          "abar_sha256": hashlib.sha256(ac.astype("<f8").tobytes()).hexdigest()[:16],
                          "abar_first": float(ac[0]), "abar_last": float(ac[-1])},
-            "vae": {"scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor,
-                    "dtype": dtype_name(self.vae_dtype)},
+            "vae": None if self.vae is None else {"scaling_factor": self.scaling_factor,
+                                                  "shift_factor": self.shift_factor,
+                                                  "dtype": dtype_name(self.vae_dtype)},
             **self._identity(),
         }
 
+
+
+class FlowMatchingBackbone(DiffusersBackbone):
+    """Rectified-flow transformers (Flux, SD3): x_sigma = (1 - sigma) x0 + sigma eps, and the
+    transformer predicts the velocity v = eps - x0 (``prediction_type = 'flow'``, converted by
+    ``diffc.prediction``).
+
+    The integer chain timestep t maps to sigma(t) = shift u / (1 + (shift - 1) u), u = (t + 1) / T
+    (FlowMatchEulerDiscreteScheduler's training grid, ``NoiseSchedule.flow_matching``). The shift is
+    the scheduler config's (:func:`flow_shift`: static, or dynamic at ``image_seq_len`` tokens), unless
+    ``shift`` fixes it. A backbone has one schedule for every image: the decoder must know it before
+    seeing any image data.
+    """
+
+    def __init__(self, *, transformer: torch.nn.Module, scheduler_config: dict[str, Any],
+                 shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN, compile: bool = False,
+                 **kwargs: Any):
+        self.shift = float(shift) if shift is not None else flow_shift(scheduler_config, image_seq_len)
+        if shift is not None:
+            self.shift_rule = "fixed"
+        else:
+            self.shift_rule = f"dynamic@{image_seq_len}" if scheduler_config.get("use_dynamic_shifting") else "config"
+        schedule = NoiseSchedule.flow_matching(self.shift, scheduler_config.get("num_train_timesteps", 1000))
+        super().__init__(schedule=schedule, prediction_type="flow", **kwargs)
+        self.transformer = self._denoiser(transformer, compile)
+
+    def sigma(self, t: int) -> float:
+        """The flow-matching sigma of chain timestep t."""
+        return flow_sigma(*self.schedule.a_s(t))
+
+    def _flow_identity(self) -> dict[str, Any]:
+        return {"shift": self.shift, "shift_rule": self.shift_rule}

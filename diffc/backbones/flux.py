@@ -1,17 +1,16 @@
 """FLUX.1-dev backbone (and its tiny random-weight twin): a rectified-flow transformer.
 
-Flow matching: x_sigma = (1 - sigma) x0 + sigma eps, the transformer predicts the velocity
-v = eps - x0 (``prediction_type = 'flow'``, converted to x0 by ``diffc.prediction``). The integer
-chain timestep t maps to sigma through ``NoiseSchedule.flow_matching(shift)``:
-sigma(t) = shift u / (1 + (shift - 1) u), u = (t + 1) / T, and the transformer receives sigma
-(diffusers' Flux pipeline passes ``timestep / 1000`` with ``timestep = 1000 sigma``).
+Flow matching (``diffusers_common.FlowMatchingBackbone``): x_sigma = (1 - sigma) x0 + sigma eps, the
+transformer predicts the velocity v = eps - x0. The integer chain timestep t maps to sigma through
+``NoiseSchedule.flow_matching(shift)``, and the transformer receives sigma (diffusers' Flux pipeline
+passes ``timestep / 1000`` with ``timestep = 1000 sigma``).
 
 The shift: FLUX.1-dev's scheduler config sets ``use_dynamic_shifting`` — its pipeline shifts by
 exp(mu), mu linear in the number of packed image tokens (``dynamic_flow_shift``). A backbone has
 one schedule for every image (the decoder must know it before seeing any image data), so we fix
 the token count at ``image_seq_len`` (default 1536 = a 768x512 Kodak image: latent 96x64 packed
-2x2 -> 48x32 tokens; shift = 2.048). ``shift`` overrides it (1.0 = the plain t/T grid of the
-reference implementation).
+2x2 -> 48x32 tokens; shift = 2.048, ``diffusers_common.dynamic_flow_shift``). ``shift`` overrides it
+(1.0 = the plain t/T grid of the reference implementation).
 
 Latents: the 16-channel VAE latent in ``Backbone`` units is (z - shift_factor) * scaling_factor,
 kept unpacked [16, h, w]; ``network`` packs 2x2 patches into tokens [h/2 * w/2, 64], builds the
@@ -29,17 +28,14 @@ once-per-image uses; the transformer stays on the device.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..backbone import register_backbone
-from ..prediction import flow_sigma
-from ..schedule import NoiseSchedule
-from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, T5TextStage, WeightsSource,
-                               cast, default_path, resolve_device, resolve_dtype)
+from .diffusers_common import (KODAK_SEQ_LEN, ClipTextStage, FlowMatchingBackbone, SeededTextStage, T5TextStage,
+                               open_weights, resolve_device, resolve_dtype, tiny_vae_config)
 
 #: FLUX.1-dev's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler).
 FLUX_SCHEDULER: dict[str, Any] = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
@@ -53,36 +49,9 @@ TINY_TRANSFORMER: dict[str, Any] = dict(
     axes_dims_rope=(4, 4, 8))
 #: 16-channel VAE with the real 8x downsampling, no quant convs (as FLUX.1's). Factors chosen like the
 #: real ones (latents of natural images ~ unit variance), with a non-zero shift to exercise that path.
-TINY_FLUX_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=8,
-    block_out_channels=(16, 16, 32, 32), sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-    scaling_factor=3.0, shift_factor=-0.01,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+TINY_FLUX_VAE: dict[str, Any] = tiny_vae_config(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                                                 scaling_factor=3.0, shift_factor=-0.01)
 TINY_TEXT_SEQ_LEN = 8
-
-#: Default token count for the dynamic shift: a 768x512 image (Kodak).
-KODAK_SEQ_LEN = (768 // 16) * (512 // 16)
-
-
-def dynamic_flow_shift(image_seq_len: int, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
-                       base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """Flux's resolution-dependent shift exp(mu), mu linear in the packed token count.
-
-    mu = base_shift + (n - base_image_seq_len) (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
-    (diffusers ``calculate_shift``); the exponential time shift sigma' = e^mu sigma / (1 + (e^mu - 1) sigma)
-    is exactly ``NoiseSchedule.flow_matching(shift=e^mu)``. 1536 tokens (768x512) -> 2.048.
-    """
-    slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
-    return math.exp(base_shift + (image_seq_len - base_image_seq_len) * slope)
-
-
-def flow_shift(scheduler_config: dict[str, Any], image_seq_len: int) -> float:
-    """The shift a Flux scheduler config implies for ``image_seq_len`` packed tokens."""
-    sc = scheduler_config
-    if not sc.get("use_dynamic_shifting", False):
-        return float(sc.get("shift", 1.0))
-    return dynamic_flow_shift(image_seq_len, sc["base_image_seq_len"], sc["max_image_seq_len"],
-                              sc["base_shift"], sc["max_shift"])
 
 
 def pack_latent(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +83,7 @@ class FluxCond:
     txt_ids: torch.Tensor
 
 
-class FluxBackbone(DiffusersBackbone):
+class FluxBackbone(FlowMatchingBackbone):
     """FLUX.1 as a DiffC backbone (see the module docstring for the math)."""
 
     size_multiple = 16
@@ -123,14 +92,11 @@ class FluxBackbone(DiffusersBackbone):
                  scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  identity: dict[str, Any], shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
                  guidance: float = 1.0, compile: bool = False, cpu_offload: bool = False):
-        self.shift = float(shift) if shift is not None else flow_shift(scheduler_config, image_seq_len)
-        schedule = NoiseSchedule.flow_matching(self.shift, scheduler_config.get("num_train_timesteps", 1000))
-        super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, prediction_type="flow",
-                         device=device, dtype=dtype, cpu_offload=cpu_offload)
-        self.transformer = self._maybe_compile(cast(transformer, dtype).to(device).eval(), compile)
+        super().__init__(name=name, transformer=transformer, vae=vae, text_stages=text_stages,
+                         scheduler_config=scheduler_config, shift=shift, image_seq_len=image_seq_len,
+                         compile=compile, device=device, dtype=dtype, cpu_offload=cpu_offload)
         self.guidance = float(guidance)
-        self._identity_dict = {**identity, "shift": self.shift, "guidance": self.guidance,
-                               "shift_rule": "fixed" if shift is not None else f"dynamic@{image_seq_len}"}
+        self._identity_dict = {**identity, **self._flow_identity(), "guidance": self.guidance}
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -143,9 +109,7 @@ class FluxBackbone(DiffusersBackbone):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        src = WeightsSource(name, hub_id, revision, default_path(name, path))
+        src, dev, dt = open_weights(name, hub_id, revision, path, device, dtype)
         sched = src.load_config(FlowMatchEulerDiscreteScheduler, "scheduler")  # small: fail fast
         transformer = src.load(FluxTransformer2DModel, "transformer", torch_dtype=dt)
         vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
@@ -190,7 +154,7 @@ class FluxBackbone(DiffusersBackbone):
         """Velocity v = eps - x0 for one flow-space latent [16, h, w] at chain timestep t."""
         cond = self._cond(cond)
         _, h, w = model_input.shape
-        sigma = flow_sigma(*self.schedule.a_s(t))
+        sigma = self.sigma(t)
         tokens = pack_latent(model_input.to(self.device, self.dtype))[None]
         guidance = (torch.full((1,), self.guidance, device=self.device, dtype=self.dtype)
                     if self.transformer.config.guidance_embeds else None)

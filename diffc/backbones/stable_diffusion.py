@@ -8,10 +8,11 @@ only by data:
 - ``sdxl``  stabilityai/stable-diffusion-xl-base-1.0 (epsilon), CLIP-L + OpenCLIP-bigG penultimate
   states concatenated, pooled bigG embedding and "added time ids" (micro-conditioning on the image
   size), optional refiner UNet (stabilityai/stable-diffusion-xl-refiner-1.0) for the low-noise steps
-  t < ``refiner_below_t`` (the refiner was trained on the lowest 200 of the 1000 DDPM steps).
+  t < ``refiner_below_t`` (default :data:`REFINER_BELOW_T`: the refiner was trained on the lowest 200
+  of the 1000 DDPM steps).
 
 The prediction type and the DDPM betas are read from the checkpoint's scheduler config, never
-hard-coded: schedule = ``NoiseSchedule.ddpm(beta_start, beta_end, beta_schedule, num_train_timesteps)``.
+hard-coded: schedule = ``ddpm_schedule(scheduler_config)`` (``NoiseSchedule.ddpm`` of its betas).
 
 Tiny twins (``tiny-sd15``, ``tiny-sd21``, ``tiny-sdxl``): the same diffusers classes built from
 small constructor arguments after ``torch.manual_seed(seed)`` (as diffusers' own tests do), a VAE
@@ -27,20 +28,19 @@ from typing import Any
 import torch
 
 from ..backbone import register_backbone
-from ..schedule import NoiseSchedule
-from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds,
-                               WeightsSource, cast, default_path, resolve_device, resolve_dtype)
+from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds, WeightsSource,
+                               ddpm_schedule, default_path, open_weights, resolve_device, resolve_dtype,
+                               tiny_vae_config)
 
 #: SDXL micro-conditioning defaults of diffusers' pipelines (refiner "aesthetic score").
 AESTHETIC_SCORE = 6.0
+#: The SDXL refiner runs the timesteps t < this: it was trained on the lowest 200 of the 1000 DDPM steps.
+REFINER_BELOW_T = 200
 
 # ---- tiny architectures ------------------------------------------------------------------------
 #: VAE with the real 8x downsampling (4 blocks) and tiny widths: 64x64 image -> 4x8x8 latent.
 #: scaling_factor chosen as the real one is (1 / std of natural-image latents, Kodak at 96x64).
-TINY_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, scaling_factor=4.0,
-    block_out_channels=(16, 16, 32, 32), sample_size=64,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+TINY_VAE: dict[str, Any] = tiny_vae_config(latent_channels=4, scaling_factor=4.0)
 
 _TINY_UNET_BASE: dict[str, Any] = dict(
     block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
@@ -108,18 +108,13 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
     def __init__(self, *, name: str, unet: torch.nn.Module, vae: torch.nn.Module, text_stages: list[Any],
                  scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 identity: dict[str, Any], refiner: torch.nn.Module | None = None, refiner_below_t: int = 200,
-                 compile: bool = False, cpu_offload: bool = False):
-        sc = scheduler_config
-        schedule = NoiseSchedule.ddpm(sc["beta_start"], sc["beta_end"], sc["beta_schedule"],
-                                      sc["num_train_timesteps"])
+                 identity: dict[str, Any], refiner: torch.nn.Module | None = None,
+                 refiner_below_t: int = REFINER_BELOW_T, compile: bool = False, cpu_offload: bool = False):
+        schedule, self.scheduler_config = ddpm_schedule(scheduler_config)
         super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, device=device, dtype=dtype,
-                         prediction_type=sc.get("prediction_type", "epsilon"), cpu_offload=cpu_offload)
-        self.scheduler_config = {k: sc[k] for k in ("beta_start", "beta_end", "beta_schedule",
-                                                     "num_train_timesteps")}
-        self.unet = self._maybe_compile(cast(unet, dtype).to(device).eval(), compile)
-        self.refiner = None if refiner is None else self._maybe_compile(
-            cast(refiner, dtype).to(device).eval(), compile)
+                         prediction_type=scheduler_config.get("prediction_type", "epsilon"), cpu_offload=cpu_offload)
+        self.unet = self._denoiser(unet, compile)
+        self.refiner = None if refiner is None else self._denoiser(refiner, compile)
         self.refiner_below_t = refiner_below_t
         self._identity_dict = identity
 
@@ -129,14 +124,12 @@ class StableDiffusionBackbone(DiffusersBackbone):
                         dtype: str = "float16", device: str = "auto", compile: bool = False,
                         cpu_offload: bool = False, refiner_hub_id: str | None = None,
                         refiner_revision: str | None = None, refiner_path: str | None = None,
-                        refiner_below_t: int = 200) -> "StableDiffusionBackbone":
+                        refiner_below_t: int = REFINER_BELOW_T) -> "StableDiffusionBackbone":
         """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        src = WeightsSource(name, hub_id, revision, default_path(name, path))
+        src, dev, dt = open_weights(name, hub_id, revision, path, device, dtype)
         sched = src.load_config(DDPMScheduler, "scheduler")  # small file first: fail fast offline
         unet = src.load(UNet2DConditionModel, "unet", torch_dtype=dt)
         vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
@@ -164,7 +157,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
     @classmethod
     def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
-             compile: bool = False, refiner: bool = False, refiner_below_t: int = 200) -> "StableDiffusionBackbone":
+             compile: bool = False, refiner: bool = False,
+             refiner_below_t: int = REFINER_BELOW_T) -> "StableDiffusionBackbone":
         """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
