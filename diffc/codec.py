@@ -20,6 +20,7 @@ chunks and their parts) and of the indices;
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,10 @@ from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain
 from .channels import PfrChannel, PfrSettings, PfrStepRecord
+from .determinism import check_provenance, default_threads, deterministic, provenance_here
 from .schedule import encoding_timesteps
+
+log = logging.getLogger("diffc")
 
 #: most steps of a reconstruction by the probability-flow ODE (the format's varint bound)
 MAX_RECON_STEPS = 1000
@@ -148,6 +152,8 @@ class DecodeResult:
     x_t: torch.Tensor
     image: torch.Tensor | None
     decode_s: float
+    #: what differs from the encoder's setting (``diffc.determinism``), None = bit-exact setting
+    drift_warning: str | None = None
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -163,9 +169,13 @@ class DiffcCodec:
     """Encode/decode images with a backbone (CompressAI-like: bytes in, bytes out): the chain
     (``diffc.chain``) with the PFR channel (``diffc.channels``), packaged as .diffc files."""
 
-    def __init__(self, backbone: Backbone, params: CodecParams | None = None):
+    def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True):
+        """``deterministic``: deterministic kernels and a fixed intra-op thread count (the
+        encoder's, recorded in the file) around encode and decode; False = the speed opt-out
+        (decoding is then exact only by luck; see ``diffc.determinism``)."""
         self.backbone = backbone
         self.params = params or CodecParams()
+        self.deterministic = deterministic
         self.chain = Chain(backbone, self.params.schedule, self.params.seed)
         self.timesteps = self.chain.timesteps
 
@@ -175,11 +185,17 @@ class DiffcCodec:
         p.pop("recon"), p.pop("recon_steps")  # decode-time choices, they do not change x_t
         return fingerprint({"backbone": self.backbone.config(), "codec": p})
 
-    def header(self, width: int, height: int, n_steps: int, caption: str | None) -> fmt.Header:
+    def header(self, width: int, height: int, n_steps: int, caption: str | None,
+               provenance: fmt.Provenance = fmt.Provenance()) -> fmt.Header:
         """The .diffc header of a file of ``n_steps`` coded steps for a ``width`` x ``height`` image."""
         p = self.params
         return fmt.Header(self.backbone.name, self.fingerprint(), width, height, p.seed, p.schedule,
-                          p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above)
+                          p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above,
+                          provenance)
+
+    def provenance(self, threads: int | None) -> fmt.Provenance:
+        """This process's setting for the loaded backbone (``threads`` None = not fixed)."""
+        return provenance_here(self.backbone.device, getattr(self.backbone, "dtype", torch.float32), threads)
 
     def stop_step_for(self, timestep: int) -> int:
         """Number of coded steps to reach the largest schedule timestep <= ``timestep``."""
@@ -200,6 +216,15 @@ class DiffcCodec:
         """
         t0 = time.perf_counter()
         _check_image(image)
+        threads = default_threads() if self.deterministic else None
+        with deterministic(threads):
+            res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel, self.provenance(threads))
+        res.encode_s = time.perf_counter() - t0
+        return res
+
+    def _encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None, caption: str | None,
+                progress: bool, max_bits: float | None, channel: Callable[[PfrSettings, int], PfrChannel],
+                provenance: fmt.Provenance) -> EncodeResult:
         height, width = image.shape[-2:]
         img = pad_to_multiple(image.to(self.backbone.device, torch.float32), self.backbone.size_multiple)
         x0 = self.backbone.encode(img).to(torch.float32)
@@ -210,7 +235,7 @@ class DiffcCodec:
         x = self.chain.start(tuple(x0.shape))
         for step, x in self.chain.run(channel, x, cond, stops[-1], x0=x0, progress=progress):
             k = step.k
-            header = self.header(width, height, k, caption)
+            header = self.header(width, height, k, caption, provenance)
             over = False
             if k in stops or max_bits is not None:
                 payload, cost = channel.stream()
@@ -220,7 +245,6 @@ class DiffcCodec:
             if over:
                 break
         res.records = channel.records
-        res.encode_s = time.perf_counter() - t0
         return res
 
     def _point(self, header: fmt.Header, payload: bytes, cost, records: list, x: torch.Tensor) -> RatePoint:
@@ -255,8 +279,19 @@ class DiffcCodec:
         header, payload = fmt.read(data)
         params = params_from_header(header)
         if params != self.params:  # every codec parameter comes from the file
-            return DiffcCodec(self.backbone, params).decode(data, reconstruct, progress, recon, recon_steps)
+            return DiffcCodec(self.backbone, params, self.deterministic).decode(data, reconstruct, progress, recon,
+                                                                                recon_steps)
         self.check_header(header)
+        threads = (header.provenance.threads or default_threads()) if self.deterministic else None
+        warning = check_provenance(header.provenance, self.provenance(threads))
+        if warning:
+            log.warning(warning)
+        with deterministic(threads):
+            x, image = self._decode(header, payload, reconstruct, progress, recon, recon_steps)
+        return DecodeResult(header, self.timesteps[header.n_steps], x, image, time.perf_counter() - t0, warning)
+
+    def _decode(self, header: fmt.Header, payload: bytes, reconstruct: bool, progress: bool, recon: str | None,
+                recon_steps: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if header.n_steps > self.chain.n_steps:
             raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
         b = self.backbone
@@ -267,12 +302,11 @@ class DiffcCodec:
         x = self.chain.start(shape)
         for _, x in self.chain.run(channel, x, cond, header.n_steps, progress=progress):
             pass
-        t = self.timesteps[header.n_steps]
         image = None
         if reconstruct:
-            image = self.reconstruct(x, t, header.height, header.width, cond,
+            image = self.reconstruct(x, self.timesteps[header.n_steps], header.height, header.width, cond,
                                      recon or header.recon, recon_steps or header.recon_steps)
-        return DecodeResult(header, t, x, image, time.perf_counter() - t0)
+        return x, image
 
     # ---- reconstruction -------------------------------------------------------------------
     @torch.no_grad()

@@ -13,6 +13,9 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
     split_above 1 byte, in quarters (0 = heavy chunks are never split)
     recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
     n_steps                number of coded diffusion steps (<= 10000)
+    provenance (information, not in the fingerprint; ``diffc.determinism``): device type 1 byte,
+               model dtype 1 byte, intra-op threads varint (<= 256, 0 = not fixed),
+               torch and diffusers versions 3 varints each (major, minor, patch; < 2^16)
     caption    varint length (<= 65536) + zlib-compressed UTF-8 (0 = none)
     payload    range-coded stream (multiple of 4 bytes)
     crc32      4 bytes little-endian, over everything before it
@@ -27,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89DFC"
-FORMAT_VERSION = 2  # 2: split_above byte and split side information
+FORMAT_VERSION = 3  # 2: split_above byte and split side information; 3: provenance
 RECON_MODES = ("denoise", "ode")
 MAX_NAME = 64
 MAX_SIDE = 65536
@@ -35,6 +38,12 @@ MAX_SIDE = 65536
 MAX_PIXELS = 1 << 26
 MAX_STEPS = 10000
 MAX_CAPTION = 65536
+#: device types and model dtypes a header can name (index = the byte in the file)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "other")
+DTYPES = ("float32", "float16", "bfloat16", "float64", "other")
+#: most intra-op threads a file may ask a receiver to use (bounds a forged header)
+MAX_THREADS = 256
+MAX_VERSION_PART = (1 << 16) - 1
 
 
 class DiffcFormatError(ValueError):
@@ -62,6 +71,23 @@ class FingerprintMismatch(DiffcFormatError):
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a file was encoded: what bit-exact decoding depends on (``diffc.determinism``)."""
+
+    device_type: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0  # intra-op threads around model calls; 0 = not fixed
+    torch_version: tuple[int, int, int] = (0, 0, 0)
+    diffusers_version: tuple[int, int, int] = (0, 0, 0)
+
+    def describe(self) -> str:
+        v = lambda t: ".".join(map(str, t))
+        threads = f"{self.threads} threads" if self.threads else "threads not fixed"
+        return (f"{self.device_type}/{self.dtype}, {threads}, torch {v(self.torch_version)}, "
+                f"diffusers {v(self.diffusers_version)}")
+
+
+@dataclass(frozen=True)
 class Header:
     backbone: str
     fingerprint: bytes
@@ -76,6 +102,7 @@ class Header:
     n_steps: int
     caption: str | None = None
     split_above: float = 0.0
+    provenance: Provenance = Provenance()
 
 
 def _varint(v: int) -> bytes:
@@ -113,9 +140,18 @@ def write(header: Header, payload: bytes) -> bytes:
         MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
         _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
         bytes([header.chunk_bits, header.padding_bits, _quarters(header.split_above), RECON_MODES.index(header.recon)]),
-        _varint(header.recon_steps), _varint(header.n_steps), _varint(len(cap)), cap, payload,
+        _varint(header.recon_steps), _varint(header.n_steps), _provenance_bytes(header.provenance),
+        _varint(len(cap)), cap, payload,
     ])
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _provenance_bytes(p: Provenance) -> bytes:
+    versions = (*p.torch_version, *p.diffusers_version)
+    if not 0 <= p.threads <= MAX_THREADS or not all(0 <= v <= MAX_VERSION_PART for v in versions):
+        raise ValueError(f"provenance out of range: {p}")
+    return b"".join([bytes([DEVICE_TYPES.index(p.device_type), DTYPES.index(p.dtype)]), _varint(p.threads),
+                     *map(_varint, versions)])
 
 
 class _Reader:
@@ -178,6 +214,9 @@ def read(data: bytes) -> tuple[Header, bytes]:
         chunk_bits, padding_bits, split_q, recon = r.take(4, "codec parameters")
         recon_steps = r.varint("recon_steps", 1000)
         n_steps = r.varint("step count", MAX_STEPS)
+        device, dtype = r.take(2, "provenance")
+        threads = r.varint("thread count", MAX_THREADS)
+        versions = [r.varint("library version", MAX_VERSION_PART) for _ in range(6)]
         cap_len = r.varint("caption length", MAX_CAPTION)
         cap_raw = r.take(cap_len, "caption")
     except TruncatedFile:
@@ -190,6 +229,8 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile("corrupt .diffc file: zero image size")
     if width * height > MAX_PIXELS:
         raise CorruptFile(f"corrupt .diffc file: image {width}x{height} exceeds the {MAX_PIXELS}-pixel limit")
+    if device >= len(DEVICE_TYPES) or dtype >= len(DTYPES):
+        raise CorruptFile("corrupt .diffc file: unknown device type or dtype")
     if recon >= len(RECON_MODES):
         raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
     if not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4:
@@ -208,7 +249,8 @@ def read(data: bytes) -> tuple[Header, bytes]:
     if len(payload) % 4:
         raise CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
     header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
-                    RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4)
+                    RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4,
+                    Provenance(DEVICE_TYPES[device], DTYPES[dtype], threads, tuple(versions[:3]), tuple(versions[3:])))
     return header, payload
 
 

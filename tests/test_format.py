@@ -39,13 +39,15 @@ def varint(v: int) -> bytes:
 
 def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, schedule=b"geom-12",
              chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
-             caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True) -> bytes:
-    """The documented layout, written independently of diffc.format.write (fields unchecked)."""
+             caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True,
+             provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0)) -> bytes:
+    """The documented layout, written independently of diffc.format.write (fields unchecked).
+    ``provenance``: device byte, dtype byte, threads, torch and diffusers versions (varints)."""
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
         varint(seed), bytes([len(schedule)]), schedule, bytes([chunk_bits, padding_bits, split_q, recon]),
-        varint(recon_steps), varint(n_steps), varint(len(caption) if caption_len is None else caption_len),
-        caption, payload])
+        varint(recon_steps), varint(n_steps), bytes(provenance[:2]), *map(varint, provenance[2:]),
+        varint(len(caption) if caption_len is None else caption_len), caption, payload])
     return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
 
 
@@ -89,14 +91,16 @@ def real_files(tiny_codec) -> list[bytes]:
 # ---- header round trip ---------------------------------------------------------------------------
 @pytest.mark.parametrize("caption", [None, "x", "ünïcode caption " * 40])
 def test_write_read_roundtrip(caption) -> None:
-    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption, 2.75)
+    prov = fmt.Provenance("cuda", "bfloat16", 8, (2, 5, 1), (0, 31, 300))
+    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption, 2.75, prov)
     payload = bytes(range(16))
     data = fmt.write(h, payload)
     h2, p2 = fmt.read(data)
     assert h2 == h and p2 == payload
     assert fmt.header_size(h) == len(data) - len(payload)
     assert data == raw_file(b"gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, b"geom-12", 8, 2, 11, 1, 50, 12,
-                            zlib.compress(caption.encode(), 9) if caption else b"", payload=payload)
+                            zlib.compress(caption.encode(), 9) if caption else b"", payload=payload,
+                            provenance=(1, 2, 8, 2, 5, 1, 0, 31, 300))
 
 
 def test_real_file_parses(real_files, tiny_codec) -> None:
@@ -120,7 +124,8 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    for v in (0, 1, 3, 255):
+    assert real_files[0][4] == fmt.FORMAT_VERSION == 3
+    for v in (0, 1, 2, 4, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
@@ -246,19 +251,24 @@ def test_decoder_refuses_more_steps_than_its_schedule(tiny_codec) -> None:
         tiny_codec.decode(too_many_cands)
 
 
-@pytest.mark.parametrize("payload", [b"\xff" * 8, b"\xff" * 4, b"\x00" * 8, b"\xff\xff\xff\x7f" * 3, b""])
-def test_garbage_payload_with_valid_header(payload) -> None:
-    """A valid header (right fingerprint) over a payload the range decoder rejects: CorruptFile
-    (constriction raises a bare AssertionError for b'\xff' * 8; it used to escape decode())."""
+@pytest.mark.parametrize("payload, refused_at", [
+    (b"\xff" * 8, 1), (b"\xff" * 4, 1),  # invalid for the count model: constriction raises (bare AssertionError)
+    (b"\xff\xff\xff\x7f" * 3, 2),  # decodes a split count larger than the plan's chunk count
+    (b"\x00" * 8, None), (b"", None)])  # valid range-coder states: every symbol decodes (as its smallest)
+def test_garbage_payload_with_valid_header(payload, refused_at) -> None:
+    """A valid header (right fingerprint) over a garbage payload. The container does not delimit
+    the symbol stream, so garbage that the range decoder accepts is not detectable: it decodes to
+    some finite image of the right size. Garbage it rejects, or whose symbols are out of range, is
+    refused with CorruptFile naming the step."""
     codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
     data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3", chunk_bits=2,
                     padding_bits=0, split_q=int(4 * codec.params.split_above), n_steps=3, payload=payload)
-    try:
+    if refused_at is not None:
+        with pytest.raises(fmt.CorruptFile, match=f"payload does not decode at step {refused_at}"):
+            codec.decode(data)
+    else:
         res = codec.decode(data)
-    except fmt.DiffcFormatError as e:
-        assert isinstance(e, fmt.CorruptFile) and "payload" in str(e)
-        return
-    assert res.image.shape == (3, 16, 16)
+        assert res.image.shape == (3, 16, 16) and bool(torch.isfinite(res.image).all())
 
 
 # ---- fuzzing ---------------------------------------------------------------------------------------
@@ -379,17 +389,26 @@ def test_fuzz_decode_forged_files(data: bytes) -> None:
 
 
 # ---- golden bitstream ------------------------------------------------------------------------------
+def _portable(data: bytes) -> tuple[bytes, bytes]:
+    """(header bytes with the provenance zeroed, payload) of a file: the provenance records this
+    machine's torch/diffusers versions and thread count, which the bitstream does not depend on."""
+    h, payload = fmt.read(data)
+    return fmt.write(dataclasses.replace(h, provenance=fmt.Provenance()), b""), payload
+
+
 def _golden_now(codec: DiffcCodec) -> dict:
     res = codec.encode(tiny_image(), stop_timesteps=[codec.timesteps[3], codec.timesteps[-1]], caption="a golden test")
     return {
         "params": dataclasses.asdict(codec.params),
         "image": "tests/test_format.py::tiny_image(12, 20)",
         "caption": "a golden test",
+        "format_version": fmt.FORMAT_VERSION,
         "points": [{
             "step_index": p.step_index,
             "timestep": p.timestep,
             "bytes": len(p.data),
-            "sha256": hashlib.sha256(p.data).hexdigest(),
+            "header_sha256": hashlib.sha256(_portable(p.data)[0]).hexdigest(),
+            "payload_sha256": hashlib.sha256(_portable(p.data)[1]).hexdigest(),
             "hex": p.data.hex(),
             "x_t_sha256": hashlib.sha256(p.x_t.contiguous().numpy().tobytes()).hexdigest(),
         } for p in res.points],
@@ -397,7 +416,8 @@ def _golden_now(codec: DiffcCodec) -> dict:
 
 
 def test_golden_bitstream(tiny_codec) -> None:
-    """Silent format drift check (CompressAI-style). Regenerate deliberately with
+    """Silent format drift check (CompressAI-style): the header (provenance aside) and the payload
+    of every point, and the stored file decodes to the same x_t. Regenerate deliberately with
     DIFFC_REGEN_GOLDEN=1 after an intended bitstream change (and bump FORMAT_VERSION if old files
     no longer decode)."""
     now = _golden_now(tiny_codec)
@@ -407,11 +427,13 @@ def test_golden_bitstream(tiny_codec) -> None:
         pytest.skip(f"regenerated {GOLDEN}")
     assert GOLDEN.is_file(), f"missing {GOLDEN}; create it with DIFFC_REGEN_GOLDEN=1"
     want = json.loads(GOLDEN.read_text())
-    assert want["params"] == now["params"]
+    assert (want["params"], want["format_version"]) == (now["params"], now["format_version"])
     for w, n in zip(want["points"], now["points"], strict=True):
         assert (n["step_index"], n["timestep"]) == (w["step_index"], w["timestep"])
-        assert n["sha256"] == w["sha256"], "the encoder's bitstream changed (format drift)"
+        assert n["header_sha256"] == w["header_sha256"], "the header changed (format drift)"
+        assert n["payload_sha256"] == w["payload_sha256"], "the encoder's bitstream changed (format drift)"
         # the stored file still decodes to the same x_t (decoder drift)
-        d = tiny_codec.decode(bytes.fromhex(w["hex"]))
-        assert hashlib.sha256(bytes.fromhex(w["hex"])).hexdigest() == w["sha256"]
+        stored = bytes.fromhex(w["hex"])
+        assert hashlib.sha256(_portable(stored)[1]).hexdigest() == w["payload_sha256"]
+        d = tiny_codec.decode(stored)
         assert hashlib.sha256(d.x_t.contiguous().numpy().tobytes()).hexdigest() == w["x_t_sha256"]

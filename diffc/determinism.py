@@ -1,0 +1,99 @@
+"""The determinism contract (README "Decode anywhere"; docs/design.md §5).
+
+- **Bit-exact**: the decoder rebuilds the encoder's x_t bit for bit when both run the model on the
+  same device type, with the same dtype, library versions (torch, diffusers) and intra-op thread
+  count, with deterministic kernels. ``deterministic()`` sets the kernels and the thread count
+  around every model call, and the thread count is the one the file records, so a receiver with
+  another number of cores still matches.
+- **Bounded drift**: everything else (another GPU model, driver or library version, fp16 vs fp32,
+  CPU vs GPU). The model's outputs then differ by rounding; the decoder's x_t follows the
+  encoder's within a drift that ``benchmarks/decode_drift.py`` measures (>= 40 dB between the two
+  reconstructions is the goal).
+- **Never: desynchronisation.** Nothing the decoder derives to read the stream (chunk counts,
+  chunk plans, split parts, candidates) depends on a model output: plans are functions of the
+  seed, the step, the latent's shape and ``Backbone.kl_weights(shape, t, t')``; candidates come
+  from counter-based hashing (``diffc.randomness``), exact on every device.
+
+The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
+another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .format import DEVICE_TYPES, DTYPES, MAX_THREADS, Provenance
+
+#: cuBLAS deterministic workspace (PyTorch's reproducibility notes); must be set before CUDA starts
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a version string ('2.13.0+cpu' -> (2, 13, 0)); missing parts 0."""
+    nums = [int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3]]
+    return tuple(nums + [0] * (3 - len(nums)))  # type: ignore[return-value]
+
+
+def _diffusers_version() -> tuple[int, int, int]:
+    try:
+        import diffusers
+    except ImportError:
+        return (0, 0, 0)
+    return _version(diffusers.__version__)
+
+
+def provenance_here(device: torch.device | str, dtype: torch.dtype, threads: int | None) -> Provenance:
+    """This process's setting for a model on ``device`` in ``dtype`` (``threads`` None = not fixed)."""
+    dev = torch.device(device).type
+    name = str(dtype).removeprefix("torch.")
+    return Provenance(dev if dev in DEVICE_TYPES else "other", name if name in DTYPES else "other", threads or 0,
+                      _version(torch.__version__), _diffusers_version())
+
+
+def check_provenance(encoder: Provenance, receiver: Provenance) -> str | None:
+    """One line naming what differs between the encoder's setting and the receiver's (None: the
+    same, decoding is bit-exact); logged as a warning by the decoder."""
+    fields = ("device_type", "dtype", "threads", "torch_version", "diffusers_version")
+    diff = [f for f in fields if getattr(encoder, f) != getattr(receiver, f)]
+    if not diff:
+        return None
+    return (f"decoding with {receiver.describe()}, the file was encoded with {encoder.describe()} "
+            f"({', '.join(diff)} differ): x_t may drift from the encoder's (never desynchronise)")
+
+
+def default_threads() -> int:
+    """The thread count an encoder fixes by default: this process's torch intra-op threads."""
+    return max(1, min(torch.get_num_threads(), MAX_THREADS))
+
+
+@contextmanager
+def deterministic(threads: int | None) -> Iterator[None]:
+    """Deterministic kernels and ``threads`` intra-op threads inside; ``None`` = leave everything
+    as it is (the speed opt-out). Restores the previous settings on exit.
+
+    Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an op without a
+    deterministic kernel warns instead of raising), ``cudnn.benchmark = False``, and
+    CUBLAS_WORKSPACE_CONFIG when CUDA has not started yet."""
+    if threads is None:
+        yield
+        return
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {threads}")
+    if not torch.cuda.is_initialized():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+        torch.backends.cudnn.benchmark = prev[3]

@@ -1,0 +1,95 @@
+"""The determinism contract (diffc.determinism): files encoded with N intra-op threads decode bit
+for bit in another process with M threads; the header records the encoder's setting; the decoder
+names in one line what differs; the deterministic mode restores what it changed."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffc import format as fmt
+from diffc.codec import CodecParams, DiffcCodec
+from diffc.determinism import check_provenance, deterministic, provenance_here
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One process: encode (or decode) a 128x128 image with tiny-sd15, torch threads from the command line.
+SCRIPT = r"""
+import sys, torch
+from pipelines.common import build_codec, model_config
+mode, threads, path, det = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+torch.set_num_threads(threads)
+codec = build_codec(model_config("tiny-sd15"), {"schedule": "linspace-20"})
+codec.deterministic = det
+if mode == "encode":
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 128, 128, generator=g)
+    p = codec.encode(img, stop_timesteps=[100]).points[-1]
+    open(path, "wb").write(p.data)
+    torch.save(p.x_t, path + ".xt")
+else:
+    d = codec.decode(open(path, "rb").read(), reconstruct=False)
+    torch.save(d.x_t, path + ".dec")
+    print("WARN" if d.drift_warning else "SAME")
+"""
+
+
+def _run(mode: str, threads: int, path: Path, det: bool = True) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(threads), str(path), "1" if det else "0"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("enc_threads, dec_threads", [(2, 1), (1, 2)])
+def test_cross_thread_decode_is_bit_exact(tmp_path: Path, enc_threads: int, dec_threads: int) -> None:
+    """Encode with N threads in one process, decode with M in another: the decoder fixes the
+    file's thread count around its model calls, and rebuilds the encoder's x_t bit for bit."""
+    path = tmp_path / "img.diffc"
+    _run("encode", enc_threads, path)
+    assert fmt.read(path.read_bytes())[0].provenance.threads == enc_threads
+    assert _run("decode", dec_threads, path) == "SAME"  # same setting once the file's threads are used
+    assert torch.equal(torch.load(str(path) + ".xt"), torch.load(str(path) + ".dec"))
+
+
+def test_provenance_is_recorded_and_compared(gaussian_backbone) -> None:
+    codec = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0))
+    p = codec.encode(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))).points[-1]
+    prov = fmt.read(p.data)[0].provenance
+    here = provenance_here("cpu", torch.float32, torch.get_num_threads())
+    assert prov == here and check_provenance(prov, here) is None
+    assert prov.torch_version[0] >= 2 and prov.device_type == "cpu"
+    other = fmt.Provenance("cuda", "float16", 0, (2, 5, 1), prov.diffusers_version)
+    msg = check_provenance(other, here)
+    assert "\n" not in msg and "device_type, dtype, threads, torch_version differ" in msg
+    assert "cuda/float16" in msg and "never desynchronise" in msg
+    # a file from another setting decodes (never refused for it) and says so in one line
+    forged = fmt.write(dataclasses.replace(fmt.read(p.data)[0], provenance=other), fmt.read(p.data)[1])
+    d = codec.decode(forged, reconstruct=False)
+    threads = torch.get_num_threads()  # the file fixes none: the receiver keeps its own
+    assert torch.equal(d.x_t, p.x_t) and d.drift_warning == check_provenance(other, provenance_here("cpu", torch.float32, threads))
+    # the opt-out records "threads not fixed"
+    loose = DiffcCodec(gaussian_backbone, codec.params, deterministic=False)
+    assert fmt.read(loose.encode(torch.rand(3, 16, 16)).points[-1].data)[0].provenance.threads == 0
+
+
+def test_deterministic_mode_restores_settings() -> None:
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    with deterministic(1):
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.benchmark) == before
+    with deterministic(None):  # the opt-out changes nothing
+        assert torch.get_num_threads() == before[0] and torch.are_deterministic_algorithms_enabled() == before[1]
+    with pytest.raises(ValueError, match="threads"):
+        with deterministic(0):
+            pass
