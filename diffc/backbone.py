@@ -37,6 +37,9 @@ class Backbone(ABC):
     prediction_type: str
     #: images are padded (replicate) to a multiple of this before encoding, cropped after decoding
     size_multiple: int = 8
+    #: smallest padded side (pixels) the networks accept; 0 = ``size_multiple``. Smaller images
+    #: are padded up to it (``padded_size``), so a tiny image never reaches a network it breaks.
+    min_side: int = 0
     schedule: NoiseSchedule
     device: torch.device = torch.device("cpu")
 
@@ -87,8 +90,16 @@ class Backbone(ABC):
     # ---- identity -----------------------------------------------------------------------------
     @abstractmethod
     def config(self) -> dict:
-        """JSON-able description of everything that changes the network's outputs
-        (architecture, weights id/revision, dtype, schedule). Hashed into the file fingerprint."""
+        """JSON-able description of everything that changes the network's function (architecture,
+        weights id/revision, schedule, options). Hashed into the file fingerprint. Not the device or
+        dtype: those change outputs by rounding only, which the determinism contract allows
+        (``diffc.determinism``; the header records them as provenance)."""
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of ``height`` x ``width`` is padded to before encoding (and the decoder
+        rebuilds from the header): at least ``min_side``, rounded up to ``size_multiple``."""
+        up = lambda v: max(v, self.min_side) + (-max(v, self.min_side) % self.size_multiple)
+        return up(height), up(width)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
         """Shape of the latent of a (padded) image of this size."""

@@ -156,13 +156,17 @@ class DecodeResult:
     drift_warning: str | None = None
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad [3, H, W] at the bottom/right to multiples of ``multiple``."""
+def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Replicate-pad [3, H, W] at the bottom/right to ``height`` x ``width`` (>= H, W)."""
     h, w = image.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
+    if (h, w) == (height, width):
         return image
-    return F.pad(image[None], (0, pw, 0, ph), mode="replicate")[0]
+    return F.pad(image[None], (0, width - w, 0, height - h), mode="replicate")[0]
+
+
+def pad_for(backbone: Backbone, image: torch.Tensor) -> torch.Tensor:
+    """The image as the backbone encodes it: float32 on its device, padded to ``padded_size``."""
+    return pad_to(image.to(backbone.device, torch.float32), *backbone.padded_size(*image.shape[-2:]))
 
 
 class DiffcCodec:
@@ -226,8 +230,7 @@ class DiffcCodec:
                 progress: bool, max_bits: float | None, channel: Callable[[PfrSettings, int], PfrChannel],
                 provenance: fmt.Provenance) -> EncodeResult:
         height, width = image.shape[-2:]
-        img = pad_to_multiple(image.to(self.backbone.device, torch.float32), self.backbone.size_multiple)
-        x0 = self.backbone.encode(img).to(torch.float32)
+        x0 = self.backbone.encode(pad_for(self.backbone, image)).to(torch.float32)
         cond = self.backbone.condition(caption)
         stops = sorted({self.stop_step_for(t) for t in (stop_timesteps or [self.timesteps[-1]])})
         channel = channel(self.params.pfr, x0.numel())
@@ -295,8 +298,7 @@ class DiffcCodec:
         if header.n_steps > self.chain.n_steps:
             raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
         b = self.backbone
-        shape = b.latent_shape(header.height + (-header.height % b.size_multiple),
-                               header.width + (-header.width % b.size_multiple))
+        shape = b.latent_shape(*b.padded_size(header.height, header.width))
         cond = b.condition(header.caption)
         channel = PfrChannel(self.params.pfr, math.prod(shape), payload)
         x = self.chain.start(shape)
@@ -337,8 +339,7 @@ class DiffcCodec:
         """The image through the backbone's autoencoder only (the quality ceiling)."""
         _check_image(image)
         h, w = image.shape[-2:]
-        img = pad_to_multiple(image.to(self.backbone.device, torch.float32), self.backbone.size_multiple)
-        return self.backbone.decode(self.backbone.encode(img))[:, :h, :w].clamp(0, 1)
+        return self.backbone.decode(self.backbone.encode(pad_for(self.backbone, image)))[:, :h, :w].clamp(0, 1)
 
 
 def params_from_header(header: fmt.Header) -> CodecParams:

@@ -93,3 +93,16 @@ def test_deterministic_mode_restores_settings() -> None:
     with pytest.raises(ValueError, match="threads"):
         with deterministic(0):
             pass
+
+
+def test_fingerprint_ignores_device_and_dtype() -> None:
+    """A file encoded in fp16 on a GPU must decode in fp32 on a CPU (with drift): the fingerprint
+    names the network's function (weights, schedule, options), not the dtype it ran in."""
+    from pipelines.common import build_codec, model_config
+
+    codec = build_codec(model_config("tiny-sd15"), {})
+    fp = codec.fingerprint()
+    codec.backbone.dtype = torch.float16
+    assert codec.fingerprint() == fp
+    other = build_codec(model_config("tiny-sd15"), {}, {"seed": 1})  # other random weights
+    assert other.fingerprint() != fp

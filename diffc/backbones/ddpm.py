@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from ..backbone import register_backbone
-from .diffusers_common import DiffusersBackbone, ddpm_schedule, open_weights, resolve_device, resolve_dtype
+from ..device import resolve_device
+from .diffusers_common import DiffusersBackbone, ddpm_schedule, open_weights, resolve_dtype
 
 #: google/ddpm-church-256's scheduler config (DDPMScheduler).
 DDPM_CHURCH_SCHEDULER: dict[str, Any] = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",

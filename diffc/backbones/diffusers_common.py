@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import torch
 
 from ..backbone import Backbone
+from ..device import resolve_device
 from ..prediction import flow_sigma
 from ..schedule import NoiseSchedule
 
@@ -56,13 +57,6 @@ class BackboneLoadError(RuntimeError):
 
 
 # ---- device / dtype -----------------------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed to torch.device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Model dtype from its name; float32 on CPU whatever was asked (half kernels are slow or absent)."""
     if isinstance(dtype, torch.dtype):
@@ -72,11 +66,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     else:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
     return torch.float32 if device.type == "cpu" else resolved
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """'float32' | 'float16' | 'bfloat16' (for configs and headers)."""
-    return str(dtype).removeprefix("torch.")
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -435,7 +424,7 @@ class DiffusersBackbone(Backbone):
         h, w = image.shape[-2:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"{self.name}: image {h}x{w} is not a multiple of {self.size_multiple}; "
-                             "pad it first (diffc.codec.pad_to_multiple)")
+                             "pad it first (diffc.codec.pad_for)")
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
@@ -465,22 +454,21 @@ class DiffusersBackbone(Backbone):
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        """JSON-able: backbone name, model dtype, prediction type, schedule, VAE factors (None in pixel
-        space) + ``_identity``."""
+        """JSON-able: backbone name, prediction type, schedule, VAE factors (None in pixel space) +
+        ``_identity``. Not the dtype or device: they change outputs only by rounding, and a file
+        encoded in fp16 on a GPU must decode in fp32 on a CPU (with drift; ``diffc.determinism``,
+        where the header's provenance records them)."""
         ac = self.schedule.alphas_cumprod
         return {
             "backbone": self.name,
-            "dtype": dtype_name(self.dtype),
             "prediction_type": self.prediction_type,
             "schedule": {"T": self.schedule.num_train_timesteps,
                          "abar_sha256": hashlib.sha256(ac.astype("<f8").tobytes()).hexdigest()[:16],
                          "abar_first": float(ac[0]), "abar_last": float(ac[-1])},
             "vae": None if self.vae is None else {"scaling_factor": self.scaling_factor,
-                                                  "shift_factor": self.shift_factor,
-                                                  "dtype": dtype_name(self.vae_dtype)},
+                                                  "shift_factor": self.shift_factor},
             **self._identity(),
         }
-
 
 
 class FlowMatchingBackbone(DiffusersBackbone):

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from ..backbone import register_backbone
+from ..device import resolve_device
 from .diffusers_common import (KODAK_SEQ_LEN, ClipTextStage, FlowMatchingBackbone, SeededTextStage, T5TextStage,
-                               open_weights, resolve_device, resolve_dtype, tiny_vae_config)
+                               open_weights, resolve_dtype, tiny_vae_config)
 
 #: FLUX.1-dev's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler).
 FLUX_SCHEDULER: dict[str, Any] = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,

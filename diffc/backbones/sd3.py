@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from ..backbone import register_backbone
+from ..device import resolve_device
 from .diffusers_common import (ClipTextStage, FlowMatchingBackbone, SeededTextStage, T5TextStage, open_weights,
-                               resolve_device, resolve_dtype, tiny_vae_config)
+                               resolve_dtype, tiny_vae_config)
 
 #: SD 3.5 Medium's scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler, static shift).
 SD35_SCHEDULER: dict[str, Any] = dict(num_train_timesteps=1000, shift=3.0)

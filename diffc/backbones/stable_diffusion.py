@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from ..backbone import register_backbone
+from ..device import resolve_device
 from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds, WeightsSource,
-                               ddpm_schedule, default_path, open_weights, resolve_device, resolve_dtype,
+                               ddpm_schedule, default_path, open_weights, resolve_dtype,
                                tiny_vae_config)
 
 #: SDXL micro-conditioning defaults of diffusers' pipelines (refiner "aesthetic score").
@@ -114,6 +115,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
         super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, device=device, dtype=dtype,
                          prediction_type=scheduler_config.get("prediction_type", "epsilon"), cpu_offload=cpu_offload)
         self.unet = self._denoiser(unet, compile)
+        # the UNet's deepest level must stay larger than 1x1 (a one-channel GroupNorm group fails on it)
+        self.min_side = self.vae_scale * (2 ** (len(unet.config.block_out_channels) - 1) + 1)
         self.refiner = None if refiner is None else self._denoiser(refiner, compile)
         self.refiner_below_t = refiner_below_t
         self._identity_dict = identity

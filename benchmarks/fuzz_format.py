@@ -1,0 +1,194 @@
+"""Fuzz campaign of the .diffc reader and decoder: mutated, truncated, spliced and forged files.
+
+Real files come from two tiny codecs (the gaussian backbone on a 12x20 image and tiny-sd15 on a
+16x16 one, short schedules, captions); each case is one of
+- ``flip``: 1-8 random bit flips (the CRC32 then catches them);
+- ``flip_crc``: 1-4 random byte changes anywhere, CRC32 recomputed (reaches header checks and the decoder);
+- ``indel_crc``: bytes inserted or deleted, CRC32 recomputed;
+- ``truncate``: a random prefix;
+- ``splice``: the head of one real file and the tail of another, CRC32 recomputed half the time;
+- ``forge``: a well-formed file (``diffc.format.write``) with random fields, often the right
+  fingerprint for its random codec parameters, and a random or degenerate payload.
+Every case goes through ``diffc.format.read`` and, if that accepts it, ``DiffcCodec.decode``
+(with reconstruction) on the codec of the backbone it names (gaussian for any other name, which
+refuses it by name). Outcomes: ``refused`` (a ``DiffcFormatError`` subclass), ``decoded``
+(finite pixels of the declared size), ``crash`` (anything else, non-finite pixels, or a wrong
+size) and ``hang`` (over ``--hang-s`` seconds; SIGALRM). Goal: 0 crashes, 0 hangs.
+"""
+from __future__ import annotations
+
+import collections
+import signal
+import struct
+import time
+import zlib
+
+try:
+    from . import _common as C  # type: ignore
+except ImportError:
+    import _common as C
+
+import numpy as np
+import torch
+
+from diffc import format as fmt
+from diffc.codec import CodecParams, DiffcCodec
+from diffc.schedule import encoding_timesteps
+from pipelines.common import build_codec, model_config
+
+KINDS = ("flip", "flip_crc", "indel_crc", "truncate", "splice", "forge")
+SCHEDULES = ("linspace-3", "linspace-6", "geom-4", "geom-12", "linspace-1", "geom-0", "paper-x", "paper")
+
+
+class Hang(BaseException):
+    """Raised by the alarm: a case ran past its time (BaseException: no ``except Exception`` eats it)."""
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def base_codecs() -> dict[str, tuple[DiffcCodec, torch.Tensor]]:
+    """The codecs under test and an image for each."""
+    g = torch.Generator().manual_seed(0)
+    gauss = build_codec(model_config("gaussian"), {"schedule": "linspace-6", "chunk_bits": 4, "padding_bits": 1,
+                                                   "recon": "denoise"})
+    sd = build_codec(model_config("tiny-sd15"), {"schedule": "linspace-6", "chunk_bits": 4, "padding_bits": 1,
+                                                 "recon": "ode", "recon_steps": 3})
+    return {"gaussian": (gauss, torch.rand(3, 12, 20, generator=g)), "tiny-sd15": (sd, torch.rand(3, 16, 16, generator=g))}
+
+
+def real_files(codecs) -> list[bytes]:
+    out = []
+    for codec, img in codecs.values():
+        for caption in (None, "a fuzzed caption"):
+            res = codec.encode(img, stop_timesteps=codec.timesteps[1:], caption=caption)
+            out += [p.data for p in res.points]
+    return out
+
+
+def forge(rng: np.random.Generator, codecs) -> bytes:
+    name = str(rng.choice(list(codecs) + ["tiny-flux", "nope"]))
+    schedule = str(rng.choice(SCHEDULES))
+    cb, pb = int(rng.integers(1, 9)), int(rng.integers(0, 4))
+    split = float(rng.choice([0, 1, 2, 2.25, 63.75]))
+    seed = int(rng.integers(0, 4))
+    recon = str(rng.choice(fmt.RECON_MODES))
+    recon_steps = int(rng.choice([1, 2, 3, 1000]))
+    try:
+        params = CodecParams(schedule, cb, pb, seed, recon, recon_steps, split)
+        n_max = len(encoding_timesteps(schedule))
+        fp = DiffcCodec(codecs[name][0].backbone, params).fingerprint() if name in codecs and rng.random() < 0.8 \
+            else bytes(rng.integers(0, 256, 4, dtype=np.uint8))
+    except ValueError:
+        n_max, fp = 8, b"\0\0\0\0"
+    kind = rng.integers(0, 3)
+    n_words = int(rng.integers(0, 40))
+    payload = (bytes(rng.integers(0, 256, 4 * n_words, dtype=np.uint8)) if kind == 0
+               else bytes([int(rng.integers(0, 256))]) * (4 * n_words) if kind == 1 else b"")
+    prov = fmt.Provenance(str(rng.choice(fmt.DEVICE_TYPES)), str(rng.choice(fmt.DTYPES)), int(rng.integers(0, 9)),
+                          (2, int(rng.integers(0, 20)), 0), (0, int(rng.integers(0, 50)), 0))
+    header = fmt.Header(name, fp, int(rng.integers(1, 48)), int(rng.integers(1, 48)), seed, schedule, cb, pb, recon,
+                        recon_steps, int(rng.integers(0, n_max + 2)),
+                        None if rng.random() < 0.5 else "x" * int(rng.integers(1, 30)), split, prov)
+    return fmt.write(header, payload)
+
+
+def make_case(rng: np.random.Generator, files: list[bytes], codecs) -> tuple[str, bytes]:
+    kind = KINDS[int(rng.integers(0, len(KINDS)))]
+    data = bytearray(files[int(rng.integers(0, len(files)))])
+    if kind == "flip":
+        for _ in range(int(rng.integers(1, 9))):
+            i = int(rng.integers(0, 8 * len(data)))
+            data[i // 8] ^= 1 << (i % 8)
+        return kind, bytes(data)
+    if kind == "flip_crc":
+        body = data[:-4]
+        for _ in range(int(rng.integers(1, 5))):
+            body[int(rng.integers(0, len(body)))] = int(rng.integers(0, 256))
+        return kind, with_crc(bytes(body))
+    if kind == "indel_crc":
+        body = data[:-4]
+        i = int(rng.integers(0, len(body)))
+        if rng.random() < 0.5:
+            del body[i:i + int(rng.integers(1, 9))]
+        else:
+            body[i:i] = bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+        return kind, with_crc(bytes(body))
+    if kind == "truncate":
+        return kind, bytes(data[:int(rng.integers(0, len(data)))])
+    if kind == "splice":
+        other = files[int(rng.integers(0, len(files)))]
+        out = bytes(data[:int(rng.integers(0, len(data)))]) + other[int(rng.integers(0, len(other))):]
+        return kind, with_crc(out[:-4]) if rng.random() < 0.5 and len(out) > 4 else out
+    return kind, forge(rng, codecs)
+
+
+def run_case(data: bytes, codecs, hang_s: float) -> tuple[str, str]:
+    """(outcome, detail) of one file."""
+    signal.setitimer(signal.ITIMER_REAL, hang_s)
+    try:
+        header, _ = fmt.read(data)
+        codec = codecs.get(header.backbone, codecs["gaussian"])[0]
+        res = codec.decode(data)
+        ok = res.image is not None and tuple(res.image.shape) == (3, header.height, header.width) \
+            and bool(torch.isfinite(res.image).all()) and bool(torch.isfinite(res.x_t).all())
+        return ("decoded", "") if ok else ("crash", "non-finite or wrong-size image")
+    except fmt.DiffcFormatError as e:
+        return "refused", type(e).__name__
+    except Hang:
+        return "hang", ""
+    except Exception as e:  # noqa: BLE001 (the point: anything else is a crash)
+        return "crash", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def main() -> None:
+    ap = C.parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=None, help="number of cases (default 3000 quick, 100000 full)")
+    ap.add_argument("--hang-s", type=float, default=30.0, help="seconds after which a case counts as a hang")
+    args = ap.parse_args()
+    C.setup(args)
+    t_start = time.perf_counter()
+    n = args.cases or (3000 if args.quick else 100_000)
+    signal.signal(signal.SIGALRM, _alarm)
+    codecs = base_codecs()
+    files = real_files(codecs)
+    C.log(f"fuzz_format: {n} cases from {len(files)} real files of {', '.join(codecs)}; hang after {args.hang_s:g} s")
+    rng = np.random.default_rng(args.seed)
+    counts = collections.Counter()
+    by_kind = {k: collections.Counter() for k in KINDS}
+    refusals = collections.Counter()
+    crashes: list[dict] = []
+    slowest = 0.0
+    for i in range(n):
+        kind, data = make_case(rng, files, codecs)
+        t0 = time.perf_counter()
+        outcome, detail = run_case(data, codecs, args.hang_s)
+        slowest = max(slowest, time.perf_counter() - t0)
+        counts[outcome] += 1
+        by_kind[kind][outcome] += 1
+        if outcome == "refused":
+            refusals[detail] += 1
+        elif outcome in ("crash", "hang") and len(crashes) < 20:
+            crashes.append({"case": i, "kind": kind, "outcome": outcome, "detail": detail, "hex": data.hex()})
+        if (i + 1) % max(1, n // 10) == 0:
+            C.log(f"  {i + 1:7d} cases: {dict(counts)}  ({time.perf_counter() - t_start:.0f} s)")
+    C.table([{"kind": k, **{o: c[o] for o in ("refused", "decoded", "crash", "hang")}} for k, c in by_kind.items()])
+    for c in crashes:
+        C.log(f"  {c['outcome']} at case {c['case']} ({c['kind']}): {c['detail']}")
+    C.emit("fuzz_format", args, {
+        "cases": n, "crashes": counts["crash"], "hangs": counts["hang"], "refused": counts["refused"],
+        "decoded": counts["decoded"], "by_kind": {k: dict(c) for k, c in by_kind.items()},
+        "refused_by_error": dict(refusals), "slowest_case_s": slowest, "examples": crashes[:5],
+        "backbones": list(codecs), "real_files": len(files),
+    }, t_start)
+
+
+if __name__ == "__main__":
+    main()
