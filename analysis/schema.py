@@ -1,0 +1,71 @@
+"""The results contract between ``pipelines.evaluate`` (the writer) and ``analysis`` (the readers):
+the metrics, the columns and dtypes of the results tables, and the files of a job directory.
+
+It lives in ``analysis`` and needs only pandas: the pipelines may import analysis, never the other
+way round, so reading results (figures, reports, a notebook) never loads torch or Hydra.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One quality metric: column name, direction, axis label, per image or per dataset."""
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    per_image: bool = True
+
+
+#: every metric of the results, in column order: THE list (pipelines.metrics implements the
+#: per-image ones, the dataset-level FID/KID live in fid.parquet)
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("psnr", True, "PSNR (dB)"),
+    Metric("ms_ssim", True, "MS-SSIM"),
+    Metric("lpips", False, "LPIPS (AlexNet)"),
+    Metric("dists", False, "DISTS"),
+    Metric("qalign", True, "Q-Align score"),
+    Metric("fid", False, "FID (256px patches)", per_image=False),
+    Metric("kid", False, "KID (256px patches)", per_image=False),
+)}
+#: the per-image metric columns of the results table, computed or not
+PER_IMAGE_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.per_image)
+#: the dataset-level metric columns of fid.parquet
+DATASET_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if not m.per_image)
+HIGHER_IS_BETTER: dict[str, bool] = {n: m.higher_is_better for n, m in METRICS.items()}
+UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
+
+#: the results table, in order (DESIGN.md section 2 first)
+COLUMNS: tuple[str, ...] = (
+    "model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
+    "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
+    "config_hash", "timestep", "target_bpp", "delivered_bits", "width", "height",
+    "ms_ssim_scales", "metric_errors",
+)
+INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
+               "height", "ms_ssim_scales")
+STR_COLUMNS = ("model", "dataset", "image", "kind", "config_hash", "metric_errors")
+#: the dataset-level table (fid.parquet)
+FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
+                                "bpp_mean", *DATASET_METRICS, "n_patches", "reason", "config_hash")
+
+#: files of a job directory
+DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
+FAILED, RESULTS = "failed.json", "results.parquet"
+
+
+def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> the results table with fixed column order and dtypes (nullable ints)."""
+    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    for c in INT_COLUMNS:
+        df[c] = df[c].astype("Int64")
+    for c in STR_COLUMNS:
+        df[c] = df[c].astype("string")
+    float_cols = [c for c in COLUMNS if c not in INT_COLUMNS and c not in STR_COLUMNS]
+    df[float_cols] = df[float_cols].astype("float64")
+    return df
