@@ -1,88 +1,174 @@
-"""``key=value`` command lines for the analysis tools (Hydra-style, without Hydra's machinery).
+"""The command-line convention of every user-facing command: Hydra ``key=value`` overrides.
 
-Errors (unknown key, bad value, missing required key) exit with status 2 and one line on
-stderr; ``--help`` / ``-h`` prints the options and exits 0. ``debug=true`` shows tracebacks.
+``pipelines.compress``, ``decompress``, ``evaluate``, ``demo``, ``fit_gaussian`` and
+``analysis.rd_curves``, ``report`` are Hydra apps (``conf/<command>.yaml``; the analysis
+commands' in ``analysis/conf/``): options are
+``key=value`` (``--help`` lists them), nothing is written into a Hydra output directory, and
+bad input prints ONE line ``error: ...`` on stderr and exits 2 (``debug=true``: the traceback).
+Benchmarks are the one exception (argparse ``--quick``, fixed by the benchmark contract).
+
+This module is the torch-free glue every entry point shares (hydra and omegaconf only), so
+``import analysis.rd_curves`` stays light; ``pipelines`` imports it (never the reverse).
+Before Hydra sees the command line, ``prepare``:
+
+- quotes verbatim options (paths and captions: ``results=out/model=sdxl``, ``input=a,b.png``,
+  ``caption=a cat, sleeping`` are taken as typed, not as Hydra grammar; ``null`` stays null),
+  and turns ``metrics=psnr,lpips`` into the list ``[psnr,lpips]`` for list options;
+- composes the config once with the overrides and turns Hydra's multi-line composition errors
+  (unknown key, unknown config-group option, unparsable value) into one line.
 """
 from __future__ import annotations
 
+import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from omegaconf import ListConfig, OmegaConf
+
+from diffc.errors import UsageError, fail, first_line
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: the analysis commands' configs: a config dir of their own, so that their ``metrics=`` option is
+#: not read as the pipelines' ``metrics`` config group (and the pipelines' --help lists no analysis)
+ANALYSIS_CONF_DIR = Path(__file__).resolve().parent / "conf"
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-class UsageError(Exception):
-    """Bad command-line or input: reported as one line."""
+def config_names(group: str, config_dir: Path = CONF_DIR) -> list[str]:
+    """Names of the options of a config group (``conf/GROUP/*.yaml``)."""
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
-@dataclass(frozen=True)
-class Option:
-    """One ``key=value`` option: parser, default (None = required unless ``optional``), help."""
-
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    optional: bool = False
+def quote(value: str) -> str:
+    """``value`` as a Hydra single-quoted string that parses back to exactly ``value``
+    (backslashes are escaped only where Hydra needs it: before a quote and at the end)."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
 
 
-def as_list(text: str) -> list[str]:
-    """'a,b' or '[a,b]' -> ['a', 'b'] ('' -> [])."""
-    text = text.strip().removeprefix("[").removesuffix("]")
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _reads_as(arg: str, value: str, multirun: bool) -> bool:
+    """Whether Hydra reads the override ``arg`` as the single string ``value`` (in multirun: as
+    anything at all, so that ``-m caption=a,b`` stays a sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-
-def as_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, then exit."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def parse(argv: Sequence[str], options: dict[str, Option], prog: str, about: str) -> dict[str, Any]:
-    """Parse ``key=value`` arguments against ``options``; handles --help and errors."""
-    spec = dict(options) | {"debug": Option(as_bool, False, "show tracebacks on errors")}
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: python -m {prog} " + " ".join(
-            f"{k}=..." if o.default is None and not o.optional else f"[{k}=...]" for k, o in spec.items()))
-        print(f"\n{about}\n")
-        for k, o in spec.items():
-            default = "required" if o.default is None and not o.optional else f"default: {o.default}"
-            print(f"  {k:<10} {o.help} ({default})")
-        sys.exit(0)
-    values: dict[str, Any] = {k: o.default for k, o in spec.items()}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep:
-            fail(f"expected key=value, got {arg!r} (see --help)")
-        if key not in spec:
-            fail(f"unknown option {key!r}; known: {', '.join(spec)}")
-        try:
-            values[key] = spec[key].parse(raw)
-        except ValueError as exc:
-            fail(f"{key}: {exc}")
-    missing = [k for k, o in spec.items() if values[k] is None and o.default is None and not o.optional]
-    if missing:
-        fail(f"missing required option(s): {', '.join(f'{m}=...' for m in missing)}")
-    return values
-
-
-def run(main: Callable[[dict[str, Any]], None], argv: Sequence[str], options: dict[str, Option],
-        prog: str, about: str) -> None:
-    """Parse, call ``main(values)``; a UsageError (or any error without debug=true) is one line."""
-    values = parse(argv, options, prog, about)
     try:
-        main(values)
-    except UsageError as exc:
-        fail(str(exc))
-    except Exception as exc:  # unexpected: still one line unless debug=true
-        if values["debug"]:
-            raise
-        fail(f"{type(exc).__name__}: {exc}", code=1)
+        override = OverridesParser.create().parse_override(arg)
+    except Exception:  # hydra's grammar errors (an '=' in the value, brackets ...)
+        return False
+    return multirun or (not override.is_sweep_override() and override.value() == value)
+
+
+def normalize(argv: Sequence[str], verbatim: Iterable[str] = (), lists: Iterable[str] = ()) -> list[str]:
+    """Rewrite ``key=value`` arguments so Hydra reads them as meant: a value of a ``verbatim`` key
+    that Hydra would read otherwise (``a,b``, ``x=y``, ``1``) is quoted (``null`` stays null; in
+    multirun only values Hydra cannot parse at all, so that ``-m caption=a,b`` stays a sweep);
+    ``lists`` keys given as ``a,b`` become ``[a,b]`` (not in multirun, where a comma is a sweep).
+    Quoted or bracketed values, and values Hydra already reads as typed, are left alone."""
+    verbatim, lists = set(verbatim), set(lists)
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and value[:1] not in ("'", '"') and value != "null":
+            if key in verbatim and not _reads_as(arg, value, multirun):
+                arg = f"{key}={quote(value)}"
+            elif key in lists and not multirun and not value.startswith("["):
+                arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
+
+
+def _explain(exc: BaseException, config_dir: Path) -> str:
+    """One line for a Hydra composition error."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {name!r}; available: {', '.join(exc.options or config_names(group, config_dir))}"
+    if isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)) and exc.__cause__.full_key:
+        return f"unknown option {exc.__cause__.full_key!r} (see --help; +KEY=VALUE adds a new key)"
+    cause = f" {first_line(exc.__cause__)}" if exc.__cause__ is not None else ""
+    return f"{first_line(exc)}{cause} (see --help)"
+
+
+def preflight(config_name: str, argv: Sequence[str], config_dir: Path = CONF_DIR) -> None:
+    """Compose ``CONFIG_DIR/CONFIG_NAME.yaml`` with the overrides of ``argv`` (in multirun: those that
+    are not sweeps); any error exits with one line. Command lines with other flags (``--help``,
+    ``--cfg``, ``-cn`` ...) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv):
+        return
+    parser, overrides = OverridesParser.create(), []
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    for arg in (a for a in argv if a not in MULTIRUN_FLAGS):
+        try:
+            override = parser.parse_override(arg)
+        except Exception as exc:  # hydra's grammar errors: name the argument
+            fail(f"cannot parse {arg!r}: {first_line(exc)} (see --help)")
+        if not override.is_sweep_override():
+            overrides.append(arg)
+        elif not multirun:
+            fail(f"{arg!r} is a sweep: write [a,b] for a list, quote the value for a text with commas, "
+                 f"or add -m to sweep")
+        elif (config_dir / override.key_or_group).is_dir() and isinstance(override.value(), ChoiceSweep):
+            names = config_names(override.key_or_group, config_dir)
+            for choice in override.sweep_string_iterator():
+                if choice not in names:
+                    fail(f"unknown {override.key_or_group} {choice!r}; available: {', '.join(names)}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except Exception as exc:
+        fail(_explain(exc, config_dir))
+
+
+def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
+            config_dir: Path = CONF_DIR) -> None:
+    """Before ``hydra.main``: normalize ``sys.argv`` in place and fail early in one line."""
+    sys.argv[1:] = normalize(sys.argv[1:], verbatim, lists)
+    preflight(config_name, sys.argv[1:], config_dir)
+
+
+def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
+         config_dir: Path = CONF_DIR) -> None:
+    """A command's ``__main__``: ``prepare``, then Hydra runs ``task(cfg)`` on
+    ``CONFIG_DIR/CONFIG_NAME.yaml`` + the command line (or answers --help, --cfg ...)."""
+    import hydra
+
+    prepare(config_name, verbatim, lists, config_dir)
+    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
+
+
+def call(task: Callable[[Any], Any], config_name: str, overrides: Sequence[str] = (),
+         config_dir: Path = CONF_DIR) -> int:
+    """Run a command in process as its command line would (compose the config with ``overrides``,
+    call ``task``): its exit status (0, or the status of its one-line error)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    try:
+        task(cfg)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def require(cfg: Any, *keys: str) -> None:
+    """Fail in one line when a mandatory option (``???`` in the config) was not given."""
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise UsageError(f"missing required option(s): {', '.join(f'{k}=...' for k in missing)} (see --help)")
+
+
+def as_list(value: Any) -> list[str] | None:
+    """A list option: ``[a, b]``, ``'a,b'`` or ``a`` -> ['a', 'b'] / ['a']; null -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (ListConfig, list, tuple)):
+        return [str(v) for v in value]
+    return [t.strip() for t in str(value).strip().removeprefix("[").removesuffix("]").split(",") if t.strip()]

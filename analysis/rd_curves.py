@@ -2,6 +2,8 @@
 
     python -m analysis.rd_curves results=DIR [metrics=psnr,lpips] [out=DIR/figures] [formats=png,pdf]
 
+(a Hydra app: ``analysis/conf/rd_curves.yaml``, ``--help`` lists the options; torch is never imported)
+
 One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}``: bits per pixel on
 x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
 mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
@@ -12,7 +14,6 @@ curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from omegaconf import DictConfig  # noqa: E402
+
+from diffc.errors import UsageError, one_line_errors  # noqa: E402
+
 from . import cli  # noqa: E402
-from .results import HIGHER_IS_BETTER, UNITS, load_results, rate_points, vae_ceiling  # noqa: E402
+from .results import load_results, rate_points, vae_ceiling  # noqa: E402
+from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
 Z95 = 1.96
 
@@ -96,14 +102,14 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> 
     out.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[str, str], dict] = {}
     for metric in metrics:
-        if metric in ("fid", "kid"):
+        if metric in DATASET_METRICS:
             curves, ceilings = fid_points(fid, metric)
         else:
             curves, ceilings = rate_points(rows, metric), vae_ceiling(rows, metric)
         for dataset in sorted(set(curves["dataset"])):
             n_img = rows.loc[(rows["dataset"] == dataset) & (rows["kind"] == "codec"), "image"].nunique()
             fig, ax = plt.subplots(figsize=(8.0, 4.6))
-            band = "" if metric in ("fid", "kid") else ", band: 95% CI of the mean"
+            band = "" if metric in DATASET_METRICS else ", band: 95% CI of the mean"
             ds_curves = curves[curves["dataset"] == dataset]
             plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
                               metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})")
@@ -115,26 +121,28 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> 
             plotted_points(plotted, ds_curves).to_csv(f"{stem}.csv", index=False)
             done[(dataset, metric)] = plotted
     if not done:
-        raise cli.UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")
+        raise UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")
     return done
 
 
-def _main(v: dict[str, Any]) -> None:
-    unknown = [m for m in v["metrics"] if m not in HIGHER_IS_BETTER]
+@one_line_errors(OSError)
+def rd_curves(cfg: DictConfig) -> dict[tuple[str, str], dict]:
+    """The command: every figure of ``cfg.results`` (one summary line per figure on stdout)."""
+    cli.require(cfg, "results")
+    metrics = cli.as_list(cfg.metrics) or list(METRICS)
+    unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise cli.UsageError(f"unknown metrics {unknown}; known: {', '.join(HIGHER_IS_BETTER)}")
-    results = Path(v["results"])
-    written = render(results, v["metrics"], Path(v["out"]) if v["out"] else results / "figures", v["formats"])
+        raise UsageError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+    formats = cli.as_list(cfg.formats)
+    if not formats:
+        raise UsageError("formats must name at least one figure format, e.g. formats=png,pdf")
+    results = Path(cfg.results)
+    written = render(results, metrics, Path(cfg.out) if cfg.out else results / "figures", formats)
     for dataset, metric in written:
         print(f"{dataset}-rd-{metric}: {len(written[dataset, metric])} models")
+    return written
 
-
-OPTIONS = {
-    "results": cli.Option(str, None, "results directory (a job dir or a sweep dir)"),
-    "metrics": cli.Option(cli.as_list, list(HIGHER_IS_BETTER), "metrics to plot (those with data)"),
-    "out": cli.Option(str, "", "output directory (default: RESULTS/figures)", optional=True),
-    "formats": cli.Option(cli.as_list, ["png", "pdf"], "figure formats"),
-}
 
 if __name__ == "__main__":
-    cli.run(_main, sys.argv[1:], OPTIONS, "analysis.rd_curves", __doc__.strip().splitlines()[0])
+    cli.main(rd_curves, "rd_curves", verbatim=("results", "out"), lists=("metrics", "formats"),
+             config_dir=cli.ANALYSIS_CONF_DIR)

@@ -2,6 +2,8 @@
 
     python -m analysis.report results=DIR [out=DIR/report] [anchor=MODEL] [method=akima]
 
+(a Hydra app: ``analysis/conf/report.yaml``, ``--help`` lists the options; torch is never imported)
+
 Writes ``{out}.md`` (both tables, markdown) and ``{out}-points.csv`` / ``{out}-bdrate.csv``.
 BD-rate (bjontegaard) of every model against ``anchor`` (default: the first model by name), per
 dataset and metric, on the mean curves: quality is given higher-is-better (-LPIPS, -DISTS), rates
@@ -12,7 +14,6 @@ model needs fewer bits than the anchor for the same quality. A pair that cannot 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,17 @@ from typing import Any
 import bjontegaard
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
+
+from diffc.errors import UsageError, describe, one_line_errors
 
 from . import cli
-from .results import HIGHER_IS_BETTER, load_results, rate_points, vae_ceiling
+from .results import load_results, rate_points, vae_ceiling
+from .schema import HIGHER_IS_BETTER, PER_IMAGE_METRICS
 
-PER_IMAGE = ("psnr", "ms_ssim", "lpips", "dists", "qalign")
 MIN_POINTS = 2
+#: bjontegaard's interpolation methods
+METHODS = ("akima", "pchip", "cubic")
 
 
 def points_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -37,11 +43,11 @@ def points_table(rows: pd.DataFrame) -> pd.DataFrame:
     pixels = (df["width"] * df["height"]).astype(float)
     df["kl_bpp"] = df["kl_bits"].astype(float) / pixels
     df["delivered_bpp"] = df["delivered_bits"].astype(float) / pixels
-    for m in PER_IMAGE:
+    for m in PER_IMAGE_METRICS:
         df[m] = df[m].astype(float)
     agg = df.groupby(keys, dropna=False).agg(
         n=("image", "nunique"), bpp=("bpp", "mean"), kl_bpp=("kl_bpp", "mean"),
-        delivered_bpp=("delivered_bpp", "mean"), **{m: (m, "mean") for m in PER_IMAGE}).reset_index()
+        delivered_bpp=("delivered_bpp", "mean"), **{m: (m, "mean") for m in PER_IMAGE_METRICS}).reset_index()
     return agg.sort_values(["dataset", "model", "kind", "bpp"], ignore_index=True)
 
 
@@ -77,7 +83,7 @@ def bd_rate(anchor: pd.DataFrame, test: pd.DataFrame, metric: str, method: str) 
         try:
             value = float(bjontegaard.bd_rate(ra, qa, rt, qt, method=method, require_matching_points=False))
         except (AssertionError, ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
-            return math.nan, f"bjontegaard failed: {type(exc).__name__}: {exc}".rstrip(": ")
+            return math.nan, f"bjontegaard failed: {describe(exc)}"
     reason = "; ".join(str(w.message) for w in caught)
     if not math.isfinite(value):
         return math.nan, reason or "non-finite result"
@@ -87,13 +93,13 @@ def bd_rate(anchor: pd.DataFrame, test: pd.DataFrame, metric: str, method: str) 
 def bd_table(rows: pd.DataFrame, anchor: str | None, method: str) -> pd.DataFrame:
     """BD-rate of every model vs the anchor, per dataset and per-image metric with data."""
     out = []
-    for metric in PER_IMAGE:
+    for metric in PER_IMAGE_METRICS:
         curves = rate_points(rows, metric)
         for dataset, per_ds in curves.groupby("dataset"):
             models = sorted(set(rows.loc[rows["dataset"] == dataset, "model"]))
             ref = anchor or models[0]
             if ref not in models:
-                raise cli.UsageError(f"anchor {ref!r} not among the models of {dataset}: {', '.join(models)}")
+                raise UsageError(f"anchor {ref!r} not among the models of {dataset}: {', '.join(models)}")
             for model in models:
                 if model == ref:
                     continue
@@ -136,26 +142,25 @@ def markdown(points: pd.DataFrame, bd: pd.DataFrame, ceilings: pd.DataFrame,
     return "\n\n".join(parts + [""])
 
 
-def _main(v: dict[str, Any]) -> None:
-    results = Path(v["results"])
+@one_line_errors(OSError)
+def report(cfg: DictConfig) -> Path:
+    """The command: write the tables of ``cfg.results``; returns the markdown file."""
+    cli.require(cfg, "results")
+    if cfg.method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    results = Path(cfg.results)
     rows, _ = load_results(results)
-    out = Path(v["out"]) if v["out"] else results / "report"
+    out = Path(cfg.out) if cfg.out else results / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
     points = points_table(rows)
-    bd = bd_table(rows, v["anchor"] or None, v["method"])
+    bd = bd_table(rows, cfg.anchor or None, cfg.method)
     points.to_csv(f"{out}-points.csv", index=False)
     bd.to_csv(f"{out}-bdrate.csv", index=False)
     Path(f"{out}.md").write_text(markdown(points, bd, vae_ceiling(rows, "psnr"), nan_reasons(rows)))
     print(f"{out}.md: {len(points)} rate points, {len(bd)} BD-rate pairs "
           f"({int(bd['bd_rate_pct'].isna().sum())} NaN)")
+    return Path(f"{out}.md")
 
-
-OPTIONS = {
-    "results": cli.Option(str, None, "results directory (a job dir or a sweep dir)"),
-    "out": cli.Option(str, "", "output path prefix (default: RESULTS/report)"),
-    "anchor": cli.Option(str, "", "anchor model for BD-rate (default: first by name)"),
-    "method": cli.Option(str, "akima", "bjontegaard interpolation: akima | pchip | cubic"),
-}
 
 if __name__ == "__main__":
-    cli.run(_main, sys.argv[1:], OPTIONS, "analysis.report", __doc__.strip().splitlines()[0])
+    cli.main(report, "report", verbatim=("results", "out"), config_dir=cli.ANALYSIS_CONF_DIR)

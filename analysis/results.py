@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.evaluate import FID_COLUMNS, FID_FILE, JOB_JSON, SHARDS, frame
+from diffc.errors import UsageError
 
-from .cli import UsageError
-
-#: direction of each metric: True = higher is better
-HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ms_ssim": True, "lpips": False, "dists": False,
-                                     "qalign": True, "fid": False, "kid": False}
-UNITS: dict[str, str] = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS (AlexNet)",
-                         "dists": "DISTS", "qalign": "Q-Align score", "fid": "FID (256px patches)",
-                         "kid": "KID (256px patches)"}
+from .schema import FID_COLUMNS, FID_FILE, JOB_JSON, SHARDS, frame
 
 
 def job_dirs(results: Path) -> list[Path]:
@@ -30,7 +23,7 @@ def job_dirs(results: Path) -> list[Path]:
 
 
 def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, fid) of every job under ``results``; rows has the columns of ``pipelines.evaluate``."""
+    """(rows, fid) of every job under ``results``; rows has the columns of ``schema.COLUMNS``."""
     rows, fids = [], []
     dirs = job_dirs(Path(results))
     for d in dirs:

@@ -1,6 +1,8 @@
 """Shared plumbing of the benchmarks: argparse, machine info, sources, the final JSON line.
 
-Every benchmark is ``python benchmarks/NAME.py [--quick]``: progress and tables go to stdout,
+Every benchmark is ``python benchmarks/NAME.py [--quick]``: the one place the project uses argparse
+flags instead of Hydra ``key=value`` overrides, because the benchmark contract (DESIGN.md §2) fixes
+the ``--quick`` flag. Progress and tables go to stdout,
 and the LAST stdout line is one JSON object (``emit``) with the headline figures, ``bench``,
 ``quick`` and ``machine`` (DESIGN.md §2). Speed is only ever reported as a ratio against a
 baseline measured in the same run (absolute times on a shared machine are noise).
@@ -28,6 +30,8 @@ os.environ.setdefault("DIFFC_CACHE", str(ROOT / ".cache" / "diffc"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from diffc.device import resolve_device  # noqa: E402
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser with the options every benchmark shares."""
@@ -37,20 +41,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 with --quick, torch's default otherwise; on a "
                         "shared machine several threads per op can be several times slower than one)")
-    p.add_argument("--device", default="cpu", help="torch device for the codec work")
+    p.add_argument("--device", default="cpu", help="torch device for the codec work (auto = cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sources / simulations")
     return p
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Apply the shared options (threads: 1 by default with --quick)."""
+    """Apply the shared options (threads: 1 by default with --quick; ``--device auto`` resolved)."""
+    args.device = str(resolve_device(args.device))
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    dev = torch.device(device)
+    dev = resolve_device(device)
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -1,5 +1,8 @@
 """Pieces shared by the Hydra entry points: model configs -> codec, atomic files, one-line errors.
 
+The command-line glue (argument normalization, one-line Hydra errors, ``require``) is
+``analysis.cli``'s and the error reporting ``diffc.errors``': one convention for every command.
+
 A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name), ``options``
 (keyword arguments of ``diffc.backbone.load_backbone``) and ``codec`` (the backbone's defaults of
 ``diffc.codec.CodecParams``). ``conf/codec/default.yaml`` holds user overrides of those defaults
@@ -8,9 +11,7 @@ A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import sys
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,10 +20,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from analysis.cli import CONF_DIR, config_names, require  # noqa: F401  (re-exported for the entry points)
+from diffc import errors
+from diffc.format import DiffcFormatError
+
+#: failures reported by their message alone (no type name, no traceback hint), besides
+#: ``diffc.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DiffcFormatError, OSError)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(errors.UsageError):
     """Bad input or an unusable setup: reported as one line, non-zero exit."""
 
 
@@ -33,11 +40,6 @@ def plain(node: Any) -> dict[str, Any]:
     if isinstance(node, DictConfig):
         return dict(OmegaConf.to_container(node, resolve=True))
     return dict(node)
-
-
-def config_names(group: str) -> list[str]:
-    """Names of the options of a config group (``conf/GROUP/*.yaml``)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def model_config(name: str) -> DictConfig:
@@ -77,7 +79,7 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
     try:
         backbone = load_backbone(model.name, **options)
     except Exception as exc:  # missing weights, bad option values: one line for the user
-        raise PipelineError(f"model {model.name}: {type(exc).__name__}: {exc}") from exc
+        raise PipelineError(f"model {model.name}: {errors.describe(exc)}") from exc
     return DiffcCodec(backbone, params)
 
 
@@ -103,47 +105,7 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def require(cfg: DictConfig, *keys: str) -> None:
-    """Fail in one line when a mandatory option (``???`` in the config) was not given."""
-    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
-    if missing:
-        raise PipelineError(f"missing required option(s): {', '.join(f'{k}=...' for k in missing)} (see --help)")
-
-
 def one_line_errors(func: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     """Decorate a Hydra task: any failure (bad input, corrupt file, missing weights) prints
     ``error: ...`` on one line and exits 2; ``debug=true`` re-raises for the full traceback."""
-    from diffc.format import DiffcFormatError
-
-    from .datasets import DatasetError
-
-    @functools.wraps(func)
-    def wrapper(cfg: DictConfig) -> None:
-        try:
-            func(cfg)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            sys.exit(130)
-        except Exception as exc:
-            if cfg.get("debug", False):
-                raise
-            text = str(exc).strip().splitlines()
-            message = text[0] if text else ""
-            if not isinstance(exc, (PipelineError, DiffcFormatError, DatasetError, OSError)):
-                message = f"{type(exc).__name__}: {message} (debug=true shows the traceback)"
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper
-
-
-def check_group_choice(argv: list[str], group: str) -> None:
-    """Fail in one line on ``group=NAME`` when conf/GROUP/NAME.yaml does not exist (Hydra would
-    print a multi-line composition error)."""
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") == group and "," not in value:
-            names = config_names(group)
-            if value not in names:
-                print(f"error: unknown {group} {value!r}; available: {', '.join(names)}", file=sys.stderr)
-                sys.exit(2)
+    return errors.one_line_errors(*EXPECTED_ERRORS)(func)

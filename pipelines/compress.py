@@ -10,15 +10,14 @@ the original image: header, side information, indices and caption included.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from analysis import cli
 from diffc.codec import DiffcCodec, RatePoint
 
-from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, png_bytes, require
+from .common import PipelineError, atomic_write, build_codec, one_line_errors, png_bytes, require
 from .datasets import read_image, to_tensor, to_uint8
 
 
@@ -79,11 +78,6 @@ def compress(cfg: DictConfig) -> None:
     print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; encode {result.encode_s:.1f} s")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compress")
-def main(cfg: DictConfig) -> None:
-    compress(cfg)
-
-
 if __name__ == "__main__":
-    check_group_choice(sys.argv[1:], "model")
-    main()
+    cli.main(compress, "compress", verbatim=("input", "output", "recon_output", "caption", "model.options.path",
+                                            "model.options.params_path"))

@@ -30,6 +30,8 @@ import pooch
 import torch
 from PIL import Image
 
+from diffc.errors import UsageError, describe
+
 Sample = tuple[str, np.ndarray]
 
 KODAK_URL = "https://r0k.us/graphics/kodak/kodak/"
@@ -70,7 +72,7 @@ DIV2K_SHA256: dict[str, str | None] = {"valid": None, "train": None}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UsageError):
     """A dataset could not be loaded (one line: what and why)."""
 
 
@@ -92,9 +94,7 @@ def _fetch(name: str, fname: str, base_url: str, sha256: str | None, **fetch_kwa
                                **fetch_kwargs))
     except Exception as exc:  # network errors (requests), hash mismatch (ValueError), disk...
         why = f"cached copy {cached} fails its sha256 check and " if tampered else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} "
-                           f"({type(exc).__name__}: {first[:200]})") from exc
+        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} ({describe(exc, 200)})") from exc
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

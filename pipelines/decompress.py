@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
+from analysis import cli
 from diffc import format as fmt
 from diffc.codec import params_from_header
 
@@ -45,10 +45,5 @@ def decompress(cfg: DictConfig) -> None:
           f"decode {result.decode_s:.1f} s")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="decompress")
-def main(cfg: DictConfig) -> None:
-    decompress(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "options.path"))

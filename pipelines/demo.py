@@ -8,25 +8,31 @@
 4. the command-line round trip of one image: ``pipelines.compress`` then ``pipelines.decompress``,
    checking the decoded PNG equals the one the encoder reported.
 
-Everything is written under ``outputs/demo`` (``root=`` changes where).
+Everything is written under ``outputs/demo`` (``root=DIR`` changes where; a Hydra app like every
+command: ``conf/demo.yaml``, ``--help``).
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+from omegaconf import DictConfig
+
+from analysis import cli
+
+from .common import PipelineError, one_line_errors
 
 MODELS = ("gaussian", "tiny-sd15")
 
 
 def run(*args: str) -> None:
-    """Run ``python -m ARGS`` and stop the demo with its exit status on failure."""
+    """Run ``python -m ARGS``; a failure stops the demo (the command printed its own error)."""
     cmd = [sys.executable, "-m", *args]
     print("$ python -m " + " ".join(args), flush=True)
     code = subprocess.call(cmd)
     if code:
-        sys.exit(code)
+        raise PipelineError(f"demo step failed (exit status {code}): python -m {' '.join(args)}")
 
 
 def summary(results: Path) -> str:
@@ -43,12 +49,12 @@ def summary(results: Path) -> str:
     return table.to_string(float_format=lambda v: f"{v:.3f}") + "\n\nVAE round trip (ceiling):\n" + vae.to_string()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="outputs", help="results root (default: outputs)")
-    args = parser.parse_args(argv)
-    results = Path(args.root) / "demo"
-    run("pipelines.evaluate", "-m", "experiment=demo", f"root={args.root}", f"model={','.join(MODELS)}",
+@one_line_errors
+def demo(cfg: DictConfig) -> None:
+    """The demo's steps; a step that fails, or a decoded PNG that differs, is an error."""
+    root = str(cfg.root)
+    results = Path(root) / "demo"
+    run("pipelines.evaluate", "-m", "experiment=demo", f"root={root}", f"model={','.join(MODELS)}",
         "hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
     run("analysis.rd_curves", f"results={results}")
 
@@ -72,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
           " real architecture end to end. The gaussian backbone's figures are real RD points.)")
     print(f"\nresults (parquet shards): {results}/*/shards\nfigures: {results}/figures\n"
           f"command-line round trip: {results}/cli")
-    return 0 if same else 1
+    if not same:
+        raise PipelineError(f"the decoded PNG {decoded} differs from the encoder's {reported}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.main(demo, "demo", verbatim=("root",))

@@ -16,8 +16,8 @@ the backbone's autoencoder). Output, in the job directory (named by the job's ov
 - ``failed.json``: the one-line reason a job of a multirun failed (the sweep goes on with its
   other jobs and exits non-zero); removed when the job runs again.
 
-Columns: see ``COLUMNS`` (DESIGN.md section 2, plus ``timestep``, ``target_bpp``,
-``delivered_bits``, ``width``, ``height``, ``ms_ssim_scales``, ``metric_errors``).
+Columns, file names and the metric list: ``analysis.schema`` (the contract with the analysis,
+which reads these directories without importing this module).
 """
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ import sys
 import time
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
@@ -43,28 +42,21 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from .common import PipelineError, atomic_write, build_codec, check_group_choice, one_line_errors, plain, png_bytes
+from analysis import cli
+from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
+                             SHARDS, frame)
+from diffc.device import resolve_device
+from diffc.errors import one_line
+
+from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, one_line_errors, plain,
+                     png_bytes)
 from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
-from .metrics import ALL_METRICS, MetricSet, fid_kid, format_reasons, ms_ssim_scales
+from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
 
 log = logging.getLogger(__name__)
 
-#: the results table, in order (DESIGN.md section 2 first)
-COLUMNS: tuple[str, ...] = (
-    "model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
-    "bits_payload", "bits_side", "bits_header", "kl_bits", *ALL_METRICS, "encode_s", "decode_s",
-    "config_hash", "timestep", "target_bpp", "delivered_bits", "width", "height",
-    "ms_ssim_scales", "metric_errors",
-)
-INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
-               "height", "ms_ssim_scales")
-STR_COLUMNS = ("model", "dataset", "image", "kind", "config_hash", "metric_errors")
-FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
-                                "bpp_mean", "fid", "kid", "n_patches", "reason", "config_hash")
 #: config keys that do not change the results (left out of the config hash)
 VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra", "dry_run", "debug")
-DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"
-FAILED, RESULTS = "failed.json", "results.parquet"
 
 
 # job dir name: the job's overrides, or "defaults" when there are none (conf/config.yaml)
@@ -79,13 +71,6 @@ def config_hash(cfg: DictConfig) -> str:
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,18 +125,6 @@ def point_label(recon_timestep: int | None, target_bpp: float) -> str:
     return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
 
 
-def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Rows -> the results table with fixed column order and dtypes (nullable ints)."""
-    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    for c in INT_COLUMNS:
-        df[c] = df[c].astype("Int64")
-    for c in STR_COLUMNS:
-        df[c] = df[c].astype("string")
-    float_cols = [c for c in COLUMNS if c not in INT_COLUMNS and c not in STR_COLUMNS]
-    df[float_cols] = df[float_cols].astype("float64")
-    return df
-
-
 # ---- one image ----------------------------------------------------------------------------------
 class Job:
     """The state of one job: config, backbone + codec, metrics, output directory."""
@@ -185,9 +158,9 @@ class Job:
             values, reasons = {}, {}
         else:
             values, reasons = self.metrics.compute(ref, rec)
-        row.update({m: values.get(m, math.nan) for m in ALL_METRICS})
+        row.update({m: values.get(m, math.nan) for m in PER_IMAGE_METRICS})
         # every NaN metric cell gets its reason, 'not requested' included (never a silent NaN)
-        row["metric_errors"] = format_reasons(reasons, ALL_METRICS)
+        row["metric_errors"] = format_reasons(reasons, PER_IMAGE_METRICS)
         return row
 
     def save(self, image_id: str, label: str, png: np.ndarray | None, data: bytes | None) -> None:
@@ -330,12 +303,7 @@ class JobFailed(CompactHydraException):
 
 
 def _fail_job(cfg: DictConfig, job_dir: Path, exc: BaseException) -> JobFailed:
-    from diffc.format import DiffcFormatError
-
-    text = str(exc).strip().splitlines()
-    message = text[0] if text else ""
-    if not isinstance(exc, (PipelineError, DiffcFormatError, DatasetError, OSError)):
-        message = f"{type(exc).__name__}: {message} (debug=true shows the traceback)"
+    message = one_line(exc, EXPECTED_ERRORS)
     print(f"error: job {job_dir.name}: {message}", file=sys.stderr, flush=True)
     try:
         atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
@@ -353,7 +321,6 @@ def _task(cfg: DictConfig) -> None:
     run_job(cfg, job_dir)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: one job in its own output directory (``dry_run=true``: print it only).
 
@@ -371,6 +338,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    for group in ("model", "dataset", "bitrate", "metrics", "experiment"):
-        check_group_choice(sys.argv[1:], group)
-    main()
+    cli.main(main, "config", verbatim=("root", "caption", "dataset.options.path", "model.options.path",
+                                       "model.options.params_path"))

@@ -26,6 +26,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from analysis.schema import PER_IMAGE_METRICS
+from diffc.errors import describe
+
 log = logging.getLogger(__name__)
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -34,11 +37,6 @@ MS_SSIM_KERNEL = 11
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (package missing, weights not downloadable, image too small)."""
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
 def _batch(img: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -102,7 +100,8 @@ def _load_pyiqa(name: str, device: torch.device, full_reference: bool) -> Callab
     return score
 
 
-# name -> loader(device) -> score(ref_uint8, rec_uint8)
+# name -> loader(device) -> score(ref_uint8, rec_uint8); the names and their order are
+# analysis.schema.PER_IMAGE_METRICS' (the one metric list; tests/test_pipeline.py checks it)
 Loader = Callable[[torch.device], Callable[[np.ndarray, np.ndarray], float]]
 REGISTRY: dict[str, Loader] = {
     "psnr": lambda device: psnr,
@@ -111,8 +110,6 @@ REGISTRY: dict[str, Loader] = {
     "dists": lambda device: _load_pyiqa("dists", device, full_reference=True),
     "qalign": lambda device: _load_pyiqa("qalign", device, full_reference=False),
 }
-#: every per-image metric column of the results table, computed or not
-ALL_METRICS: tuple[str, ...] = ("psnr", "ms_ssim", "lpips", "dists", "qalign")
 
 
 class MetricSet:
@@ -133,7 +130,7 @@ class MetricSet:
             try:
                 self._scorers[name] = REGISTRY[name](self.device)
             except Exception as exc:  # ImportError, download failures, ...: NaN + reason
-                self._unavailable[name] = f"unavailable ({_short_reason(exc)})"
+                self._unavailable[name] = f"unavailable ({describe(exc, 200)})"
         return self._scorers.get(name)
 
     def _warn(self, name: str, reason: str) -> None:
@@ -144,11 +141,11 @@ class MetricSet:
     def compute(self, ref: np.ndarray, rec: np.ndarray) -> tuple[dict[str, float], dict[str, str]]:
         """Scores of uint8 ``rec`` against uint8 ``ref``: ({metric: value}, {metric: reason for NaN}).
 
-        Every name of ``ALL_METRICS`` gets a value; those not requested are NaN with reason
+        Every name of ``PER_IMAGE_METRICS`` gets a value; those not requested are NaN with reason
         'not requested'.
         """
-        values = {n: math.nan for n in ALL_METRICS}
-        reasons = {n: "not requested" for n in ALL_METRICS if n not in self.names}
+        values = {n: math.nan for n in PER_IMAGE_METRICS}
+        reasons = {n: "not requested" for n in PER_IMAGE_METRICS if n not in self.names}
         for name in self.names:
             scorer = self._scorer(name)
             if scorer is None:
@@ -158,7 +155,7 @@ class MetricSet:
             try:
                 values[name] = scorer(ref, rec)
             except Exception as exc:  # one image failing (too small, ...) must not stop the job
-                reasons[name] = _short_reason(exc)
+                reasons[name] = describe(exc, 200)
                 self._warn(name, reasons[name])
         return values, reasons
 
@@ -216,4 +213,4 @@ def fid_kid(refs: Sequence[np.ndarray], recs: Sequence[np.ndarray], patch: int =
                 metric.update(torch.cat([_batch(p, device) for p in rec_p[start:start + 32]]), real=False)
         return FidKid(float(fid.compute()), float(kid.compute()[0]), n)
     except Exception as exc:  # torch-fidelity missing, weights not downloadable, ...
-        return FidKid(math.nan, math.nan, n, f"unavailable ({_short_reason(exc)})")
+        return FidKid(math.nan, math.nan, n, f"unavailable ({describe(exc, 200)})")

@@ -3,7 +3,8 @@ dashed VAE ceilings, labelled axes), the report tables and BD-rate (value, or Na
 
 The results come from ``pipelines.evaluate.run_job`` (the job function every launcher runs),
 in process, for gaussian and tiny-sd15 on 2 kodak-small images of 32 px; the CLIs
-``python -m analysis.rd_curves`` / ``analysis.report`` run as subprocesses.
+``python -m analysis.rd_curves`` / ``analysis.report`` (Hydra apps) run as subprocesses or, for
+speed, as their task on a composed config. Importing the analysis never loads torch or pipelines.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from analysis import report  # noqa: E402
+from analysis.cli import ANALYSIS_CONF_DIR, call  # noqa: E402
 from analysis.rd_curves import plot_rd  # noqa: E402
 from analysis.results import load_results, rate_points, vae_ceiling  # noqa: E402
+from analysis.schema import FID_COLUMNS, frame  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gaussian", "tiny-sd15"]
@@ -34,11 +37,19 @@ FAST = ["dataset=kodak-small", "bitrate=quick", "metrics=offline", "dataset.opti
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+def cli(module: str, *args: str, cwd: Path = ROOT, ok: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=ENV | {"PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+def run_task(task, config: str, overrides: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run an analysis command in process (``analysis.cli.call``): (exit status, stdout, stderr)."""
+    code = call(task, config, overrides, ANALYSIS_CONF_DIR)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +137,9 @@ def test_plot_draws_the_means_and_dashed_vae_ceilings(results: Path) -> None:
 
 
 def test_report_cli_tables(results: Path, capsys: pytest.CaptureFixture) -> None:
-    from analysis import cli as acli
-
-    # in process (the module's __main__ is this same call; rd_curves covers the subprocess path)
-    acli.run(report._main, [f"results={results}"], report.OPTIONS, "analysis.report", "about")
-    assert "report.md" in capsys.readouterr().out
+    # in process (the module's main is this task on this config; the subprocess path is tested below)
+    code, out, _ = run_task(report.report, "report", [f"results={results}"], capsys)
+    assert code == 0 and f"{results / 'report'}.md: 8 rate points, 2 BD-rate pairs" in out
     rows, _ = load_results(results)
     points = pd.read_csv(results / "report-points.csv")
     assert len(points) == len(MODELS) * (3 + 1)  # 3 rate points + the vae row per model
@@ -158,8 +167,6 @@ def synthetic(model: str, bpp: list[float], psnr: list[float]) -> list[dict]:
 
 
 def test_bd_rate_value_and_nan_reasons() -> None:
-    from pipelines.evaluate import frame
-
     bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
     quality = [25.0, 28.0, 31.0, 34.0, 37.0]
     rows = frame(synthetic("a", bpp, quality) + synthetic("b", [b / 2 for b in bpp], quality)
@@ -178,16 +185,70 @@ def test_bd_rate_value_and_nan_reasons() -> None:
     assert list(r) == [0.1, 0.2, 0.4] and list(q) == [1.0, 2.0, 4.0]
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from analysis import cli as acli
+@pytest.mark.parametrize("argv, needle", [
+    (["results=NOPE"], "results directory NOPE does not exist"),
+    (["results=EMPTY"], "no result shards under EMPTY"),
+    (["results=EMPTY", "metrics=[psnr,bogus]"], "unknown metrics ['bogus']"),
+    ([], "missing required option(s): results=..."),
+])
+def test_cli_errors_are_one_line(argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from analysis import rd_curves
 
-    for argv, needle in [([f"results={tmp_path / 'nope'}"], "does not exist"), ([f"results={tmp_path}"], "no result"),
-                         ([f"results={tmp_path}", "metrics=psnr,bogus"], "unknown metrics"), ([], "results=...")]:
-        with pytest.raises(SystemExit) as exc:
-            acli.run(rd_curves._main, argv, rd_curves.OPTIONS, "analysis.rd_curves", "about")
-        err = capsys.readouterr().err
-        assert exc.value.code != 0 and err.strip().count("\n") == 0 and needle in err, err
+    subst = {"NOPE": str(tmp_path / "nope"), "EMPTY": str(tmp_path)}
+    argv = [a.replace("NOPE", subst["NOPE"]).replace("EMPTY", subst["EMPTY"]) for a in argv]
+    code, out, err = run_task(rd_curves.rd_curves, "rd_curves", argv, capsys)
+    needle = needle.replace("NOPE", subst["NOPE"]).replace("EMPTY", subst["EMPTY"])
+    assert code == 2 and err == f"error: {err[7:].strip()}\n" and needle in err, err
+    assert not (tmp_path / "figures").exists()
+
+
+def test_report_bad_anchor_and_method_are_one_line(results: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_task(report.report, "report", [f"results={results}", "anchor=nope"], capsys)
+    assert code == 2 and err.startswith("error: anchor 'nope' not among the models of kodak-small: gaussian, tiny-sd15")
+    code, _, err = run_task(report.report, "report", [f"results={results}", "method=linear"], capsys)
+    assert code == 2 and err == "error: method must be one of akima, pchip, cubic, got 'linear'\n"
+
+
+def test_real_command_lines(results: Path, tmp_path: Path) -> None:
+    """The Hydra apps as users run them: a job dir (its name has '=') as results, comma lists,
+    --help, Hydra-level errors in one line, and nothing written where they run."""
+    job = results / "model=gaussian"
+    out = tmp_path / "figs, gaussian"  # a path Hydra's grammar would misread
+    r = cli("analysis.rd_curves", f"results={job}", "metrics=psnr,ms_ssim", "formats=png", f"out={out}", cwd=tmp_path)
+    assert r.stdout.splitlines() == ["kodak-small-rd-psnr: 1 models", "kodak-small-rd-ms_ssim: 1 models"]
+    assert sorted(p.name for p in out.iterdir()) == [f"kodak-small-rd-{m}.{e}" for m in ("ms_ssim", "psnr")
+                                                     for e in ("csv", "png")]
+    side = pd.read_csv(out / "kodak-small-rd-psnr.csv")
+    want = expected_curve(load_results(job)[0], "gaussian", "psnr")
+    np.testing.assert_allclose(side.loc[side["series"] == "codec", "value"], want["value"], rtol=1e-12)
+    r = cli("analysis.report", f"results={job}", f"out={tmp_path / 'rep'}", "method=pchip", cwd=tmp_path)
+    assert r.stdout.startswith(f"{tmp_path / 'rep'}.md: 4 rate points, 0 BD-rate pairs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs, gaussian", "rep-bdrate.csv", "rep-points.csv",
+                                                          "rep.md"]  # no outputs/, .hydra/, multirun/
+    for module in ("analysis.rd_curves", "analysis.report"):
+        r = cli(module, "--help", cwd=tmp_path)
+        assert f"python -m {module} results=DIR" in r.stdout and "results: ???" in r.stdout
+        for argv, needle in [(["bogus=1"], "error: unknown option 'bogus' (see --help"),
+                             (["results=a", "method=a,b"] if module == "analysis.report" else ["results=a", "debug=a,b"],
+                              "is a sweep: write [a,b] for a list"),
+                             (["results"], "error: cannot parse 'results'"),
+                             ([f"results={tmp_path / 'nope'}"], "does not exist")]:
+            r = cli(module, *argv, cwd=tmp_path, ok=False)
+            assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and needle in r.stderr, (argv, r.stderr)
+            assert "Traceback" not in r.stderr
+
+
+def test_importing_the_analysis_loads_neither_torch_nor_the_pipelines() -> None:
+    code = ("import sys; import analysis.rd_curves, analysis.report, analysis.results; "
+            "from omegaconf import OmegaConf; "
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'pipelines'); "
+            "assert not bad, bad; assert not OmegaConf.has_resolver('or_defaults'); print('clean')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "clean", r.stderr
+    # and the check can fail: importing the pipelines does load torch
+    r = subprocess.run([sys.executable, "-c", "import sys, pipelines.evaluate; assert 'torch' not in sys.modules"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "AssertionError" in r.stderr
 
 
 def test_fid_figure_from_the_dataset_table(results: Path, tmp_path: Path) -> None:
@@ -196,7 +257,6 @@ def test_fid_figure_from_the_dataset_table(results: Path, tmp_path: Path) -> Non
     import shutil
 
     from analysis.rd_curves import render
-    from pipelines.evaluate import FID_COLUMNS
 
     root = tmp_path / "r"
     shutil.copytree(results, root, ignore=shutil.ignore_patterns("figures", "report*"))
@@ -223,3 +283,28 @@ def test_fid_figure_from_the_dataset_table(results: Path, tmp_path: Path) -> Non
         assert list(side[(side["model"] == model) & (side["series"] == "vae")]["value"]) == [5.0]
         assert done[("kodak-small", "fid")][model]["vae"] == 5.0
     assert (root / "figures" / "kodak-small-rd-kid.png").exists()
+
+
+@pytest.mark.parametrize("value", ["out/model=sdxl,dataset=kodak", "it's", "C:\\x\\", "a\\'b", "a b, c", "1", "",
+                                   "[x]", "${oc.env:HOME}/x", "a\\\\'"])
+def test_verbatim_values_reach_the_config_as_typed(value: str) -> None:
+    """What a user types for a path or caption is what the command gets (Hydra's grammar would
+    read most of these as something else, or fail)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from analysis.cli import normalize
+
+    (arg,) = normalize([f"results={value}"], verbatim=["results"])
+    assert OverridesParser.create().parse_override(arg).value() == value
+    assert normalize([f"other={value}"], verbatim=["results"]) == [f"other={value}"]  # other keys untouched
+
+
+def test_normalize_lists_null_and_sweeps() -> None:
+    from analysis.cli import normalize
+
+    got = normalize(["metrics=psnr,lpips", "formats=png", "metrics=[a,b]", "results=null", "results=plain/dir"],
+                    verbatim=["results"], lists=["metrics", "formats"])
+    assert got == ["metrics=[psnr,lpips]", "formats=[png]", "metrics=[a,b]", "results=null", "results=plain/dir"]
+    # in multirun a comma is a sweep: left to Hydra; an unparsable path is still quoted
+    assert normalize(["-m", "metrics=a,b", "results=a,b", "results=x=y"], verbatim=["results"], lists=["metrics"]) \
+        == ["-m", "metrics=a,b", "results=a,b", "results='x=y'"]

@@ -1,19 +1,21 @@
-"""Command lines: pipelines.compress / pipelines.decompress round trips and bad input.
+"""Command lines: pipelines.compress / pipelines.decompress round trips and bad input, and the one
+convention of every command (Hydra key=value, --help, one-line errors, paths taken verbatim).
 
 Bad input must give one line on stderr, a non-zero exit and no output file. Most cases run the
 Hydra task in-process (compose + call) for speed; the real ``python -m`` path runs a few times.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from analysis.cli import call
 from diffc import format as fmt
 from pipelines.common import CONF_DIR
 from pipelines.compress import compress
@@ -33,22 +35,18 @@ def odd_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_task(task, config: str, overrides: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Compose ``conf/CONFIG.yaml`` with ``overrides`` and run ``task`` as the CLI would."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config, overrides=overrides + ["progress=false"])
-    code = 0
-    try:
-        task(cfg)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
+def run_task(task, config: str, overrides: list[str], capsys: pytest.CaptureFixture,
+             progress: bool = False) -> tuple[int, str, str]:
+    """Run a command in process (``analysis.cli.call``: compose ``conf/CONFIG.yaml`` + ``overrides``, and
+    ``progress=false`` unless the command has no progress bar): (exit status, stdout, stderr)."""
+    code = call(task, config, overrides + ([] if progress else ["progress=false"]))
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args, "progress=false"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+def cli(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args, "progress=false"], cwd=cwd,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +179,90 @@ def test_decompress_refuses_other_weights(encoded: dict[str, Path], tmp_path: Pa
     assert not out.exists()
 
 
+def test_decompress_bad_recon_steps_is_one_line(encoded: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """The codec validates recon_steps (the pipelines keep no copy of the rule): one line, no file."""
+    out = tmp_path / "o.png"
+    code, _, err = run_task(decompress, "decompress", [f"input={encoded['diffc']}", f"output={out}",
+                                                       "recon_steps=0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "recon_steps must be in 1..1000" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=nope", "input=x", "output=y", "timestep=1"], "error: unknown model 'nope'; available: "),
+    (["bogus=1", "input=x", "output=y"], "error: unknown option 'bogus' (see --help"),
+    (["model.options.bogus=1", "input=x", "output=y"], "error: unknown option 'model.options.bogus'"),
+    (["input=x", "output=y", "timestep=1,2"], "error: 'timestep=1,2' is a sweep: write [a,b] for a list"),
+    (["input=x", "output=y", "timestep=[1"], "error: cannot parse 'timestep=[1'"),
+])
+def test_real_cli_hydra_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    r = cli("pipelines.compress", *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(needle) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if "unknown model" in needle:  # the list of the model configs there are
+        listed = r.stderr.strip().split("available: ")[1].split(", ")
+        assert listed == sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")) and "gaussian" in listed
+    assert not list(tmp_path.iterdir())  # nothing written, no Hydra output dir
+
+
 def test_real_cli_errors_and_help(tmp_path: Path) -> None:
-    r = cli("pipelines.compress", "model=nope", "input=x", "output=y", "timestep=1")
-    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "unknown model 'nope'" in r.stderr
     r = cli("pipelines.decompress", f"input={tmp_path / 'none.diffc'}", f"output={tmp_path / 'o.png'}")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "No such file" in r.stderr
     for module in ("pipelines.compress", "pipelines.decompress"):
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and "input" in r.stdout and "output" in r.stdout
+    for module, usage in [("pipelines.demo", "python -m pipelines.demo [root=outputs]"),
+                          ("pipelines.fit_gaussian", "python -m pipelines.fit_gaussian [images=DIR] [out=FILE.npz]"),
+                          ("pipelines.evaluate", "python -m pipelines.evaluate [-m] model=NAME dataset=NAME")]:
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and usage in r.stdout, (module, r.stdout[-500:])
+
+
+def test_paths_are_taken_verbatim(odd_image: Path, tmp_path: Path) -> None:
+    """Paths with ',' '=' and spaces (a sweep, an override and Hydra grammar, unquoted) round-trip;
+    nothing is written where the command runs."""
+    d = tmp_path / "model=x,dataset=y" / "a b"
+    d.mkdir(parents=True)
+    img, f, rep, dec = d / "in,1.png", d / "k=1.diffc", d / "rep, 1.png", d / "dec=1.png"
+    img.write_bytes(odd_image.read_bytes())
+    work = tmp_path / "cwd"
+    work.mkdir()
+    r = cli("pipelines.compress", "model=gaussian", f"input={img}", f"output={f}", "timestep=300",
+            f"recon_output={rep}", "caption=a cat, sleeping", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert fmt.read(f.read_bytes())[0].caption == "a cat, sleeping"
+    r = cli("pipelines.decompress", f"input={f}", f"output={dec}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert dec.read_bytes() == rep.read_bytes()
+    assert not list(work.iterdir())
+
+
+def test_fit_gaussian(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The prior fit as a command: the file it writes is the fit of the folder's images and loads as
+    the backbone's prior; the old module name runs the same command; an empty folder is one line."""
+    from diffc.backbones.gaussian import GaussianBackbone
+    from diffc.backbones.gaussian_fit import fit
+    from pipelines.fit_gaussian import fit_gaussian
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
+    out = tmp_path / "fit" / "prior.npz"
+    code, stdout, err = run_task(fit_gaussian, "fit_gaussian", [f"images={tmp_path}", f"out={out}"], capsys, True)
+    assert code == 0 and stdout.strip() == f"fitted on 2 images -> {out}", err
+    mean, var = fit(sorted(tmp_path.glob("i*.png")))
+    with np.load(out) as got:
+        np.testing.assert_array_equal(got["mean"], mean)
+        np.testing.assert_array_equal(got["var"], var)
+    assert mean.shape == (3, 8, 8) and (var > 0).all()
+    GaussianBackbone(params_path=out)
+    r = subprocess.run([sys.executable, "-m", "diffc.backbones.gaussian_fit", f"images={tmp_path}",
+                        f"out={tmp_path / 'again.npz'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again.npz").read_bytes() == out.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_task(fit_gaussian, "fit_gaussian", [f"images={empty}", f"out={tmp_path / 'x.npz'}"], capsys,
+                            True)
+    assert code == 2 and err == f"error: no images (.png, .jpg, .jpeg) in {empty}\n"
+    assert not (tmp_path / "x.npz").exists()

@@ -267,3 +267,39 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert "positive timesteps" in json.loads((bad / "failed.json").read_text())["error"]
     (good,) = [p.parent for p in tmp_path.rglob("done.json")]
     assert "stop_timesteps=[700]" in good.name and len(list((good / "shards").glob("*.parquet"))) == 1
+
+
+def test_one_metric_list() -> None:
+    """The metric registry, the results columns and the metric configs all follow analysis.schema."""
+    from omegaconf import OmegaConf
+
+    from analysis.schema import COLUMNS, DATASET_METRICS, FID_COLUMNS, METRICS, PER_IMAGE_METRICS, frame
+    from pipelines.common import CONF_DIR
+    from pipelines.metrics import REGISTRY, MetricSet
+
+    assert tuple(REGISTRY) == PER_IMAGE_METRICS == ("psnr", "ms_ssim", "lpips", "dists", "qalign")
+    assert DATASET_METRICS == ("fid", "kid") and set(METRICS) == {*PER_IMAGE_METRICS, *DATASET_METRICS}
+    assert [c for c in COLUMNS if c in METRICS] == list(PER_IMAGE_METRICS)
+    assert [c for c in FID_COLUMNS if c in METRICS] == list(DATASET_METRICS)
+    assert list(frame([{"psnr": 30.0}]).columns) == list(COLUMNS)
+    for path in (CONF_DIR / "metrics").glob("*.yaml"):
+        assert set(OmegaConf.load(path).names) <= set(PER_IMAGE_METRICS), path
+    with pytest.raises(ValueError, match=r"unknown metrics \['fid'\]; available: psnr, ms_ssim, lpips, dists, qalign"):
+        MetricSet(["fid"])
+    values, reasons = MetricSet(["psnr"]).compute(np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 1, np.uint8))
+    assert values["psnr"] == pytest.approx(10 * np.log10(255**2)) and set(values) == set(PER_IMAGE_METRICS)
+    assert reasons == {m: "not requested" for m in PER_IMAGE_METRICS if m != "psnr"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-m", "model=gaussian,nope"], "error: unknown model 'nope'; available: "),
+    (["bogus=1"], "error: unknown option 'bogus' (see --help"),
+    (["dataset=nope"], "error: unknown dataset 'nope'; available: "),
+    (["model=gaussian,tiny-sd15"], "error: 'model=gaussian,tiny-sd15' is a sweep"),
+])
+def test_evaluate_command_line_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    out = subprocess.run(evaluate_cmd([*args, "dry_run=true"], tmp_path / "root"), cwd=tmp_path, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith(needle) and len(out.stderr.strip().splitlines()) == 1, \
+        out.stderr
+    assert not list(tmp_path.iterdir())  # no job dir, no Hydra output dir

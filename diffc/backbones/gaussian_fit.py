@@ -1,22 +1,21 @@
 """Fit the Gaussian backbone's prior (mean and variance per colour channel x DCT frequency).
 
-    python -m diffc.backbones.gaussian_fit [IMAGE_DIR] [--out diffc/backbones/params/gaussian_kodak.npz]
+    python -m diffc.backbones.gaussian_fit [images=DIR] [out=diffc/backbones/params/gaussian_kodak.npz]
 
-IMAGE_DIR defaults to $DIFFC_CACHE/kodak (the verified Kodak download; ``make seed-data`` fills
-it offline). Each image is cropped to multiples of 8; statistics are pooled over all blocks.
+The command line is ``pipelines.fit_gaussian``'s (a Hydra app like every command of the project;
+the codec core has no command-line framework, so running this module hands over to it). ``images``
+defaults to $DIFFC_CACHE/kodak (the verified Kodak download; ``make seed-data`` fills it
+offline). Each image is cropped to multiples of 8; statistics are pooled over all blocks.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .gaussian import BLOCK, DEFAULT_PARAMS, to_coefficients
+from .gaussian import BLOCK, to_coefficients
 
 VAR_FLOOR = 1e-6
 
@@ -39,24 +38,7 @@ def fit(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_dir = Path(os.environ.get("DIFFC_CACHE", Path.home() / ".cache" / "diffc")) / "kodak"
-    ap.add_argument("image_dir", nargs="?", type=Path, default=default_dir)
-    ap.add_argument("--out", type=Path, default=DEFAULT_PARAMS)
-    args = ap.parse_args(argv)
-    paths = sorted(p for p in args.image_dir.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-    if not paths:
-        print(f"error: no images in {args.image_dir}", file=sys.stderr)
-        return 2
-    mean, var = fit(paths)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp.npz")
-    np.savez(tmp, mean=mean, var=var)
-    os.replace(tmp, args.out)
-    print(f"fitted on {len(paths)} images -> {args.out}")
-    return 0
+if __name__ == "__main__":  # only when run as a script: importing this module loads no pipelines code
+    import runpy
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("pipelines.fit_gaussian", run_name="__main__", alter_sys=True)
