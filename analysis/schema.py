@@ -40,11 +40,11 @@ DATASET_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if not m.
 HIGHER_IS_BETTER: dict[str, bool] = {n: m.higher_is_better for n, m in METRICS.items()}
 UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
 
-#: the results table, in order (DESIGN.md section 2 first)
+#: the results table, in order (docs/design.md §2 first)
 COLUMNS: tuple[str, ...] = (
     "model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
-    "config_hash", "timestep", "target_bpp", "delivered_bits", "width", "height",
+    "config_hash", "timestep", "target_bpp", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
     "ms_ssim_scales", "metric_errors",
 )
 INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",

@@ -1,10 +1,10 @@
 """Shared plumbing of the benchmarks: argparse, machine info, sources, the final JSON line.
 
 Every benchmark is ``python benchmarks/NAME.py [--quick]``: the one place the project uses argparse
-flags instead of Hydra ``key=value`` overrides, because the benchmark contract (DESIGN.md §2) fixes
+flags instead of Hydra ``key=value`` overrides, because the benchmark contract (docs/design.md §2) fixes
 the ``--quick`` flag. Progress and tables go to stdout,
 and the LAST stdout line is one JSON object (``emit``) with the headline figures, ``bench``,
-``quick`` and ``machine`` (DESIGN.md §2). Speed is only ever reported as a ratio against a
+``quick`` and ``machine`` (docs/design.md §2). Speed is only ever reported as a ratio against a
 baseline measured in the same run (absolute times on a shared machine are noise).
 
 This module is not a benchmark: ``python benchmarks/_common.py`` does nothing (``make bench``

@@ -100,7 +100,7 @@ FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_
                         guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 FLUX_PARAMS = 11.9e9  # FLUX.1-dev transformer parameters
 
-#: Mean per-step KL (bits) of the reference's per-step KL tables (../shared/reference/seed-settings.json):
+#: Mean per-step KL (bits) of the reference's per-step KL tables (docs/reference/seed-settings.json):
 #: sets the number of chunks per step (KL / 12). Cost is dominated by K x latent size, not by this.
 REF_STEP_KL_BITS = {"sd15": 103949 / 161, "sd21": 104596 / 161, "sdxl": 214614 / 161, "flux-dev": 1477119 / 152}
 
@@ -395,8 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vae", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from diffc.device import resolve_device
+
+    device = resolve_device(args.device)
     steps = args.steps or (1 if args.quick else 3)
     warmup = 0 if args.quick else 1
 

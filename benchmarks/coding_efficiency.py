@@ -12,7 +12,7 @@ chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``di
 plus the overhead split (header, side info = chunk counts, index payload; each / sum KL), the
 index code against the best static ZIPF_SCALE of a grid (diffc.entropy; a constant the decoder would share), and the chunk-KL
 imbalance: each chunk's real KL against its budget chunk_bits (the plan is made from decoder-side
-weights, so a chunk's realised KL is random; DESIGN.md §3).
+weights, so a chunk's realised KL is random; docs/design.md §3).
 
 Two measurement paths, both with real .diffc files (header + range-coded payload):
 

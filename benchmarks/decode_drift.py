@@ -27,12 +27,12 @@ except ImportError:
 import torch
 
 from diffc.codec import DiffcCodec
+from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 from pipelines.common import build_codec, model_config
 
 BACKBONES = {"gaussian": "paper", "tiny-sd15": "paper", "tiny-flux": "paper-flux"}
 STOP_T = 10
 PERTURBATION = 1e-3
-DESYNC_DB = 30.0
 
 
 def codec_for(name: str, schedule: str, deterministic: bool = True, options: dict | None = None) -> DiffcCodec:
@@ -67,11 +67,6 @@ def perturbed(codec: DiffcCodec, seed: int) -> DiffcCodec:
     return codec
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.double().cpu() - b.double().cpu()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def measure(enc: DiffcCodec, point, image: torch.Tensor, dec: DiffcCodec, threads: int) -> dict:
     """Decode ``point.data`` with ``dec`` at ``threads`` torch threads; drift against the encoder."""
     ref = enc.reconstruct(point.x_t, point.timestep, *image.shape[-2:],
@@ -84,10 +79,9 @@ def measure(enc: DiffcCodec, point, image: torch.Tensor, dec: DiffcCodec, thread
         return {"desync": True, "error": f"{type(e).__name__}: {e}"}
     finally:
         torch.set_num_threads(2)
-    finite = bool(torch.isfinite(d.x_t).all() and torch.isfinite(d.image).all())
-    drift_db = psnr(d.image, ref) if finite else -math.inf
+    drift_db = drift_psnr_db(ref, d.image) if bool(torch.isfinite(d.x_t).all()) else -math.inf
     return {"drift_xt_max": float((d.x_t.cpu() - point.x_t.cpu()).abs().max()), "drift_psnr_db": drift_db,
-            "desync": (not finite) or drift_db < DESYNC_DB, "warned": d.drift_warning is not None,
+            "desync": desynchronised(drift_db), "warned": d.drift_warning is not None,
             "decode_s": time.perf_counter() - t0}
 
 
@@ -130,7 +124,7 @@ def main() -> None:
         "bit_exact_cases": sum(r.get("drift_xt_max") == 0.0 for r in by_case.values()),
         "goal_min_drift_psnr_db": 40.0,
         "by_case": by_case,
-        "setup": {"backbones": BACKBONES, "stop_t": STOP_T, "perturbation": PERTURBATION, "desync_below_db": DESYNC_DB,
+        "setup": {"backbones": BACKBONES, "stop_t": STOP_T, "perturbation": PERTURBATION, "desync_below_db": DESYNC_PSNR_DB,
                   "image": "kodak-small[0] 64x64", "encode_threads": 2},
     }
     C.emit("decode_drift", args, figures, t_start)

@@ -38,6 +38,7 @@ import torch
 
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.errors import describe
 from diffc.schedule import encoding_timesteps
 from pipelines.common import build_codec, model_config
 
@@ -148,7 +149,7 @@ def run_case(data: bytes, codecs, hang_s: float) -> tuple[str, str]:
     except Hang:
         return "hang", ""
     except Exception as e:  # noqa: BLE001 (the point: anything else is a crash)
-        return "crash", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return "crash", describe(e)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 

@@ -127,10 +127,15 @@ def register_backbone(*names: str):
     return deco
 
 
+def registered_backbones() -> list[str]:
+    """Names of every registered backbone (the built-in adapters included), sorted."""
+    from . import backbones  # noqa: F401  (registers the built-in adapters)
+
+    return sorted(_REGISTRY)
+
+
 def load_backbone(name: str, **options: Any) -> Backbone:
     """Build the backbone registered as ``name`` (options come from conf/model/NAME.yaml)."""
-    from . import backbones  # noqa: F401
-
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if name not in registered_backbones():
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(registered_backbones())}")
     return _REGISTRY[name](**options)

@@ -34,7 +34,7 @@ from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain
 from .channels import PfrChannel, PfrSettings, PfrStepRecord
-from .determinism import check_provenance, default_threads, deterministic, provenance_here
+from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
 from .schedule import encoding_timesteps
 
 log = logging.getLogger("diffc")
@@ -309,6 +309,22 @@ class DiffcCodec:
             image = self.reconstruct(x, self.timesteps[header.n_steps], header.height, header.width, cond,
                                      recon or header.recon, recon_steps or header.recon_steps)
         return x, image
+
+    def drift(self, point: RatePoint, decoded: DecodeResult) -> tuple[float, float]:
+        """(max |x_t decoder - x_t encoder|, PSNR in dB between the encoder-side and the decoder's
+        reconstructions) of a file this codec encoded and decoded: (0, inf) when x_t is bit-exact
+        (the same codec then reconstructs the same image), (inf, -inf) when the decoder's x_t is not
+        finite. ``diffc.determinism.desynchronised`` tells drift from desynchronisation."""
+        if not bool(torch.isfinite(decoded.x_t).all()):
+            return math.inf, -math.inf
+        xt_max = float((decoded.x_t.cpu() - point.x_t.cpu()).abs().max())
+        if xt_max == 0.0 or decoded.image is None:
+            return xt_max, math.inf if xt_max == 0.0 else math.nan
+        h = decoded.header
+        with deterministic(h.provenance.threads or default_threads() if self.deterministic else None):
+            ref = self.reconstruct(point.x_t, point.timestep, h.height, h.width, self.backbone.condition(h.caption),
+                                   h.recon, h.recon_steps)
+        return xt_max, drift_psnr_db(ref, decoded.image)
 
     # ---- reconstruction -------------------------------------------------------------------
     @torch.no_grad()

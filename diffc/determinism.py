@@ -19,6 +19,7 @@ another receiver may decode, with drift); ``check_provenance`` names what differ
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -28,6 +29,10 @@ from typing import Iterator
 import torch
 
 from .format import DEVICE_TYPES, DTYPES, MAX_THREADS, Provenance
+
+#: a decoder whose reconstruction is further than this (PSNR, dB) from the encoder's has
+#: desynchronised; rounding drift stays far above it (benchmarks/decode_drift.py)
+DESYNC_PSNR_DB = 30.0
 
 #: cuBLAS deterministic workspace (PyTorch's reproducibility notes); must be set before CUDA starts
 CUBLAS_WORKSPACE = ":4096:8"
@@ -64,6 +69,21 @@ def check_provenance(encoder: Provenance, receiver: Provenance) -> str | None:
         return None
     return (f"decoding with {receiver.describe()}, the file was encoded with {encoder.describe()} "
             f"({', '.join(diff)} differ): x_t may drift from the encoder's (never desynchronise)")
+
+
+def drift_psnr_db(encoder_image: torch.Tensor, decoder_image: torch.Tensor) -> float:
+    """PSNR (dB, peak 1) between the encoder-side and the decoder-side reconstructions of one file
+    (images in [0, 1]): inf when equal, -inf when the decoder's is not finite."""
+    dec = decoder_image.detach().double().cpu()
+    if not bool(torch.isfinite(dec).all()):
+        return -math.inf
+    mse = float(((encoder_image.detach().double().cpu() - dec) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def desynchronised(drift_db: float, min_db: float = DESYNC_PSNR_DB) -> bool:
+    """A decode counts as desynchronised (not rounding drift) below ``min_db`` or when non-finite."""
+    return not drift_db >= min_db
 
 
 def default_threads() -> int:

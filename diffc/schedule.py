@@ -128,8 +128,8 @@ class NoiseSchedule:
 
 # ---- named encoding schedules (stored by name in the .diffc header) ----------------------------
 
-# The reference implementation's encoding timesteps (shared/reference/seed-settings.json, SD-1.5):
-# 972 -> 1 on the 1000-step grid, 160 steps, denser at low noise.
+# The reference implementation's encoding timesteps (docs/reference/seed-settings.json, SD-1.5):
+# 972 -> 1 on the 1000-step grid, 161 steps, denser at low noise.
 PAPER_TIMESTEPS: tuple[int, ...] = (
     972, 949, 929, 897, 869, 834, 805, 780, 751, 726, 704, 688, 670, 648, 627, 608, 591, 578, 561,
     546, 530, 520, 510, 498, 491, 480, 465, 455, 447, 438, 429, 419, 410, 402, 390, 380, 371, 361,
@@ -139,12 +139,15 @@ PAPER_TIMESTEPS: tuple[int, ...] = (
     82, 80, 78, 76, 74, 72, 70, 68, 66, 64, 62, 60, 58, 56, 54, 52, 50, 48, *range(47, 0, -1),
 )
 
+#: where generated schedules start, as a fraction of T: the reference's first timestep (972 of 1000)
+TOP_FRACTION = PAPER_TIMESTEPS[0] / 1000
+
 
 def encoding_timesteps(name: str, num_train_timesteps: int = 1000) -> list[int]:
     """Resolve a named encoding schedule to strictly decreasing timesteps (without the start T).
 
-    Names: ``paper`` (the reference's 160 steps; ``paper-flux`` stops at 10 as the reference's
-    Flux setting does), ``linspace-N`` (N steps evenly from 0.972 T down to 1),
+    Names: ``paper`` (the reference's 161 steps; ``paper-flux`` stops at 10 as the reference's
+    Flux setting does), ``linspace-N`` (N steps evenly from TOP_FRACTION x T = 0.972 T down to 1),
     ``geom-N`` (N steps log-spaced from 0.972 T down to 1: denser at low noise).
     """
     if name == "paper":
@@ -155,7 +158,7 @@ def encoding_timesteps(name: str, num_train_timesteps: int = 1000) -> list[int]:
         kind, _, n_str = name.partition("-")
         if not n_str.isdigit() or not 1 <= int(n_str) <= num_train_timesteps:
             raise ValueError(f"bad schedule name {name!r}: expected {kind}-N with 1 <= N <= {num_train_timesteps}")
-        n, top = int(n_str), round(0.972 * num_train_timesteps)
+        n, top = int(n_str), round(TOP_FRACTION * num_train_timesteps)
         grid = np.linspace(top, 1, n) if kind == "linspace" else np.geomspace(top, 1, n)
         ts = sorted({int(round(v)) for v in grid}, reverse=True)
     else:

@@ -4,7 +4,7 @@ Datasets (``load_dataset(name, **options)``; the options are the keys of conf/da
 
 - ``kodak``: the 24 Kodak images at native 768x512 / 512x768, fetched with pooch from
   r0k.us and verified against the sha256 hashes below. Offline machines pre-seed the cache
-  (``make seed-data`` copies ../shared/datasets/kodak into ``$DIFFC_CACHE/kodak``): the same
+  (``make seed-data`` copies a local Kodak folder, ``SHARED_KODAK``, into ``$DIFFC_CACHE/kodak``): the same
   fetch code then only verifies the hashes.
 - ``kodak-small``: a few Kodak images (default kodim01, 05, 15, 23), center-cropped to a square
   and downscaled with Lanczos to 64x64 -- for demos and fast tests.

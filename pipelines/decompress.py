@@ -6,6 +6,10 @@ The backbone is the one named in the file's header, loaded with the options of
 ``conf/model/<name>.yaml`` (``options.*`` overrides them: a local weights path, the device);
 every codec parameter comes from the header. A file written with other weights or parameters is
 refused (fingerprint mismatch): the decoder could only produce garbage from it.
+
+``recon_reference=ENCODER.png`` (the reconstruction the encoder's side made, e.g. a sweep's saved
+PNG) reports the drift: the PSNR between it and this decode (inf = identical; below 30 dB the
+decoder desynchronised, and the command fails after writing nothing).
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ from omegaconf import DictConfig
 from analysis import cli
 from diffc import format as fmt
 from diffc.codec import params_from_header
+from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 
-from .common import atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
-from .datasets import to_uint8
+from .common import PipelineError, atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
+from .datasets import read_image, to_tensor, to_uint8
 
 
 @one_line_errors
@@ -31,6 +36,16 @@ def decompress(cfg: DictConfig) -> None:
     params = params_from_header(header)
     codec = build_codec(model_config(header.backbone), vars(params), cfg.options)
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps)
+    drift = None
+    if cfg.recon_reference:
+        ref = read_image(Path(cfg.recon_reference))
+        if ref.shape[:2] != (header.height, header.width):
+            raise PipelineError(f"recon_reference {cfg.recon_reference} is {ref.shape[1]}x{ref.shape[0]}, "
+                                f"the file decodes to {header.width}x{header.height}")
+        drift = drift_psnr_db(to_tensor(ref), to_tensor(to_uint8(result.image)))
+        if desynchronised(drift):
+            raise PipelineError(f"the decoder desynchronised: {drift:.1f} dB from {cfg.recon_reference} "
+                                f"(below {DESYNC_PSNR_DB:g} dB)")
     png = png_bytes(to_uint8(result.image))
     latent = None
     if cfg.latent_output:
@@ -42,8 +57,9 @@ def decompress(cfg: DictConfig) -> None:
         atomic_write(cfg.latent_output, latent)
     print(f"{Path(cfg.output)}: {header.width}x{header.height} from {header.backbone} at t={result.timestep} "
           f"({header.n_steps} steps, {len(data)} B = {len(data) * 8 / (header.width * header.height):.4f} bpp); "
-          f"decode {result.decode_s:.1f} s")
+          f"decode {result.decode_s:.1f} s" + ("" if drift is None else f"; drift vs {cfg.recon_reference}: "
+                                                f"{drift:.2f} dB PSNR (inf = identical)"))
 
 
 if __name__ == "__main__":
-    cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "options.path"))
+    cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "recon_reference", "options.path"))

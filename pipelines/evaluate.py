@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
@@ -45,6 +44,7 @@ from tqdm import tqdm
 from analysis import cli
 from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
                              SHARDS, frame)
+from diffc.determinism import DESYNC_PSNR_DB, desynchronised
 from diffc.device import resolve_device
 from diffc.errors import one_line
 
@@ -125,6 +125,19 @@ def point_label(recon_timestep: int | None, target_bpp: float) -> str:
     return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
 
 
+def verify_threshold(value: Any) -> float | None:
+    """``verify_decode``: a minimum drift PSNR in dB (true = the default DESYNC_PSNR_DB; false or
+    null = no check). Only desynchronisation fails an image, never rounding drift."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DESYNC_PSNR_DB
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"verify_decode must be a number of dB, true or false, got {value!r}") from None
+
+
 # ---- one image ----------------------------------------------------------------------------------
 class Job:
     """The state of one job: config, backbone + codec, metrics, output directory."""
@@ -137,6 +150,7 @@ class Job:
         self.device = resolve_device(cfg.device)
         self.fid = bool(cfg.metrics.get("fid", False))
         self.save_png = bool(cfg.save.recon_png) or self.fid
+        self.min_drift_db = verify_threshold(cfg.verify_decode)
         try:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
         except ValueError as exc:
@@ -186,15 +200,18 @@ class Job:
                 row["metric_errors"] = f"no rate point at or below {target:g} bpp"
                 rows.append(row)
                 continue
-            out = self.codec.decode(point.data)
-            if self.cfg.verify_decode and not torch.equal(out.x_t.cpu(), point.x_t.cpu()):
-                raise PipelineError(f"{image_id} t={point.timestep}: decoded x_t differs from the encoder's")
+            out = self.codec.decode(point.data)  # what a receiver gets: the decoder's image is scored
+            xt_max, drift_db = self.codec.drift(point, out)
+            if self.min_drift_db is not None and desynchronised(drift_db, self.min_drift_db):
+                raise PipelineError(f"{image_id} t={point.timestep}: the decoder desynchronised (drift PSNR "
+                                    f"{drift_db:.1f} dB < verify_decode={self.min_drift_db:g} dB)")
             rec = to_uint8(out.image)
             row |= {"recon_timestep": requested, "step_index": point.step_index, "timestep": point.timestep,
                     "bpp": len(point.data) * 8 / pixels, "bits_total": point.bits_total,
                     "bits_payload": point.bits_payload, "bits_side": point.bits_side,
                     "bits_header": point.bits_header, "kl_bits": point.kl_bits,
-                    "delivered_bits": point.delivered_bits, "decode_s": out.decode_s}
+                    "delivered_bits": point.delivered_bits, "decode_s": out.decode_s,
+                    "drift_xt_max": xt_max, "drift_psnr_db": drift_db}
             self.save(image_id, point_label(requested, target), rec, point.data)
             rows.append(self.score(row, img, rec))
         t0 = time.perf_counter()

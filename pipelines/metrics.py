@@ -208,9 +208,10 @@ def fid_kid(refs: Sequence[np.ndarray], recs: Sequence[np.ndarray], patch: int =
         fid = FrechetInceptionDistance(feature=feat, normalize=True).to(device)
         kid = KernelInceptionDistance(feature=feat, subset_size=min(1000, n), normalize=True).to(device)
         for start in range(0, n, 32):
+            stop = min(start + 32, n)  # n patches of each side, whatever the other side has beyond n
             for metric in (fid, kid):
-                metric.update(torch.cat([_batch(p, device) for p in ref_p[start:start + 32]]), real=True)
-                metric.update(torch.cat([_batch(p, device) for p in rec_p[start:start + 32]]), real=False)
+                metric.update(torch.cat([_batch(p, device) for p in ref_p[start:stop]]), real=True)
+                metric.update(torch.cat([_batch(p, device) for p in rec_p[start:stop]]), real=False)
         return FidKid(float(fid.compute()), float(kid.compute()[0]), n)
     except Exception as exc:  # torch-fidelity missing, weights not downloadable, ...
         return FidKid(math.nan, math.nan, n, f"unavailable ({describe(exc, 200)})")

@@ -95,6 +95,23 @@ def test_bpp_target_picks_highest_rate_within_target(odd_image: Path, tmp_path: 
         assert nxt.bpp > target
 
 
+def test_decompress_reports_drift_from_a_reference(encoded: dict[str, Path], odd_image: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """``recon_reference=``: the encoder's PNG gives 'inf' (identical); an unrelated image is a
+    desync: one line, a non-zero exit, and no output file."""
+    out = tmp_path / "d.png"
+    code, stdout, err = run_task(decompress, "decompress", [f"input={encoded['diffc']}", f"output={out}",
+                                                            f"recon_reference={encoded['reported']}"], capsys)
+    assert code == 0, err
+    assert "drift vs" in stdout and "inf dB PSNR" in stdout and out.read_bytes() == encoded["reported"].read_bytes()
+    other = tmp_path / "other.png"
+    Image.fromarray(255 - np.asarray(Image.open(encoded["reported"]))).save(other)
+    out2 = tmp_path / "d2.png"
+    code, _, err = run_task(decompress, "decompress", [f"input={encoded['diffc']}", f"output={out2}",
+                                                       f"recon_reference={other}"], capsys)
+    assert code != 0 and "desynchronised" in err and len(err.strip().splitlines()) == 1 and not out2.exists()
+
+
 def test_tiny_sd15_cli_round_trip(odd_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     f, rep, dec = tmp_path / "t.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
     code, out, err = run_task(compress, "compress", ["model=tiny-sd15", f"input={odd_image}", f"output={f}",

@@ -106,3 +106,32 @@ def test_fingerprint_ignores_device_and_dtype() -> None:
     assert codec.fingerprint() == fp
     other = build_codec(model_config("tiny-sd15"), {}, {"seed": 1})  # other random weights
     assert other.fingerprint() != fp
+
+
+def test_drift_is_measured_and_told_from_desync(gaussian_backbone) -> None:
+    """A decoder whose model outputs differ by 1e-3 relative noise drifts (finite, far above the
+    desync threshold); one whose chain is pushed off by a large error is a desync."""
+    from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
+    from diffc.backbones.gaussian import GaussianBackbone
+
+    params = CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")
+    img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    enc = DiffcCodec(gaussian_backbone, params)
+    p = enc.encode(img).points[-1]
+    assert enc.drift(p, enc.decode(p.data)) == (0.0, float("inf"))
+
+    def decoder(scale: float) -> DiffcCodec:
+        gen = torch.Generator().manual_seed(0)
+        b = GaussianBackbone()
+        net = b.network
+        b.network = lambda inp, t, cond=None: (lambda o: o * (1 + scale * torch.randn(o.shape, generator=gen)))(
+            net(inp, t, cond))
+        return DiffcCodec(b, params)
+
+    d = decoder(1e-3).decode(p.data)
+    xt_max, db = enc.drift(p, d)
+    assert 0 < xt_max < 0.1 and DESYNC_PSNR_DB + 10 < db < float("inf") and not desynchronised(db)
+    _, bad = enc.drift(p, decoder(3.0).decode(p.data))
+    assert desynchronised(bad)
+    assert drift_psnr_db(img, img) == float("inf") and drift_psnr_db(img, img * float("nan")) == -float("inf")
+    assert desynchronised(float("nan")) and not desynchronised(float("inf"))

@@ -184,8 +184,6 @@ def test_inception_unavailable_gives_nan_with_a_reason() -> None:
     assert r.n_patches == 2 * grid_count(96, 128, PATCH) and r.reason.startswith("unavailable")
 
 
-@pytest.mark.xfail(strict=True, reason="fid_kid feeds ref_p[start:start + 32] past n when the reference "
-                   "side has more patches: slice both sides to the n = min(...) patches it reports")
 def test_unequal_patch_counts_use_n_patches_each(net: RandomFeatures) -> None:
     refs, recs = images(6, seed=0), noisy(images(5, seed=0), 30)  # 108 vs 90 patches
     r = fid_kid(refs, recs, patch=PATCH, feature=net)

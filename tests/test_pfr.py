@@ -80,7 +80,7 @@ def test_ks_check_detects_a_truncated_search() -> None:
 
 
 def test_known_truncation_bias_at_k_2_to_kl_plus_6() -> None:
-    """At 6 bits, 2^12 candidates still miss the Gaussian tail (DESIGN.md section 4): the parallel
+    """At 6 bits, 2^12 candidates still miss the Gaussian tail (docs/design.md §4): the parallel
     projection is rejected and ~8% of the KL is not delivered. Documents the limit of plain PFR."""
     u, z, _ = trials(2, 6.0, 1 << 12, 800, 31)
     assert ks_pvalues(u, z, 31)["parallel"] < ALPHA
@@ -265,7 +265,7 @@ def test_chunk_sums() -> None:
     assert chunk_sums(torch.tensor([1.0, 2, 3, 4, 5, 6]), p).tolist() == [3.0, 7.0, 11.0]
 
 
-# ---- encoder/decoder agreement (DESIGN.md section 4: index x dims overflow) ----------------------------
+# ---- encoder/decoder agreement (docs/design.md §4: index x dims overflow) ----------------------------
 def test_selected_index_is_the_exact_argmin_over_blocks(monkeypatch) -> None:
     """Blocked search (tiny blocks: many carries of the arrival times) = one-shot reference argmin
     of log S_n - z_n . u, with z and S from the public randomness functions."""

@@ -42,6 +42,7 @@ import torch
 
 from ..backbone import Backbone
 from ..device import resolve_device
+from ..errors import describe
 from ..prediction import flow_sigma
 from ..schedule import NoiseSchedule
 
@@ -135,7 +136,7 @@ class WeightsSource:
         and how to fix it."""
         from huggingface_hub import constants
 
-        cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        cause = describe(err)
         env = path_env_var(self.backbone)
         if self.path is not None:
             return (f"backbone {self.backbone!r}: could not load {where} from the local copy "

@@ -6,12 +6,12 @@ Both rotations are orthonormal, so isotropic noise and MSE are the same in laten
 space (MSE per latent entry = MSE per pixel value on the [-1, 1] scale).
 
 Prior: x0 ~ N(m, diag(lam)), with (m, lam) per colour channel and DCT frequency (3 x 8 x 8),
-fitted on Kodak (``python -m diffc.backbones.gaussian_fit``; shipped in params/gaussian_kodak.npz).
+fitted on Kodak (``python -m pipelines.fit_gaussian images=DIR out=F``; shipped in params/gaussian_kodak.npz).
 For x_t = a x0 + s eps the exact denoiser is, per coefficient,
 
     E[x0 | x_t] = m + lam a / (a^2 lam + s^2) (x_t - a m),   mmse(t) = lam s^2 / (s^2 + a^2 lam).
 
-Closed forms (DESIGN.md §1) used by tests and benchmarks: expected KL of step t -> t' is
+Closed forms (docs/design.md §1) used by tests and benchmarks: expected KL of step t -> t' is
 c0^2 mmse(t) / (2 var) nats per coefficient; I(x0; x_t) = 1/2 sum log(1 + a^2 lam / s^2).
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ class GaussianBackbone(Backbone):
         path = Path(params_path) if params_path else DEFAULT_PARAMS
         if not path.is_file():
             raise FileNotFoundError(f"Gaussian prior parameters not found: {path} "
-                                    f"(build them with `python -m diffc.backbones.gaussian_fit`)")
+                                    f"(build them with `python -m pipelines.fit_gaussian images=DIR out=F`)")
         with np.load(path) as f:
             self.mean = torch.from_numpy(f["mean"]).to(torch.float64)
             self.var = torch.from_numpy(f["var"]).to(torch.float64)
