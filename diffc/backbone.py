@@ -29,6 +29,13 @@ class Backbone(ABC):
     Units: images are float tensors [3, H, W] in [0, 1]; latents are float32 tensors [C, h, w]
     already multiplied by the VAE scaling factor (and shifted, where the backbone defines a shift),
     i.e. the x0 of the diffusion process.
+
+    Determinism contract (``diffc.determinism``): ``predict_x0``, ``encode`` and ``decode`` must be
+    deterministic functions of their inputs on one platform (same device type, dtype, library
+    versions, thread count, deterministic kernels: then files decode bit for bit); elsewhere they
+    may differ by rounding (bounded drift). Nothing the decoder uses to read the stream may depend
+    on their outputs: ``kl_weights`` is a function of the shape and timesteps only, and
+    ``config`` (the fingerprint) names the network's function, not its dtype or device.
     """
 
     #: registry name (conf/model/NAME.yaml), written into the .diffc header

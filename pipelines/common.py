@@ -56,9 +56,9 @@ def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
-                option_overrides: Mapping[str, Any] | None = None):
+                option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True):
     """Backbone + ``DiffcCodec`` from a model config, with the non-null codec and option
-    overrides applied.
+    overrides applied. ``deterministic`` False: the codec's speed opt-out (``diffc.determinism``).
 
     Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
     """
@@ -80,7 +80,7 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
         backbone = load_backbone(model.name, **options)
     except Exception as exc:  # missing weights, bad option values: one line for the user
         raise PipelineError(f"model {model.name}: {errors.describe(exc)}") from exc
-    return DiffcCodec(backbone, params)
+    return DiffcCodec(backbone, params, deterministic=bool(deterministic))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

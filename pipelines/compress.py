@@ -58,7 +58,7 @@ def describe(point: RatePoint, n_steps: int) -> str:
 def compress(cfg: DictConfig) -> None:
     require(cfg, "input", "output")
     image = read_image(cfg.input)
-    codec = build_codec(cfg.model, cfg.codec)
+    codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
     x = to_tensor(image)
     try:

@@ -34,7 +34,7 @@ def decompress(cfg: DictConfig) -> None:
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
     params = params_from_header(header)
-    codec = build_codec(model_config(header.backbone), vars(params), cfg.options)
+    codec = build_codec(model_config(header.backbone), vars(params), cfg.options, cfg.deterministic)
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps)
     drift = None
     if cfg.recon_reference:

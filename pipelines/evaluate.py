@@ -155,7 +155,7 @@ class Job:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
-        self.codec = build_codec(cfg.model, cfg.codec)
+        self.codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
         try:
             for t in self.plan.stop_timesteps:
                 self.codec.stop_step_for(t)

@@ -112,6 +112,20 @@ def test_decompress_reports_drift_from_a_reference(encoded: dict[str, Path], odd
     assert code != 0 and "desynchronised" in err and len(err.strip().splitlines()) == 1 and not out2.exists()
 
 
+def test_deterministic_opt_out_from_the_command_line(odd_image: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """``deterministic=false``: the file records that no thread count was fixed; the default fixes
+    this process's count."""
+    threads = {}
+    for flag in ("true", "false"):
+        f = tmp_path / f"{flag}.diffc"
+        code, _, err = run_task(compress, "compress", ["model=gaussian", f"input={odd_image}", f"output={f}",
+                                                       "timestep=500", f"deterministic={flag}"], capsys)
+        assert code == 0, err
+        threads[flag] = fmt.read(f.read_bytes())[0].provenance.threads
+    assert threads["false"] == 0 and threads["true"] >= 1
+
+
 def test_tiny_sd15_cli_round_trip(odd_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     f, rep, dec = tmp_path / "t.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
     code, out, err = run_task(compress, "compress", ["model=tiny-sd15", f"input={odd_image}", f"output={f}",
