@@ -40,16 +40,21 @@ DATASET_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if not m.
 HIGHER_IS_BETTER: dict[str, bool] = {n: m.higher_is_better for n, m in METRICS.items()}
 UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
 
-#: the results table, in order (docs/design.md §2 first)
+#: the results table, in order (docs/design.md §2 first). ``kind``: codec (a rate point of a
+#: diffusion codec), vae (the backbone's autoencoder round trip: the ceiling, no rate) or baseline
+#: (a classic codec, pipelines/baselines.py). ``codec`` names what made the reconstruction: 'diffc'
+#: for codec rows, 'vae' for vae rows, the baseline's name ('jpeg', 'webp', 'avif', 'jxl') for
+#: baseline rows (whose ``quality`` is the codec's quality setting and which do not depend on
+#: ``model``, the job's). Shards written before the column existed read as 'diffc' / 'vae'.
 COLUMNS: tuple[str, ...] = (
-    "model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
+    "model", "dataset", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
-    "config_hash", "timestep", "target_bpp", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
+    "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
     "ms_ssim_scales", "metric_errors",
 )
 INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
-               "height", "ms_ssim_scales")
-STR_COLUMNS = ("model", "dataset", "image", "kind", "config_hash", "metric_errors")
+               "height", "ms_ssim_scales", "quality")
+STR_COLUMNS = ("model", "dataset", "image", "kind", "codec", "config_hash", "metric_errors")
 #: the dataset-level table (fid.parquet)
 FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
                                 "bpp_mean", *DATASET_METRICS, "n_patches", "reason", "config_hash")

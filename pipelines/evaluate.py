@@ -48,6 +48,7 @@ from diffc.determinism import DESYNC_PSNR_DB, desynchronised
 from diffc.device import resolve_device
 from diffc.errors import one_line
 
+from . import baselines as classic
 from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, one_line_errors, plain,
                      png_bytes)
 from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
@@ -156,6 +157,7 @@ class Job:
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
         self.codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
+        self.baselines = classic.from_config(cfg.get("baselines"))  # classic codecs (pipelines.baselines)
         try:
             for t in self.plan.stop_timesteps:
                 self.codec.stop_step_for(t)
@@ -193,7 +195,7 @@ class Job:
         pairs = [(t, by_step[self.codec.stop_step_for(t)]) for t in self.plan.stop_timesteps]
         rows = []
         for requested, point, target in self.plan.select(pairs, pixels):
-            row = self.base_row(image_id, img) | {"kind": "codec", "target_bpp": target,
+            row = self.base_row(image_id, img) | {"kind": "codec", "codec": "diffc", "target_bpp": target,
                                                    "encode_s": res.encode_s}
             if point is None:
                 self.score(row, img, None)
@@ -216,11 +218,11 @@ class Job:
             rows.append(self.score(row, img, rec))
         t0 = time.perf_counter()
         vae = to_uint8(self.codec.vae_roundtrip(x))
-        row = self.base_row(image_id, img) | {"kind": "vae", "target_bpp": math.nan,
+        row = self.base_row(image_id, img) | {"kind": "vae", "codec": "vae", "target_bpp": math.nan,
                                                "decode_s": time.perf_counter() - t0}
         self.save(image_id, "vae", vae, None)
         rows.append(self.score(row, img, vae))
-        return rows
+        return rows + classic.baseline_rows(self, image_id, img)
 
 
 # ---- the job ------------------------------------------------------------------------------------
@@ -233,6 +235,7 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
     """FID/KID per rate point (and for the VAE) from the reconstructions saved in ``job_dir``."""
     refs = [img for _, img in data]
     out = []
+    rows = rows[rows["kind"] != "baseline"]  # no FID/KID for the classic codecs (yet)
     for (kind, t, target), grp in rows.groupby(["kind", "recon_timestep", "target_bpp"], dropna=False):
         label = point_label(None if pd.isna(t) else int(t), target)
         pngs = [job_dir / "recon" / i / f"{label}.png" for i in grp["image"]]
