@@ -1,6 +1,7 @@
 """Rate-distortion figures from a results directory.
 
     python -m analysis.rd_curves results=DIR [metrics=psnr,lpips] [out=DIR/figures] [formats=png,pdf]
+        [reference_points=true] [reference_methods=MS-ILLM,PerCo]
 
 (a Hydra app: ``analysis/conf/rd_curves.yaml``, ``--help`` lists the options; torch is never imported)
 
@@ -10,6 +11,15 @@ mean), and each model's VAE round trip as a dashed horizontal line in the same c
 quality ceiling of its autoencoder). FID/KID come from the dataset-level table (no band).
 Next to each figure, ``{dataset}-rd-{metric}.csv`` holds exactly the plotted points (one row per
 curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
+
+Classic codecs of the sweep (``baselines=[jpeg,...]``, rows of kind baseline) are grey dashed
+curves, one per codec, labelled by its name (``series`` = baseline, ``codec``, ``quality``).
+``reference_points=true`` overlays the published points (``analysis/data/published_points.csv``,
+docs/published.md) whose protocol is the figure's (``make_published.figure_protocol``: e.g.
+dataset kodak at native size = kodak-768x512; a resized or cropped dataset matches nothing) as
+markers, one series per method and source, the protocol in the legend (``series`` = published,
+``method``, ``protocol``, ``source``; a published VAE ceiling without rate is a dotted line).
+Each curve is also written in CompressAI's JSON format (``analysis.export``).
 """
 from __future__ import annotations
 
@@ -28,7 +38,9 @@ from omegaconf import DictConfig  # noqa: E402
 from diffc.errors import UsageError, one_line_errors  # noqa: E402
 
 from . import cli  # noqa: E402
-from .results import load_results, rate_points, vae_ceiling  # noqa: E402
+from .export import write_curves  # noqa: E402
+from .make_published import figure_protocol, load_published, matching_points  # noqa: E402
+from .results import baseline_points, load_results, rate_points, vae_ceiling  # noqa: E402
 from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
 Z95 = 1.96
@@ -43,9 +55,43 @@ def fid_points(fid: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFra
     return codec.sort_values(["dataset", "model", "bpp"], ignore_index=True), ok[ok["kind"] == "vae"]
 
 
+GREYS = ("0.25", "0.45", "0.6", "0.35", "0.5")
+BASELINE_MARKERS = ("s", "^", "v", "D", "P")
+PUBLISHED_MARKERS = ("X", "*", "P", "h", "d", "p", "<", ">", "8", "H")
+SIDECAR = ["model", "series", "codec", "quality", "method", "protocol", "source", "recon_timestep",
+           "target_bpp", "bpp", "value", "lo", "hi", "n"]
+
+
+def plot_baselines(ax: plt.Axes, base: pd.DataFrame) -> None:
+    """Grey dashed curves of the classic codecs (``baseline_points`` of one dataset), one per codec."""
+    for k, (codec, c) in enumerate(base.groupby("codec", sort=True)):
+        ax.plot(c["bpp"], c["value"], ls="--", lw=1.2, marker=BASELINE_MARKERS[k % len(BASELINE_MARKERS)],
+                ms=3.5, color=GREYS[k % len(GREYS)], label=str(codec))
+
+
+def plot_published(ax: plt.Axes, points: pd.DataFrame) -> None:
+    """Published points (``matching_points``): markers per method and source, protocol in the label;
+    a point without rate (a published VAE ceiling) as a dotted horizontal line."""
+    series = list(points.groupby(["method", "source"], sort=True))
+    several = points.groupby("method")["source"].nunique()
+    cmap = plt.get_cmap("tab20")
+    for k, ((method, source), p) in enumerate(series):
+        origin = f", {str(source).split('/')[0]}" if several[method] > 1 else ""
+        label = f"{method} [{p['protocol'].iloc[0]}{origin}]"
+        color = cmap(k % 20)
+        rated = p[p["bpp"].notna()]
+        if len(rated):
+            ax.plot(rated["bpp"], rated["value"], ls=":", lw=0.8, marker=PUBLISHED_MARKERS[k % len(PUBLISHED_MARKERS)],
+                    ms=5, color=color, label=label)
+        for v in p.loc[p["bpp"].isna(), "value"]:
+            ax.axhline(v, ls=":", lw=1.0, color=color, label=f"{label} (no rate)")
+
+
 def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: str,
-            title: str) -> dict[str, dict[str, Any]]:
-    """Draw one RD plot; returns per model what was plotted: bpp, value, lo, hi, vae."""
+            title: str, baselines: pd.DataFrame | None = None,
+            published: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
+    """Draw one RD plot (and the classic codecs' and published curves, when given); returns per
+    model what was plotted: bpp, value, lo, hi, vae."""
     plotted: dict[str, dict[str, Any]] = {}
     models = sorted(set(curves["model"]) | set(ceilings["model"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -66,6 +112,10 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
             else:
                 ax.axhline(entry["vae"], ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
         plotted[model] = entry
+    if baselines is not None and len(baselines):
+        plot_baselines(ax, baselines)
+    if published is not None and len(published):
+        plot_published(ax, published)
     better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     ax.set_xlabel("rate (bits per pixel, bpp)")
     ax.set_ylabel(f"{UNITS[metric]} ({better} is better)")
@@ -78,28 +128,46 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
     return plotted
 
 
-def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame) -> pd.DataFrame:
-    """The sidecar table of one figure: every plotted point (codec curves) and VAE ceiling."""
+def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame,
+                   baselines: pd.DataFrame | None = None, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The sidecar table of one figure: every plotted point (codec curves, classic codecs,
+    published points) and VAE ceiling."""
     out = []
     for model, entry in plotted.items():
         c = curves[curves["model"] == model]
         for i in range(len(entry["bpp"])):
-            out.append({"model": model, "series": "codec", "recon_timestep": c["recon_timestep"].iloc[i],
+            out.append({"model": model, "series": "codec", "codec": "diffc", "recon_timestep": c["recon_timestep"].iloc[i],
                         "target_bpp": c["target_bpp"].iloc[i], "bpp": entry["bpp"][i],
                         "value": entry["value"][i], "lo": entry["lo"][i], "hi": entry["hi"][i],
                         "n": c["n"].iloc[i]})
         if entry["vae"] is not None:
-            out.append({"model": model, "series": "vae", "recon_timestep": pd.NA, "target_bpp": float("nan"),
+            out.append({"model": model, "series": "vae", "codec": "vae", "recon_timestep": pd.NA, "target_bpp": float("nan"),
                         "bpp": float("nan"), "value": entry["vae"], "lo": float("nan"), "hi": float("nan"),
                         "n": pd.NA})
-    return pd.DataFrame(out, columns=["model", "series", "recon_timestep", "target_bpp", "bpp", "value",
-                                      "lo", "hi", "n"])
+    for b in ([] if baselines is None else baselines.to_dict("records")):
+        out.append({"series": "baseline", "codec": b["codec"], "quality": b["quality"], "bpp": b["bpp"],
+                    "value": b["value"], "lo": b["value"] - Z95 * b["sem"], "hi": b["value"] + Z95 * b["sem"],
+                    "n": b["n"]})
+    for p in ([] if published is None else published.to_dict("records")):
+        out.append({"series": "published", "method": p["method"], "protocol": p["protocol"],
+                    "source": p["source"], "quality": pd.NA, "bpp": p["bpp"], "value": p["value"]})
+    df = pd.DataFrame(out, columns=SIDECAR)
+    df["quality"] = df["quality"].astype("Int64")
+    return df
 
 
-def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> dict[tuple[str, str], dict]:
-    """Write every figure; returns {(dataset, metric): plotted data} of the figures written."""
+def render(results: Path, metrics: list[str], out: Path, formats: list[str], reference_points: bool = False,
+           reference_methods: list[str] | None = None,
+           published_csv: str | Path | None = None) -> dict[tuple[str, str], dict]:
+    """Write every figure (and every curve as CompressAI JSON); returns {(dataset, metric): plotted
+    data} of the figures written."""
     rows, fid = load_results(results)
     out.mkdir(parents=True, exist_ok=True)
+    published = load_published(*([published_csv] if published_csv else [])) if reference_points else None
+    if published is not None and reference_methods:
+        unknown = sorted(set(reference_methods) - set(published["method"]))
+        if unknown:
+            raise UsageError(f"unknown reference_methods {unknown}; known: {', '.join(sorted(set(published['method'])))}")
     done: dict[tuple[str, str], dict] = {}
     for metric in metrics:
         if metric in DATASET_METRICS:
@@ -111,15 +179,25 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str]) -> 
             fig, ax = plt.subplots(figsize=(8.0, 4.6))
             band = "" if metric in DATASET_METRICS else ", band: 95% CI of the mean"
             ds_curves = curves[curves["dataset"] == dataset]
+            ds_base = None
+            if metric not in DATASET_METRICS:  # no FID/KID for the classic codecs
+                ds_base = baseline_points(rows, metric)
+                ds_base = ds_base[ds_base["dataset"] == dataset]
+            ds_pub = None
+            if published is not None:
+                protocol = figure_protocol(dataset, rows[rows["dataset"] == dataset])
+                ds_pub = matching_points(published, protocol, metric, reference_methods)
             plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
-                              metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})")
+                              metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})",
+                              ds_base, ds_pub)
             fig.tight_layout()
             stem = out / f"{dataset}-rd-{metric}"
             for fmt in formats:
                 fig.savefig(f"{stem}.{fmt}", dpi=150, bbox_inches="tight")
             plt.close(fig)
-            plotted_points(plotted, ds_curves).to_csv(f"{stem}.csv", index=False)
+            plotted_points(plotted, ds_curves, ds_base, ds_pub).to_csv(f"{stem}.csv", index=False)
             done[(dataset, metric)] = plotted
+    write_curves(rows, out)
     if not done:
         raise UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")
     return done
@@ -137,12 +215,13 @@ def rd_curves(cfg: DictConfig) -> dict[tuple[str, str], dict]:
     if not formats:
         raise UsageError("formats must name at least one figure format, e.g. formats=png,pdf")
     results = Path(cfg.results)
-    written = render(results, metrics, Path(cfg.out) if cfg.out else results / "figures", formats)
+    written = render(results, metrics, Path(cfg.out) if cfg.out else results / "figures", formats,
+                     bool(cfg.reference_points), cli.as_list(cfg.reference_methods))
     for dataset, metric in written:
         print(f"{dataset}-rd-{metric}: {len(written[dataset, metric])} models")
     return written
 
 
 if __name__ == "__main__":
-    cli.main(rd_curves, "rd_curves", verbatim=("results", "out"), lists=("metrics", "formats"),
+    cli.main(rd_curves, "rd_curves", verbatim=("results", "out"), lists=("metrics", "formats", "reference_methods"),
              config_dir=cli.ANALYSIS_CONF_DIR)

@@ -37,7 +37,11 @@ def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise UsageError(f"no result shards under {results} ({len(dirs)} job dirs)")
     out_rows = pd.concat(rows, ignore_index=True)
     out_fid = pd.concat(fids, ignore_index=True) if fids else pd.DataFrame(columns=list(FID_COLUMNS))
-    return frame(out_rows.to_dict("records")), out_fid
+    out = frame(out_rows.to_dict("records"))
+    # shards written before the codec column: their codec and vae rows are DiffC's and the VAE's
+    old = out["codec"].isna()
+    out.loc[old, "codec"] = out.loc[old, "kind"].map({"codec": "diffc", "vae": "vae"})
+    return out, out_fid
 
 
 def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -70,3 +74,19 @@ def vae_ceiling(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
                                                 n=("value", "size")).reset_index()
     agg["value"] = agg["value"].fillna(agg["inf"])
     return agg.drop(columns="inf")
+
+
+def baseline_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean curve per (dataset, codec, quality) of the classic codecs' rows, sorted by bpp.
+
+    Baseline rows do not depend on the job's model, so each image counts once even when several
+    jobs (models) of a sweep computed them. Columns: dataset, codec, quality, bpp, value, sem, n.
+    """
+    base = rows[(rows["kind"] == "baseline") & rows["bpp"].notna()].copy()
+    base["value"] = base[metric].astype(float)
+    base = base[base["value"].notna() & (base["value"].abs() != float("inf"))]
+    base = base.drop_duplicates(["dataset", "codec", "quality", "image", "width", "height"])
+    agg = base.groupby(["dataset", "codec", "quality"]).agg(
+        bpp=("bpp", "mean"), value=("value", "mean"), sd=("value", "std"), n=("value", "size")).reset_index()
+    agg["sem"] = (agg["sd"] / agg["n"] ** 0.5).fillna(0.0)
+    return agg.drop(columns="sd").sort_values(["dataset", "codec", "bpp"], ignore_index=True)

@@ -216,8 +216,8 @@ def test_real_command_lines(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs, gaussian"  # a path Hydra's grammar would misread
     r = cli("analysis.rd_curves", f"results={job}", "metrics=psnr,ms_ssim", "formats=png", f"out={out}", cwd=tmp_path)
     assert r.stdout.splitlines() == ["kodak-small-rd-psnr: 1 models", "kodak-small-rd-ms_ssim: 1 models"]
-    assert sorted(p.name for p in out.iterdir()) == [f"kodak-small-rd-{m}.{e}" for m in ("ms_ssim", "psnr")
-                                                     for e in ("csv", "png")]
+    assert sorted(p.name for p in out.iterdir()) == ["kodak-small-gaussian-diffc.json", *(
+        f"kodak-small-rd-{m}.{e}" for m in ("ms_ssim", "psnr") for e in ("csv", "png"))]
     side = pd.read_csv(out / "kodak-small-rd-psnr.csv")
     want = expected_curve(load_results(job)[0], "gaussian", "psnr")
     np.testing.assert_allclose(side.loc[side["series"] == "codec", "value"], want["value"], rtol=1e-12)
