@@ -29,7 +29,7 @@ from pipelines.evaluate import RatePlan, config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "docs" / "reference" / "seed-settings.json"  # the reference's settings (docs/design.md §2)
-GROUPS = ("model", "dataset", "bitrate", "metrics", "codec", "experiment")
+GROUPS = ("model", "dataset", "bitrate", "metrics", "codec", "experiment", "baselines")
 REAL_MODELS = ["sd15", "sd21", "sdxl", "flux-dev"]
 OFFLINE_MODELS = ["gaussian", "tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-flux"]
 
