@@ -83,7 +83,7 @@ class ProjectedPfrChannel(PfrChannel):
     K x (chunks) candidate entries per step instead of K x D. Everything else (plans, counts,
     splitting, the entropy coder, the file) is the codec's."""
 
-    def __init__(self, settings: PfrSettings, n_dims: int, gen: torch.Generator):
+    def __init__(self, settings: PfrSettings, n_dims: int, *, gen: torch.Generator):
         super().__init__(settings, n_dims)
         self.gen = gen
 
@@ -106,7 +106,7 @@ def run_codec(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator | Non
     """``codec.encode`` of the whole chain: with the codec's own channel (``gen`` None, path
     ``codec``) or with ``ProjectedPfrChannel`` (path ``sim``)."""
     t0 = time.perf_counter()
-    channel = PfrChannel if gen is None else functools.partial(ProjectedPfrChannel, gen=gen)
+    channel = None if gen is None else functools.partial(ProjectedPfrChannel, codec.params.pfr, gen=gen)
     res = codec.encode(image, channel=channel)
     secs = time.perf_counter() - t0
     p = res.points[-1]

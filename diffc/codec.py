@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
-from .chain import Chain
-from .channels import PfrChannel, PfrSettings, PfrStepRecord
+from .chain import Chain, Channel
+from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
 from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
 from .schedule import encoding_timesteps
 
@@ -53,7 +53,12 @@ def check_recon(mode: str | None, steps: int | None) -> None:
 
 @dataclass(frozen=True)
 class CodecParams:
-    """Everything besides the backbone that the decoder needs (all of it goes in the header)."""
+    """Everything besides the backbone that the decoder needs (all of it goes in the header).
+
+    ``codec`` picks the channel of every step: ``diffc`` (PFR reverse-channel coding: chunk_bits,
+    padding_bits, split_above), ``ddcm`` or ``turbo-ddcm`` (a per-step codebook of
+    2^codebook_bits noises; turbo-ddcm sends ``atoms`` of them per step). Parameters of the other
+    codecs are normalised to 0, so equal settings have one fingerprint."""
 
     schedule: str = "paper"
     chunk_bits: int = 12
@@ -63,18 +68,47 @@ class CodecParams:
     recon_steps: int = 50
     #: split a chunk whose real KL exceeds split_above x chunk_bits (0 = never; 1..63.75 in steps of 1/4)
     split_above: float = 2.0
+    codec: str = "diffc"
+    codebook_bits: int = 0
+    atoms: int = 0
 
     def __post_init__(self):
-        if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
-            raise ValueError("chunk_bits must be in 1..24 and padding_bits in 0..8")
-        if self.chunk_bits + self.padding_bits > 24:
-            raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
         check_recon(self.recon, self.recon_steps)
         if not 0 <= self.seed < 2**32:
             raise ValueError("seed must be in 0..2^32-1")
-        if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
-            raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
-        object.__setattr__(self, "split_above", float(self.split_above))  # 2 and 2.0: one fingerprint
+        if self.codec not in fmt.CODECS:
+            raise ValueError(f"codec must be one of {fmt.CODECS}, got {self.codec!r}")
+        if self.codec == "diffc":
+            if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
+                raise ValueError("chunk_bits must be in 1..24 and padding_bits in 0..8")
+            if self.chunk_bits + self.padding_bits > 24:
+                raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
+            if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
+                raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
+            self._set(split_above=float(self.split_above), codebook_bits=0, atoms=0)  # 2 and 2.0: one fingerprint
+            return
+        if not 1 <= self.codebook_bits <= fmt.MAX_CODEBOOK_BITS:
+            raise ValueError(f"codebook_bits must be in 1..{fmt.MAX_CODEBOOK_BITS} for {self.codec}")
+        atoms = self.atoms or 1
+        if self.codec == "ddcm" and atoms != 1:
+            raise ValueError("ddcm sends one codebook index per step: atoms must be 1 (or 0)")
+        if not 1 <= atoms <= min(fmt.MAX_ATOMS, 1 << self.codebook_bits):
+            raise ValueError(f"atoms must be in 1..min({fmt.MAX_ATOMS}, 2^codebook_bits)")
+        self._set(atoms=atoms, chunk_bits=0, padding_bits=0, split_above=0.0)
+
+    def _set(self, **values) -> None:
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
+
+    @property
+    def step_bits(self) -> float:
+        """Bits per coded step of the codebook codecs: log2 K (ddcm), ceil(log2 C(K, M)) + M
+        (turbo-ddcm); 0 for diffc, whose rate varies with the image."""
+        if self.codec == "ddcm":
+            return float(self.codebook_bits)
+        if self.codec == "turbo-ddcm":
+            return float((math.comb(1 << self.codebook_bits, self.atoms) - 1).bit_length() + self.atoms)
+        return 0.0
 
     @property
     def pfr(self) -> PfrSettings:
@@ -119,7 +153,8 @@ class RatePoint:
 class EncodeResult:
     points: list[RatePoint]
     encode_s: float
-    records: list[PfrStepRecord] = field(default_factory=list)  # what the channel did at each step
+    #: what the channel did at each step (``PfrStepRecord`` for diffc: the step_* lists below)
+    records: list[PfrStepRecord | StepRecord] = field(default_factory=list)
 
     @property
     def step_kl_bits(self) -> list[float]:
@@ -171,7 +206,8 @@ def pad_for(backbone: Backbone, image: torch.Tensor) -> torch.Tensor:
 
 class DiffcCodec:
     """Encode/decode images with a backbone (CompressAI-like: bytes in, bytes out): the chain
-    (``diffc.chain``) with the PFR channel (``diffc.channels``), packaged as .diffc files."""
+    (``diffc.chain``) with the channel of ``params.codec`` (``diffc.channels``), packaged as .diffc
+    files."""
 
     def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True):
         """``deterministic``: deterministic kernels and a fixed intra-op thread count (the
@@ -195,7 +231,7 @@ class DiffcCodec:
         p = self.params
         return fmt.Header(self.backbone.name, self.fingerprint(), width, height, p.seed, p.schedule,
                           p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above,
-                          provenance)
+                          provenance, p.codec, p.codebook_bits, p.atoms)
 
     def provenance(self, threads: int | None) -> fmt.Provenance:
         """This process's setting for the loaded backbone (``threads`` None = not fixed)."""
@@ -208,15 +244,15 @@ class DiffcCodec:
     @torch.no_grad()
     def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
                caption: str | None = None, progress: bool = False, max_bits: float | None = None,
-               channel: Callable[[PfrSettings, int], PfrChannel] = PfrChannel) -> EncodeResult:
+               channel: Callable[[int], Channel] | None = None) -> EncodeResult:
         """Encode ``image`` ([3, H, W] in [0, 1]) once; one ``RatePoint`` per stop timestep.
 
         ``stop_timesteps`` None = only the end of the schedule. Points are ordered by decreasing
         timestep (increasing rate). ``max_bits``: stop the chain after the first step whose file
         exceeds ``max_bits`` (no later point can fit a rate target), dropping the stops beyond it;
         file sizes are exact (the running range coder is sealed after each step).
-        ``channel``: makes the channel to send with from (settings, latent entries): ``PfrChannel``
-        or a subclass with another search (benchmarks/coding_efficiency.py).
+        ``channel``: makes the channel to send with from the latent's entry count (default
+        ``make_channel``; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
         """
         t0 = time.perf_counter()
         _check_image(image)
@@ -227,13 +263,13 @@ class DiffcCodec:
         return res
 
     def _encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None, caption: str | None,
-                progress: bool, max_bits: float | None, channel: Callable[[PfrSettings, int], PfrChannel],
+                progress: bool, max_bits: float | None, channel: Callable[[int], Channel] | None,
                 provenance: fmt.Provenance) -> EncodeResult:
         height, width = image.shape[-2:]
         x0 = self.backbone.encode(pad_for(self.backbone, image)).to(torch.float32)
         cond = self.backbone.condition(caption)
         stops = sorted({self.stop_step_for(t) for t in (stop_timesteps or [self.timesteps[-1]])})
-        channel = channel(self.params.pfr, x0.numel())
+        channel = (channel or self.make_channel)(x0.numel())
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
         for step, x in self.chain.run(channel, x, cond, stops[-1], x0=x0, progress=progress):
@@ -261,6 +297,15 @@ class DiffcCodec:
                          height=header.height, bits_header=8 * (len(data) - len(payload)), bits_side=side,
                          bits_payload=8 * len(payload) - side, kl_bits=sum(r.kl_bits for r in records[:k]),
                          delivered_bits=sum(r.delivered_bits for r in records[:k]))
+
+    def make_channel(self, n_dims: int, payload: bytes | None = None) -> PfrChannel | DdcmChannel | TurboDdcmChannel:
+        """The channel of ``params.codec`` for a latent of ``n_dims`` entries (``payload``: decoding)."""
+        p = self.params
+        if p.codec == "ddcm":
+            return DdcmChannel(p.codebook_bits, n_dims, payload)
+        if p.codec == "turbo-ddcm":
+            return TurboDdcmChannel(p.codebook_bits, p.atoms, n_dims, payload)
+        return PfrChannel(p.pfr, n_dims, payload)
 
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""
@@ -300,7 +345,7 @@ class DiffcCodec:
         b = self.backbone
         shape = b.latent_shape(*b.padded_size(header.height, header.width))
         cond = b.condition(header.caption)
-        channel = PfrChannel(self.params.pfr, math.prod(shape), payload)
+        channel = self.make_channel(math.prod(shape), payload)
         x = self.chain.start(shape)
         for _, x in self.chain.run(channel, x, cond, header.n_steps, progress=progress):
             pass
@@ -363,7 +408,8 @@ def params_from_header(header: fmt.Header) -> CodecParams:
     try:
         encoding_timesteps(header.schedule)
         return CodecParams(header.schedule, header.chunk_bits, header.padding_bits, header.seed,
-                           header.recon, header.recon_steps, header.split_above)
+                           header.recon, header.recon_steps, header.split_above, header.codec,
+                           header.codebook_bits, header.atoms)
     except ValueError as e:
         raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
 

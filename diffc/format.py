@@ -9,8 +9,10 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
     width, height          original image size in pixels (1..65536)
     seed                   shared-randomness seed (< 2^32)
     schedule   u8 length + ASCII schedule name (<= 64)
-    chunk_bits, padding_bits   1 byte each
-    split_above 1 byte, in quarters (0 = heavy chunks are never split)
+    codec      1 byte (CODECS: 0 = diffc, 1 = ddcm, 2 = turbo-ddcm), then its parameters:
+      diffc:            chunk_bits, padding_bits 1 byte each; split_above 1 byte, in quarters
+                        (0 = heavy chunks are never split)
+      ddcm, turbo-ddcm: codebook_bits 1 byte (K = 2^codebook_bits, 1..24), atoms varint (M, <= K)
     recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
     n_steps                number of coded diffusion steps (<= 10000)
     provenance (information, not in the fingerprint; ``diffc.determinism``): device type 1 byte,
@@ -30,7 +32,11 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89DFC"
-FORMAT_VERSION = 3  # 2: split_above byte and split side information; 3: provenance
+FORMAT_VERSION = 4  # 2: split_above byte and split side information; 3: provenance; 4: codec id
+#: codecs a file can name (index = the byte in the file): DiffC's PFR channel and the two peers
+CODECS = ("diffc", "ddcm", "turbo-ddcm")
+MAX_CODEBOOK_BITS = 24
+MAX_ATOMS = 4096
 RECON_MODES = ("denoise", "ode")
 MAX_NAME = 64
 MAX_SIDE = 65536
@@ -103,6 +109,9 @@ class Header:
     caption: str | None = None
     split_above: float = 0.0
     provenance: Provenance = Provenance()
+    codec: str = "diffc"
+    codebook_bits: int = 0  # ddcm / turbo-ddcm: K = 2^codebook_bits codebook vectors per step
+    atoms: int = 0  # turbo-ddcm: M atoms per step (ddcm: 1)
 
 
 def _varint(v: int) -> bytes:
@@ -139,11 +148,17 @@ def write(header: Header, payload: bytes) -> bytes:
     body = b"".join([
         MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
         _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
-        bytes([header.chunk_bits, header.padding_bits, _quarters(header.split_above), RECON_MODES.index(header.recon)]),
+        _codec_bytes(header), bytes([RECON_MODES.index(header.recon)]),
         _varint(header.recon_steps), _varint(header.n_steps), _provenance_bytes(header.provenance),
         _varint(len(cap)), cap, payload,
     ])
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _codec_bytes(h: Header) -> bytes:
+    if h.codec == "diffc":
+        return bytes([0, h.chunk_bits, h.padding_bits, _quarters(h.split_above)])
+    return bytes([CODECS.index(h.codec), h.codebook_bits]) + _varint(h.atoms)
 
 
 def _provenance_bytes(p: Provenance) -> bytes:
@@ -211,7 +226,14 @@ def read(data: bytes) -> tuple[Header, bytes]:
         height = r.varint("height", MAX_SIDE)
         seed = r.varint("seed", 2**32 - 1)
         schedule = r.short_str("schedule name")
-        chunk_bits, padding_bits, split_q, recon = r.take(4, "codec parameters")
+        (codec,) = r.take(1, "codec")
+        chunk_bits = padding_bits = split_q = codebook_bits = atoms = 0
+        if codec == 0:
+            chunk_bits, padding_bits, split_q = r.take(3, "codec parameters")
+        else:
+            (codebook_bits,) = r.take(1, "codec parameters")
+            atoms = r.varint("atom count", MAX_ATOMS)
+        (recon,) = r.take(1, "reconstruction mode")
         recon_steps = r.varint("recon_steps", 1000)
         n_steps = r.varint("step count", MAX_STEPS)
         device, dtype = r.take(2, "provenance")
@@ -233,8 +255,12 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile("corrupt .diffc file: unknown device type or dtype")
     if recon >= len(RECON_MODES):
         raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
-    if not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4:
+    if codec >= len(CODECS):
+        raise CorruptFile(f"corrupt .diffc file: unknown codec {codec}")
+    if codec == 0 and (not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4):
         raise CorruptFile("corrupt .diffc file: chunk parameters out of range")
+    if codec and (not 1 <= codebook_bits <= MAX_CODEBOOK_BITS or not 1 <= atoms <= min(MAX_ATOMS, 1 << codebook_bits)):
+        raise CorruptFile("corrupt .diffc file: codebook parameters out of range")
     caption = None
     if cap_len:
         try:
@@ -250,7 +276,8 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
     header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
                     RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4,
-                    Provenance(DEVICE_TYPES[device], DTYPES[dtype], threads, tuple(versions[:3]), tuple(versions[3:])))
+                    Provenance(DEVICE_TYPES[device], DTYPES[dtype], threads, tuple(versions[:3]), tuple(versions[3:])),
+                    CODECS[codec], codebook_bits, atoms)
     return header, payload
 
 

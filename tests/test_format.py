@@ -45,7 +45,7 @@ def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, 
     ``provenance``: device byte, dtype byte, threads, torch and diffusers versions (varints)."""
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
-        varint(seed), bytes([len(schedule)]), schedule, bytes([chunk_bits, padding_bits, split_q, recon]),
+        varint(seed), bytes([len(schedule)]), schedule, bytes([0, chunk_bits, padding_bits, split_q, recon]),
         varint(recon_steps), varint(n_steps), bytes(provenance[:2]), *map(varint, provenance[2:]),
         varint(len(caption) if caption_len is None else caption_len), caption, payload])
     return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
@@ -124,8 +124,8 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    assert real_files[0][4] == fmt.FORMAT_VERSION == 3
-    for v in (0, 1, 2, 4, 255):
+    assert real_files[0][4] == fmt.FORMAT_VERSION == 4
+    for v in (0, 1, 2, 3, 5, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
