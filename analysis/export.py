@@ -3,7 +3,8 @@ many papers' RD tooling read):
 
     {"name": ..., "description": ..., "results": {"bpp": [...], "psnr": [...], "ms-ssim": [...], ...}}
 
-one file per curve, ``{dataset}-{model}-diffc.json`` (the mean DiffC curve of a model) and
+one file per curve, ``{dataset}-{model}-{codec}.json`` (the mean curve of a model with a codec:
+diffc, ddcm, turbo-ddcm) and
 ``{dataset}-baseline-{codec}.json`` (a classic codec), written by ``analysis.rd_curves`` next to
 the figures. The values are the figures' plotted means (``rate_points`` / ``baseline_points``),
 points in increasing bpp; a metric without values is left out; CompressAI's key ``ms-ssim`` is
@@ -36,18 +37,23 @@ def _curve(per_metric: dict[str, pd.DataFrame], key: list[str]) -> dict[str, lis
     return out
 
 
+#: display names of the diffusion codecs
+CODEC_NAMES = {"diffc": "DiffC", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
+
+
 def curves(rows: pd.DataFrame) -> dict[str, dict]:
     """{file stem: CompressAI-format dict} of every curve in ``rows``."""
     out: dict[str, dict] = {}
     diffc = {m: rate_points(rows, m) for m in PER_IMAGE_METRICS}
     base = {m: baseline_points(rows, m) for m in PER_IMAGE_METRICS}
-    for (dataset, model), grp in rows[rows["kind"] == "codec"].groupby(["dataset", "model"]):
-        per = {m: c[(c["dataset"] == dataset) & (c["model"] == model)] for m, c in diffc.items()}
+    for (dataset, model, codec), grp in rows[rows["kind"] == "codec"].groupby(["dataset", "model", "codec"]):
+        per = {m: c[(c["dataset"] == dataset) & (c["model"] == model) & (c["codec"] == codec)] for m, c in diffc.items()}
         results = _curve(per, ["recon_timestep", "target_bpp"])
         if results:
-            out[f"{dataset}-{model}-diffc"] = {
-                "name": f"DiffC ({model})",
-                "description": f"DiffC with the {model} backbone on {dataset}: mean over {grp['image'].nunique()} "
+            out[f"{dataset}-{model}-{codec}"] = {
+                "name": f"{CODEC_NAMES.get(codec, codec)} ({model})",
+                "description": f"{CODEC_NAMES.get(codec, codec)} with the {model} backbone on {dataset}: mean over "
+                               f"{grp['image'].nunique()} "
                                f"images; bpp = file bytes x 8 / pixels (diffc-pipeline)",
                 "results": results}
     for (dataset, codec), grp in rows[rows["kind"] == "baseline"].groupby(["dataset", "codec"]):

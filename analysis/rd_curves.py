@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,7 +41,7 @@ from diffc.errors import UsageError, one_line_errors  # noqa: E402
 from . import cli  # noqa: E402
 from .export import write_curves  # noqa: E402
 from .make_published import figure_protocol, load_published, matching_points  # noqa: E402
-from .results import baseline_points, load_results, rate_points, vae_ceiling  # noqa: E402
+from .results import baseline_points, curve_label, load_results, rate_points, vae_ceiling  # noqa: E402
 from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
 Z95 = 1.96
@@ -51,11 +52,17 @@ def fid_points(fid: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFra
     ok = fid[fid[metric].notna()].copy()
     ok["value"], ok["sem"], ok["n"] = ok[metric].astype(float), 0.0, ok["n_patches"]
     codec = ok[ok["kind"] == "codec"].rename(columns={"bpp_mean": "bpp"})
-    codec = codec[["dataset", "model", "recon_timestep", "target_bpp", "bpp", "value", "n", "sem"]]
-    return codec.sort_values(["dataset", "model", "bpp"], ignore_index=True), ok[ok["kind"] == "vae"]
+    if "codec" not in codec:
+        codec["codec"] = "diffc"
+    codec["curve"] = curve_label(codec)
+    codec = codec[["dataset", "model", "codec", "curve", "recon_timestep", "target_bpp", "bpp", "value", "n", "sem"]]
+    return codec.sort_values(["dataset", "model", "codec", "bpp"], ignore_index=True), ok[ok["kind"] == "vae"]
 
 
 GREYS = ("0.25", "0.45", "0.6", "0.35", "0.5")
+#: a model's codecs share its colour: DiffC solid with circles, the peers dash-dotted / dotted
+CODEC_MARKERS = ("o", "x", "+", "1")
+CODEC_STYLES = ("-", "-.", ":", (0, (5, 1)))
 BASELINE_MARKERS = ("s", "^", "v", "D", "P")
 PUBLISHED_MARKERS = ("X", "*", "P", "h", "d", "p", "<", ">", "8", "H")
 SIDECAR = ["model", "series", "codec", "quality", "method", "protocol", "source", "recon_timestep",
@@ -91,27 +98,31 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
             title: str, baselines: pd.DataFrame | None = None,
             published: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
     """Draw one RD plot (and the classic codecs' and published curves, when given); returns per
-    model what was plotted: bpp, value, lo, hi, vae."""
+    curve (a model's DiffC curve is labelled by the model, a peer's 'model (codec)') what was
+    plotted: model, codec, bpp, value, lo, hi, vae (the model's VAE ceiling, on its DiffC entry)."""
     plotted: dict[str, dict[str, Any]] = {}
     models = sorted(set(curves["model"]) | set(ceilings["model"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, model in enumerate(models):
         color = colors[k % len(colors)]
-        c = curves[curves["model"] == model]
-        entry: dict[str, Any] = {"bpp": c["bpp"].to_numpy(), "value": c["value"].to_numpy(),
-                                 "lo": (c["value"] - Z95 * c["sem"]).to_numpy(),
-                                 "hi": (c["value"] + Z95 * c["sem"]).to_numpy(), "vae": None}
-        if len(c):
-            ax.plot(entry["bpp"], entry["value"], marker="o", ms=4, color=color, label=model)
+        for j, (label, c) in enumerate(curves[curves["model"] == model].groupby("curve", sort=True)):
+            entry: dict[str, Any] = {"model": model, "codec": c["codec"].iloc[0], "bpp": c["bpp"].to_numpy(),
+                                     "value": c["value"].to_numpy(),
+                                     "lo": (c["value"] - Z95 * c["sem"]).to_numpy(),
+                                     "hi": (c["value"] + Z95 * c["sem"]).to_numpy(), "vae": None}
+            ax.plot(entry["bpp"], entry["value"], marker=CODEC_MARKERS[j % len(CODEC_MARKERS)], ms=4, color=color,
+                    ls=CODEC_STYLES[j % len(CODEC_STYLES)], label=label)
             ax.fill_between(entry["bpp"], entry["lo"], entry["hi"], color=color, alpha=0.2, lw=0)
+            plotted[label] = entry
         v = ceilings[ceilings["model"] == model]
         if len(v):
-            entry["vae"] = float(v["value"].mean())
-            if math.isinf(entry["vae"]):  # lossless autoencoder: nothing to draw
+            vae = float(v["value"].mean())
+            if math.isinf(vae):  # lossless autoencoder: nothing to draw
                 ax.plot([], [], ls="--", lw=1.2, color=color, label=f"{model} VAE: lossless")
             else:
-                ax.axhline(entry["vae"], ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
-        plotted[model] = entry
+                ax.axhline(vae, ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
+            plotted.setdefault(model, {"model": model, "codec": "diffc", "bpp": np.array([]), "value": np.array([]),
+                                       "lo": np.array([]), "hi": np.array([])})["vae"] = vae
     if baselines is not None and len(baselines):
         plot_baselines(ax, baselines)
     if published is not None and len(published):
@@ -133,10 +144,11 @@ def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame,
     """The sidecar table of one figure: every plotted point (codec curves, classic codecs,
     published points) and VAE ceiling."""
     out = []
-    for model, entry in plotted.items():
-        c = curves[curves["model"] == model]
+    for label, entry in plotted.items():
+        c, model = curves[curves["curve"] == label], entry["model"]
         for i in range(len(entry["bpp"])):
-            out.append({"model": model, "series": "codec", "codec": "diffc", "recon_timestep": c["recon_timestep"].iloc[i],
+            out.append({"model": model, "series": "codec", "codec": entry["codec"],
+                        "recon_timestep": c["recon_timestep"].iloc[i],
                         "target_bpp": c["target_bpp"].iloc[i], "bpp": entry["bpp"][i],
                         "value": entry["value"][i], "lo": entry["lo"][i], "hi": entry["hi"][i],
                         "n": c["n"].iloc[i]})

@@ -91,21 +91,22 @@ def bd_rate(anchor: pd.DataFrame, test: pd.DataFrame, metric: str, method: str) 
 
 
 def bd_table(rows: pd.DataFrame, anchor: str | None, method: str) -> pd.DataFrame:
-    """BD-rate of every model vs the anchor, per dataset and per-image metric with data."""
+    """BD-rate of every curve (a model's DiffC curve is named by the model, a peer's 'model (codec)')
+    vs the anchor curve, per dataset and per-image metric with data."""
     out = []
     for metric in PER_IMAGE_METRICS:
         curves = rate_points(rows, metric)
         for dataset, per_ds in curves.groupby("dataset"):
-            models = sorted(set(rows.loc[rows["dataset"] == dataset, "model"]))
-            ref = anchor or models[0]
-            if ref not in models:
-                raise UsageError(f"anchor {ref!r} not among the models of {dataset}: {', '.join(models)}")
-            for model in models:
-                if model == ref:
+            names = sorted(set(per_ds["curve"]) | set(rows.loc[rows["dataset"] == dataset, "model"].dropna()))
+            ref = anchor or names[0]
+            if ref not in names:
+                raise UsageError(f"anchor {ref!r} not among the curves of {dataset}: {', '.join(names)}")
+            for name in names:
+                if name == ref:
                     continue
-                value, reason = bd_rate(per_ds[per_ds["model"] == ref], per_ds[per_ds["model"] == model],
+                value, reason = bd_rate(per_ds[per_ds["curve"] == ref], per_ds[per_ds["curve"] == name],
                                         metric, method)
-                out.append({"dataset": dataset, "metric": metric, "anchor": ref, "model": model,
+                out.append({"dataset": dataset, "metric": metric, "anchor": ref, "model": name,
                             "bd_rate_pct": value, "reason": reason})
     return pd.DataFrame(out, columns=["dataset", "metric", "anchor", "model", "bd_rate_pct", "reason"])
 

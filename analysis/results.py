@@ -45,19 +45,26 @@ def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean curve per (dataset, model, rate point) of the codec rows, sorted by bpp.
+    """Mean curve per (dataset, model, codec, rate point) of the codec rows, sorted by bpp.
 
-    Columns: dataset, model, recon_timestep, target_bpp, bpp, value (mean over images with a
+    Columns: dataset, model, codec, curve (its label), recon_timestep, target_bpp, bpp, value (mean over images with a
     finite value), sem (standard error of that mean; 0 with one image), n.
     """
     codec = rows[(rows["kind"] == "codec") & rows["bpp"].notna()].copy()
     codec["value"] = codec[metric].astype(float)
     codec = codec[codec["value"].notna() & (codec["value"].abs() != float("inf"))]
-    keys = ["dataset", "model", "recon_timestep", "target_bpp"]
+    keys = ["dataset", "model", "codec", "recon_timestep", "target_bpp"]
     agg = codec.groupby(keys, dropna=False).agg(bpp=("bpp", "mean"), value=("value", "mean"),
                                                 sd=("value", "std"), n=("value", "size")).reset_index()
     agg["sem"] = (agg["sd"] / agg["n"] ** 0.5).fillna(0.0)
-    return agg.drop(columns="sd").sort_values(["dataset", "model", "bpp"], ignore_index=True)
+    agg["curve"] = curve_label(agg)
+    return agg.drop(columns="sd").sort_values(["dataset", "model", "codec", "bpp"], ignore_index=True)
+
+
+def curve_label(points: pd.DataFrame) -> pd.Series:
+    """One curve per (model, codec): the model's name for DiffC, 'model (codec)' for the peers."""
+    codec = points["codec"].fillna("diffc").astype(str)
+    return points["model"].astype(str).where(codec == "diffc", points["model"].astype(str) + " (" + codec + ")")
 
 
 def vae_ceiling(rows: pd.DataFrame, metric: str) -> pd.DataFrame:

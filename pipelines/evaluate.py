@@ -195,7 +195,7 @@ class Job:
         pairs = [(t, by_step[self.codec.stop_step_for(t)]) for t in self.plan.stop_timesteps]
         rows = []
         for requested, point, target in self.plan.select(pairs, pixels):
-            row = self.base_row(image_id, img) | {"kind": "codec", "codec": "diffc", "target_bpp": target,
+            row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.codec, "target_bpp": target,
                                                    "encode_s": res.encode_s}
             if point is None:
                 self.score(row, img, None)

@@ -204,7 +204,7 @@ def test_cli_errors_are_one_line(argv: list[str], needle: str, tmp_path: Path, c
 
 def test_report_bad_anchor_and_method_are_one_line(results: Path, capsys: pytest.CaptureFixture) -> None:
     code, _, err = run_task(report.report, "report", [f"results={results}", "anchor=nope"], capsys)
-    assert code == 2 and err.startswith("error: anchor 'nope' not among the models of kodak-small: gaussian, tiny-sd15")
+    assert code == 2 and err.startswith("error: anchor 'nope' not among the curves of kodak-small: gaussian, tiny-sd15")
     code, _, err = run_task(report.report, "report", [f"results={results}", "method=linear"], capsys)
     assert code == 2 and err == "error: method must be one of akima, pchip, cubic, got 'linear'\n"
 
@@ -308,3 +308,19 @@ def test_normalize_lists_null_and_sweeps() -> None:
     # in multirun a comma is a sweep: left to Hydra; an unparsable path is still quoted
     assert normalize(["-m", "metrics=a,b", "results=a,b", "results=x=y"], verbatim=["results"], lists=["metrics"]) \
         == ["-m", "metrics=a,b", "results=a,b", "results='x=y'"]
+
+
+def test_codecs_of_one_model_are_separate_curves(results: Path) -> None:
+    """DDCM rows of a model are their own curve ('model (ddcm)'), never averaged into DiffC's."""
+    from analysis.results import load_results, rate_points
+
+    rows, _ = load_results(results)
+    peer = rows[(rows["kind"] == "codec") & (rows["model"] == "gaussian")].copy()
+    peer["codec"], peer["bpp"], peer["psnr"] = "ddcm", peer["bpp"] / 4, peer["psnr"] - 3
+    alone, both = rate_points(rows, "psnr"), rate_points(pd.concat([rows, peer], ignore_index=True), "psnr")
+    assert set(both["curve"]) == set(alone["curve"]) | {"gaussian (ddcm)"}
+    mine = both[both["curve"] == "gaussian"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, alone[alone["curve"] == "gaussian"].reset_index(drop=True))
+    ddcm = both[both["curve"] == "gaussian (ddcm)"].reset_index(drop=True)
+    np.testing.assert_allclose(ddcm["bpp"], mine["bpp"] / 4)
+    np.testing.assert_allclose(ddcm["value"], mine["value"] - 3)

@@ -16,7 +16,7 @@ from analysis.make_published import (DEFAULT_OUT, convert, figure_protocol, load
 from analysis.rd_curves import render
 from analysis.schema import JOB_JSON, SHARDS, frame
 
-SRC = Path("/work/shared/reference/published")  # the raw sources, where this machine has them
+SRC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published"  # raw sources beside the checkout, if any
 #: MS-ILLM on Kodak, facebookresearch/NeuralCompression projects/illm/results.csv (first, last)
 ILLM_KODAK = [(0.0443454347550869, 24.729001998901367), (0.70916748046875, 33.2116584777832)]
 
