@@ -271,7 +271,10 @@ def describe_job(cfg: DictConfig, job_dir: Path) -> str:
     state = "done" if done.exists() and json.loads(done.read_text()).get("config_hash") == config_hash(cfg) else "todo"
     if state == "todo" and (job_dir / FAILED).exists():
         state = "failed-before"
-    return (f"job model={cfg.model.name} dataset={cfg.dataset.name} {plan_kind(plan)}={list(points)} "
+    codec = cfg.codec.get("codec") or "diffc"
+    baselines = sorted(cfg.get("baselines") or [])
+    return (f"job model={cfg.model.name} codec={codec} baselines={baselines} dataset={cfg.dataset.name} "
+            f"{plan_kind(plan)}={list(points)} "
             f"metrics={list(cfg.metrics.names)} fid={bool(cfg.metrics.get('fid', False))} "
             f"config_hash={config_hash(cfg)} state={state} dir={job_dir}")
 

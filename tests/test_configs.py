@@ -45,6 +45,8 @@ class Intended:
     codec: dict  # the codec overrides it sets (conf/codec keys that are not null)
     recon_png: bool  # reconstructions kept as PNG (FID needs them)
     multirun: bool  # launches a sweep without -m
+    codecs: tuple[str, ...] = ()  # one job per codec (conf/codec option) and model, in this order
+    baselines: tuple[str, ...] = ()  # classic codecs scored in every job
 
 
 PAPER_CODEC = {"chunk_bits": 14, "padding_bits": 2}  # the reference's 2^16 candidates, 2 bits padding
@@ -53,6 +55,8 @@ EXPERIMENTS = {
     "paper_div2k": Intended("div2k", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
     "compare_backbones": Intended("kodak-small", OFFLINE_MODELS, "quick", "offline", {}, False, True),
     "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False),
+    "compare_codecs": Intended("kodak", ["gaussian"], "quick", "offline", {}, False, True,
+                               ("diffc", "ddcm", "turbo-ddcm"), ("avif", "jpeg", "webp")),
 }
 #: options with a job whose rows are the default job's (they change only result-neutral keys)
 SAME_ROWS_AS_DEFAULT = {
@@ -197,14 +201,18 @@ def test_experiment_sweep_lists_intended_jobs(experiment: str) -> None:
     top = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     assert str(top.hydra.mode).endswith("MULTIRUN") == want.multirun
     jobs = sweep([f"experiment={experiment}"])
-    assert [j.model.name for j in jobs] == want.models
+    assert [j.model.name for j in jobs] == [m for m in want.models for _ in (want.codecs or [None])]
     bitrate = compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
     metrics = compose("config", overrides=[f"metrics={want.metrics}"]).metrics
+    if want.codecs:
+        assert [j.codec.codec for j in jobs] == list(want.codecs) * len(want.models)
     for j in jobs:
         assert j.dataset.name == want.dataset
         assert j.name == experiment  # results under ${root}/<experiment>/<overrides>
         assert j.bitrate == bitrate and j.metrics == metrics
-        assert codec_overrides(j) == want.codec
+        assert sorted(j.get("baselines") or []) == list(want.baselines)
+        if not want.codecs:
+            assert codec_overrides(j) == want.codec
         assert j.save.recon_png == want.recon_png
         assert not j.metrics.fid or j.save.recon_png  # FID reads the saved reconstructions
         OmegaConf.to_container(j, resolve=True, throw_on_missing=True)
@@ -218,19 +226,22 @@ def test_experiment_composes_with_offline_backbones(experiment: str) -> None:
     want = EXPERIMENTS[experiment]
     for model in OFFLINE_MODELS:
         jobs = sweep([f"experiment={experiment}", f"model={model}"])
-        assert [j.model.name for j in jobs] == [model], model  # the command line replaces the sweep
-        job = jobs[0]
-        OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
-        assert (job.dataset.name, job.name, job.save.recon_png) == (want.dataset, experiment, want.recon_png)
-        assert codec_overrides(job) == want.codec
-        assert job.bitrate == compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
-        if model == "gaussian":
-            codec = build_codec(job.model, job.codec)
-            assert codec.backbone.name == "gaussian"
-            for key, value in want.codec.items():
-                assert getattr(codec.params, key) == value
-            steps = [codec.stop_step_for(t) for t in RatePlan.from_config(job.bitrate).stop_timesteps]
-            assert steps == sorted(steps)  # lower timestep = later step (more bits)
+        # the command line replaces the model sweep; a codec sweep stays
+        assert [j.model.name for j in jobs] == [model] * max(1, len(want.codecs)), model
+        for job in jobs:
+            OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+            assert (job.dataset.name, job.name, job.save.recon_png) == (want.dataset, experiment, want.recon_png)
+            if not want.codecs:
+                assert codec_overrides(job) == want.codec
+            assert job.bitrate == compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
+            if model == "gaussian":
+                codec = build_codec(job.model, job.codec)
+                assert codec.backbone.name == "gaussian"
+                assert codec.params.codec == (job.codec.codec or "diffc")
+                for key, value in want.codec.items():
+                    assert getattr(codec.params, key) == value
+                steps = [codec.stop_step_for(t) for t in RatePlan.from_config(job.bitrate).stop_timesteps]
+                assert steps == sorted(steps)  # lower timestep = later step (more bits)
 
 
 @pytest.mark.parametrize("experiment", ["paper_kodak", "paper_div2k"])
@@ -295,7 +306,7 @@ def test_launcher_configs_compose(launcher: str, plugin: str, cls: str) -> None:
         assert cfg.hydra.launcher.ray.remote.num_gpus == 1
 
 
-@pytest.mark.parametrize("experiment", ["paper_kodak", "compare_backbones", "demo"])  # paper_div2k: as kodak
+@pytest.mark.parametrize("experiment", ["paper_kodak", "compare_backbones", "demo", "compare_codecs"])  # paper_div2k: as kodak
 def test_dry_run_lists_the_same_jobs(experiment: str, tmp_path: Path) -> None:
     """The real entry point: ``experiment=X dry_run=true`` prints one line per job (model, config
     hash, state) and runs nothing; the jobs are those of ``sweep``, config hashes included."""
@@ -307,4 +318,6 @@ def test_dry_run_lists_the_same_jobs(experiment: str, tmp_path: Path) -> None:
     printed = [(re.search(r"\bmodel=(\S+)", ln)[1], re.search(r"\bconfig_hash=(\w+)", ln)[1]) for ln in lines]
     assert printed == [(j.model.name, config_hash(j)) for j in sweep([f"experiment={experiment}"])]
     assert all(f"dataset={EXPERIMENTS[experiment].dataset} " in ln and "state=todo" in ln for ln in lines)
+    assert [re.search(r"\bcodec=(\S+)", ln)[1] for ln in lines] == \
+        [j.codec.codec or "diffc" for j in sweep([f"experiment={experiment}"])]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".parquet", ".diffc", ".png", ".json"}]
