@@ -22,7 +22,7 @@ import torch
 
 from . import format as fmt
 from .chain import LN2, Chain, Step
-from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound
+from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder, sealed_payload
 from .pfr import ChunkPlan, candidate_blocks, chunk_sums, decode_chunks, encode_chunks, split_parts
 from .randomness import normals
 
@@ -195,9 +195,10 @@ class CodebookChannel:
         self._bits = 0.0
         self._dec = None
         if payload is not None:
-            if len(payload) % 4:
-                raise fmt.CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
-            self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+            try:
+                self._dec = payload_decoder(payload)
+            except ValueError as e:
+                raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
 
     # ---- the codebook ------------------------------------------------------------------------
     def scores(self, u: torch.Tensor, key: int) -> torch.Tensor:
@@ -228,8 +229,7 @@ class CodebookChannel:
 
     def stream(self) -> tuple[bytes, StreamCost]:
         """The range-coded payload of the steps sent so far (all of it index bits: no side info)."""
-        words = self._enc.clone().get_compressed()
-        return words.astype("<u4").tobytes(), StreamCost(0.0, self._bits)
+        return sealed_payload(self._enc), StreamCost(0.0, self._bits)
 
     # ---- one step ------------------------------------------------------------------------------
     def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -272,9 +272,10 @@ class DiffcCodec:
         channel = (channel or self.make_channel)(x0.numel())
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
+        first = self.header(width, height, 1, caption, provenance)  # the fingerprint, once per encode
         for step, x in self.chain.run(channel, x, cond, stops[-1], x0=x0, progress=progress):
             k = step.k
-            header = self.header(width, height, k, caption, provenance)
+            header = replace(first, n_steps=k)
             over = False
             if k in stops or max_bits is not None:
                 payload, cost = channel.stream()
@@ -330,13 +331,18 @@ class DiffcCodec:
             return DiffcCodec(self.backbone, params, self.deterministic).decode(data, reconstruct, progress, recon,
                                                                                 recon_steps)
         self.check_header(header)
-        threads = (header.provenance.threads or default_threads()) if self.deterministic else None
+        threads = self.decode_threads(header)
         warning = check_provenance(header.provenance, self.provenance(threads))
         if warning:
             log.warning(warning)
         with deterministic(threads):
             x, image = self._decode(header, payload, reconstruct, progress, recon, recon_steps)
         return DecodeResult(header, self.timesteps[header.n_steps], x, image, time.perf_counter() - t0, warning)
+
+    def decode_threads(self, header: fmt.Header) -> int | None:
+        """Intra-op threads around a decode's model calls: the file's (this process's when the file
+        fixed none), or None (not fixed) with ``deterministic=False``."""
+        return (header.provenance.threads or default_threads()) if self.deterministic else None
 
     def _decode(self, header: fmt.Header, payload: bytes, reconstruct: bool, progress: bool, recon: str | None,
                 recon_steps: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -366,7 +372,7 @@ class DiffcCodec:
         if xt_max == 0.0 or decoded.image is None:
             return xt_max, math.inf if xt_max == 0.0 else math.nan
         h = decoded.header
-        with deterministic(h.provenance.threads or default_threads() if self.deterministic else None):
+        with deterministic(self.decode_threads(h)):
             ref = self.reconstruct(point.x_t, point.timestep, h.height, h.width, self.backbone.condition(h.caption),
                                    h.recon, h.recon_steps)
         return xt_max, drift_psnr_db(ref, decoded.image)

@@ -189,6 +189,18 @@ def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates
     return [out[n] for n in lengths]
 
 
+def sealed_payload(encoder: constriction.stream.queue.RangeEncoder) -> bytes:
+    """The payload bytes (little-endian 32-bit words) of what ``encoder`` holds; it keeps running."""
+    return encoder.clone().get_compressed().astype("<u4").tobytes()
+
+
+def payload_decoder(payload: bytes) -> constriction.stream.queue.RangeDecoder:
+    """A range decoder over a payload (ValueError unless it is whole 32-bit words)."""
+    if len(payload) % 4:
+        raise ValueError("payload length is not a multiple of 4 bytes")
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+
+
 class StepEncoder:
     """Range-codes steps one at a time; ``seal`` gives the stream of the steps pushed so far
     (a sealed copy of the running coder: O(stream size), no re-encoding), so a progressive
@@ -230,19 +242,15 @@ class StepEncoder:
 
     def seal(self) -> tuple[bytes, StreamCost]:
         """(bytes, ideal cost split) of the steps pushed so far; the coder keeps running."""
-        words = self._enc.clone().get_compressed()
         c = self._cost
-        return words.astype("<u4").tobytes(), StreamCost(c.side_bits, c.index_bits, list(c.per_step))
+        return sealed_payload(self._enc), StreamCost(c.side_bits, c.index_bits, list(c.per_step))
 
 
 class StepDecoder:
     """Decodes steps one at a time from a payload (the decoder needs step s before it can plan s+1)."""
 
     def __init__(self, payload: bytes, num_candidates: int, chunk_bits: float, split_min: int = 0):
-        if len(payload) % 4:
-            raise ValueError("payload length is not a multiple of 4 bytes")
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        self._dec = constriction.stream.queue.RangeDecoder(words)
+        self._dec = payload_decoder(payload)
         self._model = _index_model(num_candidates, chunk_bits)
         self._prev = FIRST_COUNT
         self._split_min = split_min
