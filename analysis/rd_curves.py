@@ -1,11 +1,13 @@
 """Rate-distortion figures from a results directory.
 
     python -m analysis.rd_curves results=DIR [metrics=psnr,lpips] [out=DIR/figures] [formats=png,pdf]
-        [reference_points=true] [reference_methods=MS-ILLM,PerCo]
+        [reference_points=true] [reference_methods=MS-ILLM,PerCo] [style=paper]
 
 (a Hydra app: ``analysis/conf/rd_curves.yaml``, ``--help`` lists the options; torch is never imported)
 
-One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}``: bits per pixel on
+One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}`` (``style=paper``: the
+paper's names, ``{dataset}-rd-curves-{Qalign,LPIPS,PSNR,FID,KID}``, and by default its five
+metrics; ``figure_stem``): bits per pixel on
 x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
 mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
 quality ceiling of its autoencoder). FID/KID come from the dataset-level table (no band).
@@ -45,6 +47,17 @@ from .results import baseline_points, curve_label, load_results, rate_points, va
 from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
 Z95 = 1.96
+#: the metrics' names in the paper's figure files (``kodak-rd-curves-Qalign``), in its order
+PAPER_NAMES: dict[str, str] = {"qalign": "Qalign", "lpips": "LPIPS", "psnr": "PSNR", "fid": "FID", "kid": "KID",
+                               "ms_ssim": "MS-SSIM", "dists": "DISTS"}
+PAPER_METRICS: tuple[str, ...] = ("qalign", "lpips", "psnr", "fid", "kid")
+STYLES = ("default", "paper")
+
+
+def figure_stem(dataset: str, metric: str, style: str = "default") -> str:
+    """File stem of a figure (and of its CSV sidecar): ``kodak-rd-psnr``, or with ``style='paper'``
+    the paper's ``kodak-rd-curves-PSNR``."""
+    return f"{dataset}-rd-curves-{PAPER_NAMES[metric]}" if style == "paper" else f"{dataset}-rd-{metric}"
 
 
 def fid_points(fid: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,9 +183,9 @@ def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame,
 
 def render(results: Path, metrics: list[str], out: Path, formats: list[str], reference_points: bool = False,
            reference_methods: list[str] | None = None,
-           published_csv: str | Path | None = None) -> dict[tuple[str, str], dict]:
-    """Write every figure (and every curve as CompressAI JSON); returns {(dataset, metric): plotted
-    data} of the figures written."""
+           published_csv: str | Path | None = None, style: str = "default") -> dict[tuple[str, str], dict]:
+    """Write every figure (named by ``figure_stem`` in ``style``) and every curve as CompressAI
+    JSON; returns {(dataset, metric): plotted data} of the figures written."""
     rows, fid = load_results(results)
     out.mkdir(parents=True, exist_ok=True)
     published = load_published(*([published_csv] if published_csv else [])) if reference_points else None
@@ -203,7 +216,7 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
                               metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})",
                               ds_base, ds_pub)
             fig.tight_layout()
-            stem = out / f"{dataset}-rd-{metric}"
+            stem = out / figure_stem(dataset, metric, style)
             for fmt in formats:
                 fig.savefig(f"{stem}.{fmt}", dpi=150, bbox_inches="tight")
             plt.close(fig)
@@ -219,7 +232,9 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
 def rd_curves(cfg: DictConfig) -> dict[tuple[str, str], dict]:
     """The command: every figure of ``cfg.results`` (one summary line per figure on stdout)."""
     cli.require(cfg, "results")
-    metrics = cli.as_list(cfg.metrics) or list(METRICS)
+    if cfg.style not in STYLES:
+        raise UsageError(f"style must be one of {', '.join(STYLES)}, got {cfg.style!r}")
+    metrics = cli.as_list(cfg.metrics) or list(PAPER_METRICS if cfg.style == "paper" else METRICS)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise UsageError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
@@ -228,9 +243,11 @@ def rd_curves(cfg: DictConfig) -> dict[tuple[str, str], dict]:
         raise UsageError("formats must name at least one figure format, e.g. formats=png,pdf")
     results = Path(cfg.results)
     written = render(results, metrics, Path(cfg.out) if cfg.out else results / "figures", formats,
-                     bool(cfg.reference_points), cli.as_list(cfg.reference_methods))
+                     bool(cfg.reference_points), cli.as_list(cfg.reference_methods), style=str(cfg.style))
     for dataset, metric in written:
-        print(f"{dataset}-rd-{metric}: {len(written[dataset, metric])} models")
+        print(f"{figure_stem(dataset, metric, cfg.style)}: {len(written[dataset, metric])} models")
+    for metric in sorted(set(metrics) - {m for _, m in written}, key=metrics.index):
+        print(f"{metric}: no finite values, no figure")
     return written
 
 
