@@ -49,6 +49,9 @@ class Backbone(ABC):
     min_side: int = 0
     schedule: NoiseSchedule
     device: torch.device = torch.device("cpu")
+    #: guidance scale of the encoder's chain (a backbone option, part of ``config``); a decoder may
+    #: reconstruct with another (``predict_x0(guidance=...)``, ``CodecParams.recon_guidance``)
+    guidance: float = 1.0
 
     # ---- autoencoder --------------------------------------------------------------------------
     @abstractmethod
@@ -72,17 +75,24 @@ class Backbone(ABC):
         ``model_input`` is what ``diffc.prediction.network_input`` gives for the prediction type.
         """
 
+    def guided_network(self, model_input: torch.Tensor, t: int, cond: Any, guidance: float) -> torch.Tensor:
+        """Network output under guidance scale ``guidance``. The default ignores the scale
+        (unconditional and analytic backbones); text-conditioned UNets apply classifier-free
+        guidance, Flux passes it to its guidance embedding (see the adapters)."""
+        return self.network(model_input, t, cond)
+
     def network_timestep(self, t: int) -> int:
         """Timestep at which the network is evaluated for chain timestep t (T -> T-1)."""
         return min(t, self.schedule.num_train_timesteps - 1)
 
     @torch.no_grad()
-    def predict_x0(self, x_t: torch.Tensor, t: int, cond: Any = None) -> torch.Tensor:
-        """E[x0 | x_t] as the model sees it, in latent units (float32, shape of x_t)."""
+    def predict_x0(self, x_t: torch.Tensor, t: int, cond: Any = None, guidance: float | None = None) -> torch.Tensor:
+        """E[x0 | x_t] as the model sees it, in latent units (float32, shape of x_t), under guidance
+        scale ``guidance`` (None = the backbone's ``guidance``, the encoder's)."""
         tn = self.network_timestep(t)
         a, s = self.schedule.a_s(tn)
         inp = network_input(x_t, a, s, self.prediction_type)
-        out = self.network(inp, tn, cond).to(x_t.dtype)
+        out = self.guided_network(inp, tn, cond, self.guidance if guidance is None else guidance).to(x_t.dtype)
         return x0_from_output(out, x_t, a, s, self.prediction_type)
 
     def kl_weights(self, shape: tuple[int, ...], t: int, t_prev: int) -> torch.Tensor | None:

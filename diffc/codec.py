@@ -20,11 +20,12 @@ chunks and their parts) and of the indices;
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .backbone import Backbone, fingerprint
 from .chain import Chain, Channel
 from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
 from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
-from .schedule import encoding_timesteps
+from .schedule import RECON_GRIDS, encoding_timesteps, recon_timesteps
 
 log = logging.getLogger("diffc")
 
@@ -43,17 +44,37 @@ log = logging.getLogger("diffc")
 MAX_RECON_STEPS = 1000
 
 
-def check_recon(mode: str | None, steps: int | None) -> None:
+def check_recon(mode: str | None, steps: int | None, grid: str | tuple[int, ...] | None = None,
+                guidance: float | None = None) -> None:
     """Validate a reconstruction choice (None = not given): the one place these are checked."""
     if mode is not None and mode not in fmt.RECON_MODES:
         raise ValueError(f"recon must be one of {fmt.RECON_MODES}, got {mode!r}")
     if steps is not None and not 1 <= steps <= MAX_RECON_STEPS:
         raise ValueError(f"recon_steps must be in 1..{MAX_RECON_STEPS}, got {steps}")
+    if isinstance(grid, str) and grid not in RECON_GRIDS:
+        raise ValueError(f"recon_grid must be one of {RECON_GRIDS} or a list of timesteps, got {grid!r}")
+    if isinstance(grid, tuple) and (not 1 <= len(grid) <= fmt.MAX_GRID or list(grid) != sorted(set(grid), reverse=True)
+                                    or grid[-1] < 0 or grid[0] > MAX_RECON_STEPS):
+        raise ValueError(f"a recon_grid list must hold 1..{fmt.MAX_GRID} strictly decreasing timesteps in "
+                         f"0..{MAX_RECON_STEPS}, got {list(grid)}")
+    if guidance is not None and not (0 <= guidance <= fmt.MAX_GUIDANCE and (16 * guidance) % 1 == 0):
+        raise ValueError(f"recon_guidance must be in 0..{fmt.MAX_GUIDANCE:g} in steps of 1/16, got {guidance}")
+
+
+def normal_grid(grid: Any) -> str | tuple[int, ...]:
+    """A recon_grid option as CodecParams holds it: a name of RECON_GRIDS, or a tuple of timesteps."""
+    return grid if isinstance(grid, str) else tuple(int(t) for t in grid)
 
 
 @dataclass(frozen=True)
 class CodecParams:
     """Everything besides the backbone that the decoder needs (all of it goes in the header).
+
+    Reconstruction (decode-time choices, in the header but not the fingerprint): ``recon``
+    (``ode`` = DDIM, eta = 0, or ``denoise`` = one-step posterior mean), over ``recon_grid``
+    (``uniform`` = ``recon_steps`` even steps from t to 0; ``reference`` = the reference
+    implementation's denoising timesteps below t, ``diffc.schedule.REFERENCE_DENOISING_TIMESTEPS``;
+    or a list of timesteps), with guidance scale ``recon_guidance`` (None = the encoder's).
 
     ``codec`` picks the channel of every step: ``diffc`` (PFR reverse-channel coding: chunk_bits,
     padding_bits, split_above), ``ddcm`` or ``turbo-ddcm`` (a per-step codebook of
@@ -71,9 +92,13 @@ class CodecParams:
     codec: str = "diffc"
     codebook_bits: int = 0
     atoms: int = 0
+    recon_grid: str | tuple[int, ...] = "uniform"
+    recon_guidance: float | None = None
 
     def __post_init__(self):
-        check_recon(self.recon, self.recon_steps)
+        self._set(recon_grid=normal_grid(self.recon_grid),
+                  recon_guidance=None if self.recon_guidance is None else float(self.recon_guidance))
+        check_recon(self.recon, self.recon_steps, self.recon_grid, self.recon_guidance)
         if not 0 <= self.seed < 2**32:
             raise ValueError("seed must be in 0..2^32-1")
         if self.codec not in fmt.CODECS:
@@ -222,7 +247,8 @@ class DiffcCodec:
     # ---- identity -------------------------------------------------------------------------
     def fingerprint(self) -> bytes:
         p = asdict(self.params)
-        p.pop("recon"), p.pop("recon_steps")  # decode-time choices, they do not change x_t
+        for key in ("recon", "recon_steps", "recon_grid", "recon_guidance"):
+            p.pop(key)  # decode-time choices, they do not change x_t
         return fingerprint({"backbone": self.backbone.config(), "codec": p})
 
     def header(self, width: int, height: int, n_steps: int, caption: str | None,
@@ -231,7 +257,7 @@ class DiffcCodec:
         p = self.params
         return fmt.Header(self.backbone.name, self.fingerprint(), width, height, p.seed, p.schedule,
                           p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above,
-                          provenance, p.codec, p.codebook_bits, p.atoms)
+                          provenance, p.codec, p.codebook_bits, p.atoms, p.recon_grid, p.recon_guidance)
 
     def provenance(self, threads: int | None) -> fmt.Provenance:
         """This process's setting for the loaded backbone (``threads`` None = not fixed)."""
@@ -319,47 +345,71 @@ class DiffcCodec:
                 f"config/weights and codec parameters ({self.fingerprint().hex()})")
 
     @torch.no_grad()
-    def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False,
-               recon: str | None = None, recon_steps: int | None = None) -> DecodeResult:
-        """Rebuild x_t from a .diffc file and (optionally) reconstruct the image; ``recon`` and
-        ``recon_steps`` override the header's reconstruction choice."""
-        check_recon(recon, recon_steps)
+    def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False, recon: str | None = None,
+               recon_steps: int | None = None, recon_grid: Any = None) -> DecodeResult:
+        """Rebuild x_t from a .diffc file and (optionally) reconstruct the image; ``recon``,
+        ``recon_steps`` and ``recon_grid`` override the header's reconstruction choice."""
+        *_, last = self.decode_prefixes(data, None, reconstruct, progress, recon, recon_steps, recon_grid)
+        return last
+
+    @torch.no_grad()
+    def decode_prefixes(self, data: bytes, step_counts: Sequence[int] | None = None, reconstruct: bool = True,
+                        progress: bool = False, recon: str | None = None, recon_steps: int | None = None,
+                        recon_grid: Any = None) -> Iterator[DecodeResult]:
+        """One pass over a file's chain, yielding the decode of every prefix in ``step_counts``
+        (numbers of coded steps, <= the file's; None = the whole file) in increasing order.
+
+        A progressive stream's first k steps are the file of stop step k (the encoder seals the same
+        running coder at every stop), so the prefix's x_t is that file's, bit for bit
+        (tests/test_codec.py): a sweep decodes every rate point of an image in one chain pass.
+        ``decode_s`` counts the chain up to the prefix plus its own reconstruction.
+        """
+        if recon_grid is not None:
+            recon_grid = normal_grid(recon_grid)
+        check_recon(recon, recon_steps, recon_grid)
         t0 = time.perf_counter()
         header, payload = fmt.read(data)
         params = params_from_header(header)
         if params != self.params:  # every codec parameter comes from the file
-            return DiffcCodec(self.backbone, params, self.deterministic).decode(data, reconstruct, progress, recon,
-                                                                                recon_steps)
+            yield from DiffcCodec(self.backbone, params, self.deterministic).decode_prefixes(
+                data, step_counts, reconstruct, progress, recon, recon_steps, recon_grid)
+            return
         self.check_header(header)
+        if header.n_steps > self.chain.n_steps:
+            raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
+        counts = sorted(set([header.n_steps] if step_counts is None else step_counts))
+        if not counts or counts[0] < 0 or counts[-1] > header.n_steps:
+            raise ValueError(f"step counts must be in 0..{header.n_steps} (the file's), got {counts}")
         threads = self.decode_threads(header)
         warning = check_provenance(header.provenance, self.provenance(threads))
         if warning:
             log.warning(warning)
+        b = self.backbone
         with deterministic(threads):
-            x, image = self._decode(header, payload, reconstruct, progress, recon, recon_steps)
-        return DecodeResult(header, self.timesteps[header.n_steps], x, image, time.perf_counter() - t0, warning)
+            shape = b.latent_shape(*b.padded_size(header.height, header.width))
+            cond = b.condition(header.caption)
+            channel = self.make_channel(math.prod(shape), payload)
+            x = self.chain.start(shape)
+            busy, mark = 0.0, t0  # seconds in the chain (and setup), outside reconstructions and the caller
+            states = self.chain.run(channel, x, cond, counts[-1], progress=progress)
+            for k, x in itertools.chain([(0, x)], ((step.k, x) for step, x in states)):
+                if k not in counts:
+                    continue
+                busy += time.perf_counter() - mark
+                t_rec, t, image = time.perf_counter(), self.timesteps[k], None
+                if reconstruct:
+                    image = self.reconstruct(x, t, header.height, header.width, cond, recon or header.recon,
+                                             recon_steps or header.recon_steps,
+                                             header.recon_grid if recon_grid is None else recon_grid,
+                                             header.recon_guidance)
+                yield DecodeResult(replace(header, n_steps=k), t, x.clone(), image,
+                                   busy + time.perf_counter() - t_rec, warning)
+                mark = time.perf_counter()
 
     def decode_threads(self, header: fmt.Header) -> int | None:
         """Intra-op threads around a decode's model calls: the file's (this process's when the file
         fixed none), or None (not fixed) with ``deterministic=False``."""
         return (header.provenance.threads or default_threads()) if self.deterministic else None
-
-    def _decode(self, header: fmt.Header, payload: bytes, reconstruct: bool, progress: bool, recon: str | None,
-                recon_steps: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if header.n_steps > self.chain.n_steps:
-            raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
-        b = self.backbone
-        shape = b.latent_shape(*b.padded_size(header.height, header.width))
-        cond = b.condition(header.caption)
-        channel = self.make_channel(math.prod(shape), payload)
-        x = self.chain.start(shape)
-        for _, x in self.chain.run(channel, x, cond, header.n_steps, progress=progress):
-            pass
-        image = None
-        if reconstruct:
-            image = self.reconstruct(x, self.timesteps[header.n_steps], header.height, header.width, cond,
-                                     recon or header.recon, recon_steps or header.recon_steps)
-        return x, image
 
     def drift(self, point: RatePoint, decoded: DecodeResult) -> tuple[float, float]:
         """(max |x_t decoder - x_t encoder|, PSNR in dB between the encoder-side and the decoder's
@@ -374,32 +424,49 @@ class DiffcCodec:
         h = decoded.header
         with deterministic(self.decode_threads(h)):
             ref = self.reconstruct(point.x_t, point.timestep, h.height, h.width, self.backbone.condition(h.caption),
-                                   h.recon, h.recon_steps)
+                                   h.recon, h.recon_steps, h.recon_grid, h.recon_guidance)
         return xt_max, drift_psnr_db(ref, decoded.image)
 
     # ---- reconstruction -------------------------------------------------------------------
     @torch.no_grad()
-    def denoise(self, x_t: torch.Tensor, t: int, cond: Any = None, mode: str = "ode", steps: int = 50) -> torch.Tensor:
-        """x0 estimate from x_t: one-step posterior mean, or DDIM (eta = 0) over ``steps`` steps."""
+    def denoise(self, x_t: torch.Tensor, t: int, cond: Any = None, mode: str = "ode", steps: int = 50,
+                grid: str | tuple[int, ...] = "uniform", guidance: float | None = None) -> torch.Tensor:
+        """x0 estimate from x_t: one-step posterior mean, or DDIM (eta = 0) through ``grid``.
+
+        ``uniform``: ``steps`` even steps down to t = 0, then the x0 estimate at t = 0. ``reference``
+        or a list: DDIM through the grid timesteps strictly below t (``diffc.schedule.recon_timesteps``);
+        a final 0 is the clean image (abar = 1), so the last step lands on the previous x0 estimate
+        (the reference implementation's loop). ``guidance`` = the network's guidance scale (None =
+        the backbone's, the encoder's). Network evaluations: len(timesteps) (uniform), or
+        len(timesteps) - 1 when the grid ends at 0.
+        """
+        pred = lambda x, ti: self.backbone.predict_x0(x, ti, cond, guidance)
         if mode == "denoise" or t == 0:
-            return self.backbone.predict_x0(x_t, t, cond)
+            return pred(x_t, t)
         if mode != "ode":
             raise ValueError(f"unknown reconstruction mode {mode!r}")
-        grid = sorted({int(round(v)) for v in np.linspace(t, 0, steps + 1)}, reverse=True)
+        ts = recon_timesteps(t, grid, steps)
+        clean_end = grid != "uniform" and ts[-1] == 0
         sched = self.backbone.schedule
         x = x_t
-        for i, ti in enumerate(grid[:-1]):
-            x0_hat = self.backbone.predict_x0(x, ti, cond)
+        for i, ti in enumerate(ts[:-1]):
+            x0_hat = pred(x, ti)
+            if clean_end and i == len(ts) - 2:
+                return x0_hat
             a, s = sched.a_s(ti)
             eps = (x - a * x0_hat) / s
-            a_n, s_n = sched.a_s(grid[i + 1])
+            a_n, s_n = sched.a_s(ts[i + 1])
             x = a_n * x0_hat + s_n * eps
-        return self.backbone.predict_x0(x, grid[-1], cond)
+        return pred(x, ts[-1])
 
     def reconstruct(self, x_t: torch.Tensor, t: int, height: int, width: int, cond: Any = None,
-                    mode: str | None = None, steps: int | None = None) -> torch.Tensor:
-        """Image [3, height, width] in [0, 1] from the transmitted x_t."""
-        x0 = self.denoise(x_t, t, cond, mode or self.params.recon, steps or self.params.recon_steps)
+                    mode: str | None = None, steps: int | None = None, grid: Any = None,
+                    guidance: float | None = None) -> torch.Tensor:
+        """Image [3, height, width] in [0, 1] from the transmitted x_t (None = this codec's choice)."""
+        p = self.params
+        x0 = self.denoise(x_t, t, cond, mode or p.recon, steps or p.recon_steps,
+                          p.recon_grid if grid is None else normal_grid(grid),
+                          p.recon_guidance if guidance is None else guidance)
         return self.backbone.decode(x0)[:, :height, :width].clamp(0, 1)
 
     def vae_roundtrip(self, image: torch.Tensor) -> torch.Tensor:
@@ -415,7 +482,7 @@ def params_from_header(header: fmt.Header) -> CodecParams:
         encoding_timesteps(header.schedule)
         return CodecParams(header.schedule, header.chunk_bits, header.padding_bits, header.seed,
                            header.recon, header.recon_steps, header.split_above, header.codec,
-                           header.codebook_bits, header.atoms)
+                           header.codebook_bits, header.atoms, header.recon_grid, header.recon_guidance)
     except ValueError as e:
         raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
 

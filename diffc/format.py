@@ -14,6 +14,9 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
                         (0 = heavy chunks are never split)
       ddcm, turbo-ddcm: codebook_bits 1 byte (K = 2^codebook_bits, 1..24), atoms varint (M, <= K)
     recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
+    recon_grid 1 byte (RECON_GRIDS: 0 = uniform, 1 = reference; 2 = a list: varint count (1..MAX_GRID),
+               then the timesteps as varints, strictly decreasing, <= 1000)
+    recon_guidance varint: 0 = the encoder's guidance, else 1 + 16 x scale (0..MAX_GUIDANCE in 1/16)
     n_steps                number of coded diffusion steps (<= 10000)
     provenance (information, not in the fingerprint; ``diffc.determinism``): device type 1 byte,
                model dtype 1 byte, intra-op threads varint (<= 256, 0 = not fixed),
@@ -32,12 +35,16 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89DFC"
-FORMAT_VERSION = 4  # 2: split_above byte and split side information; 3: provenance; 4: codec id
+FORMAT_VERSION = 5  # 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance
 #: codecs a file can name (index = the byte in the file): DiffC's PFR channel and the two peers
 CODECS = ("diffc", "ddcm", "turbo-ddcm")
 MAX_CODEBOOK_BITS = 24
 MAX_ATOMS = 4096
 RECON_MODES = ("denoise", "ode")
+#: named reconstruction grids (diffc.schedule.RECON_GRIDS), then 2 = an explicit list
+RECON_GRID_NAMES = ("uniform", "reference")
+MAX_GRID = 1000
+MAX_GUIDANCE = 64.0
 MAX_NAME = 64
 MAX_SIDE = 65536
 #: largest image (pixels) a file may describe: 8192 x 8192; bounds the decoder's latent allocation
@@ -112,6 +119,8 @@ class Header:
     codec: str = "diffc"
     codebook_bits: int = 0  # ddcm / turbo-ddcm: K = 2^codebook_bits codebook vectors per step
     atoms: int = 0  # turbo-ddcm: M atoms per step (ddcm: 1)
+    recon_grid: str | tuple[int, ...] = "uniform"  # a name of RECON_GRID_NAMES or decreasing timesteps
+    recon_guidance: float | None = None  # None = the encoder's guidance scale
 
 
 def _varint(v: int) -> bytes:
@@ -149,7 +158,8 @@ def write(header: Header, payload: bytes) -> bytes:
         MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
         _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
         _codec_bytes(header), bytes([RECON_MODES.index(header.recon)]),
-        _varint(header.recon_steps), _varint(header.n_steps), _provenance_bytes(header.provenance),
+        _varint(header.recon_steps), _grid_bytes(header.recon_grid), _guidance_bytes(header.recon_guidance),
+        _varint(header.n_steps), _provenance_bytes(header.provenance),
         _varint(len(cap)), cap, payload,
     ])
     return body + struct.pack("<I", zlib.crc32(body))
@@ -159,6 +169,22 @@ def _codec_bytes(h: Header) -> bytes:
     if h.codec == "diffc":
         return bytes([0, h.chunk_bits, h.padding_bits, _quarters(h.split_above)])
     return bytes([CODECS.index(h.codec), h.codebook_bits]) + _varint(h.atoms)
+
+
+def _grid_bytes(grid: str | tuple[int, ...]) -> bytes:
+    if isinstance(grid, str):
+        return bytes([RECON_GRID_NAMES.index(grid)])
+    if not 1 <= len(grid) <= MAX_GRID or list(grid) != sorted(set(grid), reverse=True) or not 0 <= grid[-1] <= grid[0] <= 1000:
+        raise ValueError(f"recon grid {grid} must hold 1..{MAX_GRID} strictly decreasing timesteps <= 1000")
+    return bytes([len(RECON_GRID_NAMES)]) + _varint(len(grid)) + b"".join(map(_varint, grid))
+
+
+def _guidance_bytes(g: float | None) -> bytes:
+    if g is None:
+        return _varint(0)
+    if not 0 <= g <= MAX_GUIDANCE or (16 * g) % 1:
+        raise ValueError(f"recon guidance {g} is not a multiple of 1/16 in 0..{MAX_GUIDANCE:g}")
+    return _varint(1 + int(16 * g))
 
 
 def _provenance_bytes(p: Provenance) -> bytes:
@@ -235,6 +261,12 @@ def read(data: bytes) -> tuple[Header, bytes]:
             atoms = r.varint("atom count", MAX_ATOMS)
         (recon,) = r.take(1, "reconstruction mode")
         recon_steps = r.varint("recon_steps", 1000)
+        (grid_kind,) = r.take(1, "reconstruction grid")
+        grid: str | tuple[int, ...] = RECON_GRID_NAMES[grid_kind] if grid_kind < len(RECON_GRID_NAMES) else ()
+        if grid_kind == len(RECON_GRID_NAMES):
+            n_grid = r.varint("grid length", MAX_GRID)
+            grid = tuple(r.varint("grid timestep", 1000) for _ in range(n_grid))
+        guidance_q = r.varint("reconstruction guidance", 1 + int(16 * MAX_GUIDANCE))
         n_steps = r.varint("step count", MAX_STEPS)
         device, dtype = r.take(2, "provenance")
         threads = r.varint("thread count", MAX_THREADS)
@@ -255,6 +287,9 @@ def read(data: bytes) -> tuple[Header, bytes]:
         raise CorruptFile("corrupt .diffc file: unknown device type or dtype")
     if recon >= len(RECON_MODES):
         raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
+    if grid_kind > len(RECON_GRID_NAMES) or (isinstance(grid, tuple) and (
+            not grid or list(grid) != sorted(set(grid), reverse=True))):
+        raise CorruptFile("corrupt .diffc file: bad reconstruction grid")
     if codec >= len(CODECS):
         raise CorruptFile(f"corrupt .diffc file: unknown codec {codec}")
     if codec == 0 and (not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4):
@@ -277,7 +312,7 @@ def read(data: bytes) -> tuple[Header, bytes]:
     header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
                     RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4,
                     Provenance(DEVICE_TYPES[device], DTYPES[dtype], threads, tuple(versions[:3]), tuple(versions[3:])),
-                    CODECS[codec], codebook_bits, atoms)
+                    CODECS[codec], codebook_bits, atoms, grid, None if guidance_q == 0 else (guidance_q - 1) / 16)
     return header, payload
 
 

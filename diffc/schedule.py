@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .format import RECON_GRID_NAMES
+
 
 @dataclass(frozen=True)
 class PosteriorCoeffs:
@@ -71,8 +73,14 @@ class NoiseSchedule:
 
     @classmethod
     def ddpm(cls, beta_start: float = 0.00085, beta_end: float = 0.012,
-             beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000) -> "NoiseSchedule":
+             beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
+             timestep_labels: str = "project") -> "NoiseSchedule":
         """The DDPM schedules of diffusers' DDPMScheduler.
+
+        ``timestep_labels``: ``project`` = label t has abar[t] (diffusers' convention, self-consistent
+        with the network's timestep input); ``reference`` = the reference implementation's labels:
+        label t has abar[t - 1] and label 0 is clean (abar = 1), while the network is still told t
+        (docs/parity.md, row 7).
 
         ``scaled_linear`` (SD 1.5/2.1/XL), ``linear`` (the google/ddpm-* models) and
         ``squaredcos_cap_v2`` (the cosine schedule of Nichol & Dhariwal 2021, improved DDPM: betas
@@ -88,15 +96,22 @@ class NoiseSchedule:
         else:
             raise ValueError(f"unsupported beta_schedule {beta_schedule!r} "
                              "(scaled_linear, linear, squaredcos_cap_v2)")
-        return cls(np.cumprod(1.0 - betas))
+        ac = np.cumprod(1.0 - betas)
+        if check_labels(timestep_labels) == "reference":
+            ac = np.concatenate([[1.0], ac[:-1]])
+        return cls(ac)
 
     @classmethod
-    def flow_matching(cls, shift: float = 1.0, num_train_timesteps: int = 1000) -> "NoiseSchedule":
-        """Rectified flow x = (1-sigma) x0 + sigma eps on sigma = t/T (shifted), mapped to the VP view.
+    def flow_matching(cls, shift: float = 1.0, num_train_timesteps: int = 1000,
+                      label_offset: int = 0) -> "NoiseSchedule":
+        """Rectified flow x = (1-sigma) x0 + sigma eps on sigma = u/T (shifted), mapped to the VP view.
 
-        a = (1-sigma)/r, s = sigma/r with r = sqrt((1-sigma)^2 + sigma^2), so abar = a^2.
+        Label t sits at u = t + 1 - ``label_offset`` (0: FlowMatchEulerDiscreteScheduler's training
+        grid; 2: the reference implementation's sigma = (t - 1) / T; 1: sigma = t / T, what the
+        reference tells its transformer). sigma' = shift sigma / (1 + (shift - 1) sigma), clipped
+        to [1e-6, 1 - 1e-6]; a = (1-sigma)/r, s = sigma/r with r = sqrt((1-sigma)^2 + sigma^2), so abar = a^2.
         """
-        sig = np.arange(1, num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
+        sig = (np.arange(num_train_timesteps, dtype=np.float64) + 1 - label_offset) / num_train_timesteps
         sig = shift * sig / (1 + (shift - 1) * sig)
         sig = np.clip(sig, 1e-6, 1 - 1e-6)
         a2 = (1 - sig) ** 2
@@ -124,6 +139,38 @@ class NoiseSchedule:
         ct = math.sqrt(alpha) * (1 - ab_p) / (1 - ab_t)
         var = (1 - ab_p) * (1 - alpha) / (1 - ab_t)
         return PosteriorCoeffs(c0, ct, var)
+
+
+TIMESTEP_LABELS = ("project", "reference")
+
+
+def check_labels(timestep_labels: str) -> str:
+    """Validate a ``timestep_labels`` option (project | reference)."""
+    if timestep_labels not in TIMESTEP_LABELS:
+        raise ValueError(f"timestep_labels must be one of {TIMESTEP_LABELS}, got {timestep_labels!r}")
+    return timestep_labels
+
+
+# ---- reconstruction grids ----------------------------------------------------------------------
+
+#: The reference implementation's denoising timesteps (docs/reference/seed-settings.json,
+#: ``denoising_timesteps``): DDIM from the transmitted x_t through those below t; 0 = the clean image.
+REFERENCE_DENOISING_TIMESTEPS: tuple[int, ...] = (*range(981, 0, -20), 10, 5, 0)
+#: named reconstruction grids (``CodecParams.recon_grid``; index = the byte in the file)
+RECON_GRIDS = RECON_GRID_NAMES
+
+
+def recon_timesteps(t: int, grid: str, steps: int) -> list[int]:
+    """The timesteps a reconstruction from x_t visits, t first, ending at 0 (the clean image).
+
+    ``uniform``: ``steps`` DDIM steps evenly from t to 0 (rounded, duplicates dropped);
+    ``reference``: t, then the reference's denoising timesteps strictly below t.
+    """
+    if grid == "uniform":
+        return sorted({int(round(v)) for v in np.linspace(t, 0, steps + 1)}, reverse=True)
+    if grid == "reference":
+        return [t, *(g for g in REFERENCE_DENOISING_TIMESTEPS if g < t)]
+    raise ValueError(f"recon_grid must be one of {RECON_GRIDS}, got {grid!r}")
 
 
 # ---- named encoding schedules (stored by name in the .diffc header) ----------------------------

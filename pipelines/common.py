@@ -33,6 +33,23 @@ class PipelineError(errors.UsageError):
     """Bad input or an unusable setup: reported as one line, non-zero exit."""
 
 
+#: ``parity`` settings: ours (the better-justified defaults) or the reference implementation's
+PARITY = ("project", "reference")
+
+
+def parity_value(project: Any, reference: Any, *, _root_: DictConfig) -> Any:
+    """``${parity:PROJECT,REFERENCE}`` in conf/model/*.yaml: the value for the config's ``parity``
+    setting (``project`` when the config has none, e.g. a model config loaded on its own).
+    README "Paper parity" lists every switch; docs/parity.md the evidence."""
+    mode = _root_.get("parity", "project") if "parity" in _root_ else "project"
+    if mode not in PARITY:
+        raise PipelineError(f"parity must be one of {PARITY}, got {mode!r}")
+    return reference if mode == "reference" else project
+
+
+OmegaConf.register_new_resolver("parity", parity_value, replace=True)
+
+
 def plain(node: Any) -> dict[str, Any]:
     """A config mapping (or None) as a resolved plain dict."""
     if node is None:

@@ -40,13 +40,13 @@ def varint(v: int) -> bytes:
 def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, schedule=b"geom-12",
              chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
              caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True,
-             provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0)) -> bytes:
+             provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0), grid=b"\x00", guidance=b"\x00") -> bytes:
     """The documented layout, written independently of diffc.format.write (fields unchecked).
     ``provenance``: device byte, dtype byte, threads, torch and diffusers versions (varints)."""
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
         varint(seed), bytes([len(schedule)]), schedule, bytes([0, chunk_bits, padding_bits, split_q, recon]),
-        varint(recon_steps), varint(n_steps), bytes(provenance[:2]), *map(varint, provenance[2:]),
+        varint(recon_steps), grid, guidance, varint(n_steps), bytes(provenance[:2]), *map(varint, provenance[2:]),
         varint(len(caption) if caption_len is None else caption_len), caption, payload])
     return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
 
@@ -124,8 +124,8 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    assert real_files[0][4] == fmt.FORMAT_VERSION == 4
-    for v in (0, 1, 2, 3, 5, 255):
+    assert real_files[0][4] == fmt.FORMAT_VERSION == 5
+    for v in (0, 1, 2, 3, 4, 6, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
@@ -437,3 +437,26 @@ def test_golden_bitstream(tiny_codec) -> None:
         assert hashlib.sha256(_portable(stored)[1]).hexdigest() == w["payload_sha256"]
         d = tiny_codec.decode(stored)
         assert hashlib.sha256(d.x_t.contiguous().numpy().tobytes()).hexdigest() == w["x_t_sha256"]
+
+
+@pytest.mark.parametrize("grid, guidance, grid_bytes, guidance_bytes", [
+    ("reference", None, b"\x01", b"\x00"),
+    ((981, 500, 10, 0), 5.0, b"\x02\x04" + varint(981) + varint(500) + b"\x0a\x00", varint(81)),
+    ("uniform", 0.0, b"\x00", b"\x01"),
+])
+def test_recon_grid_and_guidance_layout(grid, guidance, grid_bytes, guidance_bytes):
+    """Version 5: the reconstruction grid (name byte, or 2 + count + timesteps) and guidance
+    (0 = the encoder's, else 1 + 16 x scale) sit after recon_steps, as documented."""
+    h = fmt.Header("gaussian", b"\0\0\0\0", 64, 64, 0, "geom-12", 8, 2, "denoise", 50, 1,
+                   provenance=fmt.Provenance("cpu", "float32", 2, (2, 13, 0), (0, 36, 0)),
+                   recon_grid=grid, recon_guidance=guidance)
+    data = fmt.write(h, b"")
+    assert data == raw_file(grid=grid_bytes, guidance=guidance_bytes)
+    assert fmt.read(data)[0] == h
+
+
+@pytest.mark.parametrize("grid", [b"\x03", b"\x02\x00", b"\x02\x02\x05\x05", b"\x02\x02\x05\x09"])
+def test_bad_recon_grid_is_refused(grid):
+    """Unknown grid kinds, empty lists and lists that are not strictly decreasing: one CorruptFile."""
+    with pytest.raises(fmt.CorruptFile, match="grid"):
+        fmt.read(raw_file(grid=grid))

@@ -44,7 +44,7 @@ from ..backbone import Backbone
 from ..device import resolve_device
 from ..errors import describe
 from ..prediction import flow_sigma
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, check_labels
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -293,14 +293,16 @@ DDPM_SCHEDULER_DEFAULTS: dict[str, Any] = dict(beta_start=0.0001, beta_end=0.02,
                                                num_train_timesteps=1000)
 
 
-def ddpm_schedule(scheduler_config: dict[str, Any]) -> tuple[NoiseSchedule, dict[str, Any]]:
+def ddpm_schedule(scheduler_config: dict[str, Any],
+                  timestep_labels: str = "project") -> tuple[NoiseSchedule, dict[str, Any]]:
     """The ``NoiseSchedule`` of a DDPMScheduler config, and the config values it depends on (for
-    ``config()``). Never hard-coded: betas, beta schedule and T come from the checkpoint."""
+    ``config()``). Never hard-coded: betas, beta schedule and T come from the checkpoint.
+    ``timestep_labels``: ``NoiseSchedule.ddpm``'s (project | reference)."""
     if scheduler_config.get("trained_betas") is not None or scheduler_config.get("rescale_betas_zero_snr"):
         raise ValueError("scheduler configs with trained_betas or rescale_betas_zero_snr are not supported "
                          "(zero terminal SNR has no VP start state to code from)")
     kept = {k: scheduler_config.get(k, v) for k, v in DDPM_SCHEDULER_DEFAULTS.items()}
-    return NoiseSchedule.ddpm(**kept), kept
+    return NoiseSchedule.ddpm(**kept, timestep_labels=timestep_labels), kept
 
 
 #: Default token count for a dynamic flow shift: a 768x512 image (Kodak) = 48 x 32 tokens of 16x16 px.
@@ -351,8 +353,10 @@ class DiffusersBackbone(Backbone):
     """
 
     def __init__(self, *, name: str, vae: torch.nn.Module | None, text_stages: list[Any], schedule: NoiseSchedule,
-                 prediction_type: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False):
+                 prediction_type: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False,
+                 timestep_labels: str = "project", guidance: float = 1.0):
         self.name, self.schedule, self.prediction_type = name, schedule, prediction_type
+        self.timestep_labels, self.guidance = check_labels(timestep_labels), float(guidance)
         self.device, self.dtype, self.cpu_offload = device, dtype, cpu_offload
         if vae is None:  # pixel space: the identity autoencoder, kept in float32 (the codec's dtype)
             self.vae, self.vae_dtype, self.scaling_factor, self.shift_factor = None, torch.float32, 1.0, 0.0
@@ -468,6 +472,7 @@ class DiffusersBackbone(Backbone):
                          "abar_first": float(ac[0]), "abar_last": float(ac[-1])},
             "vae": None if self.vae is None else {"scaling_factor": self.scaling_factor,
                                                   "shift_factor": self.shift_factor},
+            "timestep_labels": self.timestep_labels, "guidance": self.guidance,
             **self._identity(),
         }
 
@@ -480,25 +485,37 @@ class FlowMatchingBackbone(DiffusersBackbone):
     The integer chain timestep t maps to sigma(t) = shift u / (1 + (shift - 1) u), u = (t + 1) / T
     (FlowMatchEulerDiscreteScheduler's training grid, ``NoiseSchedule.flow_matching``). The shift is
     the scheduler config's (:func:`flow_shift`: static, or dynamic at ``image_seq_len`` tokens), unless
-    ``shift`` fixes it. A backbone has one schedule for every image: the decoder must know it before
-    seeing any image data.
+    ``shift`` fixes it (1.0 = no shift). A backbone has one schedule for every image: the decoder must
+    know it before seeing any image data.
+
+    ``timestep_labels='reference'``: the reference implementation's labels, noise at
+    u = t - 1 and the transformer told u = t (``network_sigma``); with ``shift: 1.0`` that is its
+    sigma = (t - 1) / 1000 and timestep t / 1000 (docs/parity.md, rows 1 and 7).
     """
 
     def __init__(self, *, transformer: torch.nn.Module, scheduler_config: dict[str, Any],
                  shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN, compile: bool = False,
-                 **kwargs: Any):
+                 timestep_labels: str = "project", **kwargs: Any):
         self.shift = float(shift) if shift is not None else flow_shift(scheduler_config, image_seq_len)
         if shift is not None:
             self.shift_rule = "fixed"
         else:
             self.shift_rule = f"dynamic@{image_seq_len}" if scheduler_config.get("use_dynamic_shifting") else "config"
-        schedule = NoiseSchedule.flow_matching(self.shift, scheduler_config.get("num_train_timesteps", 1000))
-        super().__init__(schedule=schedule, prediction_type="flow", **kwargs)
+        T = scheduler_config.get("num_train_timesteps", 1000)
+        reference = check_labels(timestep_labels) == "reference"
+        schedule = NoiseSchedule.flow_matching(self.shift, T, label_offset=2 if reference else 0)
+        self._network_schedule = NoiseSchedule.flow_matching(self.shift, T, label_offset=1) if reference else schedule
+        super().__init__(schedule=schedule, prediction_type="flow", timestep_labels=timestep_labels, **kwargs)
         self.transformer = self._denoiser(transformer, compile)
 
     def sigma(self, t: int) -> float:
-        """The flow-matching sigma of chain timestep t."""
+        """The flow-matching sigma of chain timestep t (the noise level of x_t)."""
         return flow_sigma(*self.schedule.a_s(t))
+
+    def network_sigma(self, t: int) -> float:
+        """The sigma the transformer is told at chain timestep t: ``sigma(t)``, or with reference
+        labels the sigma of u = t (one label above the noise level, as the reference does)."""
+        return flow_sigma(*self._network_schedule.a_s(t))
 
     def _flow_identity(self) -> dict[str, Any]:
         return {"shift": self.shift, "shift_rule": self.shift_rule}

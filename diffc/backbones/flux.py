@@ -10,7 +10,8 @@ exp(mu), mu linear in the number of packed image tokens (``dynamic_flow_shift``)
 one schedule for every image (the decoder must know it before seeing any image data), so we fix
 the token count at ``image_seq_len`` (default 1536 = a 768x512 Kodak image: latent 96x64 packed
 2x2 -> 48x32 tokens; shift = 2.048, ``diffusers_common.dynamic_flow_shift``). ``shift`` overrides it
-(1.0 = the plain t/T grid of the reference implementation).
+(1.0 = no shift). The reference implementation uses no shift and its own labels, sigma = (t - 1) / 1000
+with the transformer told t / 1000: ``shift: 1.0, timestep_labels: reference`` (conf/parity/flux-dev.yaml).
 
 Latents: the 16-channel VAE latent in ``Backbone`` units is (z - shift_factor) * scaling_factor,
 kept unpacked [16, h, w]; ``network`` packs 2x2 patches into tokens [h/2 * w/2, 64], builds the
@@ -19,7 +20,11 @@ padded to multiples of 16 (VAE 8x, then 2x2 packing).
 
 Guidance: FLUX.1-dev is guidance-distilled; its ``guidance`` input is the CFG scale it imitates.
 We default to 1.0 (= no guidance: the plain conditional model, the best density model for coding),
-not the 3.5 its pipeline uses for generation.
+not the 3.5 its pipeline uses for generation; the reference passes 0. ``guided_network`` passes the
+scale it is given (the encoder's ``guidance`` or the codec's ``recon_guidance``) to that input.
+
+``vae_shift_factor: false`` reproduces a reference bug (it ignores the VAE's shift_factor: x0 =
+z * scaling_factor both ways); never the default.
 
 Text: CLIP-L pooled vector + T5-XXL states (``max_sequence_length`` tokens, 512 for dev), the
 empty prompt by default. ``cpu_offload`` keeps T5/CLIP and the VAE on the CPU between their
@@ -92,12 +97,15 @@ class FluxBackbone(FlowMatchingBackbone):
     def __init__(self, *, name: str, transformer: torch.nn.Module, vae: torch.nn.Module, text_stages: list[Any],
                  scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  identity: dict[str, Any], shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
-                 guidance: float = 1.0, compile: bool = False, cpu_offload: bool = False):
+                 guidance: float = 1.0, compile: bool = False, cpu_offload: bool = False,
+                 timestep_labels: str = "project", vae_shift_factor: bool = True):
         super().__init__(name=name, transformer=transformer, vae=vae, text_stages=text_stages,
                          scheduler_config=scheduler_config, shift=shift, image_seq_len=image_seq_len,
-                         compile=compile, device=device, dtype=dtype, cpu_offload=cpu_offload)
-        self.guidance = float(guidance)
-        self._identity_dict = {**identity, **self._flow_identity(), "guidance": self.guidance}
+                         compile=compile, device=device, dtype=dtype, cpu_offload=cpu_offload,
+                         timestep_labels=timestep_labels, guidance=guidance)
+        if not vae_shift_factor:
+            self.shift_factor = 0.0  # the reference's bug, on request only (config() records it)
+        self._identity_dict = {**identity, **self._flow_identity()}
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -105,7 +113,8 @@ class FluxBackbone(FlowMatchingBackbone):
                         path: str | None = None, dtype: str = "bfloat16", device: str = "auto",
                         compile: bool = False, cpu_offload: bool = False, shift: float | None = None,
                         image_seq_len: int = KODAK_SEQ_LEN, guidance: float = 1.0,
-                        max_sequence_length: int = 512) -> "FluxBackbone":
+                        max_sequence_length: int = 512, timestep_labels: str = "project",
+                        vae_shift_factor: bool = True) -> "FluxBackbone":
         """Load a diffusers-format Flux checkpoint (transformer, vae, CLIP + T5 encoders)."""
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -120,12 +129,13 @@ class FluxBackbone(FlowMatchingBackbone):
         identity = {"weights": src.identity(), "max_sequence_length": max_sequence_length}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=sched,
                    device=dev, dtype=dt, identity=identity, shift=shift, image_seq_len=image_seq_len,
-                   guidance=guidance, compile=compile, cpu_offload=cpu_offload)
+                   guidance=guidance, compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels,
+                   vae_shift_factor=vae_shift_factor)
 
     @classmethod
     def tiny(cls, name: str = "tiny-flux", *, seed: int = 0, dtype: str = "float32", device: str = "auto",
              compile: bool = False, shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
-             guidance: float = 1.0) -> "FluxBackbone":
+             guidance: float = 1.0, timestep_labels: str = "project", vae_shift_factor: bool = True) -> "FluxBackbone":
         """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings."""
         from diffusers import AutoencoderKL, FluxTransformer2DModel
 
@@ -139,7 +149,8 @@ class FluxBackbone(FlowMatchingBackbone):
                              "text_seq_len": TINY_TEXT_SEQ_LEN}}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=FLUX_SCHEDULER,
                    device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, shift=shift,
-                   image_seq_len=image_seq_len, guidance=guidance, compile=compile)
+                   image_seq_len=image_seq_len, guidance=guidance, compile=compile, timestep_labels=timestep_labels,
+                   vae_shift_factor=vae_shift_factor)
 
     # ---- conditioning -----------------------------------------------------------------------------
     def condition(self, caption: str | None) -> FluxCond:
@@ -151,13 +162,16 @@ class FluxBackbone(FlowMatchingBackbone):
 
     # ---- network --------------------------------------------------------------------------------
     @torch.no_grad()
-    def network(self, model_input: torch.Tensor, t: int, cond: FluxCond | None) -> torch.Tensor:
-        """Velocity v = eps - x0 for one flow-space latent [16, h, w] at chain timestep t."""
+    def network(self, model_input: torch.Tensor, t: int, cond: FluxCond | None,
+                guidance: float | None = None) -> torch.Tensor:
+        """Velocity v = eps - x0 for one flow-space latent [16, h, w] at chain timestep t, with the
+        guidance embedding at ``guidance`` (None = the backbone's)."""
         cond = self._cond(cond)
         _, h, w = model_input.shape
-        sigma = self.sigma(t)
+        sigma = self.network_sigma(t)
         tokens = pack_latent(model_input.to(self.device, self.dtype))[None]
-        guidance = (torch.full((1,), self.guidance, device=self.device, dtype=self.dtype)
+        scale = self.guidance if guidance is None else guidance
+        guidance = (torch.full((1,), scale, device=self.device, dtype=self.dtype)
                     if self.transformer.config.guidance_embeds else None)
         out = self.transformer(
             hidden_states=tokens, encoder_hidden_states=cond.hidden, pooled_projections=cond.pooled,
@@ -165,6 +179,10 @@ class FluxBackbone(FlowMatchingBackbone):
             img_ids=image_ids(h, w).to(self.device, self.dtype), txt_ids=cond.txt_ids, guidance=guidance,
             return_dict=False)[0]
         return unpack_latent(out[0].float(), h, w).to(model_input.device)
+
+    def guided_network(self, model_input: torch.Tensor, t: int, cond: FluxCond | None, guidance: float) -> torch.Tensor:
+        """The guidance-distilled transformer at guidance embedding ``guidance`` (one call)."""
+        return self.network(model_input, t, cond, guidance)
 
     def _identity(self) -> dict[str, Any]:
         return {"family": "flux", **self._identity_dict}

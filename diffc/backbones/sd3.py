@@ -119,7 +119,7 @@ class SD3Backbone(FlowMatchingBackbone):
     def network(self, model_input: torch.Tensor, t: int, cond: SD3Cond | None) -> torch.Tensor:
         """Velocity v = eps - x0 for one flow-space latent [16, h, w] at chain timestep t."""
         cond = self._cond(cond)
-        timestep = self.sigma(t) * self.schedule.num_train_timesteps
+        timestep = self.network_sigma(t) * self.schedule.num_train_timesteps
         out = self.transformer(
             hidden_states=model_input[None].to(self.device, self.dtype), encoder_hidden_states=cond.hidden,
             pooled_projections=cond.pooled, timestep=torch.full((1,), timestep, device=self.device, dtype=self.dtype),

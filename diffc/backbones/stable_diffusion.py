@@ -11,6 +11,17 @@ only by data:
   t < ``refiner_below_t`` (default :data:`REFINER_BELOW_T`: the refiner was trained on the lowest 200
   of the 1000 DDPM steps).
 
+Options that reproduce the reference implementation (docs/parity.md; ``conf/parity/``):
+``timestep_labels`` (project | reference: label t at abar[t-1]), ``clip_l_layer`` (SDXL's CLIP-L
+states: ``penultimate`` as diffusers, or ``final`` as the reference), ``vae_hub_id`` (a separate VAE,
+e.g. ``madebyollin/sdxl-vae-fp16-fix`` as the reference's SDXL), ``refiner_below_t`` (201 = the
+reference's t <= 200).
+
+Guidance: ``guidance`` is the encoder's classifier-free guidance scale; a scale s > 1 runs the UNet
+on the caption and on the empty prompt, out = out(empty) + s (out(caption) - out(empty)) (diffusers'
+rule: s <= 1 = the conditional model alone, one call). Without a caption, CFG changes nothing and
+is skipped. The reconstruction may use another scale (``CodecParams.recon_guidance``).
+
 The prediction type and the DDPM betas are read from the checkpoint's scheduler config, never
 hard-coded: schedule = ``ddpm_schedule(scheduler_config)`` (``NoiseSchedule.ddpm`` of its betas).
 
@@ -37,6 +48,8 @@ from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage
 AESTHETIC_SCORE = 6.0
 #: The SDXL refiner runs the timesteps t < this: it was trained on the lowest 200 of the 1000 DDPM steps.
 REFINER_BELOW_T = 200
+#: SDXL's CLIP-L states: the penultimate layer (diffusers) or the final one (the reference)
+CLIP_L_LAYERS = ("penultimate", "final")
 
 # ---- tiny architectures ------------------------------------------------------------------------
 #: VAE with the real 8x downsampling (4 blocks) and tiny widths: 64x64 image -> 4x8x8 latent.
@@ -92,6 +105,8 @@ class SDCond:
 
     base: TextEmbeds
     refiner: TextEmbeds | None
+    #: the caption these embeddings encode ("" = the empty prompt: classifier-free guidance is a no-op)
+    prompt: str = ""
 
 
 class StableDiffusionBackbone(DiffusersBackbone):
@@ -110,10 +125,12 @@ class StableDiffusionBackbone(DiffusersBackbone):
     def __init__(self, *, name: str, unet: torch.nn.Module, vae: torch.nn.Module, text_stages: list[Any],
                  scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  identity: dict[str, Any], refiner: torch.nn.Module | None = None,
-                 refiner_below_t: int = REFINER_BELOW_T, compile: bool = False, cpu_offload: bool = False):
-        schedule, self.scheduler_config = ddpm_schedule(scheduler_config)
+                 refiner_below_t: int = REFINER_BELOW_T, compile: bool = False, cpu_offload: bool = False,
+                 timestep_labels: str = "project", guidance: float = 1.0):
+        schedule, self.scheduler_config = ddpm_schedule(scheduler_config, timestep_labels)
         super().__init__(name=name, vae=vae, text_stages=text_stages, schedule=schedule, device=device, dtype=dtype,
-                         prediction_type=scheduler_config.get("prediction_type", "epsilon"), cpu_offload=cpu_offload)
+                         prediction_type=scheduler_config.get("prediction_type", "epsilon"), cpu_offload=cpu_offload,
+                         timestep_labels=timestep_labels, guidance=guidance)
         self.unet = self._denoiser(unet, compile)
         # the UNet's deepest level must stay larger than 1x1 (a one-channel GroupNorm group fails on it)
         self.min_side = self.vae_scale * (2 ** (len(unet.config.block_out_channels) - 1) + 1)
@@ -127,23 +144,36 @@ class StableDiffusionBackbone(DiffusersBackbone):
                         dtype: str = "float16", device: str = "auto", compile: bool = False,
                         cpu_offload: bool = False, refiner_hub_id: str | None = None,
                         refiner_revision: str | None = None, refiner_path: str | None = None,
-                        refiner_below_t: int = REFINER_BELOW_T) -> "StableDiffusionBackbone":
-        """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder."""
+                        refiner_below_t: int = REFINER_BELOW_T, timestep_labels: str = "project",
+                        guidance: float = 1.0, clip_l_layer: str = "penultimate", vae_hub_id: str | None = None,
+                        vae_revision: str | None = None, vae_path: str | None = None) -> "StableDiffusionBackbone":
+        """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder.
+        ``vae_hub_id`` / ``vae_path``: a VAE from another repository (its root), e.g. the fp16-fix one."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         src, dev, dt = open_weights(name, hub_id, revision, path, device, dtype)
         sched = src.load_config(DDPMScheduler, "scheduler")  # small file first: fail fast offline
         unet = src.load(UNet2DConditionModel, "unet", torch_dtype=dt)
-        vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
+        identity: dict[str, Any] = {"weights": src.identity()}
+        if vae_hub_id is None:
+            vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
+        else:
+            vname = f"{name}-vae"  # local copy: vae_path or DIFFC_SDXL_VAE_PATH
+            vsrc = WeightsSource(vname, vae_hub_id, vae_revision, default_path(vname, vae_path))
+            vae = vsrc.load(AutoencoderKL, (None, "vae"), torch_dtype=dt)
+            identity["vae_weights"] = vsrc.identity()
         xl = unet.config.addition_embed_type == "text_time"
-        stages = [ClipTextStage(src.load(CLIPTokenizer, "tokenizer"),
-                                src.load(CLIPTextModel, "text_encoder", dtype=dt), penultimate=xl)]
+        if clip_l_layer not in CLIP_L_LAYERS:
+            raise ValueError(f"clip_l_layer must be one of {CLIP_L_LAYERS}, got {clip_l_layer!r}")
+        if xl:
+            identity["clip_l_layer"] = clip_l_layer
+        stages = [ClipTextStage(src.load(CLIPTokenizer, "tokenizer"), src.load(CLIPTextModel, "text_encoder", dtype=dt),
+                                penultimate=xl and clip_l_layer == "penultimate")]
         if xl:
             stages.append(ClipTextStage(src.load(CLIPTokenizer, "tokenizer_2"),
                                         src.load(CLIPTextModelWithProjection, "text_encoder_2", dtype=dt),
                                         penultimate=True))
-        identity: dict[str, Any] = {"weights": src.identity()}
         refiner = None
         if refiner_hub_id is not None:
             rname = f"{name}-refiner"  # local copy: refiner_path or DIFFC_SDXL_REFINER_PATH
@@ -156,12 +186,12 @@ class StableDiffusionBackbone(DiffusersBackbone):
             identity["refiner"] = {"weights": rsrc.identity(), "below_t": refiner_below_t}
         return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=sched, device=dev,
                    dtype=dt, identity=identity, refiner=refiner, refiner_below_t=refiner_below_t,
-                   compile=compile, cpu_offload=cpu_offload)
+                   compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels, guidance=guidance)
 
     @classmethod
     def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
-             compile: bool = False, refiner: bool = False,
-             refiner_below_t: int = REFINER_BELOW_T) -> "StableDiffusionBackbone":
+             compile: bool = False, refiner: bool = False, refiner_below_t: int = REFINER_BELOW_T,
+             timestep_labels: str = "project", guidance: float = 1.0) -> "StableDiffusionBackbone":
         """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -183,7 +213,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
             identity["refiner"] = {"tiny_unet": spec.refiner_unet, "seed": seed + 1, "below_t": refiner_below_t}
         return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=spec.scheduler,
                    device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, refiner=ref,
-                   refiner_below_t=refiner_below_t, compile=compile)
+                   refiner_below_t=refiner_below_t, compile=compile, timestep_labels=timestep_labels,
+                   guidance=guidance)
 
     # ---- conditioning -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,7 +222,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
         """Run the text stage(s) once; ``None`` = the empty prompt."""
         outs = self._run_text_stages(caption)
         base = TextEmbeds(torch.cat([e.hidden for e in outs], dim=-1), outs[-1].pooled)
-        return SDCond(base, outs[-1] if self.refiner is not None else None)
+        return SDCond(base, outs[-1] if self.refiner is not None else None, caption or "")
 
     # ---- network --------------------------------------------------------------------------------
     @staticmethod
@@ -220,6 +251,15 @@ class StableDiffusionBackbone(DiffusersBackbone):
                      "time_ids": torch.tensor([ids], device=self.device, dtype=self.dtype)}
         out = unet(x, t, encoder_hidden_states=emb.hidden, added_cond_kwargs=added, return_dict=False)[0]
         return out[0].float().to(model_input.device)
+
+    def guided_network(self, model_input: torch.Tensor, t: int, cond: SDCond | None, guidance: float) -> torch.Tensor:
+        """Classifier-free guidance at scale ``guidance`` (> 1 with a caption; else one plain call)."""
+        cond = self._cond(cond)
+        out = self.network(model_input, t, cond)
+        if guidance <= 1 or not cond.prompt:
+            return out
+        empty = self.network(model_input, t, self._cond(None))
+        return empty + guidance * (out - empty)
 
     def _identity(self) -> dict[str, Any]:
         return {"family": "stable-diffusion", "scheduler": self.scheduler_config, **self._identity_dict}
