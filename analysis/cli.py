@@ -126,10 +126,19 @@ def preflight(config_name: str, argv: Sequence[str], config_dir: Path = CONF_DIR
         fail(_explain(exc, config_dir))
 
 
+def resolved_cfg(argv: list[str]) -> list[str]:
+    """``--cfg job`` prints the job's values, interpolations resolved (Hydra's ``--resolve``): the
+    ``${parity:...}`` switches of conf/model/*.yaml show what the job runs with."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--cfg", "-c") and value == "job" and "--resolve" not in argv:
+            return [*argv, "--resolve"]
+    return argv
+
+
 def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
             config_dir: Path = CONF_DIR) -> None:
     """Before ``hydra.main``: normalize ``sys.argv`` in place and fail early in one line."""
-    sys.argv[1:] = normalize(sys.argv[1:], verbatim, lists)
+    sys.argv[1:] = resolved_cfg(normalize(sys.argv[1:], verbatim, lists))
     preflight(config_name, sys.argv[1:], config_dir)
 
 

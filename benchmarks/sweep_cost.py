@@ -18,6 +18,17 @@ the high-noise points stop early (``ideal_eval_ratio`` = that formula, from the 
 is not part of the comparison: the pipeline decodes every file either way (sum k_i evaluations,
 ``evals_decode_each``), to check the decoder reproduces the encoder's x_t.
 
+The paper sweep, per image (``paper_evals_per_image`` vs ``paper_evals_before``), counted on the
+first image with the paper's settings (``bitrate=paper``: 18 rate points, the reference's Flux
+schedule ``paper-flux``, 152 steps to t=10; evaluation counts do not depend on the network, so the
+Gaussian backbone counts them for every backbone):
+
+  before  one progressive encode + one from-scratch decode per rate point (sum k_i) + a 50-step
+          uniform ODE reconstruction (51 evaluations) per rate point;
+  now     one progressive encode + ONE progressive decode that yields every rate point's x_t
+          (``DiffcCodec.decode_prefixes``, what ``pipelines.evaluate`` runs) + DDIM on the
+          reference's denoising timesteps below each point (``recon_grid=reference``).
+
     python benchmarks/sweep_cost.py [--quick] [--model gaussian] [--bitrate paper] [--images N]
 
 --quick: the Gaussian backbone on one kodak-small image, central 32x32 crop. Default: all four
@@ -31,6 +42,7 @@ import time
 from typing import Any, Callable
 
 import _common as C  # noqa: I001  (puts the repo on sys.path)
+import torch
 from omegaconf import OmegaConf
 
 from pipelines.common import CONF_DIR, build_codec, model_config
@@ -46,6 +58,34 @@ def counted(obj: Any, name: str, counter: dict[str, int]) -> None:
         return fn(*a, **kw)
 
     setattr(obj, name, wrapper)
+
+
+def paper_evals(x: torch.Tensor, counter: dict[str, int], schedule: str = "paper-flux") -> tuple[int, int]:
+    """(now, before) model evaluations of one image of the paper sweep (see the module doc).
+
+    Counts do not depend on the chunk size or the image size: the codec's own chunking is used on
+    a 16 x 16 crop (the paper's 14-bit chunks only slow the count down)."""
+    model = model_config("gaussian", parity="reference")
+    codec = build_codec(model, {"schedule": schedule, "recon": "ode"})
+    assert codec.params.recon_grid == "reference", "parity=reference sets the reference grid"
+    counted(codec.backbone, "predict_x0", counter)
+    stops = sorted({int(t) for t in OmegaConf.load(CONF_DIR / "bitrate" / "paper.yaml").stop_timesteps}, reverse=True)
+    x = x[:, :16, :16]
+
+    def evals(run: Callable[[], Any]) -> tuple[int, Any]:
+        counter["predict_x0"] = 0
+        out = run()
+        return counter["predict_x0"], out
+
+    encode, res = evals(lambda: codec.encode(x, stop_timesteps=stops))
+    last = max(res.points, key=lambda pt: pt.step_index)
+    decode_now, _ = evals(lambda: list(codec.decode_prefixes(last.data, [pt.step_index for pt in res.points])))
+    decode_before, _ = evals(lambda: [codec.decode(pt.data, recon_grid="uniform", recon_steps=50)
+                                      for pt in res.points])
+    C.log(f"paper sweep, one image, {len(res.points)} rate points: encode {encode} + one progressive decode with "
+          f"reference-grid reconstructions {decode_now} = {encode + decode_now} evaluations; before: encode "
+          f"{encode} + a decode and a 50-step reconstruction per point {decode_before} = {encode + decode_before}")
+    return encode + decode_now, encode + decode_before
 
 
 def main() -> None:
@@ -111,6 +151,7 @@ def main() -> None:
         rows.append(row)
     C.table(rows)
 
+    paper_now, paper_before = paper_evals(images[0][1], {"predict_x0": 0})
     ev_p, net_p, s_p = totals["progressive"]
     ev_s, net_s, s_s = totals["separate"]
     ideal = sum(steps) / max(steps)
@@ -124,6 +165,8 @@ def main() -> None:
         "time_progressive_s": s_p, "time_separate_s": s_s, "time_ratio": s_s / s_p,
         "files_identical": bool(identical),
         "evals_decode_each": sum(steps) * len(images),
+        "paper_evals_per_image": paper_now, "paper_evals_before": paper_before,
+        "paper_eval_ratio": paper_before / paper_now,
     }
     C.log(f"B = {len(stops)} rate points: {ev_s} vs {ev_p} model evaluations ({ev_s / ev_p:.2f}x, "
           f"ideal {ideal:.2f}x), {s_s:.1f} s vs {s_p:.1f} s ({s_s / s_p:.2f}x); files identical: {identical}")

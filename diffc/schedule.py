@@ -155,22 +155,25 @@ def check_labels(timestep_labels: str) -> str:
 
 #: The reference implementation's denoising timesteps (docs/reference/seed-settings.json,
 #: ``denoising_timesteps``): DDIM from the transmitted x_t through those below t; 0 = the clean image.
-REFERENCE_DENOISING_TIMESTEPS: tuple[int, ...] = (*range(981, 0, -20), 10, 5, 0)
+REFERENCE_DENOISING_TIMESTEPS: tuple[int, ...] = (*range(981, 20, -20), 10, 5, 0)  # 981, 961, ..., 21, 10, 5, 0
 #: named reconstruction grids (``CodecParams.recon_grid``; index = the byte in the file)
 RECON_GRIDS = RECON_GRID_NAMES
 
 
-def recon_timesteps(t: int, grid: str, steps: int) -> list[int]:
-    """The timesteps a reconstruction from x_t visits, t first, ending at 0 (the clean image).
+def recon_timesteps(t: int, grid: str | Sequence[int], steps: int) -> list[int]:
+    """The timesteps a reconstruction from x_t visits, t first.
 
     ``uniform``: ``steps`` DDIM steps evenly from t to 0 (rounded, duplicates dropped);
-    ``reference``: t, then the reference's denoising timesteps strictly below t.
+    ``reference``: t, then the reference's denoising timesteps strictly below t; a list of
+    decreasing timesteps: t, then those of the list strictly below t.
     """
-    if grid == "uniform":
-        return sorted({int(round(v)) for v in np.linspace(t, 0, steps + 1)}, reverse=True)
-    if grid == "reference":
-        return [t, *(g for g in REFERENCE_DENOISING_TIMESTEPS if g < t)]
-    raise ValueError(f"recon_grid must be one of {RECON_GRIDS}, got {grid!r}")
+    if isinstance(grid, str):
+        if grid == "uniform":
+            return sorted({int(round(v)) for v in np.linspace(t, 0, steps + 1)}, reverse=True)
+        if grid != "reference":
+            raise ValueError(f"recon_grid must be one of {RECON_GRIDS} or a list, got {grid!r}")
+        grid = REFERENCE_DENOISING_TIMESTEPS
+    return [t, *(int(g) for g in grid if g < t)]
 
 
 # ---- named encoding schedules (stored by name in the .diffc header) ----------------------------

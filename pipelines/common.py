@@ -59,12 +59,13 @@ def plain(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
-def model_config(name: str) -> DictConfig:
-    """``conf/model/NAME.yaml`` (how decompress finds the backbone named in a file header)."""
+def model_config(name: str, parity: str = "project") -> DictConfig:
+    """``conf/model/NAME.yaml`` (how decompress finds the backbone named in a file header), its
+    ``${parity:...}`` values resolved for ``parity`` (project | reference)."""
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         raise PipelineError(f"unknown model {name!r}; available: {', '.join(config_names('model'))}")
-    return OmegaConf.load(path)
+    return OmegaConf.merge({"parity": parity}, OmegaConf.load(path))
 
 
 def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:

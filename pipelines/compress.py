@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from analysis import cli
 from diffc.codec import DiffcCodec, RatePoint
 
+from .captions import resolve_caption
 from .common import PipelineError, atomic_write, build_codec, one_line_errors, png_bytes, require
 from .datasets import read_image, to_tensor, to_uint8
 
@@ -61,23 +62,26 @@ def compress(cfg: DictConfig) -> None:
     codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
     x = to_tensor(image)
+    caption = resolve_caption(cfg.caption, image, cfg.get("captioner")) or None  # auto: a BLIP-2 caption
     try:
         max_bits = None if cfg.bpp is None else cfg.bpp * image.shape[0] * image.shape[1]
-        result = codec.encode(x, stop_timesteps=stops, caption=cfg.caption, progress=cfg.progress, max_bits=max_bits)
+        result = codec.encode(x, stop_timesteps=stops, caption=caption, progress=cfg.progress, max_bits=max_bits)
     except ValueError as exc:  # image too large, bad caption...
         raise PipelineError(str(exc)) from exc
     point = choose_point(result.points, cfg.bpp)
     recon_png = None
     if cfg.recon_output:
         h, w = image.shape[:2]
-        cond = codec.backbone.condition(cfg.caption)
+        cond = codec.backbone.condition(caption)
         recon_png = png_bytes(to_uint8(codec.reconstruct(point.x_t, point.timestep, h, w, cond)))
     atomic_write(cfg.output, point.data)
     if recon_png is not None:
         atomic_write(cfg.recon_output, recon_png)
+    if cfg.caption == "auto":
+        print(f"caption (auto): {caption!r}")
     print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; encode {result.encode_s:.1f} s")
 
 
 if __name__ == "__main__":
     cli.main(compress, "compress", verbatim=("input", "output", "recon_output", "caption", "model.options.path",
-                                            "model.options.params_path"))
+                                            "model.options.params_path", "captioner.options.path"))

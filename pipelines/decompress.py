@@ -4,7 +4,9 @@
 
 The backbone is the one named in the file's header, loaded with the options of
 ``conf/model/<name>.yaml`` (``options.*`` overrides them: a local weights path, the device);
-every codec parameter comes from the header. A file written with other weights or parameters is
+every codec parameter comes from the header. ``parity=auto`` (the default) loads the model's
+project settings, or its reference settings (``parity=reference``, what paper_* experiments use)
+when the file's fingerprint says so. A file written with other weights or parameters is
 refused (fingerprint mismatch): the decoder could only produce garbage from it.
 
 ``recon_reference=ENCODER.png`` (the reconstruction the encoder's side made, e.g. a sweep's saved
@@ -24,7 +26,7 @@ from diffc import format as fmt
 from diffc.codec import params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 
-from .common import PipelineError, atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
+from .common import PARITY, PipelineError, atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
 from .datasets import read_image, to_tensor, to_uint8
 
 
@@ -34,8 +36,13 @@ def decompress(cfg: DictConfig) -> None:
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
     params = params_from_header(header)
-    codec = build_codec(model_config(header.backbone), vars(params), cfg.options, cfg.deterministic)
-    result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps)
+    codec = None
+    for parity in PARITY if cfg.parity == "auto" else (cfg.parity,):
+        codec = build_codec(model_config(header.backbone, parity), vars(params), cfg.options, cfg.deterministic)
+        if codec.fingerprint() == header.fingerprint:
+            break  # else (auto): the file may come from the other settings (parity=reference: paper_*)
+    result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps,
+                          recon_grid=cfg.recon_grid)
     drift = None
     if cfg.recon_reference:
         ref = read_image(Path(cfg.recon_reference))

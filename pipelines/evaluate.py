@@ -71,6 +71,9 @@ def config_hash(cfg: DictConfig) -> str:
     assert isinstance(data, dict)
     for key in VOLATILE_KEYS:
         data.pop(key, None)
+    data.pop("parity", None)  # its effect is in the resolved model values
+    if data.get("caption") != "auto":
+        data.pop("captioner", None)  # used only by caption=auto
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -164,6 +167,18 @@ class Job:
         except ValueError as exc:
             raise PipelineError(f"bitrate: {exc}") from exc
 
+    def caption(self, img: np.ndarray) -> str | None:
+        """The prompt of this image: ``caption=auto`` a cached BLIP-2 caption (``pipelines.captions``),
+        ``none``/null none, any other text verbatim."""
+        mode = self.cfg.get("caption")
+        if mode is None or mode in ("none", ""):
+            return None
+        if mode != "auto":
+            return str(mode)
+        from .captions import resolve_caption
+
+        return resolve_caption(mode, img, self.cfg.get("captioner"))
+
     def base_row(self, image_id: str, img: np.ndarray) -> dict[str, Any]:
         h, w = img.shape[:2]
         return {"model": self.cfg.model.name, "dataset": self.cfg.dataset.name, "image": image_id,
@@ -186,23 +201,34 @@ class Job:
             atomic_write(self.job_dir / "diffc" / image_id / f"{label}.diffc", data)
 
     def image_rows(self, image_id: str, img: np.ndarray) -> list[dict[str, Any]]:
-        """Encode once, decode + score every rate point, and the VAE round trip."""
+        """Encode once, decode every rate point in one chain pass, score; and the VAE round trip.
+
+        The decoder reads the file of the highest rate point and yields the x_t of every lower one
+        on the way (``DiffcCodec.decode_prefixes``: a prefix of the progressive stream is the lower
+        point's file, bit for bit); each is checked against the encoder's x_t (drift columns)."""
         x = to_tensor(img)
         pixels = img.shape[0] * img.shape[1]
-        res = self.codec.encode(x, stop_timesteps=self.plan.stop_timesteps,
-                                caption=self.cfg.caption, progress=False)
+        caption = self.caption(img)
+        res = self.codec.encode(x, stop_timesteps=self.plan.stop_timesteps, caption=caption, progress=False)
         by_step = {p.step_index: p for p in res.points}
         pairs = [(t, by_step[self.codec.stop_step_for(t)]) for t in self.plan.stop_timesteps]
+        chosen = self.plan.select(pairs, pixels)
+        points = [p for _, p, _ in chosen if p is not None]
+        decoded = {}
+        if points:  # what a receiver gets: the decoder's images are scored
+            last = max(points, key=lambda p: p.step_index)
+            decoded = {out.header.n_steps: out for out in
+                       self.codec.decode_prefixes(last.data, [p.step_index for p in points])}
         rows = []
-        for requested, point, target in self.plan.select(pairs, pixels):
+        for requested, point, target in chosen:
             row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.codec, "target_bpp": target,
-                                                   "encode_s": res.encode_s}
+                                                   "encode_s": res.encode_s, "caption": caption}
             if point is None:
                 self.score(row, img, None)
                 row["metric_errors"] = f"no rate point at or below {target:g} bpp"
                 rows.append(row)
                 continue
-            out = self.codec.decode(point.data)  # what a receiver gets: the decoder's image is scored
+            out = decoded[point.step_index]
             xt_max, drift_db = self.codec.drift(point, out)
             if self.min_drift_db is not None and desynchronised(drift_db, self.min_drift_db):
                 raise PipelineError(f"{image_id} t={point.timestep}: the decoder desynchronised (drift PSNR "
@@ -362,4 +388,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     cli.main(main, "config", verbatim=("root", "caption", "dataset.options.path", "model.options.path",
-                                       "model.options.params_path"))
+                                       "model.options.params_path", "captioner.options.path"))

@@ -23,14 +23,15 @@ from omegaconf import OmegaConf
 from diffc import format as fmt
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec, pad_to
+from pipelines.common import model_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONF = REPO / "conf" / "model"
 
 
-def model_yaml(name: str) -> dict:
-    """conf/model/NAME.yaml as a plain dict."""
-    return OmegaConf.to_container(OmegaConf.load(MODEL_CONF / f"{name}.yaml"))
+def model_yaml(name: str, parity: str = "project") -> dict:
+    """conf/model/NAME.yaml as a plain dict, its ``${parity:...}`` values resolved."""
+    return OmegaConf.to_container(model_config(name, parity), resolve=True)
 
 
 TINY = sorted(p.stem for p in MODEL_CONF.glob("tiny-*.yaml"))
@@ -345,3 +346,45 @@ def test_real_backbone_kodak_roundtrip(name: str, tmp_path: Path):
     assert point.bpp == 8 * os.path.getsize(path) / (image.shape[-1] * image.shape[-2])
     mse = float(((dec.image.cpu() - image) ** 2).mean())
     assert -10 * torch.log10(torch.tensor(mse)) > 15, "a real model at t=500 should give > 15 dB"
+
+
+def test_classifier_free_guidance_on_tiny_sd15():
+    """guidance s > 1 with a caption: out = out(empty) + s (out(caption) - out(empty)), two UNet
+    calls; s <= 1 or no caption: the plain conditional call (one)."""
+    b = tiny("tiny-sd15")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b.latent_shape(32, 32), generator=g)
+    cond, empty = b.condition("a red barn"), b.condition(None)
+    calls = []
+    original = type(b).network
+
+    def counted(self, inp, t, c):
+        calls.append(t)
+        return original(self, inp, t, c)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(b), "network", counted)
+        plain = b.guided_network(x, 500, cond, 1.0)
+        assert len(calls) == 1
+        guided = b.guided_network(x, 500, cond, 5.0)
+        assert len(calls) == 3
+        assert torch.equal(b.guided_network(x, 500, empty, 5.0), b.guided_network(x, 500, empty, 1.0))
+        assert len(calls) == 5  # no caption: no second call
+    expected = b.network(x, 500, empty) + 5.0 * (plain - b.network(x, 500, empty))
+    assert torch.allclose(guided, expected, atol=1e-6)
+    assert (guided - plain).abs().max() > 1e-3  # the scale does something
+    # predict_x0 takes the scale from the backbone (the encoder's) or the call (the reconstruction's)
+    x0_enc = b.predict_x0(x, 500, cond)
+    assert torch.equal(x0_enc, b.predict_x0(x, 500, cond, 1.0))
+    assert not torch.equal(x0_enc, b.predict_x0(x, 500, cond, 5.0))
+
+
+def test_vae_posterior_mode_is_deterministic_and_sample_is_an_option():
+    img = make_image(32, 32)
+    mode = tiny("tiny-sd15")
+    assert torch.equal(mode.encode(img), mode.encode(img))
+    sample = tiny("tiny-sd15", vae_posterior="sample")  # the reference's unseeded draw
+    a, b = sample.encode(img), sample.encode(img)
+    assert not torch.equal(a, b) and not torch.equal(a, mode.encode(img))
+    with pytest.raises(ValueError, match="vae_posterior"):
+        load_backbone("tiny-sd15", **{**model_yaml("tiny-sd15")["options"], "device": "cpu", "vae_posterior": "median"})

@@ -198,8 +198,8 @@ def test_decompress_refuses_other_weights(encoded: dict[str, Path], tmp_path: Pa
     with np.load(ROOT / "diffc/backbones/params/gaussian_kodak.npz") as f:
         np.savez(tmp_path / "other.npz", mean=f["mean"], var=f["var"] * 1.01)
 
-    def other_weights(name: str):
-        cfg = model_config(name)
+    def other_weights(name: str, parity: str = "project"):
+        cfg = model_config(name, parity)
         cfg.options.params_path = str(tmp_path / "other.npz")
         return cfg
 

@@ -345,3 +345,53 @@ def test_roundtrip_paper_like_settings(gaussian_backbone, kodak64) -> None:
         assert torch.equal(d.x_t, p.x_t)
         assert torch.equal(d.image, c.reconstruct(p.x_t, p.timestep, 64, 64))
         assert p.bpp == 8 * len(p.data) / (64 * 64)
+
+
+def test_decode_prefixes_equal_separate_decodes(enc: Encoded) -> None:
+    """One chain pass over the last file yields every rate point's decode: x_t bit-identical to
+    the point's own file's decode, the same image, the same header step count."""
+    pts = enc.result.points
+    steps = [p.step_index for p in pts]
+    outs = list(enc.codec.decode_prefixes(pts[-1].data, steps))
+    assert [o.header.n_steps for o in outs] == steps
+    for p, one, d in zip(pts, outs, enc.decoded):
+        assert one.timestep == p.timestep
+        assert torch.equal(one.x_t, p.x_t) and torch.equal(one.x_t, d.x_t)
+        assert torch.equal(one.image, d.image)
+    # a prefix beyond the file is refused, not silently truncated
+    with pytest.raises(ValueError):
+        list(enc.codec.decode_prefixes(pts[0].data, [pts[0].step_index + 1]))
+
+
+def _counting(codec: DiffcCodec) -> list[int]:
+    """Record the timestep of every predict_x0 call of ``codec``'s backbone (on the instance)."""
+    calls: list[int] = []
+    backbone = codec.backbone
+    original = type(backbone).predict_x0
+
+    def counted(x, t, cond=None, guidance=None):
+        calls.append(int(t))
+        return original(backbone, x, t, cond, guidance)
+
+    backbone.predict_x0 = counted
+    return calls
+
+
+@pytest.mark.parametrize("t, grid, expected", [
+    (500, "reference", [500, *range(481, 20, -20), 10, 5]),  # grid below t, no evaluation at 0
+    (10, "reference", [10, 5]),
+    (300, (300, 200, 100, 0), [300, 200, 100]),
+    (100, "uniform", [100, 80, 60, 40, 20, 0]),  # 5 even steps, then x0 at t = 0
+])
+def test_recon_grid_visits_its_timesteps(kodak64, t: int, grid, expected: list[int]) -> None:
+    codec = DiffcCodec(GaussianBackbone(), CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0,
+                                                              recon="ode", recon_steps=5, recon_grid=grid))
+    calls = _counting(codec)
+    x0 = codec.backbone.encode(kodak64)
+    a, s = codec.backbone.schedule.a_s(t)
+    x_t = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    out = codec.denoise(x_t, t, grid=codec.params.recon_grid, steps=5)
+    assert calls == expected
+    assert out.shape == x0.shape
+    if t == 10:  # low noise: DDIM on the reference grid lands close to the image
+        assert float(((out - x0) ** 2).mean()) < 0.05 * float(x0.var())

@@ -53,6 +53,7 @@ PAPER_CODEC = {"chunk_bits": 14, "padding_bits": 2}  # the reference's 2^16 cand
 EXPERIMENTS = {
     "paper_kodak": Intended("kodak", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
     "paper_div2k": Intended("div2k", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
+    "paper_prompt": Intended("kodak", ["sd15"], "paper", "all", {**PAPER_CODEC, "recon_guidance": 5.0}, True, False),
     "compare_backbones": Intended("kodak-small", OFFLINE_MODELS, "quick", "offline", {}, False, True),
     "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False),
     "compare_codecs": Intended("kodak", ["gaussian"], "quick", "offline", {}, False, True,
@@ -262,6 +263,32 @@ def test_paper_experiments_use_reference_settings(experiment: str) -> None:
         assert encoding_timesteps(schedule, 1000) == r["encoding_timesteps"], job.model.name
         assert list(job.metrics.names) == ["psnr", "ms_ssim", "lpips", "dists", "qalign"] and job.metrics.fid
         assert bool(job.model.options.get("refiner_hub_id")) == r["use_refiner"] or job.model.name == "flux-dev"
+        # the reference's settings wherever they differ (README "Paper parity")
+        resolved = OmegaConf.to_container(job, resolve=True)
+        assert resolved["parity"] == "reference"
+        assert resolved["model"]["options"]["timestep_labels"] == "reference"
+        assert resolved["model"]["codec"]["recon_grid"] == "reference"
+        assert resolved["model"]["options"].get("guidance") in (0.0, 1.0)  # Flux: embedding 0; SD: no CFG
+        if job.model.name == "flux-dev":
+            assert (resolved["model"]["options"]["shift"], resolved["model"]["options"]["guidance"]) == (1.0, 0.0)
+            assert resolved["model"]["options"]["vae_shift_factor"] is True  # the reference's bug stays off
+        if job.model.name == "sdxl":
+            opts = resolved["model"]["options"]
+            assert (opts["clip_l_layer"], opts["vae_hub_id"], opts["refiner_below_t"]) == (
+                "final", "madebyollin/sdxl-vae-fp16-fix", 201)
+
+
+@pytest.mark.parametrize("model", REAL_MODELS)
+def test_project_defaults_outside_paper_experiments(model: str) -> None:
+    """The better-justified defaults stay everywhere else (the paper switch is not leaking)."""
+    resolved = OmegaConf.to_container(compose("config", overrides=[f"model={model}"]), resolve=True)
+    assert resolved["parity"] == "project"
+    assert resolved["model"]["options"]["timestep_labels"] == "project"
+    assert resolved["model"]["codec"]["recon_grid"] == "uniform"
+    if model == "flux-dev":
+        assert (resolved["model"]["options"]["shift"], resolved["model"]["options"]["guidance"]) == (None, 1.0)
+    flipped = OmegaConf.to_container(compose("config", overrides=[f"model={model}", "parity=reference"]), resolve=True)
+    assert flipped["model"]["codec"]["recon_grid"] == "reference"
 
 
 def test_command_line_sweep_expands() -> None:

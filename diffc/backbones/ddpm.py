@@ -95,9 +95,9 @@ class DDPMBackbone(DiffusersBackbone):
         return out[0, : model_input.shape[0]].float().to(model_input.device)
 
     @torch.no_grad()
-    def predict_x0(self, x_t: torch.Tensor, t: int, cond: Any = None) -> torch.Tensor:
+    def predict_x0(self, x_t: torch.Tensor, t: int, cond: Any = None, guidance: float | None = None) -> torch.Tensor:
         """The model's x0 estimate, clamped to [-clip_range, clip_range] with ``clip_sample``."""
-        x0 = super().predict_x0(x_t, t, cond)
+        x0 = super().predict_x0(x_t, t, cond, guidance)
         return x0 if self.clip_range is None else x0.clamp(-self.clip_range, self.clip_range)
 
     def _identity(self) -> dict[str, Any]:

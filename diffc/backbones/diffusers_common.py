@@ -307,6 +307,8 @@ def ddpm_schedule(scheduler_config: dict[str, Any],
 
 #: Default token count for a dynamic flow shift: a 768x512 image (Kodak) = 48 x 32 tokens of 16x16 px.
 KODAK_SEQ_LEN = (768 // 16) * (512 // 16)
+#: x0 of an image: the VAE posterior's mode (ours, deterministic) or an unseeded sample (the reference's bug)
+VAE_POSTERIORS = ("mode", "sample")
 
 
 def dynamic_flow_shift(image_seq_len: int, base_image_seq_len: int = 256, max_image_seq_len: int = 4096,
@@ -354,9 +356,12 @@ class DiffusersBackbone(Backbone):
 
     def __init__(self, *, name: str, vae: torch.nn.Module | None, text_stages: list[Any], schedule: NoiseSchedule,
                  prediction_type: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool = False,
-                 timestep_labels: str = "project", guidance: float = 1.0):
+                 timestep_labels: str = "project", vae_posterior: str = "mode", guidance: float = 1.0):
         self.name, self.schedule, self.prediction_type = name, schedule, prediction_type
         self.timestep_labels, self.guidance = check_labels(timestep_labels), float(guidance)
+        if vae_posterior not in VAE_POSTERIORS:
+            raise ValueError(f"vae_posterior must be one of {VAE_POSTERIORS}, got {vae_posterior!r}")
+        self.vae_posterior = vae_posterior
         self.device, self.dtype, self.cpu_offload = device, dtype, cpu_offload
         if vae is None:  # pixel space: the identity autoencoder, kept in float32 (the codec's dtype)
             self.vae, self.vae_dtype, self.scaling_factor, self.shift_factor = None, torch.float32, 1.0, 0.0
@@ -434,11 +439,14 @@ class DiffusersBackbone(Backbone):
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Image [3, H, W] in [0, 1] -> x0 = (VAE mode - shift) * scaling, float32 [C, H/f, W/f]
-        (pixel space: x0 = 2 image - 1, f = 1)."""
+        (pixel space: x0 = 2 image - 1, f = 1). ``vae_posterior='sample'``: a draw of the VAE
+        posterior from torch's global generator, unseeded as the reference's (docs/parity.md row 9):
+        the encoder's x0 changes run to run (the decoder never needs x0, files still decode)."""
         self._check_size(image)
         with self._on_device(self.vae) as vae:
             x = (image[None].to(self.device, self.vae_dtype) * 2 - 1)
-            z = x if vae is None else vae.encode(x).latent_dist.mode()
+            dist = None if vae is None else vae.encode(x).latent_dist
+            z = x if dist is None else dist.mode() if self.vae_posterior == "mode" else dist.sample()
         return ((z.float() - self.shift_factor) * self.scaling_factor)[0].to(image.device)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
