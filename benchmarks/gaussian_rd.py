@@ -93,13 +93,16 @@ def main() -> None:
     ap.add_argument("--chunk-bits", type=int, default=8)
     ap.add_argument("--padding-bits", type=int, default=2)
     ap.add_argument("--split-above", type=float, default=CodecParams.split_above)
+    ap.add_argument("--candidates", default="iid", help="PFR candidates: iid | sparse-sum (diffc.sparse_sum)")
+    ap.add_argument("--atoms", type=int, default=0, help="sparse-sum: K_a atoms per step")
+    ap.add_argument("--sparse-m", type=int, default=0, help="sparse-sum: M signed atoms per candidate")
     args = ap.parse_args()
     C.setup(args)
     t_start = time.perf_counter()
     backbone = load_backbone("gaussian", device=args.device)
     params = CodecParams(schedule=args.schedule, chunk_bits=args.chunk_bits, padding_bits=args.padding_bits,
-                         split_above=args.split_above,
-                         seed=args.seed, recon="denoise")
+                         split_above=args.split_above, candidates=args.candidates, atoms=args.atoms,
+                         sparse_m=args.sparse_m, seed=args.seed, recon="denoise")
     codec = DiffcCodec(backbone, params)
     ts = codec.timesteps
     gen = torch.Generator().manual_seed(args.seed)
@@ -185,6 +188,7 @@ def main() -> None:
         "points": [{k: r[k] for k in ("t", "bpp", "psnr", "rcc_rate_overhead", "db_gap_to_rd")} for r in rows],
         "setup": {"exact_source_shape": [3, h1, w1], "codec_source_shape": list(shape), "schedule": args.schedule,
                   "chunk_bits": args.chunk_bits, "padding_bits": args.padding_bits, "recon": "denoise",
+                  "candidates": args.candidates, "atoms": args.atoms, "sparse_m": args.sparse_m,
                   "headline_points": len(sel), "headline_max_header_share": MAX_HEADER_SHARE},
     }, t_start)
 

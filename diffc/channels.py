@@ -5,7 +5,8 @@ reverse-channel coder and the DDCM peers.
 n = ceil(KL / chunk_bits) (side information); the decoder-side plan (``Chain.plan``) cuts the
 latent into n chunks; a chunk whose real KL exceeds ``split_above`` x chunk_bits is sent in
 ceil(KL_c / chunk_bits) parts (``diffc.pfr``); each chunk's PFR index among
-K = 2^(chunk_bits + padding_bits) candidates is range-coded (``diffc.entropy``). Both sides set
+K = 2^(chunk_bits + padding_bits) candidates (i.i.d. hashed normals, or sparse sums of a per-step
+atom bank, ``diffc.sparse_sum``) is range-coded (``diffc.entropy``). Both sides set
 x_t' = mu_p + std z with z regenerated from the indices by the same function, so the decoder's
 state is bit-identical to the encoder's on the same platform.
 
@@ -25,15 +26,26 @@ from .chain import LN2, Chain, Step
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder, sealed_payload
 from .pfr import ChunkPlan, candidate_blocks, chunk_sums, decode_chunks, encode_chunks, split_parts
 from .randomness import normals
+from .sparse_sum import SparseSum
+
+
+#: PFR candidate generators (``PfrSettings.candidates``)
+CANDIDATES = ("iid", "sparse-sum")
 
 
 @dataclass(frozen=True)
 class PfrSettings:
-    """The coder's parameters (all in the .diffc header)."""
+    """The coder's parameters (in the .diffc header, except the candidate generator: format v5 has
+    no field for it, the header's fingerprint covers it, ``diffc.codec.CodecParams``)."""
 
     chunk_bits: int
     padding_bits: int
     split_above: float  # 0 = never split
+    #: candidate generator: "iid" (hashed normals, ``diffc.pfr``) or "sparse-sum" (``diffc.sparse_sum``:
+    #: ``atoms`` = K_a atoms per step's bank, ``sparse_m`` = M atoms per candidate; both 0 for iid)
+    candidates: str = "iid"
+    atoms: int = 0
+    sparse_m: int = 0
 
     @property
     def num_candidates(self) -> int:
@@ -43,6 +55,27 @@ class PfrSettings:
     def split_min(self) -> int:
         """Fewest parts of a split chunk (KL > split_above x chunk_bits): floor(split_above) + 1; 0 = off."""
         return int(self.split_above) + 1 if self.split_above else 0
+
+    @property
+    def generator(self) -> SparseSum | None:
+        """The sparse-sum generator, None for i.i.d. candidates."""
+        if self.candidates == "iid":
+            return None
+        if self.candidates not in CANDIDATES:
+            raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
+        return SparseSum(self.atoms, self.sparse_m)
+
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
+        """The PFR index of every chunk (int64 [chunks]) with this setting's candidates."""
+        gen = self.generator
+        if gen is None:
+            return encode_chunks(u_coded, plan, self.num_candidates, key)
+        return gen.encode_chunks(u_coded, plan, self.num_candidates, key)
+
+    def decode(self, idx: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str) -> torch.Tensor:
+        """The selected candidates (float32 [positions] in coding order), regenerated alone."""
+        gen = self.generator
+        return decode_chunks(idx, plan, key, device) if gen is None else gen.decode_chunks(idx, plan, key, device)
 
     def chunk_count(self, kl_bits: float, n_dims: int) -> int:
         """Chunks of a step carrying ``kl_bits`` of KL: ceil(KL / chunk_bits), within the count
@@ -98,8 +131,8 @@ class PfrChannel:
     # ---- the search (overridable: benchmarks/coding_efficiency.py simulates it) ---------------
     def search(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices int64 [chunks], the chosen candidates float32 [positions] in coding order)."""
-        idx = encode_chunks(u_coded, plan, self.settings.num_candidates, key)
-        return idx, decode_chunks(idx, plan, key, u_coded.device)
+        idx = self.settings.encode(u_coded, plan, key)
+        return idx, self.settings.decode(idx, plan, key, u_coded.device)
 
     @staticmethod
     def _state(step: Step, plan: ChunkPlan, z_coded: torch.Tensor) -> torch.Tensor:
@@ -141,7 +174,7 @@ class PfrChannel:
             idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
-        return self._state(step, plan, decode_chunks(idx, plan, chain.step_key(step.k), step.mu_p.device))
+        return self._state(step, plan, self.settings.decode(idx, plan, chain.step_key(step.k), step.mu_p.device))
 
 
 # ---- the peers: per-step Gaussian codebooks (docs/peers.md) -----------------------------------------

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain, Channel
-from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
+from .channels import CANDIDATES, DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
 from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
 from .schedule import RECON_GRIDS, encoding_timesteps, recon_timesteps
+from .sparse_sum import SparseSum
 
 log = logging.getLogger("diffc")
 
@@ -79,7 +80,13 @@ class CodecParams:
     ``codec`` picks the channel of every step: ``diffc`` (PFR reverse-channel coding: chunk_bits,
     padding_bits, split_above), ``ddcm`` or ``turbo-ddcm`` (a per-step codebook of
     2^codebook_bits noises; turbo-ddcm sends ``atoms`` of them per step). Parameters of the other
-    codecs are normalised to 0, so equal settings have one fingerprint."""
+    codecs are normalised to 0, so equal settings have one fingerprint.
+
+    ``candidates`` picks diffc's PFR candidates: ``iid`` (hashed normals) or ``sparse-sum``
+    (``diffc.sparse_sum``: a bank of ``atoms`` = K_a Gaussian atoms per step, ``sparse_m`` = M
+    signed atoms per candidate). Format v5 headers do not carry the choice: the fingerprint does
+    (a non-default choice only), so such a file decodes only with the same CodecParams and any
+    other decoder refuses it (``FingerprintMismatch``)."""
 
     schedule: str = "paper"
     chunk_bits: int = 12
@@ -94,6 +101,8 @@ class CodecParams:
     atoms: int = 0
     recon_grid: str | tuple[int, ...] = "uniform"
     recon_guidance: float | None = None
+    candidates: str = "iid"
+    sparse_m: int = 0
 
     def __post_init__(self):
         self._set(recon_grid=normal_grid(self.recon_grid),
@@ -110,8 +119,16 @@ class CodecParams:
                 raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
             if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
                 raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
-            self._set(split_above=float(self.split_above), codebook_bits=0, atoms=0)  # 2 and 2.0: one fingerprint
+            self._set(split_above=float(self.split_above), codebook_bits=0)  # 2 and 2.0: one fingerprint
+            if self.candidates not in CANDIDATES:
+                raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
+            if self.candidates == "iid":
+                self._set(atoms=0, sparse_m=0)
+            else:
+                SparseSum(self.atoms, self.sparse_m)  # raises ValueError on a bad atom bank
             return
+        if self.candidates != "iid" or self.sparse_m:
+            raise ValueError(f"candidates={self.candidates!r} / sparse_m apply to codec=diffc only")
         if not 1 <= self.codebook_bits <= fmt.MAX_CODEBOOK_BITS:
             raise ValueError(f"codebook_bits must be in 1..{fmt.MAX_CODEBOOK_BITS} for {self.codec}")
         atoms = self.atoms or 1
@@ -138,7 +155,8 @@ class CodecParams:
     @property
     def pfr(self) -> PfrSettings:
         """The reverse-channel coder's settings."""
-        return PfrSettings(self.chunk_bits, self.padding_bits, self.split_above)
+        return PfrSettings(self.chunk_bits, self.padding_bits, self.split_above, self.candidates, self.atoms,
+                           self.sparse_m)
 
     @property
     def split_min(self) -> int:
@@ -249,6 +267,8 @@ class DiffcCodec:
         p = asdict(self.params)
         for key in ("recon", "recon_steps", "recon_grid", "recon_guidance"):
             p.pop(key)  # decode-time choices, they do not change x_t
+        if p["candidates"] == "iid":
+            del p["candidates"], p["sparse_m"]  # the default generator: fingerprints as before these fields
         return fingerprint({"backbone": self.backbone.config(), "codec": p})
 
     def header(self, width: int, height: int, n_steps: int, caption: str | None,
@@ -342,7 +362,8 @@ class DiffcCodec:
         if header.fingerprint != self.fingerprint():
             raise fmt.FingerprintMismatch(
                 f"file fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
-                f"config/weights and codec parameters ({self.fingerprint().hex()})")
+                f"config/weights and codec parameters ({self.fingerprint().hex()}; the header does not carry "
+                f"candidates/atoms/sparse_m: a sparse-sum file decodes only with the encoder's)")
 
     @torch.no_grad()
     def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False, recon: str | None = None,
@@ -370,6 +391,12 @@ class DiffcCodec:
         t0 = time.perf_counter()
         header, payload = fmt.read(data)
         params = params_from_header(header)
+        if params.codec == self.params.codec == "diffc" and self.params.candidates != "iid":
+            # the candidate generator is not in a v5 header: the fingerprint tells whether it is this codec's
+            mine = replace(params, candidates=self.params.candidates, atoms=self.params.atoms,
+                           sparse_m=self.params.sparse_m)
+            if header.fingerprint == DiffcCodec(self.backbone, mine, self.deterministic).fingerprint():
+                params = mine
         if params != self.params:  # every codec parameter comes from the file
             yield from DiffcCodec(self.backbone, params, self.deterministic).decode_prefixes(
                 data, step_counts, reconstruct, progress, recon, recon_steps, recon_grid)

@@ -31,11 +31,14 @@ rebuilds the same plan with ``ChunkPlan.split_chunks``.
 
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
 candidates computes every chunk's scores with a single scatter-add; no Python loop over chunks.
+The PFR choice from the scores (``pfr_select``: arrival times, running argmin) is shared with the
+sparse-sum candidates of ``diffc.sparse_sum``, which score a candidate from a table instead.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -184,7 +187,7 @@ def _arrival_key(key: int) -> int:
     return (key * 0x9E3779B1 + 0x632BE5AB) & 0x7FFFFFFF
 
 
-def _block_size(n_positions: int, num_candidates: int) -> int:
+def block_size(n_positions: int, num_candidates: int) -> int:
     """Candidates per block: ~BLOCK_ENTRIES entries, at least 1, at most all."""
     return max(1, min(num_candidates, BLOCK_ENTRIES // max(n_positions, 1)))
 
@@ -195,7 +198,7 @@ def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: to
     (each ``z`` is overwritten by the next block; the caller may modify it in place)."""
     d = n_positions
     col_h = column_hashes(key, torch.arange(d, dtype=torch.int32, device=device))[:, None]  # [D, 1]
-    block = _block_size(d, num_candidates)
+    block = block_size(d, num_candidates)
     h_buf = torch.empty(d, block, dtype=torch.int32, device=device)  # hashes
     t_buf = torch.empty_like(h_buf)  # hash scratch
     z_buf = torch.empty(d, block, dtype=torch.float32, device=device)  # candidates
@@ -222,15 +225,31 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     dev = u.device
     u_col = u.to(torch.float32)[:, None]
     chunk_of = plan.chunk_of.to(dev)
-    chunk_cols = torch.arange(c, dtype=torch.int32, device=dev)
+    dots_buf = torch.empty(c, block_size(d, num_candidates), dtype=torch.float32, device=dev)  # reused
+
+    def dot_blocks():
+        for rows, z in candidate_blocks(key, d, num_candidates, dev):
+            dots = dots_buf[:, :rows.numel()].zero_()
+            yield rows, dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
+
+    return pfr_select(dot_blocks(), c, key, dev)
+
+
+def pfr_select(dot_blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_chunks: int, key: int,
+               device: torch.device | str) -> torch.Tensor:
+    """The PFR choice N_c = argmin_n [log S_n - z_n . u_c] of every chunk, from the candidates' scores.
+
+    ``dot_blocks`` yields (rows int32 [B], dots float32 [n_chunks, B]): z_n . u_c (nats of
+    log q/p up to a constant) for consecutive candidate rows n, from 0 up to K-1 in order. The
+    arrival times S_n (cumulative Exp(1), ``uniforms`` of the step's arrival stream, one per
+    (candidate, chunk)) are the same whatever made the candidates. Returns int64 [n_chunks]."""
+    c = n_chunks
+    chunk_cols = torch.arange(c, dtype=torch.int32, device=device)
     akey = _arrival_key(key)
-    best_score = torch.full((c,), math.inf, dtype=torch.float64, device=dev)
-    best_idx = torch.zeros(c, dtype=torch.int64, device=dev)
-    s_carry = torch.zeros(c, dtype=torch.float64, device=dev)
-    dots_buf = torch.empty(c, _block_size(d, num_candidates), dtype=torch.float32, device=dev)  # reused
-    for rows, z in candidate_blocks(key, d, num_candidates, dev):
-        dots = dots_buf[:, :rows.numel()].zero_()
-        dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
+    best_score = torch.full((c,), math.inf, dtype=torch.float64, device=device)
+    best_idx = torch.zeros(c, dtype=torch.int64, device=device)
+    s_carry = torch.zeros(c, dtype=torch.float64, device=device)
+    for rows, dots in dot_blocks:
         exps = -torch.log(uniforms(akey, rows[:, None], chunk_cols[None, :]))  # [B, C] Exp(1)
         s = torch.cumsum(exps, 0) + s_carry
         s_carry = s[-1]
