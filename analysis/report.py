@@ -5,11 +5,14 @@
 (a Hydra app: ``analysis/conf/report.yaml``, ``--help`` lists the options; torch is never imported)
 
 Writes ``{out}.md`` (both tables, markdown) and ``{out}-points.csv`` / ``{out}-bdrate.csv``.
-BD-rate (bjontegaard) of every model against ``anchor`` (default: the first model by name), per
-dataset and metric, on the mean curves: quality is given higher-is-better (-LPIPS, -DISTS), rates
-sorted strictly increasing (points that do not increase the rate are dropped). Negative = the
-model needs fewer bits than the anchor for the same quality. A pair that cannot be computed
-(too few points, no overlap) gives NaN and the reason.
+BD-rate (bjontegaard) of every curve against ``anchor``, per dataset and per-image metric (PSNR,
+MS-SSIM, ... whichever have values), on the mean curves. The curves are the diffusion codecs' (a
+model's DiffC curve is named by the model, a peer's 'model (codec)') and the classic codecs' of the
+sweep (``baselines=[jpeg,...]``, named by the codec: ``anchor=jpeg`` measures everything against
+JPEG). Default anchor: the first diffusion curve by name. Quality is given higher-is-better
+(-LPIPS, -DISTS), rates sorted strictly increasing (points that do not increase the rate are
+dropped). Negative = the curve needs fewer bits than the anchor for the same quality. A pair that
+cannot be computed (too few points, no overlap) gives NaN and the reason.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from omegaconf import DictConfig
 from diffc.errors import UsageError, describe, one_line_errors
 
 from . import cli
-from .results import load_results, rate_points, vae_ceiling
+from .results import baseline_points, load_results, rate_points, vae_ceiling
 from .schema import HIGHER_IS_BETTER, PER_IMAGE_METRICS
 
 MIN_POINTS = 2
@@ -35,11 +38,16 @@ METHODS = ("akima", "pchip", "cubic")
 
 
 def points_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset, model and rate point (VAE last): n images, mean bpp, mean ideal rate (Σ KL)
-    and delivered information per pixel, and every metric's mean over the images with a value
-    (inf stays inf: a lossless VAE round trip has PSNR inf, not NaN)."""
-    keys = ["dataset", "model", "kind", "recon_timestep", "target_bpp"]
+    """Per dataset, model, codec and rate point (a classic codec's: its quality): n images, mean
+    bpp, mean ideal rate (Σ KL) and delivered information per pixel, every metric's mean over the
+    images with a value (inf stays inf: a lossless VAE round trip has PSNR inf, not NaN), and the
+    mean seconds per image of the encode (one progressive encode serves every rate point of a
+    diffusion codec) and of the decode of that rate point."""
+    keys = ["dataset", "model", "kind", "codec", "config_hash", "recon_timestep", "target_bpp", "quality"]
     df = rows.copy()
+    # jobs of one model and codec with other settings stay apart (their config hashes); VAE and
+    # classic-codec rows do not depend on the codec's settings
+    df["config_hash"] = df["config_hash"].where(df["kind"] == "codec")
     pixels = (df["width"] * df["height"]).astype(float)
     df["kl_bpp"] = df["kl_bits"].astype(float) / pixels
     df["delivered_bpp"] = df["delivered_bits"].astype(float) / pixels
@@ -47,8 +55,9 @@ def points_table(rows: pd.DataFrame) -> pd.DataFrame:
         df[m] = df[m].astype(float)
     agg = df.groupby(keys, dropna=False).agg(
         n=("image", "nunique"), bpp=("bpp", "mean"), kl_bpp=("kl_bpp", "mean"),
-        delivered_bpp=("delivered_bpp", "mean"), **{m: (m, "mean") for m in PER_IMAGE_METRICS}).reset_index()
-    return agg.sort_values(["dataset", "model", "kind", "bpp"], ignore_index=True)
+        delivered_bpp=("delivered_bpp", "mean"), **{m: (m, "mean") for m in PER_IMAGE_METRICS},
+        encode_s=("encode_s", "mean"), decode_s=("decode_s", "mean")).reset_index()
+    return agg.sort_values(["dataset", "model", "kind", "codec", "bpp"], ignore_index=True)
 
 
 def nan_reasons(rows: pd.DataFrame) -> pd.DataFrame:
@@ -90,15 +99,30 @@ def bd_rate(anchor: pd.DataFrame, test: pd.DataFrame, metric: str, method: str) 
     return value, reason
 
 
+def rd_curves(rows: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(diffusion-codec curves, classic-codec curves) of ``metric``, both with columns dataset,
+    curve, bpp, value (means over the images): ``rate_points`` and ``baseline_points`` with the
+    baseline's codec ('jpeg') as its curve name."""
+    cols = ["dataset", "curve", "bpp", "value"]
+    return rate_points(rows, metric)[cols], baseline_points(rows, metric).rename(columns={"codec": "curve"})[cols]
+
+
 def bd_table(rows: pd.DataFrame, anchor: str | None, method: str) -> pd.DataFrame:
-    """BD-rate of every curve (a model's DiffC curve is named by the model, a peer's 'model (codec)')
-    vs the anchor curve, per dataset and per-image metric with data."""
+    """BD-rate of every curve (a model's DiffC curve is named by the model, a peer's 'model (codec)',
+    a classic codec's by the codec) vs the anchor curve (None: the first diffusion curve by name),
+    per dataset and per-image metric with data."""
     out = []
     for metric in PER_IMAGE_METRICS:
-        curves = rate_points(rows, metric)
+        codecs, classic = rd_curves(rows, metric)
+        curves = pd.concat([codecs, classic], ignore_index=True)
         for dataset, per_ds in curves.groupby("dataset"):
-            names = sorted(set(per_ds["curve"]) | set(rows.loc[rows["dataset"] == dataset, "model"].dropna()))
-            ref = anchor or names[0]
+            labels = set(codecs.loc[codecs["dataset"] == dataset, "curve"])
+            # models without a curve of their own (a label 'model #hash' is one of several jobs)
+            models = {m for m in rows.loc[rows["dataset"] == dataset, "model"].dropna()
+                      if not any(c.startswith(f"{m} #") for c in labels)}
+            diffusion = labels | models
+            names = sorted(diffusion | set(per_ds["curve"]))
+            ref = anchor or min(diffusion)
             if ref not in names:
                 raise UsageError(f"anchor {ref!r} not among the curves of {dataset}: {', '.join(names)}")
             for name in names:

@@ -53,7 +53,7 @@ def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     codec = rows[(rows["kind"] == "codec") & rows["bpp"].notna()].copy()
     codec["value"] = codec[metric].astype(float)
     codec = codec[codec["value"].notna() & (codec["value"].abs() != float("inf"))]
-    keys = ["dataset", "model", "codec", "recon_timestep", "target_bpp"]
+    keys = ["dataset", "model", "codec", "config_hash", "recon_timestep", "target_bpp"]
     agg = codec.groupby(keys, dropna=False).agg(bpp=("bpp", "mean"), value=("value", "mean"),
                                                 sd=("value", "std"), n=("value", "size")).reset_index()
     agg["sem"] = (agg["sd"] / agg["n"] ** 0.5).fillna(0.0)
@@ -62,9 +62,18 @@ def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def curve_label(points: pd.DataFrame) -> pd.Series:
-    """One curve per (model, codec): the model's name for DiffC, 'model (codec)' for the peers."""
+    """One curve per (model, codec): the model's name for DiffC, 'model (codec)' for the peers.
+
+    Jobs of one model and codec with other settings (config hashes: a sweep over
+    ``codec.chunk_bits``, say) are separate curves, never averaged together: each label then ends
+    in its hash, 'gaussian #826e09' (the job dir's job.json holds it)."""
     codec = points["codec"].fillna("diffc").astype(str)
-    return points["model"].astype(str).where(codec == "diffc", points["model"].astype(str) + " (" + codec + ")")
+    label = points["model"].astype(str).where(codec == "diffc", points["model"].astype(str) + " (" + codec + ")")
+    if "config_hash" not in points or not len(points):
+        return label
+    chash = points["config_hash"].astype(str)
+    several = chash.groupby([points["dataset"], label]).transform("nunique") > 1
+    return label.where(~several, label + " #" + chash.str[:6])
 
 
 def vae_ceiling(rows: pd.DataFrame, metric: str) -> pd.DataFrame:

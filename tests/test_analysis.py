@@ -185,6 +185,59 @@ def test_bd_rate_value_and_nan_reasons() -> None:
     assert list(r) == [0.1, 0.2, 0.4] and list(q) == [1.0, 2.0, 4.0]
 
 
+def test_bd_rate_against_a_classic_codec_on_psnr_and_ms_ssim() -> None:
+    """anchor=jpeg: the classic codecs are curves of the BD table (named by the codec), on every
+    metric with values; the points table keeps codecs and qualities apart and has the seconds."""
+    bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
+    psnr = [25.0, 28.0, 31.0, 34.0, 37.0]
+    ms_ssim = [0.90, 0.93, 0.95, 0.97, 0.98]
+
+    def classic(codec: str, scale: float) -> list[dict]:
+        return [{"dataset": "d", "model": "m", "image": "a", "kind": "baseline", "codec": codec, "quality": 10 * i,
+                 "bpp": b * scale, "psnr": q, "ms_ssim": s, "encode_s": 0.5, "decode_s": 0.25,
+                 "width": 8, "height": 8, "metric_errors": ""}
+                for i, (b, q, s) in enumerate(zip(bpp, psnr, ms_ssim))]
+
+    diffc = [r | {"codec": "diffc", "ms_ssim": s, "encode_s": 30.0, "decode_s": 3.0}
+             for r, s in zip(synthetic("m", [2 * b for b in bpp], psnr), ms_ssim)]
+    ddcm = [r | {"codec": "ddcm", "ms_ssim": s} for r, s in zip(synthetic("m", [b / 2 for b in bpp], psnr), ms_ssim)]
+    rows = frame(diffc + ddcm + classic("jpeg", 1.0) + classic("webp", 0.75))
+    bd = report.bd_table(rows, "jpeg", "akima").set_index(["metric", "model"])
+    assert set(bd["anchor"]) == {"jpeg"} and set(bd.index.get_level_values("model")) == {"m", "m (ddcm)", "webp"}
+    for metric in ("psnr", "ms_ssim"):
+        assert bd.loc[(metric, "m"), "bd_rate_pct"] == pytest.approx(100.0, abs=1e-6)  # twice the bits
+        assert bd.loc[(metric, "m (ddcm)"), "bd_rate_pct"] == pytest.approx(-50.0, abs=1e-6)
+        assert bd.loc[(metric, "webp"), "bd_rate_pct"] == pytest.approx(-25.0, abs=1e-6)
+    # the default anchor stays the first diffusion curve, never a classic codec ('jpeg' < 'm')
+    assert set(report.bd_table(rows, None, "akima")["anchor"]) == {"m"}
+    points = report.points_table(rows)
+    assert len(points) == 4 * len(bpp)  # diffc and ddcm share recon_timesteps, jpeg and webp qualities
+    jpeg = points[points["codec"] == "jpeg"].sort_values("bpp")
+    np.testing.assert_allclose(jpeg["bpp"], bpp)
+    np.testing.assert_allclose(jpeg["ms_ssim"], ms_ssim)
+    assert (jpeg["encode_s"] == 0.5).all() and (points.loc[points["codec"] == "diffc", "encode_s"] == 30.0).all()
+
+
+def test_jobs_with_other_codec_settings_are_separate_curves() -> None:
+    """Two jobs of one model and codec (a sweep over codec.chunk_bits, say: other config hashes)
+    are two curves labelled by their hashes, never averaged into one; the BD table compares them."""
+    bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
+    psnr = [25.0, 28.0, 31.0, 34.0, 37.0]
+    a = [r | {"config_hash": "aaaaaa111111"} for r in synthetic("m", bpp, psnr)]
+    b = [r | {"config_hash": "bbbbbb222222"} for r in synthetic("m", [0.9 * x for x in bpp], psnr)]
+    rows = frame(a + b)
+    curves = rate_points(rows, "psnr")
+    assert sorted(set(curves["curve"])) == ["m #aaaaaa", "m #bbbbbb"]
+    assert len(curves) == 2 * len(bpp)
+    np.testing.assert_allclose(curves.loc[curves["curve"] == "m #aaaaaa", "bpp"].sort_values(), bpp)
+    bd = report.bd_table(rows, None, "akima").set_index(["metric", "model"])
+    assert set(bd["anchor"]) == {"m #aaaaaa"}
+    assert bd.loc[("psnr", "m #bbbbbb"), "bd_rate_pct"] == pytest.approx(-10.0, abs=1e-6)
+    assert len(report.points_table(rows)) == 2 * len(bpp)
+    # one job per model and codec: the plain label, as before
+    assert set(rate_points(frame(a), "psnr")["curve"]) == {"m"}
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["results=NOPE"], "results directory NOPE does not exist"),
     (["results=EMPTY"], "no result shards under EMPTY"),
