@@ -137,6 +137,25 @@ def test_tiny_sd15_cli_round_trip(odd_image: Path, tmp_path: Path, capsys: pytes
     assert dec.read_bytes() == rep.read_bytes()
 
 
+def test_reference_parity_files_decode_with_parity_auto(odd_image: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A file written with the reference's settings (parity=reference: its timestep labels and
+    reconstruction grid) decodes with decompress's default parity=auto to the encoder's PNG; told
+    parity=project, the fingerprint refuses it in one line."""
+    f, rep, dec = tmp_path / "r.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
+    code, _, err = run_task(compress, "compress", ["model=tiny-sd15", "parity=reference", f"input={odd_image}",
+                                                   f"output={f}", "timestep=500", "codec.recon=ode",
+                                                   f"recon_output={rep}"], capsys)
+    assert code == 0, err
+    assert fmt.read(f.read_bytes())[0].recon_grid == "reference"
+    code, _, err = run_task(decompress, "decompress", [f"input={f}", f"output={dec}"], capsys)
+    assert code == 0, err
+    assert dec.read_bytes() == rep.read_bytes()
+    code, _, err = run_task(decompress, "decompress", [f"input={f}", f"output={tmp_path / 'p.png'}",
+                                                       "parity=project"], capsys)
+    assert code != 0 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+
+
 def _bad_files(tmp: Path, good: bytes) -> dict[str, Path]:
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0x10
