@@ -209,7 +209,8 @@ def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: to
         yield rows, hash_to_normal(h, out=z_buf[:, :b])
 
 
-def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int) -> torch.Tensor:
+def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int,
+                  arrivals: str = "poisson") -> torch.Tensor:
     """PFR-select one candidate index per chunk.
 
     Args:
@@ -218,6 +219,7 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
         plan: the chunk plan.
         num_candidates: K, candidates searched per chunk.
         key: stream key of this step.
+        arrivals: "poisson" (the codec's) or "ordered" (``pfr_select``).
     Returns:
         int64 [n_chunks] selected indices in 0..K-1.
     """
@@ -232,17 +234,31 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
             dots = dots_buf[:, :rows.numel()].zero_()
             yield rows, dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
 
-    return pfr_select(dot_blocks(), c, key, dev)
+    return pfr_select(dot_blocks(), c, key, dev, arrivals, num_candidates)
+
+
+#: arrival-time constructions of ``pfr_select``
+ARRIVALS = ("poisson", "ordered")
 
 
 def pfr_select(dot_blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_chunks: int, key: int,
-               device: torch.device | str) -> torch.Tensor:
+               device: torch.device | str, arrivals: str = "poisson", num_candidates: int = 0) -> torch.Tensor:
     """The PFR choice N_c = argmin_n [log S_n - z_n . u_c] of every chunk, from the candidates' scores.
 
     ``dot_blocks`` yields (rows int32 [B], dots float32 [n_chunks, B]): z_n . u_c (nats of
     log q/p up to a constant) for consecutive candidate rows n, from 0 up to K-1 in order. The
     arrival times S_n (cumulative Exp(1), ``uniforms`` of the step's arrival stream, one per
-    (candidate, chunk)) are the same whatever made the candidates. Returns int64 [n_chunks]."""
+    (candidate, chunk)) are the same whatever made the candidates. Returns int64 [n_chunks].
+
+    ``arrivals`` "ordered" (opt-in, not the codec's; ordered random coding, Theis & Yosri 2022):
+    S_n = sum_{k <= n} E_k / (K - k) with K = ``num_candidates``, i.e. the order statistics of K
+    i.i.d. Exp(1) (Renyi's representation), so candidate n gets the n-th smallest of K exponentials.
+    The selected sample then has the law of self-normalised importance sampling over the K candidates
+    (Gumbel-max with the exponentials unsorted), and small indices are likelier than under "poisson"."""
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {ARRIVALS}, got {arrivals!r}")
+    if arrivals == "ordered" and num_candidates < 1:
+        raise ValueError("ordered arrivals need num_candidates (K) >= 1")
     c = n_chunks
     chunk_cols = torch.arange(c, dtype=torch.int32, device=device)
     akey = _arrival_key(key)
@@ -251,6 +267,8 @@ def pfr_select(dot_blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_chunks
     s_carry = torch.zeros(c, dtype=torch.float64, device=device)
     for rows, dots in dot_blocks:
         exps = -torch.log(uniforms(akey, rows[:, None], chunk_cols[None, :]))  # [B, C] Exp(1)
+        if arrivals == "ordered":  # gap before the (n+1)-th smallest of K exponentials: Exp(rate K - n)
+            exps /= (num_candidates - rows.to(torch.float64))[:, None]
         s = torch.cumsum(exps, 0) + s_carry
         s_carry = s[-1]
         score = torch.log(s) - dots.T.to(torch.float64)  # [B, C]

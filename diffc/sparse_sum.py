@@ -104,9 +104,10 @@ class SparseSum:
             out[:, int(rows[0]):int(rows[-1]) + 1] = d
         return out
 
-    def encode_chunks(self, u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int) -> torch.Tensor:
+    def encode_chunks(self, u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int,
+                      arrivals: str = "poisson") -> torch.Tensor:
         """PFR-select one candidate index per chunk among ``num_candidates`` sparse-sum candidates
-        (arguments and result as ``diffc.pfr.encode_chunks``).
+        (arguments, ``arrivals`` included, and result as ``diffc.pfr.encode_chunks``).
 
         Scores come from a signed copy of the projections, T[c, g, s, r] = (-1)^s P_{c, g G + r}
         (float32 [C, M, 2, G]): a candidate's score is M look-ups at (c, g, low b + 1 bits of its
@@ -136,7 +137,7 @@ class SparseSum:
                 vals = torch.index_select(table, 0, flat.view(-1), out=v_buf[:size])
                 yield rows, vals.view(c, -1, m).sum(-1).mul_(inv_sqrt_m)  # [C, B]: z_n . u_c
 
-        return pfr_select(dot_blocks(), c, key, dev)
+        return pfr_select(dot_blocks(), c, key, dev, arrivals, num_candidates)
 
     def decode_chunks(self, indices: torch.Tensor, plan: ChunkPlan, key: int,
                       device: torch.device | str = "cpu") -> torch.Tensor:

@@ -42,20 +42,22 @@ def directions(dims: int, kl_bits: float, key: int) -> tuple[torch.Tensor, torch
 
 
 def selected(gen: SparseSum | None, plan: ChunkPlan, u_coded: torch.Tensor, num_candidates: int,
-             key: int) -> torch.Tensor:
-    """The PFR-selected candidates (float32 [positions]) with i.i.d. (``gen`` None) or sparse-sum candidates."""
+             key: int, arrivals: str = "poisson") -> torch.Tensor:
+    """The PFR-selected candidates (float32 [positions]) with i.i.d. (``gen`` None) or sparse-sum
+    candidates, and the given arrival times (``diffc.pfr.pfr_select``)."""
     u32 = u_coded.to(torch.float32)
     if gen is None:
-        return decode_chunks(encode_chunks(u32, plan, num_candidates, key), plan, key)
-    return gen.decode_chunks(gen.encode_chunks(u32, plan, num_candidates, key), plan, key)
+        return decode_chunks(encode_chunks(u32, plan, num_candidates, key, arrivals), plan, key)
+    return gen.decode_chunks(gen.encode_chunks(u32, plan, num_candidates, key, arrivals), plan, key)
 
 
 def components(gen: SparseSum | None, dims: int, kl_bits: float, num_candidates: int, n: int, key: int,
-               bias: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               bias: float = 0.0, arrivals: str = "poisson") -> tuple[torch.Tensor, torch.Tensor]:
     """n trials of one chunk (shift u): the selected sample's components along u/|u| and along v.
     ``bias`` > 0 selects with the shift u + bias v instead of u (a deliberately biased selection)."""
     u, v = directions(dims, kl_bits, key)
-    z = selected(gen, contiguous_plan(n, dims), (u + bias * v).repeat(n), num_candidates, key).reshape(n, dims)
+    z = selected(gen, contiguous_plan(n, dims), (u + bias * v).repeat(n), num_candidates, key,
+                 arrivals).reshape(n, dims)
     z = z.double()
     return z @ (u / u.norm()), z @ v
 
@@ -92,6 +94,39 @@ def test_law_test_fails_with_a_biased_selection():
     _, ort_i = components(None, 8, 8, 1 << 10, 2000, key=11)
     _, ort_b = components(GOOD, 8, 8, 1 << 10, 2000, key=12, bias=0.5)
     assert ks(ort_b, ort_i) < ALPHA
+
+
+def test_ordered_arrivals_keep_the_law_of_iid_candidates():
+    """Ordered random coding's arrival times (sorted exponentials): sparse-sum (K_a 4096, M 8) vs
+    i.i.d. candidates with the same arrivals, 8-bit chunks, N = 2^10: KS p >= ALPHA along u and
+    orthogonal to it, and the mean delivered information agrees within 0.25 bits."""
+    par_i, ort_i = components(None, 8, 8, 1 << 10, 2000, key=11, arrivals="ordered")
+    par_s, ort_s = components(GOOD, 8, 8, 1 << 10, 2000, key=12, arrivals="ordered")
+    assert ks(par_s, par_i) >= ALPHA
+    assert ks(ort_s, ort_i) >= ALPHA
+    r = math.sqrt(2 * 8 * LN2)
+    assert abs(float((par_s - par_i).mean()) * r / LN2) < 0.25
+
+
+def snis_projection(kl_bits: float, num_candidates: int, n: int, seed: int) -> torch.Tensor:
+    """n draws of self-normalised importance sampling over N i.i.d. N(0, 1) projections with
+    weights q/p = exp(r x - r^2 / 2), r = sqrt(2 kl_bits ln 2): the law ordered arrivals must give."""
+    r = math.sqrt(2 * kl_bits * LN2)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, num_candidates, generator=g, dtype=torch.float64)
+    pick = torch.multinomial(torch.softmax(r * x, 1), 1, generator=g)
+    return x.gather(1, pick)[:, 0]
+
+
+@pytest.mark.parametrize("arrivals,same_law", [("ordered", True), ("poisson", False)])
+def test_ordered_arrivals_give_importance_sampling(arrivals, same_law):
+    """With ordered arrivals the selected sample is self-normalised importance sampling over the N
+    candidates (Gumbel-max): at 6-bit chunks and N = 8 the selected projection passes KS against
+    SNIS (measured p 0.64); truncated PFR's Poisson arrivals (the companion) give another law and
+    fail it (p 9e-6)."""
+    n, kl_bits, num = 10000, 6, 8
+    par, _ = components(None, 4, kl_bits, num, n, key=31, arrivals=arrivals)
+    assert (ks(par, snis_projection(kl_bits, num, n, 32)) >= ALPHA) == same_law
 
 
 def split_components(gen: SparseSum | None, parts: int, n: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
