@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain, Channel
-from .channels import CANDIDATES, DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
+from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
 from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
 from .schedule import RECON_GRIDS, encoding_timesteps, recon_timesteps
-from .sparse_sum import SparseSum
 
 log = logging.getLogger("diffc")
 
@@ -120,12 +119,9 @@ class CodecParams:
             if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
                 raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
             self._set(split_above=float(self.split_above), codebook_bits=0)  # 2 and 2.0: one fingerprint
-            if self.candidates not in CANDIDATES:
-                raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
             if self.candidates == "iid":
                 self._set(atoms=0, sparse_m=0)
-            else:
-                SparseSum(self.atoms, self.sparse_m)  # raises ValueError on a bad atom bank
+            self.pfr.generator  # noqa: B018  raises ValueError on an unknown generator or a bad atom bank
             return
         if self.candidates != "iid" or self.sparse_m:
             raise ValueError(f"candidates={self.candidates!r} / sparse_m apply to codec=diffc only")

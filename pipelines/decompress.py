@@ -36,11 +36,13 @@ def decompress(cfg: DictConfig) -> None:
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
     params = params_from_header(header)
-    codec = None
-    for parity in PARITY if cfg.parity == "auto" else (cfg.parity,):
+    # auto: the settings the file most likely comes from first (paper_* files reconstruct on the
+    # reference grid), so a backbone is loaded twice only when the guess is wrong
+    guess = sorted(PARITY, key=lambda p: p != ("reference" if header.recon_grid == "reference" else "project"))
+    for parity in guess if cfg.parity == "auto" else (cfg.parity,):
         codec = build_codec(model_config(header.backbone, parity), vars(params), cfg.options, cfg.deterministic)
         if codec.fingerprint() == header.fingerprint:
-            break  # else (auto): the file may come from the other settings (parity=reference: paper_*)
+            break  # else (auto): the file may come from the other settings
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps,
                           recon_grid=cfg.recon_grid)
     drift = None

@@ -51,6 +51,7 @@ from diffc.errors import one_line
 from . import baselines as classic
 from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, one_line_errors, plain,
                      png_bytes)
+from .captions import resolve_caption
 from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
 from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
 
@@ -168,16 +169,9 @@ class Job:
             raise PipelineError(f"bitrate: {exc}") from exc
 
     def caption(self, img: np.ndarray) -> str | None:
-        """The prompt of this image: ``caption=auto`` a cached BLIP-2 caption (``pipelines.captions``),
-        ``none``/null none, any other text verbatim."""
-        mode = self.cfg.get("caption")
-        if mode is None or mode in ("none", ""):
-            return None
-        if mode != "auto":
-            return str(mode)
-        from .captions import resolve_caption
-
-        return resolve_caption(mode, img, self.cfg.get("captioner"))
+        """The prompt of this image (``pipelines.captions.resolve_caption``: ``caption=auto`` a
+        cached BLIP-2 caption, none/null none, any other text verbatim); None = unconditional."""
+        return resolve_caption(self.cfg.get("caption"), img, self.cfg.get("captioner")) or None
 
     def base_row(self, image_id: str, img: np.ndarray) -> dict[str, Any]:
         h, w = img.shape[:2]

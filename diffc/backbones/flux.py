@@ -98,7 +98,8 @@ class FluxBackbone(FlowMatchingBackbone):
                  scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  identity: dict[str, Any], shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
                  guidance: float = 1.0, compile: bool = False, cpu_offload: bool = False,
-                 timestep_labels: str = "project", vae_posterior: str = "mode", vae_shift_factor: bool = True):
+                 timestep_labels: str = "project", vae_posterior: str = "mode",
+                 vae_shift_factor: bool = True):
         super().__init__(name=name, transformer=transformer, vae=vae, text_stages=text_stages,
                          scheduler_config=scheduler_config, shift=shift, image_seq_len=image_seq_len,
                          compile=compile, device=device, dtype=dtype, cpu_offload=cpu_offload,
@@ -113,8 +114,8 @@ class FluxBackbone(FlowMatchingBackbone):
                         path: str | None = None, dtype: str = "bfloat16", device: str = "auto",
                         compile: bool = False, cpu_offload: bool = False, shift: float | None = None,
                         image_seq_len: int = KODAK_SEQ_LEN, guidance: float = 1.0,
-                        max_sequence_length: int = 512, timestep_labels: str = "project", vae_posterior: str = "mode",
-                        vae_shift_factor: bool = True) -> "FluxBackbone":
+                        max_sequence_length: int = 512, timestep_labels: str = "project",
+                        vae_posterior: str = "mode", vae_shift_factor: bool = True) -> "FluxBackbone":
         """Load a diffusers-format Flux checkpoint (transformer, vae, CLIP + T5 encoders)."""
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -129,13 +130,14 @@ class FluxBackbone(FlowMatchingBackbone):
         identity = {"weights": src.identity(), "max_sequence_length": max_sequence_length}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=sched,
                    device=dev, dtype=dt, identity=identity, shift=shift, image_seq_len=image_seq_len,
-                   guidance=guidance, compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels, vae_posterior=vae_posterior,
-                   vae_shift_factor=vae_shift_factor)
+                   guidance=guidance, compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels,
+                   vae_posterior=vae_posterior, vae_shift_factor=vae_shift_factor)
 
     @classmethod
     def tiny(cls, name: str = "tiny-flux", *, seed: int = 0, dtype: str = "float32", device: str = "auto",
              compile: bool = False, shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
-             guidance: float = 1.0, timestep_labels: str = "project", vae_posterior: str = "mode", vae_shift_factor: bool = True) -> "FluxBackbone":
+             guidance: float = 1.0, timestep_labels: str = "project", vae_posterior: str = "mode",
+             vae_shift_factor: bool = True) -> "FluxBackbone":
         """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings."""
         from diffusers import AutoencoderKL, FluxTransformer2DModel
 
@@ -149,8 +151,8 @@ class FluxBackbone(FlowMatchingBackbone):
                              "text_seq_len": TINY_TEXT_SEQ_LEN}}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=FLUX_SCHEDULER,
                    device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, shift=shift,
-                   image_seq_len=image_seq_len, guidance=guidance, compile=compile, timestep_labels=timestep_labels, vae_posterior=vae_posterior,
-                   vae_shift_factor=vae_shift_factor)
+                   image_seq_len=image_seq_len, guidance=guidance, compile=compile, timestep_labels=timestep_labels,
+                   vae_posterior=vae_posterior, vae_shift_factor=vae_shift_factor)
 
     # ---- conditioning -----------------------------------------------------------------------------
     def condition(self, caption: str | None) -> FluxCond:

@@ -11,7 +11,8 @@ only by data:
   t < ``refiner_below_t`` (default :data:`REFINER_BELOW_T`: the refiner was trained on the lowest 200
   of the 1000 DDPM steps).
 
-Options that reproduce the reference implementation (docs/parity.md; the ``${parity:...}`` values of conf/model/*.yaml):
+Options that reproduce the reference implementation (docs/parity.md; the ``${parity:...}`` values of
+conf/model/*.yaml):
 ``timestep_labels`` (project | reference: label t at abar[t-1]), ``clip_l_layer`` (SDXL's CLIP-L
 states: ``penultimate`` as diffusers, or ``final`` as the reference), ``vae_hub_id`` (a separate VAE,
 e.g. ``madebyollin/sdxl-vae-fp16-fix`` as the reference's SDXL), ``refiner_below_t`` (201 = the
@@ -144,8 +145,9 @@ class StableDiffusionBackbone(DiffusersBackbone):
                         dtype: str = "float16", device: str = "auto", compile: bool = False,
                         cpu_offload: bool = False, refiner_hub_id: str | None = None,
                         refiner_revision: str | None = None, refiner_path: str | None = None,
-                        refiner_below_t: int = REFINER_BELOW_T, timestep_labels: str = "project", vae_posterior: str = "mode",
-                        guidance: float = 1.0, clip_l_layer: str = "penultimate", vae_hub_id: str | None = None,
+                        refiner_below_t: int = REFINER_BELOW_T, timestep_labels: str = "project",
+                        vae_posterior: str = "mode", guidance: float = 1.0, clip_l_layer: str = "penultimate",
+                        vae_hub_id: str | None = None,
                         vae_revision: str | None = None, vae_path: str | None = None) -> "StableDiffusionBackbone":
         """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder.
         ``vae_hub_id`` / ``vae_path``: a VAE from another repository (its root), e.g. the fp16-fix one."""
@@ -186,12 +188,14 @@ class StableDiffusionBackbone(DiffusersBackbone):
             identity["refiner"] = {"weights": rsrc.identity(), "below_t": refiner_below_t}
         return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=sched, device=dev,
                    dtype=dt, identity=identity, refiner=refiner, refiner_below_t=refiner_below_t,
-                   compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels, vae_posterior=vae_posterior, guidance=guidance)
+                   compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels,
+                   vae_posterior=vae_posterior, guidance=guidance)
 
     @classmethod
     def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
              compile: bool = False, refiner: bool = False, refiner_below_t: int = REFINER_BELOW_T,
-             timestep_labels: str = "project", vae_posterior: str = "mode", guidance: float = 1.0) -> "StableDiffusionBackbone":
+             timestep_labels: str = "project", vae_posterior: str = "mode",
+             guidance: float = 1.0) -> "StableDiffusionBackbone":
         """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -213,8 +217,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
             identity["refiner"] = {"tiny_unet": spec.refiner_unet, "seed": seed + 1, "below_t": refiner_below_t}
         return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=spec.scheduler,
                    device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, refiner=ref,
-                   refiner_below_t=refiner_below_t, compile=compile, timestep_labels=timestep_labels, vae_posterior=vae_posterior,
-                   guidance=guidance)
+                   refiner_below_t=refiner_below_t, compile=compile, timestep_labels=timestep_labels,
+                   vae_posterior=vae_posterior, guidance=guidance)
 
     # ---- conditioning -----------------------------------------------------------------------------
     @torch.no_grad()
