@@ -58,8 +58,8 @@ def perturbed(codec: DiffcCodec, seed: int) -> DiffcCodec:
     b, gen = codec.backbone, torch.Generator().manual_seed(seed)
     network = b.network
 
-    def noisy(model_input, t, cond):
-        out = network(model_input, t, cond)
+    def noisy(model_input, t, cond, *extra):  # extra: Flux's guidance scale
+        out = network(model_input, t, cond, *extra)
         noise = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
         return out * (1 + PERTURBATION * noise)
 
