@@ -28,7 +28,19 @@ from omegaconf import ListConfig, OmegaConf
 
 from diffc.errors import UsageError, fail, first_line
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+def _pipeline_conf_dir() -> Path:
+    """The pipelines' Hydra configs: the installed package ``diffc_conf`` (a wheel's
+    site-packages/diffc_conf, or the checkout's conf/ under an editable install); the checkout's
+    conf/ when the package is not installed at all (sources on PYTHONPATH)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("diffc_conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF_DIR = _pipeline_conf_dir()
 #: the analysis commands' configs: a config dir of their own, so that their ``metrics=`` option is
 #: not read as the pipelines' ``metrics`` config group (and the pipelines' --help lists no analysis)
 ANALYSIS_CONF_DIR = Path(__file__).resolve().parent / "conf"

