@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from io import BytesIO
@@ -59,19 +60,48 @@ log = logging.getLogger(__name__)
 
 #: config keys that do not change the results (left out of the config hash)
 VOLATILE_KEYS = ("root", "name", "progress", "save", "hydra", "dry_run", "debug")
+#: where weights live, not what they are (the hub id and revision name them): left out of job
+#: directory names and config hashes, so moving the weights does not restart a sweep
+LOCATION_KEYS = ("model.options.path", "model.options.refiner_path", "model.options.vae_path",
+                 "captioner.options.path")
+#: longest readable part of a job directory name (the hash keeps longer names apart)
+SLUG_CHARS = 80
 
 
-# job dir name: the job's overrides, or "defaults" when there are none (conf/config.yaml)
-OmegaConf.register_new_resolver("or_defaults", lambda name: name or "defaults", replace=True)
+def job_dirname(override_dirname: str) -> str:
+    """A job's directory name: a readable slug of its overrides and 8 hex digits of their sha256.
+
+    ``override_dirname`` is Hydra's ``k=v,k2=v2`` (sorted; conf/config.yaml's ``exclude_keys``
+    drops the keys that do not change results, :data:`LOCATION_KEYS` among them). The slug writes
+    ``k=v`` as ``k-v``, ``,`` as ``__`` and every other character outside ``[A-Za-z0-9._-]`` as
+    ``_``, so a name is one flat, safe path component: never a path taken from a value, and no
+    ``=`` that hive-partitioning readers (duckdb) would parse as a column. It is cut to
+    :data:`SLUG_CHARS`; the hash of the whole override string keeps names that sanitise alike apart.
+    ``defaults-HASH`` when there is no override.
+    """
+    slug = override_dirname.replace("=", "-").replace(",", "__")
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)[:SLUG_CHARS].strip("._-") or "defaults"
+    return f"{slug}-{hashlib.sha256(override_dirname.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 # ---- configuration ------------------------------------------------------------------------------
 def config_hash(cfg: DictConfig) -> str:
-    """12 hex digits identifying everything that changes the rows of a job."""
+    """12 hex digits identifying everything that changes the rows of a job (not the
+    :data:`LOCATION_KEYS`: the weights' location)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     for key in VOLATILE_KEYS:
         data.pop(key, None)
+    for dotted in LOCATION_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     data.pop("parity", None)  # its effect is in the resolved model values
     if data.get("caption") != "auto":
         data.pop("captioner", None)  # used only by caption=auto

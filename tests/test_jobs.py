@@ -1,0 +1,125 @@
+"""Job directories of a sweep: flat, safe names (a slug of the overrides + a hash), the weights'
+location out of names and config hashes, and the docs' duckdb / pandas one-liners on a real sweep."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from pipelines.common import CONF_DIR
+from pipelines.evaluate import LOCATION_KEYS, SLUG_CHARS, job_dirname
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"PYTHONPATH": str(ROOT)}
+SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "pipelines.evaluate", *args, "progress=false"], cwd=cwd, env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.mark.parametrize("overrides", [
+    "", "model=sd15", "dataset.options.path=/a/b/c", "dataset.options.path=../../x,model=gaussian",
+    "caption=a cat\\, sleeping/on a mat,model=sd15", "metrics.names=[psnr,lpips]", "codec.chunk_bits=8" * 40])
+def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
+    name = job_dirname(overrides)
+    assert SAFE.fullmatch(name) and name not in (".", "..") and not name.startswith("."), name
+    slug, _, digest = name.rpartition("-")
+    assert re.fullmatch(r"[0-9a-f]{8}", digest) and len(slug) <= SLUG_CHARS
+    assert "=" not in name and "/" not in name
+
+
+def test_names_that_sanitise_alike_stay_apart() -> None:
+    a, b = job_dirname("dataset.options.path=/a/b"), job_dirname("dataset.options.path=_a_b")
+    assert a != b and a.rpartition("-")[0] == b.rpartition("-")[0]
+    assert job_dirname("model=sd15") == job_dirname("model=sd15")  # deterministic
+
+
+def test_location_keys_are_excluded_from_directory_names() -> None:
+    excluded = set(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+    assert set(LOCATION_KEYS) <= excluded
+
+
+def job_line(out: str) -> dict[str, str]:
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("job ")]
+    return dict(re.findall(r"(config_hash|dir)=(\S+)", line))
+
+
+def test_moving_the_weights_keeps_the_job(tmp_path: Path) -> None:
+    """Two jobs that differ only in where the weights live: the same directory and config hash."""
+    common = ["model=sdxl", "dataset=kodak-small", "dry_run=true", f"root={tmp_path / 'out'}"]
+    a = job_line(evaluate(tmp_path, *common, "model.options.path=/data/models/sdxl-base",
+                          "model.options.refiner_path=/data/models/sdxl-refiner").stdout)
+    b = job_line(evaluate(tmp_path, *common, "model.options.path=/scratch/me/x/y/z/sdxl").stdout)
+    c = job_line(evaluate(tmp_path, *common, "model.options.revision=abc").stdout)
+    assert a == b, (a, b)
+    assert a["dir"] != c["dir"] and a["config_hash"] != c["config_hash"]  # the weights' identity counts
+    assert Path(a["dir"]).parent == tmp_path / "out" / "default"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-job sweep (gaussian, two chunk sizes) on a folder dataset given by an absolute path,
+    as outputs/paper_kodak: the directory the docs' queries read."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    images = cwd / "data" / "my images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    evaluate(cwd, "-m", "model=gaussian", "codec.chunk_bits=6,8", "dataset=folder",
+             f"dataset.options.path={images}", "bitrate=quick", "metrics=offline", "root=outputs",
+             "name=paper_kodak")
+    return cwd
+
+
+def test_sweep_jobs_are_flat(sweep: Path) -> None:
+    jobs = sorted(p.parent for p in (sweep / "outputs" / "paper_kodak").rglob("results.parquet"))
+    assert len(jobs) == 2 and all(j.parent == sweep / "outputs" / "paper_kodak" for j in jobs), jobs
+    assert all(SAFE.fullmatch(j.name) and "chunk_bits-" in j.name for j in jobs)
+
+
+def docs_block(lang: str) -> str:
+    """The ``lang`` code block of docs/experiments.md that reads ``*/results.parquet``."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    (block,) = [b for b in re.findall(rf"```{lang}\n(.*?)```", text, re.S) if "*/results.parquet" in b]
+    return block
+
+
+def test_the_docs_duckdb_query_runs_as_written(sweep: Path) -> None:
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is in the test extras")
+    cwd = os.getcwd()
+    try:
+        os.chdir(sweep)
+        table = duckdb.sql(docs_block("sql")).df()
+    finally:
+        os.chdir(cwd)
+    assert list(table.model) == ["gaussian"] * 3 and sorted(table.recon_timestep) == [100, 300, 700]
+    assert (table.images == 4).all()  # 2 images x 2 jobs per rate point
+    direct = pd.concat(map(pd.read_parquet, (sweep / "outputs" / "paper_kodak").glob("*/results.parquet")))
+    codec = direct[direct.kind == "codec"]
+    expected = codec.groupby("recon_timestep").psnr.mean()
+    assert np.allclose(table.set_index("recon_timestep").psnr.sort_index(), expected.sort_index())
+
+
+def test_the_docs_pandas_one_liner_runs_as_written(sweep: Path) -> None:
+    scope: dict = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(sweep)
+        exec(docs_block("python"), scope)
+    finally:
+        os.chdir(cwd)
+    rows = scope["rows"]
+    assert len(rows[rows.kind == "codec"]) == 12 and set(rows.config_hash.unique()).__len__() == 2
