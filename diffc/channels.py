@@ -113,7 +113,9 @@ class PfrStepRecord:
 class PfrChannel:
     """PFR over a decoder-side chunk plan. Encoder: ``PfrChannel(settings, n_dims)`` then
     ``send`` per step; ``stream()`` range-codes the steps sent so far (incrementally: each call
-    seals a copy of the running coder). Decoder: ``PfrChannel(settings, n_dims, payload)``."""
+    seals a copy of the running coder). Decoder: ``PfrChannel(settings, n_dims, payload)``; it
+    range-codes what it receives too, so ``stream()`` is the payload those steps make (the codec
+    refuses a file whose payload is anything else: trailing data)."""
 
     def __init__(self, settings: PfrSettings, n_dims: int, payload: bytes | None = None):
         self.settings = settings
@@ -169,9 +171,13 @@ class PfrChannel:
             raise TypeError("this PfrChannel was made for encoding (no payload)")
         dec = self._decoder
         try:
-            plan = chain.plan(step, dec.next_count(self.max_chunks))
-            plan = plan.split_chunks(torch.from_numpy(dec.next_parts(plan.n_chunks, self.max_chunks)))
+            n_chunks = dec.next_count(self.max_chunks)
+            plan = chain.plan(step, n_chunks)
+            parts = dec.next_parts(plan.n_chunks, self.max_chunks)
+            plan = plan.split_chunks(torch.from_numpy(parts))
             idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
+            self._encoder.push(StepSymbols(n_chunks, idx.numpy().astype(np.int32),
+                                           parts.astype(np.int32) if self.settings.split_min else None))
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
         return self._state(step, plan, self.settings.decode(idx, plan, chain.step_key(step.k), step.mu_p.device))
@@ -256,9 +262,11 @@ class CodebookChannel:
         if self._dec is None:
             raise TypeError("this channel was made for encoding (no payload)")
         try:
-            return [int(v) for v in self._dec.decode(constriction.stream.model.Uniform(size), n)]
+            symbols = [int(v) for v in self._dec.decode(constriction.stream.model.Uniform(size), n)]
         except (AssertionError, RuntimeError, ValueError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
+        self._put(symbols, size)  # re-coded: ``stream()`` is the payload of the steps received
+        return symbols
 
     def stream(self) -> tuple[bytes, StreamCost]:
         """The range-coded payload of the steps sent so far (all of it index bits: no side info)."""

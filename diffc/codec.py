@@ -35,7 +35,8 @@ from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain, Channel
 from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
-from .determinism import check_provenance, default_threads, deterministic, drift_psnr_db, provenance_here
+from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
+                          provenance_here)
 from .schedule import RECON_GRIDS, encoding_timesteps, recon_timesteps
 
 log = logging.getLogger("diffc")
@@ -416,6 +417,8 @@ class DiffcCodec:
             busy, mark = 0.0, t0  # seconds in the chain (and setup), outside reconstructions and the caller
             states = self.chain.run(channel, x, cond, counts[-1], progress=progress)
             for k, x in itertools.chain([(0, x)], ((step.k, x) for step, x in states)):
+                if k == header.n_steps:
+                    check_payload_end(channel, payload)
                 if k not in counts:
                     continue
                 busy += time.perf_counter() - mark
@@ -430,9 +433,12 @@ class DiffcCodec:
                 mark = time.perf_counter()
 
     def decode_threads(self, header: fmt.Header) -> int | None:
-        """Intra-op threads around a decode's model calls: the file's (this process's when the file
-        fixed none), or None (not fixed) with ``deterministic=False``."""
-        return (header.provenance.threads or default_threads()) if self.deterministic else None
+        """Intra-op threads around a decode's model calls: the file's, capped at this machine's CPUs
+        (a performance hint: ``diffc.determinism``), or this process's when the file fixed none;
+        None (not fixed) with ``deterministic=False``."""
+        if not self.deterministic:
+            return None
+        return min(header.provenance.threads, machine_threads()) if header.provenance.threads else default_threads()
 
     def drift(self, point: RatePoint, decoded: DecodeResult) -> tuple[float, float]:
         """(max |x_t decoder - x_t encoder|, PSNR in dB between the encoder-side and the decoder's
@@ -497,6 +503,20 @@ class DiffcCodec:
         _check_image(image)
         h, w = image.shape[-2:]
         return self.backbone.decode(self.backbone.encode(pad_for(self.backbone, image)))[:, :h, :w].clamp(0, 1)
+
+
+def check_payload_end(channel: PfrChannel | DdcmChannel | TurboDdcmChannel, payload: bytes) -> None:
+    """After a file's last coded step: its payload must be exactly what those steps code to
+    (the decoding channel re-codes what it reads), so data after the payload is refused. A
+    progressive file's lower rate points are separate files (each sealed with its own header's
+    step count), never a cut of a longer one."""
+    coded, _ = channel.stream()
+    if coded == payload:
+        return
+    if len(payload) > len(coded) and payload.startswith(coded):
+        raise fmt.CorruptFile(f"corrupt .diffc file: {len(payload) - len(coded)} bytes of trailing data after "
+                              f"the {len(coded)}-byte payload")
+    raise fmt.CorruptFile("corrupt .diffc file: the payload is not the coded stream of the steps it decodes to")
 
 
 def params_from_header(header: fmt.Header) -> CodecParams:

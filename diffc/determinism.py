@@ -4,7 +4,11 @@
   same device type, with the same dtype, library versions (torch, diffusers) and intra-op thread
   count, with deterministic kernels. ``deterministic()`` sets the kernels and the thread count
   around every model call, and the thread count is the one the file records, so a receiver with
-  another number of cores still matches.
+  another number of cores still matches -- as long as it has at least that many CPUs.
+- **The file's thread count is a performance hint**: a receiver runs at most ``machine_threads()``
+  threads (its CPUs), whatever a header asks (a forged ``threads=256`` would otherwise make a
+  2-core decode 100x slower). With fewer CPUs than the encoder used, it decodes with its own count
+  and says so (``check_provenance``: threads differ): bounded drift, below.
 - **Bounded drift**: everything else (another GPU model, driver or library version, fp16 vs fp32,
   CPU vs GPU). The model's outputs then differ by rounding; the decoder's x_t follows the
   encoder's within a drift that ``benchmarks/decode_drift.py`` measures (>= 40 dB between the two
@@ -84,6 +88,14 @@ def drift_psnr_db(encoder_image: torch.Tensor, decoder_image: torch.Tensor) -> f
 def desynchronised(drift_db: float, min_db: float = DESYNC_PSNR_DB) -> bool:
     """A decode counts as desynchronised (not rounding drift) below ``min_db`` or when non-finite."""
     return not drift_db >= min_db
+
+
+def machine_threads() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 def default_threads() -> int:

@@ -135,3 +135,21 @@ def test_drift_is_measured_and_told_from_desync(gaussian_backbone) -> None:
     assert desynchronised(bad)
     assert drift_psnr_db(img, img) == float("inf") and drift_psnr_db(img, img * float("nan")) == -float("inf")
     assert desynchronised(float("nan")) and not desynchronised(float("inf"))
+
+
+def test_header_thread_count_is_capped_at_the_machine(gaussian_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forged ``threads=256`` is a hint the receiver caps at its CPUs (here made 1): every model
+    call of the decode runs with 1 thread, x_t is unchanged, and the provenance line names threads."""
+    codec = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0))
+    p = codec.encode(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))).points[-1]
+    header, payload = fmt.read(p.data)
+    forged = fmt.write(dataclasses.replace(header, provenance=dataclasses.replace(header.provenance, threads=256)),
+                       payload)
+    monkeypatch.setattr("diffc.codec.machine_threads", lambda: 1)
+    seen = []
+    predict = gaussian_backbone.predict_x0
+    monkeypatch.setattr(gaussian_backbone, "predict_x0", lambda *a, **k: seen.append(torch.get_num_threads()) or predict(*a, **k))
+    d = codec.decode(forged, reconstruct=False)
+    assert seen and set(seen) == {1}
+    assert torch.equal(d.x_t, p.x_t)
+    assert "256 threads" in d.drift_warning and "threads differ" in d.drift_warning

@@ -256,19 +256,41 @@ def test_decoder_refuses_more_steps_than_its_schedule(tiny_codec) -> None:
     (b"\xff\xff\xff\x7f" * 3, 2),  # decodes a split count larger than the plan's chunk count
     (b"\x00" * 8, None), (b"", None)])  # valid range-coder states: every symbol decodes (as its smallest)
 def test_garbage_payload_with_valid_header(payload, refused_at) -> None:
-    """A valid header (right fingerprint) over a garbage payload. The container does not delimit
-    the symbol stream, so garbage that the range decoder accepts is not detectable: it decodes to
-    some finite image of the right size. Garbage it rejects, or whose symbols are out of range, is
-    refused with CorruptFile naming the step."""
+    """A valid header (right fingerprint) over a garbage payload. Garbage the range decoder rejects,
+    or whose symbols are out of range, is refused with CorruptFile naming the step; garbage it
+    accepts decodes, but is not what its symbols code to (the decoder re-codes them): refused too."""
     codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
     data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3", chunk_bits=2,
                     padding_bits=0, split_q=int(4 * codec.params.split_above), n_steps=3, payload=payload)
-    if refused_at is not None:
-        with pytest.raises(fmt.CorruptFile, match=f"payload does not decode at step {refused_at}"):
-            codec.decode(data)
-    else:
-        res = codec.decode(data)
-        assert res.image.shape == (3, 16, 16) and bool(torch.isfinite(res.image).all())
+    match = "trailing data|not the coded stream" if refused_at is None else f"payload does not decode at step {refused_at}"
+    with pytest.raises(fmt.CorruptFile, match=match):
+        codec.decode(data)
+
+
+@pytest.mark.parametrize("codec_name", ["diffc", "turbo-ddcm"])
+def test_trailing_data_after_the_payload_is_refused(gaussian_backbone, codec_name: str) -> None:
+    """Data after a file's coded steps is refused, from one 32-bit word up (the decoder re-codes
+    what it reads: the payload must be exactly that stream), whether its CRC was forged to match or
+    the data follows the CRC; every rate point of a progressive encode is a file of its own and
+    decodes (a prefix of the stream plus a header of its step count)."""
+    extra = {"codebook_bits": 6, "atoms": 3} if codec_name != "diffc" else {}
+    codec = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-6", chunk_bits=4, padding_bits=1,
+                                                      codec=codec_name, **extra))
+    res = codec.encode(tiny_image(), stop_timesteps=codec.timesteps[1:])
+    for point in res.points:
+        assert torch.equal(codec.decode(point.data, reconstruct=False).x_t, point.x_t)
+    header, payload = fmt.read(res.points[-1].data)
+    for junk in (b"\0" * 4, bytes(range(256)) * 4096):
+        forged = fmt.write(header, payload + junk)
+        with pytest.raises(fmt.CorruptFile, match=f"{len(junk)} bytes of trailing data after the {len(payload)}-byte"):
+            codec.decode(forged)
+    with pytest.raises(fmt.CorruptFile, match="CRC32"):
+        codec.decode(res.points[-1].data + b"\0" * 64)
+    # a longer point's stream under a shorter point's header: not that point's file
+    short = res.points[0]
+    spliced = fmt.write(fmt.read(short.data)[0], payload)
+    with pytest.raises(fmt.CorruptFile, match="trailing data|not the coded stream"):
+        codec.decode(spliced)
 
 
 # ---- fuzzing ---------------------------------------------------------------------------------------
