@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -127,3 +128,22 @@ def one_line_errors(func: Callable[[DictConfig], None]) -> Callable[[DictConfig]
     """Decorate a Hydra task: any failure (bad input, corrupt file, missing weights) prints
     ``error: ...`` on one line and exits 2; ``debug=true`` re-raises for the full traceback."""
     return errors.one_line_errors(*EXPECTED_ERRORS)(func)
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False, what: str = "output") -> None:
+    """Refuse, before any work, an output that ``atomic_write`` could not write: ``path`` is a
+    directory (or, with ``directory``, the directory to write into is a file), a file is where a
+    directory must be created, or the nearest existing directory does not take a new file (a
+    read-only filesystem, no permission). Probes with a temp file, deleted at once; creates nothing."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise PipelineError(f"{what} {path} is a directory")
+    target = path if directory else path.parent
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise PipelineError(f"{what} {path}: cannot create {target}, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"{what} {path}: cannot write in {existing} ({exc.strerror or errors.describe(exc)})") from exc

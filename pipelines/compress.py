@@ -18,8 +18,8 @@ from analysis import cli
 from diffc.codec import DiffcCodec, RatePoint
 
 from .captions import resolve_caption
-from .common import PipelineError, atomic_write, build_codec, one_line_errors, png_bytes, require
-from .datasets import read_image, to_tensor, to_uint8
+from .common import PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes, require
+from .datasets import as_uint8, read_image, to_tensor, to_uint8
 
 
 def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None) -> list[int]:
@@ -31,6 +31,8 @@ def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None) -
         if not bpp > 0:
             raise PipelineError(f"bpp must be > 0, got {bpp}")
         return codec.timesteps[1:]
+    if isinstance(timestep, bool) or not isinstance(timestep, int) and not str(timestep).lstrip("-").isdigit():
+        raise PipelineError(f"timestep must be an integer stop timestep (e.g. timestep=300), got {timestep!r}")
     try:
         codec.stop_step_for(int(timestep))
     except ValueError as exc:
@@ -58,11 +60,14 @@ def describe(point: RatePoint, n_steps: int) -> str:
 @one_line_errors
 def compress(cfg: DictConfig) -> None:
     require(cfg, "input", "output")
-    image = read_image(cfg.input)
+    check_writable(cfg.output)
+    if cfg.recon_output:
+        check_writable(cfg.recon_output, what="recon_output")
+    image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
     codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
     x = to_tensor(image)
-    caption = resolve_caption(cfg.caption, image, cfg.get("captioner")) or None  # auto: a BLIP-2 caption
+    caption = resolve_caption(cfg.caption, as_uint8(image), cfg.get("captioner")) or None  # auto: a BLIP-2 caption
     try:
         max_bits = None if cfg.bpp is None else cfg.bpp * image.shape[0] * image.shape[1]
         result = codec.encode(x, stop_timesteps=stops, caption=caption, progress=cfg.progress, max_bits=max_bits)

@@ -1,4 +1,5 @@
-"""Evaluation datasets as lists of ``(image_id, uint8 array [H, W, 3])``.
+"""Evaluation datasets as lists of ``(image_id, image [H, W, 3])``: uint8 for 8-bit files, float32
+in [0, 1] for 16-bit or float ones (``read_image``, the one image reader of every command).
 
 Datasets (``load_dataset(name, **options)``; the options are the keys of conf/dataset/NAME.yaml):
 
@@ -22,14 +23,18 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import imagecodecs
 import numpy as np
 import pooch
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
+from diffc import format as fmt
 from diffc.errors import UsageError, describe
 
 Sample = tuple[str, np.ndarray]
@@ -71,6 +76,11 @@ DIV2K_SHA256: dict[str, str | None] = {"valid": None, "train": None}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+#: ``alpha=``: what ``read_image`` does with transparent pixels (None = refuse the image)
+ALPHA_MODES = (None, "drop", "white")
+#: a Pillow raw mode of 16-bit samples ('RGB;16B', 'I;16', 'LA;16B', ...)
+SIXTEEN_BIT = re.compile(r";16[BLN]?$")
+
 
 class DatasetError(UsageError):
     """A dataset could not be loaded (one line: what and why)."""
@@ -97,13 +107,150 @@ def _fetch(name: str, fname: str, base_url: str, sha256: str | None, **fetch_kwa
         raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} ({describe(exc, 200)})") from exc
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 RGB [H, W, 3]."""
+def _size_error(path: str | os.PathLike, size: str, max_pixels: int) -> DatasetError:
+    return DatasetError(f"image {path} is {size}, above max_pixels={max_pixels} (downscale or crop it; "
+                        f"max_pixels can be at most {fmt.MAX_PIXELS}, the .diffc format's limit)")
+
+
+def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+    """Open ``path`` (header only) and refuse it when it holds more than ``max_pixels`` pixels,
+    before any pixel is decoded. Pillow's decompression-bomb check (warning above
+    ``Image.MAX_IMAGE_PIXELS``, error above twice that, both far above ``fmt.MAX_PIXELS``)
+    becomes the same one-line size error, with no warning printed."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _size_error(path, f"larger than {Image.MAX_IMAGE_PIXELS} pixels", max_pixels) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise _size_error(path, f"{w}x{h} ({w * h} pixels)", max_pixels)
+    return im
+
+
+def _frame(im: Image.Image, path: str | os.PathLike, frame: int | None) -> None:
+    """Seek ``im`` to ``frame``; an image of several frames (animation, multi-page) needs one,
+    except an MPO's first image, its primary picture (CIPA DC-007; phone photos carry extra ones)."""
+    n = getattr(im, "n_frames", 1)
+    if frame is None:
+        if n == 1 or im.format == "MPO":
+            return
+        raise DatasetError(f"image {path} has {n} frames (animated or multi-page): choose one with frame=0..{n - 1}")
+    if not 0 <= frame < n:
+        raise DatasetError(f"image {path}: frame={frame}, but it has {n} frame{'s' * (n > 1)} (0..{n - 1})")
+    im.seek(frame)
+
+
+def _rawmode(im: Image.Image) -> str:
+    """How the file stores its samples (Pillow's raw mode, e.g. 'RGB;16B'; '' when unknown):
+    read from the tile before decoding, which clears it."""
+    if not im.tile:
+        return ""
+    args = im.tile[0][3]
+    return str(args[0] if isinstance(args, tuple) else args)
+
+
+def _samples(im: Image.Image, path: str | os.PathLike, rawmode: str) -> np.ndarray:
+    """The decoded samples [H, W, C] in their own precision: C = 1 or 3, with alpha 2 or 4; uint8
+    (8-bit files, palettes, CMYK... through Pillow's conversions), uint16 (16-bit), or float32
+    (float files, which must lie in [0, 1])."""
+    mode, sixteen = im.mode, bool(SIXTEEN_BIT.search(rawmode))
+    if mode in ("RGB", "RGBA", "LA") and sixteen and im.format in ("PNG", "TIFF"):
+        # 16-bit colour: Pillow has no such mode and keeps only the high bytes; imagecodecs reads
+        # all 16 bits
+        if im.tell():
+            raise DatasetError(f"image {path}: 16-bit colour is read from the first frame only")
+        return np.atleast_3d(imagecodecs.imread(os.fspath(path), codec=im.format.lower()))
+    if mode.startswith("I;16"):
+        return np.atleast_3d(np.asarray(im, dtype=np.uint16))
+    if mode == "I":  # 32-bit integers; 16-bit files in older Pillow
+        a = np.asarray(im)
+        if not (sixteen and a.min() >= 0 and a.max() <= 65535):
+            raise DatasetError(f"image {path}: integer samples in [{a.min()}, {a.max()}] ({rawmode or 'I'}); "
+                               f"only 8- and 16-bit images are read")
+        return np.atleast_3d(a.astype(np.uint16))
+    if mode == "F":
+        a = np.atleast_3d(np.asarray(im, dtype=np.float32))
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise DatasetError(f"image {path}: float samples in [{a.min():g}, {a.max():g}]; a float image "
+                               f"must lie in [0, 1]")
+        return a
+    return np.asarray(im.convert("RGBA" if im.has_transparency_data else "RGB"))
+
+
+def _full_scale(a: np.ndarray) -> float:
+    """The value of a sample at full intensity: 255, 65535, 1.0 (float)."""
+    return float(np.iinfo(a.dtype).max) if a.dtype.kind == "u" else 1.0
+
+
+def _flatten_alpha(a: np.ndarray, path: str | os.PathLike, alpha: str | None) -> np.ndarray:
+    """[H, W, C] without its alpha channel (C = 2 or 4): an opaque alpha goes, any other needs
+    ``alpha``: 'drop' ignores it, 'white' composites on white (c a + 1 - a, float32)."""
+    if a.shape[-1] not in (2, 4):
+        return a
+    color, opacity = a[..., :-1], a[..., -1:]
+    full = _full_scale(a)
+    if alpha == "drop" or (opacity == full).all():
+        return color
+    if alpha == "white":
+        o = opacity.astype(np.float32) / full
+        return color.astype(np.float32) / full * o + (1 - o)
+    raise DatasetError(f"image {path} has transparent pixels: say what to do with its alpha channel, "
+                       f"alpha=drop (ignore it) or alpha=white (composite on white)")
+
+
+def _upright(a: np.ndarray, orientation: int) -> np.ndarray:
+    """[H, W, C] turned as its EXIF orientation (1..8) says, by ``ImageOps.exif_transpose`` per
+    channel (Pillow has no mode for every sample type with 3 channels)."""
+    if orientation == 1:
+        return a
+
+    def turn(plane: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(np.ascontiguousarray(plane))
+        im.getexif()[ExifTags.Base.Orientation] = orientation
+        return np.asarray(ImageOps.exif_transpose(im))
+
+    return np.stack([turn(a[..., c]) for c in range(a.shape[-1])], axis=-1)
+
+
+def read_image(path: str | os.PathLike, alpha: str | None = None, frame: int | None = None,
+               max_pixels: int = fmt.MAX_PIXELS) -> np.ndarray:
+    """An image file as RGB [H, W, 3]: uint8 when its samples are 8-bit, else float32 in [0, 1]
+    (16-bit samples / 65535, float samples as they are), upright by its EXIF orientation.
+
+    Palette, gray, CMYK... become RGB through Pillow. Refused in one line (``DatasetError``):
+    more than ``max_pixels`` pixels (from the header, before any pixel is decoded); transparent
+    pixels unless ``alpha`` is 'drop' or 'white' (an all-opaque alpha is dropped); several frames
+    (animated GIF/APNG, multi-page TIFF) unless ``frame`` picks one (0-based); float samples
+    outside [0, 1]; 32-bit integer samples. ``as_uint8`` quantises for what needs 8 bits.
+    """
+    if alpha not in ALPHA_MODES:
+        raise DatasetError(f"alpha must be null (refuse transparent images), drop or white; got {alpha!r}")
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int)):
+        raise DatasetError(f"frame must be a frame number (0, 1, ...) or null, got {frame!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or not 1 <= max_pixels <= fmt.MAX_PIXELS:
+        raise DatasetError(f"max_pixels must be in 1..{fmt.MAX_PIXELS} (the .diffc format's limit), got {max_pixels}")
+    try:
+        with _open(path, max_pixels) as im:
+            _frame(im, path, frame)
+            rawmode = _rawmode(im)
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            a = _flatten_alpha(_samples(im, path, rawmode), path, alpha)
+    except (OSError, ValueError, EOFError, RuntimeError) as exc:  # unreadable, truncated, no codec (imagecodecs: RuntimeError)
+        raise DatasetError(f"cannot read image {path}: {describe(exc, 200)}") from exc
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint16:
+        a = a.astype(np.float32) / np.float32(65535)
+    return _upright(a, orientation if orientation in range(1, 9) else 1)
+
+
+def as_uint8(img: np.ndarray) -> np.ndarray:
+    """An image of ``read_image`` as uint8 [H, W, 3] (float: round(255 x)), for what needs 8 bits
+    (metrics, captions, classic codecs)."""
+    return img if img.dtype == np.uint8 else to_uint8(to_tensor(img))
 
 
 def center_crop_square(img: np.ndarray) -> np.ndarray:
@@ -180,8 +327,10 @@ def load_kodak_small(ids: Sequence[str] = KODAK_SMALL_IDS, size: int = 64, crop:
     return out
 
 
-def load_folder(path: str | os.PathLike | None = None, limit: int | None = None) -> list[Sample]:
-    """Every PNG/JPEG directly inside ``path``, sorted by name; ids are the file stems."""
+def load_folder(path: str | os.PathLike | None = None, limit: int | None = None, alpha: str | None = None,
+                frame: int | None = None, max_pixels: int = fmt.MAX_PIXELS) -> list[Sample]:
+    """Every PNG/JPEG directly inside ``path``, sorted by name; ids are the file stems.
+    ``alpha``, ``frame``, ``max_pixels``: as in ``read_image`` (applied to every file)."""
     if path is None:
         raise DatasetError("folder: no path given (dataset.path=DIR)")
     root = Path(path).expanduser()
@@ -190,7 +339,7 @@ def load_folder(path: str | os.PathLike | None = None, limit: int | None = None)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DatasetError(f"folder: no PNG/JPEG images in {root}")
-    return [(p.stem, read_image(p)) for p in files[:limit]]
+    return [(p.stem, read_image(p, alpha, frame, max_pixels)) for p in files[:limit]]
 
 
 def load_div2k(split: str = "valid", ids: Sequence[str] | None = None, limit: int | None = None,
@@ -232,7 +381,7 @@ LOADERS: dict[str, Callable[..., list[Sample]]] = {
 def load_dataset(name: str, **options: Any) -> list[Sample]:
     """Load dataset ``name`` (kodak, kodak-small, folder, div2k) with its options.
 
-    Returns ``[(image_id, uint8 array [H, W, 3]), ...]`` in a fixed order.
+    Returns ``[(image_id, image [H, W, 3]), ...]`` in a fixed order (images as ``read_image``'s).
     """
     if name not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(sorted(LOADERS))}")
@@ -245,7 +394,10 @@ def load_dataset(name: str, **options: Any) -> list[Sample]:
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 tensor [3, H, W] in [0, 1]."""
+    """[H, W, 3] image -> float32 tensor [3, H, W] in [0, 1]: uint8 / 255, float as it is
+    (``read_image``'s two kinds)."""
+    if np.issubdtype(np.asarray(img).dtype, np.floating):
+        return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 

@@ -26,13 +26,17 @@ from diffc import format as fmt
 from diffc.codec import params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 
-from .common import PARITY, PipelineError, atomic_write, build_codec, model_config, one_line_errors, png_bytes, require
+from .common import (PARITY, PipelineError, atomic_write, build_codec, check_writable, model_config, one_line_errors,
+                     png_bytes, require)
 from .datasets import read_image, to_tensor, to_uint8
 
 
 @one_line_errors
 def decompress(cfg: DictConfig) -> None:
     require(cfg, "input", "output")
+    check_writable(cfg.output)
+    if cfg.latent_output:
+        check_writable(cfg.latent_output, what="latent_output")
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
     params = params_from_header(header)

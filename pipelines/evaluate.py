@@ -50,10 +50,10 @@ from diffc.device import resolve_device
 from diffc.errors import one_line
 
 from . import baselines as classic
-from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, one_line_errors, plain,
-                     png_bytes)
+from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, check_writable, one_line_errors,
+                     plain, png_bytes)
 from .captions import resolve_caption
-from .datasets import DatasetError, load_dataset, to_tensor, to_uint8
+from .datasets import DatasetError, as_uint8, load_dataset, to_tensor, to_uint8
 from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class Job:
         The decoder reads the file of the highest rate point and yields the x_t of every lower one
         on the way (``DiffcCodec.decode_prefixes``: a prefix of the progressive stream is the lower
         point's file, bit for bit); each is checked against the encoder's x_t (drift columns)."""
-        x = to_tensor(img)
+        x, img = to_tensor(img), as_uint8(img)  # the codec codes the file's precision; scores see 8 bits
         pixels = img.shape[0] * img.shape[1]
         caption = self.caption(img)
         res = self.codec.encode(x, stop_timesteps=self.plan.stop_timesteps, caption=caption, progress=False)
@@ -283,7 +283,7 @@ def shard_path(job_dir: Path, image_id: str, chash: str) -> Path:
 def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray]],
                 rows: pd.DataFrame) -> pd.DataFrame:
     """FID/KID per rate point (and for the VAE) from the reconstructions saved in ``job_dir``."""
-    refs = [img for _, img in data]
+    refs = [as_uint8(img) for _, img in data]
     out = []
     rows = rows[rows["kind"] != "baseline"]  # no FID/KID for the classic codecs (yet)
     for (kind, t, target), grp in rows.groupby(["kind", "recon_timestep", "target_bpp"], dropna=False):
@@ -335,6 +335,7 @@ def plan_kind(plan: RatePlan) -> str:
 
 def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``."""
+    check_writable(job_dir, directory=True, what="job directory")
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / FAILED).unlink(missing_ok=True)
     chash = config_hash(cfg)
