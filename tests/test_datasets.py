@@ -130,3 +130,30 @@ def test_div2k_download() -> None:
     data = ds.load_dataset("div2k", limit=2)
     assert [i for i, _ in data] == ["0801", "0802"]
     assert all(img.shape[0] % 64 == 0 and img.shape[1] % 64 == 0 for _, img in data)
+
+
+def test_folder_reads_every_file_with_the_reader_options(tmp_path: Path) -> None:
+    """folder's alpha / frame / max_pixels reach read_image; a 16-bit file comes as float32."""
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (6, 8, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    g16 = rng.integers(0, 65536, (6, 8), dtype=np.uint16)
+    Image.fromarray(g16).save(tmp_path / "b.png")
+    with pytest.raises(ds.DatasetError, match="a.png has transparent pixels"):
+        ds.load_dataset("folder", path=str(tmp_path))
+    data = dict(ds.load_dataset("folder", path=str(tmp_path), alpha="drop"))
+    assert np.array_equal(data["a"], rgba[..., :3])
+    assert data["b"].dtype == np.float32 and np.abs(data["b"][..., 0] - g16 / 65535).max() < 1e-7
+    with pytest.raises(ds.DatasetError, match="above max_pixels=47"):
+        ds.load_dataset("folder", path=str(tmp_path), alpha="drop", max_pixels=47)
+
+
+def test_float_images_to_tensor_and_back_to_uint8() -> None:
+    """A float image reaches the codec as it is; ``as_uint8`` rounds it (uint8 passes through)."""
+    a = np.random.default_rng(3).random((5, 7, 3), dtype=np.float32)
+    t = ds.to_tensor(a)
+    assert t.shape == (3, 5, 7) and t.dtype == torch.float32 and torch.equal(t.permute(1, 2, 0), torch.from_numpy(a))
+    assert np.array_equal(ds.as_uint8(a), np.round(a * 255).astype(np.uint8))
+    u = (a * 255).astype(np.uint8)
+    assert ds.as_uint8(u) is u
