@@ -1,0 +1,131 @@
+"""The real user's path: every shipped real model config (conf/model/NAME.yaml) loads from a Hugging
+Face hub cache by its hub id, with no path override, and round-trips through the command lines.
+
+The cache holds tiny random-weight pipelines in the real diffusers layout (tests/hub_twins.py): real
+tokenizer classes, text encoders, scheduler configs and model_index.json, blobs + snapshot symlinks
++ refs/main. The hub ids are read from the configs, so the test follows them. ``HF_HUB_CACHE`` and
+``HF_HUB_OFFLINE=1`` point huggingface_hub at it (the environment, and the constants
+huggingface_hub read from it at import). ``compress recon_output=`` then ``decompress`` must give
+exactly the encoder's PNG. The ``python -m`` processes themselves run under ``-m slow``.
+
+SDXL from local folders (``model.options.path`` + ``refiner_path``, or base only with
+``refiner_hub_id=null``) runs against an empty cache: nothing may come from the hub.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import kodak_native
+from diffc import format as fmt
+from hub_twins import REAL_MODELS, build_hub_cache, build_repo, repos
+from pipelines import datasets as ds
+from pipelines.common import plain, model_config
+
+ROOT = Path(__file__).resolve().parents[1]
+#: a short run of each real config: 12 steps (geom-12), 4 ODE steps
+FAST = ["codec.schedule=geom-12", "codec.chunk_bits=8", "codec.recon_steps=4", "model.options.device=cpu"]
+#: stop timesteps: below the SDXL refiner's t < 200 (both UNets code), 520 in pixel space (12288
+#: entries: the low-noise steps cost the most KL), 278 elsewhere
+STOP = {"sdxl": 100, "ddpm-church": 520}
+CAPTION = "a photo of the cat"
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hf_cache")
+    written = build_hub_cache(root, list(REAL_MODELS))
+    assert set(written) == {h for n in REAL_MODELS for h in repos(n)}
+    return root
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kodim05, center square crop, Lanczos to 64x64 (as kodak-small)."""
+    path = tmp_path_factory.mktemp("img") / "kodim05-64.png"
+    Image.fromarray(ds.resize(ds.center_crop_square(kodak_native("kodim05")), 64, 64)).save(path)
+    return path
+
+
+def use_cache(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """HF_HUB_CACHE=root, HF_HUB_OFFLINE=1 for this process (and its children), no DIFFC_*_PATH."""
+    import huggingface_hub.constants as hc
+
+    for key in [k for k in os.environ if k.startswith("DIFFC_") and k.endswith("_PATH")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+
+def in_process(module: str, *overrides: str) -> tuple[int, str]:
+    """``python -m pipelines.MODULE overrides...`` as a Hydra task in this process: (status, stderr)."""
+    import contextlib
+    import importlib
+    import io
+
+    from analysis.cli import call
+    from pipelines.common import CONF_DIR
+
+    task = getattr(importlib.import_module(f"pipelines.{module}"), module)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = call(task, module, [*overrides, "progress=false"], CONF_DIR)
+    return code, err.getvalue()
+
+
+def as_process(module: str, *overrides: str) -> tuple[int, str]:
+    r = subprocess.run([sys.executable, "-m", f"pipelines.{module}", *overrides, "progress=false"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    return r.returncode, r.stderr
+
+
+def round_trip(run, name: str, image: Path, tmp: Path, *compress_args: str,
+               decompress_args: tuple[str, ...] = ()) -> fmt.Header:
+    """compress (with recon_output) then decompress; the decoded PNG is the encoder's, byte for byte."""
+    diffc, reported, decoded = tmp / "x.diffc", tmp / "reported.png", tmp / "decoded.png"
+    caption = [] if name == "ddpm-church" else [f"caption={CAPTION}"]
+    code, err = run("compress", f"model={name}", f"input={image}", f"output={diffc}", f"recon_output={reported}",
+                    f"timestep={STOP.get(name, 278)}", *FAST, *caption, *compress_args)
+    assert code == 0, err
+    code, err = run("decompress", f"input={diffc}", f"output={decoded}", "options.device=cpu", *decompress_args)
+    assert code == 0, err
+    assert decoded.read_bytes() == reported.read_bytes()
+    assert np.asarray(Image.open(decoded)).shape == (64, 64, 3)
+    header, _ = fmt.read(diffc.read_bytes())
+    assert header.backbone == name and header.width == header.height == 64
+    assert header.caption == (None if name == "ddpm-church" else CAPTION)
+    return header
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
+def test_real_config_from_hub_cache(name: str, hub_cache: Path, image: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    use_cache(monkeypatch, hub_cache)
+    round_trip(in_process, name, image, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_MODELS)
+def test_python_m_from_hub_cache(name: str, hub_cache: Path, image: Path, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    use_cache(monkeypatch, hub_cache)
+    round_trip(as_process, name, image, tmp_path)
+
+
+def test_hub_ids_follow_the_configs(hub_cache: Path) -> None:
+    """The cache has a refs/main and a snapshot for each hub id the configs name (sdxl: + refiner)."""
+    for name in REAL_MODELS:
+        options = plain(model_config(name)["options"])
+        ids = {options["hub_id"]} | ({options["refiner_hub_id"]} if name == "sdxl" else set())
+        for hub_id in ids:
+            repo = hub_cache / f"models--{hub_id.replace('/', '--')}"
+            rev = (repo / "refs" / "main").read_text()
+            assert (repo / "snapshots" / rev).is_dir(), hub_id
