@@ -90,7 +90,22 @@ def normalize(argv: Sequence[str], verbatim: Iterable[str] = (), lists: Iterable
     return out
 
 
-def _explain(exc: BaseException, config_dir: Path) -> str:
+def known_keys(config_name: str, config_dir: Path) -> list[str]:
+    """Every dotted key of ``CONFIG_NAME.yaml`` composed without overrides (hydra's node excluded)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name), resolve=False)
+
+    def walk(node: Any, prefix: str) -> Iterable[str]:
+        for k, v in node.items():
+            yield f"{prefix}{k}"
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+    return sorted(walk(cfg, ""))
+
+
+def _explain(exc: BaseException, config_name: str, config_dir: Path) -> str:
     """One line for a Hydra composition error."""
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -99,7 +114,10 @@ def _explain(exc: BaseException, config_dir: Path) -> str:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         return f"unknown {group} {name!r}; available: {', '.join(exc.options or config_names(group, config_dir))}"
     if isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)) and exc.__cause__.full_key:
-        return f"unknown option {exc.__cause__.full_key!r} (see --help; +KEY=VALUE adds a new key)"
+        key = exc.__cause__.full_key
+        near = [k for k in known_keys(config_name, config_dir) if k.endswith("." + key.rpartition(".")[2])]
+        hint = f"did you mean {' or '.join(near[:3])}? " if near else ""
+        return f"unknown option {key!r} ({hint}see --help; +KEY=VALUE adds a new key)"
     cause = f" {first_line(exc.__cause__)}" if exc.__cause__ is not None else ""
     return f"{first_line(exc)}{cause} (see --help)"
 
@@ -135,7 +153,7 @@ def preflight(config_name: str, argv: Sequence[str], config_dir: Path = CONF_DIR
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             compose(config_name, overrides=overrides)
     except Exception as exc:
-        fail(_explain(exc, config_dir))
+        fail(_explain(exc, config_name, config_dir))
 
 
 def resolved_cfg(argv: list[str]) -> list[str]:
@@ -147,20 +165,38 @@ def resolved_cfg(argv: list[str]) -> list[str]:
     return argv
 
 
+def check_flags(argv: Sequence[str], multirun: bool) -> None:
+    """Fail in one line on a flag Hydra does not know (``--foo``; Hydra would print its whole usage),
+    a flag missing its value, or ``-m`` for a command that runs one job (only ``pipelines.evaluate``
+    sweeps: elsewhere a multirun would write a ``multirun/`` folder where the command was started)."""
+    from hydra._internal.utils import get_args_parser
+
+    if not multirun and any(a in MULTIRUN_FLAGS for a in argv):
+        fail("-m/--multirun is for sweeps (python -m pipelines.evaluate -m ...); this command runs once")
+    parser = get_args_parser()
+    parser.error = lambda message: fail(f"{message} (see --help)")  # type: ignore[method-assign]
+    _, extra = parser.parse_known_args(list(argv))
+    flags = [a for a in extra if a.startswith("-")]
+    if flags:
+        fail(f"unknown flag {flags[0]!r}: options are key=value (see --help)")
+
+
 def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
-            config_dir: Path = CONF_DIR) -> None:
+            config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
     """Before ``hydra.main``: normalize ``sys.argv`` in place and fail early in one line."""
+    check_flags(sys.argv[1:], multirun)
     sys.argv[1:] = resolved_cfg(normalize(sys.argv[1:], verbatim, lists))
     preflight(config_name, sys.argv[1:], config_dir)
 
 
 def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
-         config_dir: Path = CONF_DIR) -> None:
+         config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
     """A command's ``__main__``: ``prepare``, then Hydra runs ``task(cfg)`` on
-    ``CONFIG_DIR/CONFIG_NAME.yaml`` + the command line (or answers --help, --cfg ...)."""
+    ``CONFIG_DIR/CONFIG_NAME.yaml`` + the command line (or answers --help, --cfg ...).
+    ``multirun``: the command accepts ``-m`` (sweeps)."""
     import hydra
 
-    prepare(config_name, verbatim, lists, config_dir)
+    prepare(config_name, verbatim, lists, config_dir, multirun)
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
 
 

@@ -21,13 +21,16 @@ which reads these directories without importing this module).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sys
+import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -334,9 +337,28 @@ def plan_kind(plan: RatePlan) -> str:
 
 
 def run_job(cfg: DictConfig, job_dir: Path) -> Path:
-    """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``."""
+    """Run (or resume, or skip when done) one job in ``job_dir``; returns ``job_dir``.
+
+    One process at a time per job: the job holds ``job_dir/job.lock`` (an OS file lock, released
+    when its process ends, however it ends); a second process on the same job is refused in one line.
+    """
+    from filelock import FileLock, Timeout
+
     check_writable(job_dir, directory=True, what="job directory")
     job_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(job_dir / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PipelineError(f"job {job_dir} is being run by another process (it holds {job_dir / LOCK}); "
+                            "wait for it, or stop it first") from None
+    try:
+        return _run_job_locked(cfg, job_dir)
+    finally:
+        lock.release()
+
+
+def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
     (job_dir / FAILED).unlink(missing_ok=True)
     chash = config_hash(cfg)
     done = job_dir / DONE
@@ -387,10 +409,37 @@ def _fail_job(cfg: DictConfig, job_dir: Path, exc: BaseException) -> JobFailed:
     return JobFailed(f"error: job {job_dir.name} failed (others may have too: see failed.json in their dirs)")
 
 
+def exit_with_the_sweep() -> None:
+    """In a launcher's worker process (joblib's loky workers, submitit_local's jobs: direct children
+    of the sweep's process, which sets :data:`SWEEP_PID_ENV`), exit as soon as the sweep's process is
+    gone (``kill -9`` of the sweep): an orphaned worker would go on computing and write results
+    behind a restarted sweep's back. Polls the parent pid every 0.5 s from a daemon thread, once
+    per process; no-op in the sweep's own process and on other machines (SLURM jobs)."""
+    global _WATCHING
+    sweep = int(os.environ.get(SWEEP_PID_ENV) or 0)
+    if _WATCHING or not sweep or os.getpid() == sweep or os.getppid() != sweep:
+        return
+
+    def watch() -> None:
+        while os.getppid() == sweep:
+            time.sleep(0.5)
+        os._exit(3)  # writes are atomic: nothing partial is left; the restarted job redoes this image
+
+    threading.Thread(target=watch, name="diffc-exit-with-sweep", daemon=True).start()
+    _WATCHING = True
+
+
 def _task(cfg: DictConfig) -> None:
+    exit_with_the_sweep()
     job_dir = Path(HydraConfig.get().runtime.output_dir)
+    missing = sorted(OmegaConf.missing_keys(cfg))  # ??? values, e.g. dataset=folder without its path
+    if missing:
+        wanted = ", ".join(f"{k}={MISSING_HINTS.get(k, '...')}" for k in missing)
+        raise PipelineError(f"missing required option(s): {wanted} (see --help)")
     if cfg.get("dry_run", False):
         print(describe_job(cfg, job_dir), flush=True)
+        with contextlib.suppress(OSError):  # the folder Hydra made for the job, unless it holds something
+            job_dir.rmdir()
         return
     run_job(cfg, job_dir)
 
@@ -411,6 +460,25 @@ def main(cfg: DictConfig) -> None:
         raise _fail_job(cfg, Path(HydraConfig.get().runtime.output_dir), exc) from None
 
 
+#: a job's lock file (one process at a time per job)
+LOCK = "job.lock"
+#: environment variable naming the sweep's process, inherited by its launcher's workers
+SWEEP_PID_ENV = "DIFFC_SWEEP_PID"
+_WATCHING = False
+#: what a mandatory (``???``) option expects, for its one-line error
+MISSING_HINTS = {"dataset.options.path": "DIR (a folder of images)"}
+#: what a dry run adds to the command line: no .hydra/ copy of the config, no evaluate.log
+DRY_RUN_HYDRA = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+
+
+def dry_run_argv(argv: list[str]) -> list[str]:
+    """``argv`` plus :data:`DRY_RUN_HYDRA` when it asks for ``dry_run=true`` (a dry run writes nothing)."""
+    asked = any(a.replace(" ", "").lower() in ("dry_run=true", "dry_run=1") for a in argv)
+    return [*argv, *DRY_RUN_HYDRA] if asked else argv
+
+
 if __name__ == "__main__":
+    os.environ[SWEEP_PID_ENV] = str(os.getpid())
+    sys.argv[1:] = dry_run_argv(sys.argv[1:])
     cli.main(main, "config", verbatim=("root", "caption", "dataset.options.path", "model.options.path",
-                                       "model.options.params_path", "captioner.options.path"))
+                                       "model.options.params_path", "captioner.options.path"), multirun=True)

@@ -245,6 +245,10 @@ def test_decompress_bad_recon_steps_is_one_line(encoded: dict[str, Path], tmp_pa
     (["model.options.bogus=1", "input=x", "output=y"], "error: unknown option 'model.options.bogus'"),
     (["input=x", "output=y", "timestep=1,2"], "error: 'timestep=1,2' is a sweep: write [a,b] for a list"),
     (["input=x", "output=y", "timestep=[1"], "error: cannot parse 'timestep=[1'"),
+    (["--foo", "input=x", "output=y"], "error: unknown flag '--foo': options are key=value"),
+    (["--cfg", "nope", "input=x", "output=y"], "error: argument --cfg/-c: invalid choice: 'nope'"),
+    (["-m", "input=x", "output=y", "timestep=1,2"], "error: -m/--multirun is for sweeps"),
+    (["input=x", "output=y", "recon=ode"], "error: unknown option 'recon' (did you mean codec.recon"),
 ])
 def test_real_cli_hydra_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
     r = cli("pipelines.compress", *args, cwd=tmp_path)
@@ -253,6 +257,27 @@ def test_real_cli_hydra_errors_are_one_line(args: list[str], needle: str, tmp_pa
         listed = r.stderr.strip().split("available: ")[1].split(", ")
         assert listed == sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")) and "gaussian" in listed
     assert not list(tmp_path.iterdir())  # nothing written, no Hydra output dir
+
+
+def test_compress_timestep_must_be_an_integer(odd_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for bad in ("abc", "3.5"):
+        code, _, err = run_task(compress, "compress", ["model=gaussian", f"input={odd_image}",
+                                                       f"output={tmp_path / 'a.diffc'}", f"timestep={bad}"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: timestep must be an integer stop timestep (e.g. timestep=300), got ") and bad in err
+    assert not (tmp_path / "a.diffc").exists()
+
+
+def test_the_documented_reconstruction_keys_work(odd_image: Path, tmp_path: Path) -> None:
+    """README: codec.recon / codec.recon_steps on compress (stored in the file), recon= on decompress."""
+    f = tmp_path / "a.diffc"
+    r = cli("pipelines.compress", "model=gaussian", f"input={odd_image}", f"output={f}", "timestep=300",
+            "codec.recon=ode", "codec.recon_steps=3", f"recon_output={tmp_path / 'enc.png'}")
+    assert r.returncode == 0, r.stderr
+    assert fmt.read(f.read_bytes())[0].recon == "ode"
+    r = cli("pipelines.decompress", f"input={f}", f"output={tmp_path / 'dec.png'}", "recon=denoise")
+    assert r.returncode == 0, r.stderr
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "dec.png")), np.asarray(Image.open(tmp_path / "enc.png")))
 
 
 def test_real_cli_errors_and_help(tmp_path: Path) -> None:

@@ -123,3 +123,68 @@ def test_the_docs_pandas_one_liner_runs_as_written(sweep: Path) -> None:
         os.chdir(cwd)
     rows = scope["rows"]
     assert len(rows[rows.kind == "codec"]) == 12 and set(rows.config_hash.unique()).__len__() == 2
+
+
+def test_a_second_process_on_a_running_job_is_refused(tmp_path: Path) -> None:
+    """One process at a time per job: while the job's lock is held, evaluate refuses in one line."""
+    from filelock import FileLock
+
+    from pipelines.evaluate import LOCK
+
+    args = ["model=gaussian", "dataset=folder", f"dataset.options.path={tmp_path / 'images'}", "bitrate=quick",
+            f"root={tmp_path / 'out'}"]
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    job = Path(job_line(evaluate(tmp_path, *args, "dry_run=true").stdout)["dir"])
+    assert not job.exists()  # a dry run leaves nothing behind
+    job.mkdir(parents=True)
+    with FileLock(job / LOCK, timeout=0):
+        r = subprocess.run([sys.executable, "-m", "pipelines.evaluate", *args, "progress=false"], cwd=tmp_path,
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "is being run by another process" in r.stderr and not (job / "done.json").exists()
+    evaluate(tmp_path, *args)  # the lock is free again: the job runs
+    assert (job / "done.json").exists()
+
+
+def sweep_workers(sweep_pid: int) -> list[int]:
+    """Pids of the loky workers started by the sweep process ``sweep_pid`` (by their environment)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if f"DIFFC_SWEEP_PID={sweep_pid}".encode() in env and b"loky" in cmd and int(proc.name) != sweep_pid:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads process environments from /proc")
+def test_killing_a_joblib_sweep_stops_its_workers(tmp_path: Path) -> None:
+    """kill -9 of a joblib sweep: its loky worker exits within seconds and writes nothing more."""
+    import signal
+    import time
+
+    root = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", "-m", "model=gaussian", "dataset=kodak-small",
+                             "dataset.options.size=128", "codec.chunk_bits=6,7", "bitrate=quick",
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"root={root}", "progress=false"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.rglob("shards/*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(root.rglob("shards/*.parquet")), "the sweep wrote no shard in time"
+        assert sweep_workers(proc.pid), "no loky worker found"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while sweep_workers(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not sweep_workers(proc.pid), "a worker outlived its sweep"
+    shards = sorted(root.rglob("shards/*.parquet"))
+    time.sleep(3)
+    assert sorted(root.rglob("shards/*.parquet")) == shards and not list(root.rglob("results.parquet"))
