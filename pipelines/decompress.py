@@ -16,6 +16,7 @@ decoder desynchronised, and the command fails after writing nothing).
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import torch
@@ -49,6 +50,8 @@ def decompress(cfg: DictConfig) -> None:
             break  # else (auto): the file may come from the other settings
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps,
                           recon_grid=cfg.recon_grid)
+    if result.drift_warning:  # the encoder's setting differs from this one: say so (decoding still syncs)
+        print(f"note: {result.drift_warning}", file=sys.stderr)
     drift = None
     if cfg.recon_reference:
         ref = read_image(Path(cfg.recon_reference))

@@ -246,6 +246,9 @@ class Job:
             last = max(points, key=lambda p: p.step_index)
             decoded = {out.header.n_steps: out for out in
                        self.codec.decode_prefixes(last.data, [p.step_index for p in points])}
+            warning = next(iter(decoded.values())).drift_warning
+            if warning:  # the provenance line: what differs from the encoder's setting (README "Decode anywhere")
+                log.warning("%s: %s", image_id, warning)
         rows = []
         for requested, point, target in chosen:
             row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.codec, "target_bpp": target,

@@ -341,3 +341,22 @@ def test_fit_gaussian(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                             True)
     assert code == 2 and err == f"error: no images (.png, .jpg, .jpeg) in {empty}\n"
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_decompress_prints_the_provenance_line(encoded: dict[str, Path], tmp_path: Path) -> None:
+    """A file from another setting (here: a forged CUDA fp16 provenance) decodes, and decompress says
+    on stderr, in one line, what differs."""
+    import dataclasses
+
+    header, payload = fmt.read(encoded["diffc"].read_bytes())
+    other = dataclasses.replace(header, provenance=fmt.Provenance("cuda", "float16", 0, (2, 5, 1),
+                                                                  header.provenance.diffusers_version))
+    forged = tmp_path / "forged.diffc"
+    forged.write_bytes(fmt.write(other, payload))
+    r = cli("pipelines.decompress", f"input={forged}", f"output={tmp_path / 'out.png'}")
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: decoding with")]
+    assert len(notes) == 1 and "cuda" in notes[0] and "dtype" in notes[0], r.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(Image.open(encoded["decoded"])))
+    r = cli("pipelines.decompress", f"input={encoded['diffc']}", f"output={tmp_path / 'same.png'}")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr

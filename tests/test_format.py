@@ -24,6 +24,9 @@ from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 
 GOLDEN = Path(__file__).with_name("golden") / "gaussian_tiny.json"
+#: largest |x_t - golden x_t| a decode of the golden files may show on another machine (float32
+#: kernels differ between CPUs; the payload, i.e. every chosen candidate, must still be identical)
+XT_DRIFT = 1e-5
 ERRORS = (fmt.NotADiffcFile, fmt.UnsupportedVersion, fmt.TruncatedFile, fmt.CorruptFile, fmt.FingerprintMismatch)
 
 
@@ -433,6 +436,7 @@ def _golden_now(codec: DiffcCodec) -> dict:
             "payload_sha256": hashlib.sha256(_portable(p.data)[1]).hexdigest(),
             "hex": p.data.hex(),
             "x_t_sha256": hashlib.sha256(p.x_t.contiguous().numpy().tobytes()).hexdigest(),
+            "x_t_f32le": p.x_t.contiguous().numpy().astype("<f4").tobytes().hex(),
         } for p in res.points],
     }
 
@@ -458,7 +462,10 @@ def test_golden_bitstream(tiny_codec) -> None:
         stored = bytes.fromhex(w["hex"])
         assert hashlib.sha256(_portable(stored)[1]).hexdigest() == w["payload_sha256"]
         d = tiny_codec.decode(stored)
-        assert hashlib.sha256(d.x_t.contiguous().numpy().tobytes()).hexdigest() == w["x_t_sha256"]
+        # bit-exact on the machine that wrote the golden file; elsewhere (another CPU's float kernels)
+        # within the drift the determinism contract allows: the same candidates, rounding apart
+        want_xt = np.frombuffer(bytes.fromhex(w["x_t_f32le"]), "<f4").reshape(tuple(d.x_t.shape))
+        assert np.abs(d.x_t.numpy() - want_xt).max() <= XT_DRIFT, "the decoder's x_t drifted"
 
 
 @pytest.mark.parametrize("grid, guidance, grid_bytes, guidance_bytes", [
