@@ -70,14 +70,23 @@ def model_config(name: str, parity: str = "project") -> DictConfig:
 
 
 def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The overrides that were set (null = keep the model's value)."""
+    """The codec overrides that were set (null = keep the model's value)."""
     return {k: v for k, v in plain(overrides).items() if v is not None}
+
+
+def given_options(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The loading-option overrides that were given: every key but the unset ones (``???``, as in
+    conf/decompress.yaml). null is a value: ``options.refiner_hub_id=null`` sets it to null."""
+    if isinstance(overrides, DictConfig):
+        return {k: v for k, v in plain(overrides).items() if not OmegaConf.is_missing(overrides, k)}
+    return dict(overrides or {})
 
 
 def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
                 option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True):
-    """Backbone + ``DiffcCodec`` from a model config, with the non-null codec and option
-    overrides applied. ``deterministic`` False: the codec's speed opt-out (``diffc.determinism``).
+    """Backbone + ``DiffcCodec`` from a model config, with the non-null codec overrides and the given
+    option overrides (``given_options``: null included) applied. An option the model does not
+    have is refused. ``deterministic`` False: the codec's speed opt-out (``diffc.determinism``).
 
     Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
     """
@@ -90,7 +99,12 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
     unknown = sorted(set(fields) - known)
     if unknown:
         raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
-    options = plain(model.get("options")) | _given(option_overrides)
+    options, extra = plain(model.get("options")), given_options(option_overrides)
+    foreign = sorted(set(extra) - set(options))
+    if foreign:
+        raise PipelineError(f"model {model.name} has no option {', '.join(foreign)} "
+                            f"(its options: {', '.join(options) or 'none'})")
+    options |= extra
     try:
         params = CodecParams(**fields)
     except (TypeError, ValueError) as exc:

@@ -9,6 +9,12 @@ project settings, or its reference settings (``parity=reference``, what paper_* 
 when the file's fingerprint says so. A file written with other weights or parameters is
 refused (fingerprint mismatch): the decoder could only produce garbage from it.
 
+``options.*`` left unset (``???``) keep the model config's value; null is a value
+(``options.refiner_hub_id=null``). The header does not say whether an SDXL file was encoded
+with the refiner, its fingerprint does: the base is loaded without the refiner first, and the
+refiner (``refiner_hub_id`` / ``refiner_path``) only when the base alone does not match, so a file
+encoded with ``model.options.refiner_hub_id=null`` decodes where no refiner is installed.
+
 ``recon_reference=ENCODER.png`` (the reconstruction the encoder's side made, e.g. a sweep's saved
 PNG) reports the drift: the PSNR between it and this decode (inf = identical; below 30 dB the
 decoder desynchronised, and the command fails after writing nothing).
@@ -24,12 +30,69 @@ from omegaconf import DictConfig
 
 from analysis import cli
 from diffc import format as fmt
-from diffc.codec import params_from_header
+from diffc.codec import CodecParams, DiffcCodec, params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
+from diffc.errors import describe
 
-from .common import (PARITY, PipelineError, atomic_write, build_codec, check_writable, model_config, one_line_errors,
-                     png_bytes, require)
+from .common import (PARITY, PipelineError, atomic_write, build_codec, check_writable, given_options, model_config,
+                     one_line_errors, plain, png_bytes, require)
 from .datasets import read_image, to_tensor, to_uint8
+
+
+#: loading options of a part that ``matching_codec`` loads only when the file's fingerprint needs it
+DEFERRED = {"refiner_hub_id": "hub_id", "refiner_revision": "revision", "refiner_path": "path"}
+
+
+def decompress_keys(message: str) -> str:
+    """A loader's message with decompress's option keys: the loaders name compress's ``model.options.X``,
+    decompress takes ``options.X``."""
+    return message.replace("model.options.", "options.")
+
+
+def matching_codec(model: DictConfig, header: fmt.Header, params: CodecParams, cfg: DictConfig) -> DiffcCodec:
+    """The codec of ``model`` with the command's options; for SDXL with a refiner, loaded without
+    it first and with it (``attach_refiner``) only when the base alone does not match the file's
+    fingerprint. The caller checks the final fingerprint."""
+    options = plain(model.options) | given_options(cfg.options)
+    present = [k for k in DEFERRED if k in options]
+    deferred = {DEFERRED[k]: options[k] for k in present}
+    if deferred.get("hub_id") is None:  # no refiner: the options as given (the loader refuses a stray path)
+        return build_codec(model, vars(params), options, cfg.deterministic)
+    codec = build_codec(model, vars(params), options | dict.fromkeys(present), cfg.deterministic)
+    if codec.fingerprint() != header.fingerprint:
+        try:
+            codec.backbone.attach_refiner(**deferred, compile=bool(options.get("compile")))
+        except Exception as exc:  # missing weights, bad values: one line
+            raise PipelineError(f"model {model.name}: {describe(exc)}") from exc
+    return codec
+
+
+def load_codec(header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
+    """The codec that decodes this file: the backbone the header names, with its project or
+    reference settings (``cfg.parity``; auto: the likelier first, paper_* files reconstruct on the
+    reference grid, so a backbone is loaded twice only when the guess is wrong), refused in one line
+    when none matches the file's fingerprint (naming what was tried and what to pass)."""
+    params = params_from_header(header)
+    guess = sorted(PARITY, key=lambda p: p != ("reference" if header.recon_grid == "reference" else "project"))
+    tried, failed = [], []
+    for parity in guess if cfg.parity == "auto" else (cfg.parity,):
+        try:
+            codec = matching_codec(model_config(header.backbone, parity), header, params, cfg)
+        except PipelineError as exc:
+            failed.append((parity, decompress_keys(str(exc))))
+            continue
+        if codec.fingerprint() == header.fingerprint:
+            return codec
+        tried.append(f"{parity} settings ({codec.fingerprint().hex()})")
+    if not tried:  # nothing could be loaded: the likeliest settings' error
+        raise PipelineError(failed[0][1])
+    unloadable = "".join(f"; the {p} settings could not be loaded: {msg}" for p, msg in failed)
+    raise PipelineError(
+        f"{cfg.input}: file fingerprint {header.fingerprint.hex()} matches none of the {header.backbone!r} settings "
+        f"tried: {', '.join(tried)}{unloadable}. The file was encoded with other weights or model options: "
+        "decode with the encoder's: options.KEY=VALUE, e.g. options.refiner_hub_id=null (an SDXL file encoded "
+        "without the refiner), options.path=DIR (other local weights), +options.KEY=VALUE for the model options "
+        "conf/decompress.yaml does not list (e.g. +options.guidance=2)")
 
 
 @one_line_errors
@@ -40,14 +103,7 @@ def decompress(cfg: DictConfig) -> None:
         check_writable(cfg.latent_output, what="latent_output")
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data)
-    params = params_from_header(header)
-    # auto: the settings the file most likely comes from first (paper_* files reconstruct on the
-    # reference grid), so a backbone is loaded twice only when the guess is wrong
-    guess = sorted(PARITY, key=lambda p: p != ("reference" if header.recon_grid == "reference" else "project"))
-    for parity in guess if cfg.parity == "auto" else (cfg.parity,):
-        codec = build_codec(model_config(header.backbone, parity), vars(params), cfg.options, cfg.deterministic)
-        if codec.fingerprint() == header.fingerprint:
-            break  # else (auto): the file may come from the other settings
+    codec = load_codec(header, cfg)
     result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps,
                           recon_grid=cfg.recon_grid)
     if result.drift_warning:  # the encoder's setting differs from this one: say so (decoding still syncs)
@@ -78,4 +134,5 @@ def decompress(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "recon_reference", "options.path"))
+    cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "recon_reference", "options.path",
+                                                "options.refiner_path", "options.vae_path"))

@@ -129,3 +129,97 @@ def test_hub_ids_follow_the_configs(hub_cache: Path) -> None:
             repo = hub_cache / f"models--{hub_id.replace('/', '--')}"
             rev = (repo / "refs" / "main").read_text()
             assert (repo / "snapshots" / rev).is_dir(), hub_id
+
+
+# ---- SDXL from local folders ------------------------------------------------------------------------
+REFINER_ID = plain(model_config("sdxl")["options"])["refiner_hub_id"]
+
+
+@pytest.fixture(scope="module")
+def sdxl_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base, refiner): the sdxl twin's repositories as local folders (save_pretrained)."""
+    root = tmp_path_factory.mktemp("sdxl")
+    build_repo("sdxl", plain(model_config("sdxl")["options"])["hub_id"], root / "base")
+    build_repo("sdxl", REFINER_ID, root / "refiner")
+    return root / "base", root / "refiner"
+
+
+@pytest.fixture
+def no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty hub cache, offline: everything must come from the local folders."""
+    (tmp_path / "empty-cache").mkdir()
+    use_cache(monkeypatch, tmp_path / "empty-cache")
+
+
+def one_line(code: int, err: str, *needles: str) -> str:
+    """The command failed with one ``error:`` line holding every needle (stderr's other lines are the
+    libraries' loading progress bars)."""
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_sdxl_local_folders(sdxl_folders: tuple[Path, Path], image: Path, tmp_path: Path, no_cache: None) -> None:
+    """base + refiner from local folders (no cache), then base only (refiner_hub_id=null): both decode to
+    the encoder's PNG; the base-only file decodes with or without options.refiner_hub_id=null (the
+    decoder loads the refiner only when the fingerprint needs it), and a decoder that has no refiner
+    cannot decode the refiner's file, in one line naming options.refiner_path."""
+    base, refiner = sdxl_folders
+    (tmp_path / "r").mkdir(), (tmp_path / "b").mkdir()
+    with_refiner = round_trip(in_process, "sdxl", image, tmp_path / "r", f"model.options.path={base}",
+                              f"model.options.refiner_path={refiner}",
+                              decompress_args=(f"options.path={base}", f"options.refiner_path={refiner}"))
+    base_only = round_trip(in_process, "sdxl", image, tmp_path / "b", f"model.options.path={base}",
+                           "model.options.refiner_hub_id=null", decompress_args=(f"options.path={base}",))
+    assert with_refiner.fingerprint != base_only.fingerprint
+    # the refiner ran on the steps t < 200 (the stop is t = 80): another reconstruction
+    assert (tmp_path / "r" / "reported.png").read_bytes() != (tmp_path / "b" / "reported.png").read_bytes()
+    out = tmp_path / "again.png"
+    code, err = in_process("decompress", f"input={tmp_path / 'b' / 'x.diffc'}", f"output={out}",
+                           f"options.path={base}", "options.refiner_hub_id=null", "options.device=cpu")
+    assert code == 0, err
+    assert out.read_bytes() == (tmp_path / "b" / "reported.png").read_bytes()
+    code, err = in_process("decompress", f"input={tmp_path / 'r' / 'x.diffc'}", f"output={out}",
+                           f"options.path={base}", "options.device=cpu")
+    msg = one_line(code, err, REFINER_ID, "options.refiner_path", "DIFFC_SDXL_REFINER_PATH",
+                   "options.refiner_hub_id=null")
+    assert "model.options." not in msg  # decompress's keys are options.*
+    code, err = in_process("decompress", f"input={tmp_path / 'r' / 'x.diffc'}", f"output={out}",
+                           f"options.path={base}", "options.refiner_hub_id=null", "options.device=cpu")
+    one_line(code, err, "fingerprint", with_refiner.fingerprint.hex(), "project settings",
+             "reference settings could not be loaded", "options.KEY=VALUE")
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # a base folder alone: the refiner is still asked for, by its own keys
+    ([], [REFINER_ID, "model.options.refiner_path=", "DIFFC_SDXL_REFINER_PATH", "model.options.refiner_hub_id=null"]),
+    (["model.options.refiner_hub_id=null", "model.options.vae_path=/nonexistent"],
+     ["model.options.vae_path='/nonexistent' needs model.options.vae_hub_id"]),
+    (["model.options.refiner_hub_id=null", "model.options.refiner_path=REFINER"],
+     ["model.options.refiner_path=", "needs model.options.refiner_hub_id"]),
+    (["model.options.refiner_hub_id=null", "model.options.vae_hub_id=madebyollin/sdxl-vae-fp16-fix",
+      "model.options.vae_path=/nonexistent"], ["(vae)", "model.options.vae_path='/nonexistent' is not a directory"]),
+    (["model.options.refiner_path=/nonexistent"], ["(refiner)", "model.options.refiner_path='/nonexistent' is not"]),
+])
+def test_sdxl_path_options_honoured_or_refused(overrides: list[str], needles: list[str], image: Path,
+                                               sdxl_folders: tuple[Path, Path], tmp_path: Path,
+                                               no_cache: None) -> None:
+    base, refiner = sdxl_folders
+    out = tmp_path / "x.diffc"
+    args = [o.replace("REFINER", str(refiner)) for o in overrides]
+    code, err = in_process("compress", "model=sdxl", f"input={image}", f"output={out}", "timestep=500", *FAST,
+                           f"model.options.path={base}", *args)
+    msg = one_line(code, err, *needles)
+    assert "model.options.path=/data" not in msg  # never advises the base's key for another part
+    assert not out.exists()
+
+
+def test_decompress_refuses_options_the_backbone_lacks(image: Path, tmp_path: Path) -> None:
+    out, png = tmp_path / "x.diffc", tmp_path / "x.png"
+    code, err = in_process("compress", "model=tiny-sd15", f"input={image}", f"output={out}", "timestep=500")
+    assert code == 0, err
+    code, err = in_process("decompress", f"input={out}", f"output={png}", "options.refiner_path=/x")
+    one_line(code, err, "model tiny-sd15 has no option refiner_path")
+    assert not png.exists()

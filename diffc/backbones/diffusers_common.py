@@ -7,7 +7,8 @@ loading and tiny twin) plus ``conf/model/NAME.yaml``; everything below is shared
 - device / dtype resolution (``device: auto`` = CUDA when available; float32 forced on CPU);
 - :class:`WeightsSource`: loading components by hub id or local path with ``from_pretrained``,
   turning every failure into one :class:`BackboneLoadError` that says what was looked for, where,
-  and how to point ``model.options.path`` (or ``DIFFC_<NAME>_PATH``) at a local copy. Hub ids are
+  and how to point ``model.options.path`` (or ``DIFFC_<NAME>_PATH``; a part kept in another
+  repository: ``model.options.PART_path``, ``DIFFC_<NAME>_<PART>_PATH``) at a local copy. Hub ids are
   tried in the local HF cache first (``local_files_only``); only when that fails is the hub asked,
   after a 3-second reachability check (``hub_offline_reason``), so an offline machine gets the
   error in seconds instead of after huggingface_hub's ~30 s of retries;
@@ -77,16 +78,39 @@ class WeightsSource:
     ``path`` (a directory with ``unet/``, ``vae/``, ``text_encoder/``... subfolders, as written by
     ``DiffusionPipeline.save_pretrained`` or ``huggingface-cli download``) overrides ``hub_id``.
     ``hub_id`` + ``revision`` name the weights in ``config()``; the path is only where they live.
+
+    ``part`` names a component kept in another repository (SDXL's ``refiner``, a separate ``vae``):
+    its options are ``model.options.PART_hub_id`` / ``PART_path``, its environment variable
+    ``DIFFC_<NAME>_<PART>_PATH``; None = the model's own repository (``hub_id`` / ``path``,
+    ``DIFFC_<NAME>_PATH``). ``path_origin``: the option or environment variable that gave ``path``
+    (what the error messages name); ``hint``: an extra way out appended to a not-found message.
     """
 
     backbone: str
     hub_id: str
     revision: str | None = None
     path: str | None = None
+    part: str | None = None
+    path_origin: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def from_options(cls, backbone: str, hub_id: str, revision: str | None, path: str | None,
+                     part: str | None = None, hint: str | None = None) -> "WeightsSource":
+        """The source the options name: ``path`` if given, else ``$DIFFC_<NAME>[_<PART>]_PATH`` if set,
+        else the hub id (the HF cache first)."""
+        env = path_env_var(backbone, part)
+        origin = option_key("path", part) if path is not None else env if os.environ.get(env) else None
+        return cls(backbone, hub_id, revision, default_path(backbone, path, part), part, origin, hint)
 
     @property
     def location(self) -> str:
         return self.path if self.path is not None else self.hub_id
+
+    @property
+    def label(self) -> str:
+        """'backbone 'sdxl'' or 'backbone 'sdxl' (refiner)': the subject of the error messages."""
+        return f"backbone {self.backbone!r}" + (f" ({self.part})" if self.part else "")
 
     def identity(self) -> dict[str, Any]:
         return {"hub_id": self.hub_id, "revision": self.revision}
@@ -108,9 +132,8 @@ class WeightsSource:
         label = " or ".join(f"{a}/" if a else "the repository root" for a in alternatives)
         if self.path is not None and not os.path.isdir(self.path):
             raise BackboneLoadError(
-                f"backbone {self.backbone!r}: model.options.path={self.path!r} is not a directory; "
-                f"it must be a local diffusers-format copy of {self.hub_id!r} (with {label} and the "
-                "other component subfolders)")
+                f"{self.label}: {self._path_given()} is not a directory; it must be a local "
+                f"diffusers-format copy of {self.hub_id!r} (with {label})")
         if self.path is not None:
             result, err = _first_success(fn, self.path, alternatives, kwargs)
             if err is not None:
@@ -131,25 +154,29 @@ class WeightsSource:
             raise BackboneLoadError(self.explain(label, err, "download failed")) from err
         return result
 
+    def _path_given(self) -> str:
+        """'model.options.refiner_path='/x'' or 'DIFFC_SDXL_REFINER_PATH='/x'': where the path came from."""
+        return f"{self.path_origin or option_key('path', self.part)}={self.path!r}"
+
     def explain(self, where: str, err: BaseException, why: str | None = None) -> str:
         """One line: what was looked for (``where``: "unet/", "unet/ or the repository root"), where,
-        and how to fix it."""
+        and how to fix it, naming the options of this source (``model.options.[PART_]path``)."""
         from huggingface_hub import constants
 
         cause = describe(err)
-        env = path_env_var(self.backbone)
         if self.path is not None:
-            return (f"backbone {self.backbone!r}: could not load {where} from the local copy "
-                    f"model.options.path={self.path!r} (expected a diffusers-format copy of "
-                    f"{self.hub_id!r} with {where}). Cause: {cause}")
+            return (f"{self.label}: could not load {where} from the local copy {self._path_given()} "
+                    f"(expected a diffusers-format copy of {self.hub_id!r} with {where}). Cause: {cause}")
         rev = f" at revision {self.revision!r}" if self.revision else ""
         why = f" ({why})" if why else ""
-        return (f"backbone {self.backbone!r}: could not load {where} of model {self.hub_id!r}{rev}: "
-                f"not in the Hugging Face cache {constants.HF_HUB_CACHE} and not downloadable{why}. "
-                f"Either download it there (`huggingface-cli download {self.hub_id}` on a machine with "
-                "access; gated models need `huggingface-cli login`), or point model.options.path at a local "
-                f"diffusers-format copy, e.g. `model.options.path=/data/models/{self.hub_id.split('/')[-1]}` "
-                f"(or set {env}). Cause: {cause}")
+        key = option_key("path", self.part)
+        hint = f"; or {self.hint}" if self.hint else ""
+        return (f"{self.label}: could not load {where} of model {self.hub_id!r}{rev} "
+                f"({option_key('hub_id', self.part)}): not in the Hugging Face cache {constants.HF_HUB_CACHE} "
+                f"and not downloadable{why}. Either download it there (`huggingface-cli download {self.hub_id}` "
+                "on a machine with access; gated models need `huggingface-cli login`), or point "
+                f"{key} at a local diffusers-format copy, e.g. `{key}=/data/models/{self.hub_id.split('/')[-1]}` "
+                f"(or set {path_env_var(self.backbone, self.part)}){hint}. Cause: {cause}")
 
 
 #: A component's subfolder, None for the repository root, or a tuple of alternatives tried in order.
@@ -169,15 +196,23 @@ def _first_success(fn: Any, location: str, alternatives: tuple[str | None, ...],
     return None, first
 
 
-def path_env_var(backbone: str) -> str:
-    """Environment variable naming a local copy of ``backbone``'s weights: sd15 -> DIFFC_SD15_PATH,
-    flux-dev -> DIFFC_FLUX_DEV_PATH. Used when ``model.options.path`` is null."""
-    return "DIFFC_" + "".join(c if c.isalnum() else "_" for c in backbone.upper()) + "_PATH"
+def path_env_var(backbone: str, part: str | None = None) -> str:
+    """Environment variable naming a local copy of ``backbone``'s weights (or of its ``part``):
+    sd15 -> DIFFC_SD15_PATH, flux-dev -> DIFFC_FLUX_DEV_PATH, (sdxl, refiner) -> DIFFC_SDXL_REFINER_PATH.
+    Used when ``model.options.path`` (``PART_path``) is null."""
+    name = backbone if part is None else f"{backbone}-{part}"
+    return "DIFFC_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_PATH"
 
 
-def default_path(backbone: str, path: str | None) -> str | None:
+def option_key(option: str, part: str | None = None) -> str:
+    """The command-line key of a loading option: ('path', None) -> model.options.path,
+    ('path', 'refiner') -> model.options.refiner_path."""
+    return f"model.options.{part + '_' if part else ''}{option}"
+
+
+def default_path(backbone: str, path: str | None, part: str | None = None) -> str | None:
     """``path`` if given, else the value of :func:`path_env_var` (None when unset or empty)."""
-    return path if path is not None else (os.environ.get(path_env_var(backbone)) or None)
+    return path if path is not None else (os.environ.get(path_env_var(backbone, part)) or None)
 
 
 def open_weights(name: str, hub_id: str, revision: str | None, path: str | None, device: str,
@@ -185,7 +220,7 @@ def open_weights(name: str, hub_id: str, revision: str | None, path: str | None,
     """What every ``from_pretrained`` starts with: the weights source (``path`` or ``DIFFC_<NAME>_PATH``
     over ``hub_id``), the resolved device and model dtype."""
     dev = resolve_device(device)
-    return WeightsSource(name, hub_id, revision, default_path(name, path)), dev, resolve_dtype(dtype, dev)
+    return WeightsSource.from_options(name, hub_id, revision, path), dev, resolve_dtype(dtype, dev)
 
 
 _HUB_REACHABLE: dict[str, bool] = {}

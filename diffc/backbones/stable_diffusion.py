@@ -42,8 +42,7 @@ import torch
 from ..backbone import register_backbone
 from ..device import resolve_device
 from .diffusers_common import (ClipTextStage, DiffusersBackbone, SeededTextStage, TextEmbeds, WeightsSource,
-                               ddpm_schedule, default_path, open_weights, resolve_dtype,
-                               tiny_vae_config)
+                               ddpm_schedule, open_weights, resolve_dtype, tiny_vae_config)
 
 #: SDXL micro-conditioning defaults of diffusers' pipelines (refiner "aesthetic score").
 AESTHETIC_SCORE = 6.0
@@ -150,10 +149,24 @@ class StableDiffusionBackbone(DiffusersBackbone):
                         vae_hub_id: str | None = None,
                         vae_revision: str | None = None, vae_path: str | None = None) -> "StableDiffusionBackbone":
         """Load a diffusers-format SD checkpoint; SDXL is recognised by its second text encoder.
-        ``vae_hub_id`` / ``vae_path``: a VAE from another repository (its root), e.g. the fp16-fix one."""
+
+        Parts kept in other repositories, each by hub id (the HF cache first) or from a local copy:
+        ``vae_hub_id`` (its root or ``vae/``, e.g. the fp16-fix VAE; null = the base repository's
+        ``vae/``) with ``vae_path`` / ``$DIFFC_<NAME>_VAE_PATH``; ``refiner_hub_id`` (null = the base
+        UNet at every step) with ``refiner_path`` / ``$DIFFC_<NAME>_REFINER_PATH``. A path names where
+        the weights of its hub id live (the fingerprint names the hub id), so ``vae_path`` without
+        ``vae_hub_id`` (or ``refiner_path`` without ``refiner_hub_id``) is refused; the environment
+        variables only apply when the hub id is set."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+        for part, part_hub_id, part_path in (("vae", vae_hub_id, vae_path), ("refiner", refiner_hub_id, refiner_path)):
+            if part_path is not None and part_hub_id is None:
+                raise ValueError(
+                    f"model.options.{part}_path={part_path!r} needs model.options.{part}_hub_id: the hub id of the "
+                    f"weights at that path (it names them in the file's fingerprint; conf/model/{name}.yaml)")
+        if clip_l_layer not in CLIP_L_LAYERS:
+            raise ValueError(f"clip_l_layer must be one of {CLIP_L_LAYERS}, got {clip_l_layer!r}")
         src, dev, dt = open_weights(name, hub_id, revision, path, device, dtype)
         sched = src.load_config(DDPMScheduler, "scheduler")  # small file first: fail fast offline
         unet = src.load(UNet2DConditionModel, "unet", torch_dtype=dt)
@@ -161,13 +174,10 @@ class StableDiffusionBackbone(DiffusersBackbone):
         if vae_hub_id is None:
             vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
         else:
-            vname = f"{name}-vae"  # local copy: vae_path or DIFFC_SDXL_VAE_PATH
-            vsrc = WeightsSource(vname, vae_hub_id, vae_revision, default_path(vname, vae_path))
+            vsrc = WeightsSource.from_options(name, vae_hub_id, vae_revision, vae_path, part="vae")
             vae = vsrc.load(AutoencoderKL, (None, "vae"), torch_dtype=dt)
             identity["vae_weights"] = vsrc.identity()
         xl = unet.config.addition_embed_type == "text_time"
-        if clip_l_layer not in CLIP_L_LAYERS:
-            raise ValueError(f"clip_l_layer must be one of {CLIP_L_LAYERS}, got {clip_l_layer!r}")
         if xl:
             identity["clip_l_layer"] = clip_l_layer
         stages = [ClipTextStage(src.load(CLIPTokenizer, "tokenizer"), src.load(CLIPTextModel, "text_encoder", dtype=dt),
@@ -176,20 +186,33 @@ class StableDiffusionBackbone(DiffusersBackbone):
             stages.append(ClipTextStage(src.load(CLIPTokenizer, "tokenizer_2"),
                                         src.load(CLIPTextModelWithProjection, "text_encoder_2", dtype=dt),
                                         penultimate=True))
-        refiner = None
+        backbone = cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=sched, device=dev,
+                       dtype=dt, identity=identity, refiner_below_t=refiner_below_t, compile=compile,
+                       cpu_offload=cpu_offload, timestep_labels=timestep_labels, vae_posterior=vae_posterior,
+                       guidance=guidance)
         if refiner_hub_id is not None:
-            rname = f"{name}-refiner"  # local copy: refiner_path or DIFFC_SDXL_REFINER_PATH
-            rsrc = WeightsSource(rname, refiner_hub_id, refiner_revision, default_path(rname, refiner_path))
-            rsched = rsrc.load_config(DDPMScheduler, "scheduler")
-            if rsched.get("prediction_type", "epsilon") != sched.get("prediction_type", "epsilon"):
-                raise ValueError(f"{name}: refiner {refiner_hub_id!r} predicts {rsched.get('prediction_type')}, "
-                                 f"base predicts {sched.get('prediction_type')}")
-            refiner = rsrc.load(UNet2DConditionModel, "unet", torch_dtype=dt)
-            identity["refiner"] = {"weights": rsrc.identity(), "below_t": refiner_below_t}
-        return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=sched, device=dev,
-                   dtype=dt, identity=identity, refiner=refiner, refiner_below_t=refiner_below_t,
-                   compile=compile, cpu_offload=cpu_offload, timestep_labels=timestep_labels,
-                   vae_posterior=vae_posterior, guidance=guidance)
+            backbone.attach_refiner(refiner_hub_id, refiner_revision, refiner_path, compile=compile)
+        return backbone
+
+    def attach_refiner(self, hub_id: str, revision: str | None = None, path: str | None = None,
+                       compile: bool = False) -> None:
+        """Load the refiner UNet (``hub_id``, or the local copy ``path`` / ``$DIFFC_<NAME>_REFINER_PATH``)
+        for the steps t < ``refiner_below_t``; ``config()`` then names it. Separate from loading the
+        base so that a decoder loads it only for a file whose fingerprint needs it
+        (pipelines/decompress.py)."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        rsrc = WeightsSource.from_options(self.name, hub_id, revision, path, part="refiner",
+                                          hint="model.options.refiner_hub_id=null: the base UNet at every step")
+        rsched = rsrc.load_config(DDPMScheduler, "scheduler")
+        if rsched.get("prediction_type", "epsilon") != self.prediction_type:
+            raise ValueError(f"{self.name}: refiner {hub_id!r} predicts {rsched.get('prediction_type', 'epsilon')}, "
+                             f"base predicts {self.prediction_type}")
+        refiner = rsrc.load(UNet2DConditionModel, "unet", torch_dtype=self.dtype)
+        self.refiner = self._denoiser(refiner, compile)
+        self._identity_dict = {**self._identity_dict,
+                               "refiner": {"weights": rsrc.identity(), "below_t": self.refiner_below_t}}
+        self._empty_cond = None  # the refiner's conditioning is part of SDCond
 
     @classmethod
     def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
