@@ -33,8 +33,8 @@ captioner with ``caption=auto``; all the rest is information. Bad options: one l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 import os
 import resource
 import sys
@@ -68,8 +68,10 @@ class Files:
     weights: tuple[str, ...] = ()
 
 
+@functools.cache
 def _kinds() -> dict[str, Files]:
-    """The file names of each kind of component, from the libraries that read them."""
+    """The file names of each kind of component, from the libraries that read them (``model_index``:
+    a diffusers pipeline's index, for a config not in ``COMPONENTS``)."""
     from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
     from diffusers.utils import constants as dc
     from transformers import utils as tc
@@ -83,6 +85,7 @@ def _kinds() -> dict[str, Files]:
                                                dc.SAFE_WEIGHTS_INDEX_NAME, dc.WEIGHTS_INDEX_NAME)),
         "transformers": Files((tc.CONFIG_NAME,), (tc.SAFE_WEIGHTS_NAME, tc.WEIGHTS_NAME,
                                                   tc.SAFE_WEIGHTS_INDEX_NAME, tc.WEIGHTS_INDEX_NAME)),
+        "model_index": Files(("model_index.json",)),
     }
 
 
@@ -152,7 +155,7 @@ def missing_weights(lookup: Lookup, prefix: str, names: tuple[str, ...]) -> str 
 
 def missing_file(lookup: Lookup, components: Iterable[Component]) -> str | None:
     """The first file the components need that ``lookup`` does not find (None: all there)."""
-    kinds = _kinds() | {"model_index": Files(("model_index.json",))}
+    kinds = _kinds()
     for where, kind in components:
         gaps = []
         for sub in where if isinstance(where, tuple) else (where,):
@@ -180,8 +183,7 @@ class Check:
     fix: str = ""
     needed: bool = False
     full: str = ""
-    kind: str = ""  # backbone | metric | captioner: names the error
-
+    kind: str = ""  # model | metric | captioner: names the error
 
     @property
     def status(self) -> str:
@@ -250,7 +252,7 @@ def snapshot_dir(lookup: Lookup, components: tuple[Component, ...]) -> Path:
     """The folder the files were found in (a cache snapshot or the local copy), from the first
     component's first alternative that is there."""
     where, kind = components[0]
-    kinds = _kinds() | {"model_index": Files(("model_index.json",))}
+    kinds = _kinds()
     for sub in where if isinstance(where, tuple) else (where,):
         name = (f"{sub}/" if sub else "") + kinds[kind].names[0]
         found = lookup(name)
@@ -419,7 +421,7 @@ def caches_line() -> str:
 
 
 # ---- the round trip ---------------------------------------------------------------------------------
-def test_image(size: int) -> torch.Tensor:
+def sample_image(size: int) -> torch.Tensor:
     """A deterministic ``size`` x ``size`` RGB test image [3, size, size] in [0, 1], 8-bit values:
     smooth colour gradients plus seeded texture (numpy generator, seed 0), no file needed."""
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -455,12 +457,12 @@ def round_trip(cfg: DictConfig) -> RoundTrip:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     size = int(cfg.size)
-    encoded = codec.encode(test_image(size), stop_timesteps=stop_timesteps(codec, cfg.timestep, None))
+    encoded = codec.encode(sample_image(size), stop_timesteps=stop_timesteps(codec, cfg.timestep, None))
     point = encoded.points[-1]
     header, _ = fmt.read(point.data)
     decoder = DiffcCodec(backbone, params_from_header(header), deterministic=cfg.deterministic)
     if decoder.fingerprint() != header.fingerprint:
-        return RoundTrip(f"round trip: the header's parameters do not rebuild the encoder's codec", False)
+        return RoundTrip("round trip: the header's parameters do not rebuild the encoder's codec", False)
     decoded = decoder.decode(point.data)
     xt_max, drift_db = decoder.drift(point, decoded)
     n = point.step_index
@@ -517,5 +519,6 @@ def doctor(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli.main(doctor, "doctor", verbatim=("model.options.path", "model.options.params_path", "model.options.refiner_path",
-                                        "model.options.vae_path", "captioner.options.path"))
+    cli.main(doctor, "doctor", verbatim=("model.options.path", "model.options.params_path",
+                                        "model.options.refiner_path", "model.options.vae_path",
+                                        "captioner.options.path"))

@@ -100,10 +100,10 @@ def test_found_in_hub_cache(hub_cache: Path, monkeypatch: pytest.MonkeyPatch, ca
     code, out, err = run(capsys, "model=sd15", *QUICK)
     assert code == 0, err
     for name in REAL_MODELS:
-        for hub_id in dr.model_repos(name, plain(model_config(name)["options"])):
-            line = report_line(out, hub_id.name)
+        for repo in dr.model_repos(name, plain(model_config(name)["options"])):
+            line = report_line(out, repo.name)
             assert line.split()[1] == "found", line
-            assert f"{hub_id.hub_id}@main (commit {revision_of(hub_id.hub_id)[:12]}) in the HF cache" in line
+            assert f"{repo.hub_id}@main (commit {revision_of(repo.hub_id)[:12]}) in the HF cache" in line
     assert "(parity=reference only)" in report_line(out, "sdxl-vae")
     trip = next(line for line in out.splitlines() if line.startswith("round trip sd15"))
     assert "bit-exact (x_t and image)" in trip and "(float32)" in trip
@@ -142,33 +142,36 @@ def test_local_copy_by_option_and_env(tmp_path: Path, monkeypatch: pytest.Monkey
     use_cache(monkeypatch, tmp_path / "empty")
     code, out, err = run(capsys, "model=sd15", f"model.options.path={local}", *QUICK)
     assert code == 0, err
-    assert report_line(out, "sd15").endswith(f"found     {SD15_ID}@main in model.options.path={local}")
+    line = report_line(out, "sd15")
+    assert line.split()[1] == "found" and line.endswith(f"{SD15_ID}@main in model.options.path={local}")
     monkeypatch.setenv("DIFFC_SD15_PATH", str(local))
     repo = dr.model_repos("sd15", repo_options())[0]
     assert repo.path == str(local) and dr.check_repo(repo, needed=True).found
     monkeypatch.setenv("DIFFC_SD15_PATH", str(tmp_path / "nowhere"))
     check = dr.check_repo(dr.model_repos("sd15", repo_options())[0], needed=True)
-    assert check.found is False and check.detail.endswith(f"model.options.path={tmp_path / 'nowhere'} is not a directory")
+    assert check.found is False
+    assert check.detail.endswith(f"model.options.path={tmp_path / 'nowhere'} is not a directory")
 
 
 def test_sharded_weights_need_every_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """BLIP-2 in the cache with a sharded model: found with both shards, missing with one (named)."""
     folder = tmp_path / "blip2"
     folder.mkdir()
-    for name in ("preprocessor_config.json", "tokenizer_config.json", "config.json", "model-00001-of-00002.safetensors"):
+    shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    for name in ("preprocessor_config.json", "tokenizer_config.json", "config.json", shards[0]):
         (folder / name).write_text("{}")
-    index = {"weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}
+    index = {"weight_map": {"a.weight": shards[0], "b.weight": shards[1]}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     captioner = blip2_config()
     hub_id = captioner.options.hub_id
     install_in_cache(tmp_path / "partial", hub_id, folder)
-    (folder / "model-00002-of-00002.safetensors").write_text("{}")
+    (folder / shards[1]).write_text("{}")
     install_in_cache(tmp_path / "complete", hub_id, folder)
 
     use_cache(monkeypatch, tmp_path / "partial")
     check = dr.captioner_check(captioner, needed=True)
     assert check.found is False
-    assert check.detail == (f"{hub_id}@main: model-00002-of-00002.safetensors (a shard of model.safetensors.index.json) "
+    assert check.detail == (f"{hub_id}@main: {shards[1]} (a shard of model.safetensors.index.json) "
                             "not in the HF cache")
     assert "captioner.options.path=" in check.fix and "DIFFC_BLIP2_PATH" in check.fix
     use_cache(monkeypatch, tmp_path / "complete")
@@ -236,3 +239,11 @@ def test_drift_fails_the_deterministic_contract(monkeypatch: pytest.MonkeyPatch,
 def test_every_real_config_has_its_components() -> None:
     """Each conf/model config with a hub id has the loader's component list (not the generic one)."""
     assert set(dr.real_models("project")) == set(REAL_MODELS) <= set(dr.COMPONENTS)
+
+
+def test_other_configs_need_a_pipeline_index(tmp_path: Path) -> None:
+    """A config not in COMPONENTS (a user's new diffusers backbone) needs its model_index.json."""
+    lookup = dr.folder_lookup(tmp_path)
+    assert dr.missing_file(lookup, dr.GENERIC) == "model_index.json"
+    (tmp_path / "model_index.json").write_text("{}")
+    assert dr.missing_file(lookup, dr.GENERIC) is None
