@@ -71,6 +71,7 @@ def test_gaussian_passes_offline(tmp_path: Path) -> None:
     for name in REAL_MODELS:
         assert report_line(r.stdout, name).split()[1] == "MISSING"
     assert f"HF cache {tmp_path / 'hf'}" in r.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # nothing written where it runs, nothing downloaded
 
 
 def test_missing_backbone_fails_in_one_line(tmp_path: Path) -> None:
