@@ -13,10 +13,17 @@ No autoencoder: the latent is the image itself scaled to [-1, 1], x0 = 2 image -
 - Schedule and prediction type come from the checkpoint's ``DDPMScheduler`` config
   (``ddpm_schedule``: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2`` betas).
 - ``clip_sample`` (the scheduler config's unless overridden): the x0 estimate is clamped to
-  [-clip_sample_range, clip_sample_range], as diffusers' DDPM/DDIM samplers do. Applied in
-  ``predict_x0``, so the coding prior p and the reconstruction see it alike (a decoder-side function
-  of x_t: encoder and decoder stay bit-identical). It matters at the start of the chain, where an
-  epsilon model's x0 = (x_t - s eps) / a divides by a = 0.006 (linear betas at t = 999).
+  [-clip_sample_range, clip_sample_range] in ``predict_x0``, and everything downstream uses the
+  clamped x0 alone. The coding prior's mean is the DDPM posterior mean from it, c0 clip(x0_hat) + ct x_t
+  (diffc/chain.py): exactly ``DDPMScheduler.step``'s with ``clip_sample``. The probability-flow
+  reconstruction (``recon: ode``, diffc/codec.py) recomputes the noise from the clamped x0,
+  eps = (x_t - a clip(x0_hat)) / s, which is ``DDIMScheduler.step(..., use_clipped_model_output=True)``;
+  ``DDIMPipeline`` by default (``use_clipped_model_output`` unset = False) keeps the network's own eps
+  next to the clamped x0, so a DDIM reconstruction of ours and the pipeline's differ wherever the
+  clamp is active. Ours keeps x0 and eps consistent with x_t (x_t = a x0 + s eps), and it is a
+  decoder-side function of x_t, so encoder and decoder stay bit-identical. The clamp matters at the
+  start of the chain, where an epsilon model's x0 = (x_t - s eps) / a divides by a = 0.006 (linear
+  betas at t = 999).
 
 Tiny twin ``tiny-ddpm``: a 3-level ``UNet2DModel`` (one attention level) after ``torch.manual_seed(seed)``,
 the church model's scheduler config (``beta_schedule`` overridable, e.g. ``squaredcos_cap_v2``).

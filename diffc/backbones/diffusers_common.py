@@ -528,8 +528,8 @@ class FlowMatchingBackbone(DiffusersBackbone):
     The integer chain timestep t maps to sigma(t) = shift u / (1 + (shift - 1) u), u = (t + 1) / T
     (FlowMatchEulerDiscreteScheduler's training grid, ``NoiseSchedule.flow_matching``). The shift is
     the scheduler config's (:func:`flow_shift`: static, or dynamic at ``image_seq_len`` tokens), unless
-    ``shift`` fixes it (1.0 = no shift). A backbone has one schedule for every image: the decoder must
-    know it before seeing any image data.
+    ``shift`` fixes it (1.0 = no shift). A backbone has one schedule for every image size, by choice
+    (rate points of different sizes share timesteps; diffc/backbones/flux.py).
 
     ``timestep_labels='reference'``: the reference implementation's labels, noise at
     u = t - 1 and the transformer told u = t (``network_sigma``); with ``shift: 1.0`` that is its

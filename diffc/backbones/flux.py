@@ -6,12 +6,19 @@ transformer predicts the velocity v = eps - x0. The integer chain timestep t map
 passes ``timestep / 1000`` with ``timestep = 1000 sigma``).
 
 The shift: FLUX.1-dev's scheduler config sets ``use_dynamic_shifting`` — its pipeline shifts by
-exp(mu), mu linear in the number of packed image tokens (``dynamic_flow_shift``). A backbone has
-one schedule for every image (the decoder must know it before seeing any image data), so we fix
-the token count at ``image_seq_len`` (default 1536 = a 768x512 Kodak image: latent 96x64 packed
-2x2 -> 48x32 tokens; shift = 2.048, ``diffusers_common.dynamic_flow_shift``). ``shift`` overrides it
-(1.0 = no shift). The reference implementation uses no shift and its own labels, sigma = (t - 1) / 1000
-with the transformer told t / 1000: ``shift: 1.0, timestep_labels: reference`` (conf/parity/flux-dev.yaml).
+exp(mu), mu linear in the number of packed image tokens (``dynamic_flow_shift``), i.e. each image
+size gets its own schedule. We fix the token count at ``image_seq_len`` instead (default 1536 = a
+768x512 Kodak image: latent 96x64 packed 2x2 -> 48x32 tokens; shift = 2.048,
+``diffusers_common.dynamic_flow_shift``), whatever the image's size. A deliberate choice, not a
+necessity: the header gives the decoder the image size before any step, so a size-dependent shift
+would be decodable. One schedule per backbone keeps the chain's timesteps, the per-step KL
+weights and the fingerprint independent of the image size, so rate points of images of different
+sizes (a dataset sweep, Kodak's 768x512 and 512x768, DIV2K's buckets) share timesteps and compare
+step by step; it departs from FluxPipeline only for images of other than ``image_seq_len`` tokens.
+``image_seq_len`` is the knob (e.g. 4096 for 1024x1024 images: shift 3.16, the pipeline's), and
+``shift`` fixes the shift directly (1.0 = no shift). The reference implementation uses no shift and
+its own labels, sigma = (t - 1) / 1000 with the transformer told t / 1000: ``shift: 1.0,
+timestep_labels: reference`` (conf/model/flux-dev.yaml under ``parity=reference``).
 
 Latents: the 16-channel VAE latent in ``Backbone`` units is (z - shift_factor) * scaling_factor,
 kept unpacked [16, h, w]; ``network`` packs 2x2 patches into tokens [h/2 * w/2, 64], builds the
