@@ -135,4 +135,4 @@ def decompress(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "recon_reference", "options.path",
-                                                "options.refiner_path", "options.vae_path"))
+                                                "options.refiner_path", "options.vae_path", "options.params_path"))

@@ -360,3 +360,25 @@ def test_decompress_prints_the_provenance_line(encoded: dict[str, Path], tmp_pat
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(Image.open(encoded["decoded"])))
     r = cli("pipelines.decompress", f"input={encoded['diffc']}", f"output={tmp_path / 'same.png'}")
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+
+
+def test_a_fitted_prior_reaches_the_decoder(odd_image: Path, tmp_path: Path) -> None:
+    """compress model.options.params_path=F writes a file that decompress options.params_path=F decodes
+    to the encoder's PNG; without it the file is refused (another prior: fingerprint mismatch)."""
+    from diffc.backbones.gaussian_fit import fit
+
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
+    mean, var = fit(sorted(tmp_path.glob("i*.png")))
+    prior = tmp_path / "prior.npz"
+    np.savez(prior, mean=mean, var=var)
+    f, enc, dec = tmp_path / "a.diffc", tmp_path / "enc.png", tmp_path / "dec.png"
+    r = cli("pipelines.compress", "model=gaussian", f"model.options.params_path={prior}", f"input={odd_image}",
+            f"output={f}", "timestep=300", f"recon_output={enc}")
+    assert r.returncode == 0, r.stderr
+    r = cli("pipelines.decompress", f"input={f}", f"output={dec}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not dec.exists(), r.stderr
+    r = cli("pipelines.decompress", f"input={f}", f"output={dec}", f"options.params_path={prior}")
+    assert r.returncode == 0, r.stderr
+    assert dec.read_bytes() == enc.read_bytes()
