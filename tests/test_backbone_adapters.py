@@ -168,6 +168,26 @@ def test_ddpm_pixel_space_and_clip_sample():
     assert b.config() != tiny("tiny-ddpm", clip_sample=False).config()
 
 
+def test_ddpm_ode_step_is_ddim_with_clipped_model_output():
+    """One step of the ODE reconstruction (t = 999 -> 499, clip_sample active) is diffusers'
+    DDIMScheduler.step with use_clipped_model_output=True (eps recomputed from the clamped x0), and
+    not DDIMPipeline's default (the network's eps): the claim of diffc/backbones/ddpm.py."""
+    from diffusers import DDIMScheduler
+
+    from diffc.backbones.ddpm import DDPM_CHURCH_SCHEDULER
+
+    b = tiny("tiny-ddpm")
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = DiffcCodec(b, PARAMS).denoise(x, 999, grid=(499, 0))  # DDIM to 499, then x0_hat(x_499)
+    sched = DDIMScheduler(**{k: v for k, v in DDPM_CHURCH_SCHEDULER.items() if k != "variance_type"})
+    sched.set_timesteps(2)  # step ratio 500: 999 -> 499
+    eps = b.network(x, 999, None)
+    for clipped, close in ((True, True), (None, False)):  # None: DDIMPipeline's default
+        prev = sched.step(eps[None], 999, x[None], eta=0.0, use_clipped_model_output=clipped).prev_sample[0]
+        err = (b.predict_x0(prev, 499) - ours).abs().max().item()
+        assert (err < 1e-4) if close else (err > 1e-2), (clipped, err)
+
+
 def test_ddpm_cosine_schedule_roundtrip():
     """beta_schedule=squaredcos_cap_v2: the diffusers cosine schedule, and a bit-exact file."""
     from diffusers import DDPMScheduler
