@@ -152,10 +152,10 @@ def no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def one_line(code: int, err: str, *needles: str) -> str:
-    """The command failed with one ``error:`` line holding every needle (stderr's other lines are the
-    libraries' loading progress bars)."""
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    """The command failed with one line on stderr, ``error: ...`` holding every needle (no loading
+    progress bars or library warnings around it: diffusers_common.quiet_loading)."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]

@@ -128,6 +128,10 @@ class WeightsSource:
         return dict(self._call(cls.load_config, subfolder))
 
     def _call(self, fn: Any, subfolder: Subfolder, **kwargs: Any) -> Any:
+        with quiet_loading():
+            return self._load(fn, subfolder, **kwargs)
+
+    def _load(self, fn: Any, subfolder: Subfolder, **kwargs: Any) -> Any:
         alternatives = subfolder if isinstance(subfolder, tuple) else (subfolder,)
         label = " or ".join(f"{a}/" if a else "the repository root" for a in alternatives)
         if self.path is not None and not os.path.isdir(self.path):
@@ -177,6 +181,32 @@ class WeightsSource:
                 "on a machine with access; gated models need `huggingface-cli login`), or point "
                 f"{key} at a local diffusers-format copy, e.g. `{key}=/data/models/{self.hub_id.split('/')[-1]}` "
                 f"(or set {path_env_var(self.backbone, self.part)}){hint}. Cause: {cause}")
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """diffusers' and transformers' chatter off while ``from_pretrained`` runs: their loading
+    progress bars and warnings below ERROR ('accelerate not found', deprecated arguments), so a
+    command's stderr holds its own output and its one-line error only. Failures still raise."""
+    import warnings
+
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error(), tlog.set_verbosity_error()
+    dlog.disable_progress_bar(), tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # huggingface_hub's deprecation notices
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        dlog.set_verbosity(levels[0]), tlog.set_verbosity(levels[1])
+        for module, enabled in zip((dlog, tlog), bars):
+            if enabled:
+                module.enable_progress_bar()
 
 
 #: A component's subfolder, None for the repository root, or a tuple of alternatives tried in order.
