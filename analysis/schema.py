@@ -48,17 +48,19 @@ UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
 #: ``model``, the job's). Shards written before the column existed read as 'diffc' / 'vae'.
 #: ``caption``: the text prompt the codec rows were encoded with (in the file, counted in bpp;
 #: ``caption=auto`` = a BLIP-2 caption, pipelines/captions.py), null when unconditional.
+#: ``protocol``: what the dataset's images became before coding and scoring (conf/protocol:
+#: native, paper, crop512, square512, ...; docs/datasets.md); null in shards written before it existed.
 COLUMNS: tuple[str, ...] = (
-    "model", "dataset", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
+    "model", "dataset", "protocol", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
     "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
     "ms_ssim_scales", "metric_errors", "caption",
 )
 INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
                "height", "ms_ssim_scales", "quality")
-STR_COLUMNS = ("model", "dataset", "image", "kind", "codec", "config_hash", "metric_errors", "caption")
+STR_COLUMNS = ("model", "dataset", "protocol", "image", "kind", "codec", "config_hash", "metric_errors", "caption")
 #: the dataset-level table (fid.parquet)
-FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "kind", "recon_timestep", "target_bpp",
+FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "protocol", "kind", "recon_timestep", "target_bpp",
                                 "bpp_mean", *DATASET_METRICS, "n_patches", "reason", "config_hash")
 
 #: files of a job directory

@@ -1,7 +1,8 @@
 """Evaluation datasets as lists of ``(image_id, image [H, W, 3])``: uint8 for 8-bit files, float32
 in [0, 1] for 16-bit or float ones (``read_image``, the one image reader of every command).
 
-Datasets (``load_dataset(name, **options)``; the options are the keys of conf/dataset/NAME.yaml):
+Datasets (``load_dataset(name, protocol, **options)``; the options are the keys of
+conf/dataset/NAME.yaml):
 
 - ``kodak``: the 24 Kodak images at native 768x512 / 512x768, fetched with pooch from
   r0k.us and verified against the sha256 hashes below. Offline machines pre-seed the cache
@@ -10,9 +11,15 @@ Datasets (``load_dataset(name, **options)``; the options are the keys of conf/da
 - ``kodak-small``: a few Kodak images (default kodim01, 05, 15, 23), center-cropped to a square
   and downscaled with Lanczos to 64x64 -- for demos and fast tests.
 - ``folder``: every PNG/JPEG of a directory, sorted by file name (the id is the file stem).
-- ``div2k``: the DIV2K validation (or training) HR set, downloaded as the official zip, each image
-  resized to about 1024^2 pixels with both sides multiples of 64 (see ``fit_to_pixels``; 2040x1356
-  -> 1216x832, the reference's "div2k-1024" samples).
+- ``div2k``: the DIV2K validation (or training) HR set, the official zip (sha256 + size pinned,
+  pipelines/archives.py), full resolution (2040 px on the long side).
+- ``clic2020``: CLIC 2020, professional and/or mobile, test (250 + 178 images) or valid, the
+  official zips (pinned like DIV2K's), full resolution.
+
+Then the evaluation protocol (``PROTOCOLS``, conf/protocol/*.yaml, docs/datasets.md) turns each
+image into what the codec sees: ``native`` (as loaded), ``paper`` (the DiffC paper: above 1 MP
+resized to about 1 MP in multiples of 64), ``crop512`` (CoD: short edge to 512, center crop),
+``square512`` / ``square768`` / ``square1024`` (DDCM, Turbo-DDCM, PerCo: resized to the square).
 
 The cache directory is ``$DIFFC_CACHE`` or pooch's per-user cache (``pooch.os_cache('diffc')``).
 Every failure (missing network, a hash mismatch, a missing folder) raises ``DatasetError`` with
@@ -25,17 +32,21 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import imagecodecs
 import numpy as np
-import pooch
 import torch
 from PIL import ExifTags, Image, ImageOps
 
 from diffc import format as fmt
-from diffc.errors import UsageError, describe
+from diffc.errors import describe
+
+from .archives import ARCHIVES, ETHZ_URL, Archive, DatasetError, archive_files, fetch_file
+from .archives import cache_dir  # noqa: F401  (the cache root, re-exported: pipelines/captions.py, fit_gaussian.py)
 
 Sample = tuple[str, np.ndarray]
 
@@ -68,43 +79,12 @@ KODAK_SHA256: dict[str, str] = {
 }
 KODAK_SMALL_IDS: tuple[str, ...] = ("kodim01", "kodim05", "kodim15", "kodim23")
 
-DIV2K_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
-# sha256 of the official zips. Not recorded here (this project was built without access to the
-# files): None makes pooch download unverified and log the hash it computed; pin it by passing
-# ``sha256=...`` (conf/dataset/div2k.yaml) once you have checked a download.
-DIV2K_SHA256: dict[str, str | None] = {"valid": None, "train": None}
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 #: ``alpha=``: what ``read_image`` does with transparent pixels (None = refuse the image)
 ALPHA_MODES = (None, "drop", "white")
 #: a Pillow raw mode of 16-bit samples ('RGB;16B', 'I;16', 'LA;16B', ...)
 SIXTEEN_BIT = re.compile(r";16[BLN]?$")
-
-
-class DatasetError(UsageError):
-    """A dataset could not be loaded (one line: what and why)."""
-
-
-def cache_dir() -> Path:
-    """Root of the dataset cache: ``$DIFFC_CACHE`` or pooch's per-user cache for 'diffc'."""
-    env = os.environ.get("DIFFC_CACHE")
-    return Path(env) if env else Path(pooch.os_cache("diffc"))
-
-
-def _fetch(name: str, fname: str, base_url: str, sha256: str | None, **fetch_kwargs: Any) -> Path:
-    """Fetch one file of dataset ``name`` through pooch (download, or verify the cached copy)."""
-    path = cache_dir() / name
-    registry = {fname: None if sha256 is None else f"sha256:{sha256}"}
-    repo = pooch.create(path=path, base_url=base_url, registry=registry)
-    cached = path / fname
-    tampered = cached.exists() and sha256 is not None and pooch.file_hash(str(cached)) != sha256
-    try:
-        return Path(repo.fetch(fname, downloader=pooch.HTTPDownloader(progressbar=False, timeout=60),
-                               **fetch_kwargs))
-    except Exception as exc:  # network errors (requests), hash mismatch (ValueError), disk...
-        why = f"cached copy {cached} fails its sha256 check and " if tampered else ""
-        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} ({describe(exc, 200)})") from exc
 
 
 def _size_error(path: str | os.PathLike, size: str, max_pixels: int) -> DatasetError:
@@ -262,10 +242,16 @@ def center_crop_square(img: np.ndarray) -> np.ndarray:
 
 
 def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Lanczos resize of a uint8 [H, W, 3] image to (width, height)."""
+    """Lanczos resize of an [H, W, 3] image to (width, height): uint8 as RGB; float32 (16-bit or
+    float files, in [0, 1]) channel by channel in Pillow's 32-bit float mode, clipped to [0, 1]."""
     if img.shape[:2] == (height, width):
         return img
-    return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.LANCZOS))
+    size, lanczos = (width, height), Image.Resampling.LANCZOS
+    if img.dtype == np.uint8:
+        return np.asarray(Image.fromarray(img).resize(size, lanczos))
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c], np.float32), "F").resize(size, lanczos))
+              for c in range(img.shape[-1])]
+    return np.clip(np.stack(planes, axis=-1), 0, 1)
 
 
 def fit_to_pixels(img: np.ndarray, target_pixels: int = 1024 * 1024, multiple: int = 64,
@@ -305,7 +291,7 @@ def _kodak_files(ids: Sequence[str] | None) -> list[str]:
 
 def load_kodak(ids: Sequence[str] | None = None, base_url: str = KODAK_URL) -> list[Sample]:
     """The Kodak images (all 24 by default, or the given ids such as 'kodim05'), native size."""
-    return [(Path(f).stem, read_image(_fetch("kodak", f, base_url, KODAK_SHA256[f])))
+    return [(Path(f).stem, read_image(fetch_file("kodak", f, base_url, KODAK_SHA256[f])))
             for f in _kodak_files(ids)]
 
 
@@ -342,32 +328,65 @@ def load_folder(path: str | os.PathLike | None = None, limit: int | None = None,
     return [(p.stem, read_image(p, alpha, frame, max_pixels)) for p in files[:limit]]
 
 
-def load_div2k(split: str = "valid", ids: Sequence[str] | None = None, limit: int | None = None,
-               target_pixels: int = 1024 * 1024, multiple: int = 64, fit: str = "crop",
-               sha256: str | None = None, base_url: str = DIV2K_URL) -> list[Sample]:
-    """DIV2K HR images (``split`` valid: 0801-0900, train: 0001-0800) through ``fit_to_pixels``.
-
-    ``target_pixels=None`` keeps the native size.
-    """
-    if split not in DIV2K_SHA256:
-        raise DatasetError(f"div2k: unknown split {split!r} (valid, train)")
-    zname = f"DIV2K_{split}_HR.zip"
-    members = _fetch("div2k", zname, base_url, sha256 or DIV2K_SHA256[split],
-                     processor=pooch.Unzip(extract_dir=f"DIV2K_{split}_HR"))
-    files = sorted(Path(m) for m in members if Path(m).suffix.lower() == ".png")
+def _select(name: str, files: list[tuple[str, Path]], ids: Sequence[str] | None,
+            limit: int | None) -> list[tuple[str, Path]]:
+    """(id, file) pairs with the given ids (all when None; every id must exist), at most ``limit``."""
     if ids is not None:
         wanted = {str(i) for i in ids}
-        files = [f for f in files if f.stem in wanted]
-        missing = wanted - {f.stem for f in files}
+        files = [f for f in files if f[0] in wanted]
+        missing = wanted - {i for i, _ in files}
         if missing:
-            raise DatasetError(f"div2k: ids not in the {split} split: {sorted(missing)}")
-    out = []
-    for f in files[:limit]:
-        img = read_image(f)
-        if target_pixels is not None:
-            img = fit_to_pixels(img, target_pixels, multiple, fit)
-        out.append((f.stem, img))
-    return out
+            raise DatasetError(f"{name}: ids not in the dataset: {sorted(missing)}")
+    return files[:limit]
+
+
+def load_archives(name: str, parts: Sequence[str], ids: Sequence[str] | None = None,
+                  limit: int | None = None, base_url: str = ETHZ_URL) -> list[Sample]:
+    """The PNGs of the pinned archives ``ARCHIVES[name, part]`` (pipelines/archives.py: fetched,
+    verified, extracted atomically), archive by archive in ``parts`` order, sorted by file name
+    within each; ids = file stems (unique over the parts). Each file is checked against its zip's
+    directory right before it is read."""
+    files = [(f.path.stem, f) for p in parts for f in archive_files(name, ARCHIVES[name, p], (".png",), base_url)]
+    seen: set[str] = set()
+    for image_id, f in files:
+        if image_id in seen:
+            raise DatasetError(f"{name}: two images named {image_id} ({f.info.filename} is the second)")
+        seen.add(image_id)
+    return [(i, read_image(f.checked(name))) for i, f in _select(name, files, ids, limit)]
+
+
+def div2k_parts(split: str = "valid") -> list[str]:
+    """The archives of DIV2K's ``split`` (valid: 0801-0900, train: 0001-0800)."""
+    if split not in ("valid", "train"):
+        raise DatasetError(f"div2k: unknown split {split!r} (valid, train)")
+    return [split]
+
+
+def load_div2k(split: str = "valid", ids: Sequence[str] | None = None, limit: int | None = None,
+               base_url: str = ETHZ_URL) -> list[Sample]:
+    """DIV2K HR images (``split`` valid: 0801-0900, train: 0001-0800) at full resolution, from the
+    official zip (``DIV2K_SPLIT_HR/NNNN.png``; pinned sha256 and size)."""
+    return load_archives("div2k", div2k_parts(split), ids, limit, base_url)
+
+
+CLIC_SUBSETS = ("professional", "mobile")
+
+
+def clic2020_parts(split: str = "test", subsets: Sequence[str] = CLIC_SUBSETS) -> list[str]:
+    """The archives of CLIC 2020's ``split`` (test, valid) for ``subsets`` (professional, mobile)."""
+    if split not in ("test", "valid"):
+        raise DatasetError(f"clic2020: unknown split {split!r} (test, valid)")
+    unknown = [s for s in subsets if s not in CLIC_SUBSETS]
+    if unknown or not subsets:
+        raise DatasetError(f"clic2020: subsets must be some of {', '.join(CLIC_SUBSETS)}, got {list(subsets)}")
+    return [f"{s}/{split}" for s in subsets]
+
+
+def load_clic2020(split: str = "test", subsets: Sequence[str] = CLIC_SUBSETS, ids: Sequence[str] | None = None,
+                  limit: int | None = None, base_url: str = ETHZ_URL) -> list[Sample]:
+    """CLIC 2020 (professional and/or mobile; test: 250 + 178 images, the peers' FID/KID set; or
+    valid) at full resolution, from the official zips (pinned sha256 and size); professional first."""
+    return load_archives("clic2020", clic2020_parts(split, subsets), ids, limit, base_url)
 
 
 LOADERS: dict[str, Callable[..., list[Sample]]] = {
@@ -375,22 +394,92 @@ LOADERS: dict[str, Callable[..., list[Sample]]] = {
     "kodak-small": load_kodak_small,
     "folder": load_folder,
     "div2k": load_div2k,
+    "clic2020": load_clic2020,
 }
+#: the archive parts a dataset's options select (``dataset_archives``: what a dry run shows)
+PARTS: dict[str, Callable[..., list[str]]] = {"div2k": div2k_parts, "clic2020": clic2020_parts}
 
 
-def load_dataset(name: str, **options: Any) -> list[Sample]:
-    """Load dataset ``name`` (kodak, kodak-small, folder, div2k) with its options.
+# ---- evaluation protocols (conf/protocol/*.yaml; sources in docs/datasets.md) ---------------------
+#: the DiffC paper's DIV2K ("div2k-1024"): about 1024^2 pixels, sides multiples of 64
+PAPER_PIXELS, PAPER_MULTIPLE = 1024 * 1024, 64
 
-    Returns ``[(image_id, image [H, W, 3]), ...]`` in a fixed order (images as ``read_image``'s).
-    """
+
+def paper_size(img: np.ndarray) -> np.ndarray:
+    """The DiffC paper's protocol: an image above ``PAPER_PIXELS`` through ``fit_to_pixels``
+    (2040x1356 -> 1216x832, aspect kept, center-cropped by < 64 px); others as they are (Kodak)."""
+    h, w = img.shape[:2]
+    return fit_to_pixels(img, PAPER_PIXELS, PAPER_MULTIPLE, "crop") if w * h > PAPER_PIXELS else img
+
+
+def short_edge_crop(img: np.ndarray, side: int) -> np.ndarray:
+    """Lanczos-resize so the short edge is ``side`` (long edge round(L side / S); no resize when it
+    already is), then the central ``side`` x ``side`` square (top-left offset floor((L' - side) / 2))."""
+    h, w = img.shape[:2]
+    k = side / min(h, w)
+    return center_crop_square(resize(img, max(side, round(w * k)), max(side, round(h * k))))
+
+
+def square(img: np.ndarray, side: int) -> np.ndarray:
+    """Lanczos-resize to ``side`` x ``side`` (aspect not kept)."""
+    return resize(img, side, side)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: what every image of a dataset becomes before coding and scoring."""
+
+    name: str
+    transform: Callable[[np.ndarray], np.ndarray]
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("native", lambda img: img),
+    Protocol("paper", paper_size),
+    Protocol("crop512", partial(short_edge_crop, side=512)),
+    Protocol("square512", partial(square, side=512)),
+    Protocol("square768", partial(square, side=768)),
+    Protocol("square1024", partial(square, side=1024)),
+)}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name`` (one line naming the known ones otherwise)."""
+    if name not in PROTOCOLS:
+        raise DatasetError(f"unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """One line for an unknown dataset or an option its loader does not take."""
     if name not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(sorted(LOADERS))}")
-    loader = LOADERS[name]
-    known = inspect.signature(loader).parameters
+    known = inspect.signature(LOADERS[name]).parameters
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise DatasetError(f"{name}: unknown options {unknown} (known: {', '.join(known)})")
-    return loader(**options)
+
+
+def load_dataset(name: str, protocol: str = "native", **options: Any) -> list[Sample]:
+    """Load dataset ``name`` (kodak, kodak-small, folder, div2k, clic2020) with its options, under
+    ``protocol`` (``PROTOCOLS``; native = as the loader gives them).
+
+    Returns ``[(image_id, image [H, W, 3]), ...]`` in a fixed order (images as ``read_image``'s).
+    """
+    _check_options(name, options)
+    transform = get_protocol(protocol).transform  # before any download
+    return [(i, transform(img)) for i, img in LOADERS[name](**options)]
+
+
+def dataset_archives(name: str, **options: Any) -> list[Archive]:
+    """The pinned archives that ``load_dataset(name, **options)`` reads (none for kodak, folder...),
+    without fetching anything."""
+    if name not in PARTS:
+        return []
+    _check_options(name, options)
+    parts = PARTS[name]
+    chosen = {k: v for k, v in options.items() if k in inspect.signature(parts).parameters}
+    return [ARCHIVES[name, p] for p in parts(**chosen)]
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

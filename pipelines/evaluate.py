@@ -56,7 +56,7 @@ from . import baselines as classic
 from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, check_writable, one_line_errors,
                      plain, png_bytes)
 from .captions import resolve_caption
-from .datasets import DatasetError, as_uint8, load_dataset, to_tensor, to_uint8
+from .datasets import DatasetError, as_uint8, dataset_archives, load_dataset, to_tensor, to_uint8
 from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,11 @@ def config_hash(cfg: DictConfig) -> str:
     if data.get("caption") != "auto":
         data.pop("captioner", None)  # used only by caption=auto
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def protocol_name(cfg: DictConfig) -> str:
+    """The job's evaluation protocol (conf/protocol; ``native`` for a config without one)."""
+    return str(OmegaConf.select(cfg, "protocol.name", default="native"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +213,8 @@ class Job:
 
     def base_row(self, image_id: str, img: np.ndarray) -> dict[str, Any]:
         h, w = img.shape[:2]
-        return {"model": self.cfg.model.name, "dataset": self.cfg.dataset.name, "image": image_id,
+        return {"model": self.cfg.model.name, "dataset": self.cfg.dataset.name,
+                "protocol": protocol_name(self.cfg), "image": image_id,
                 "config_hash": self.hash, "width": w, "height": h, "ms_ssim_scales": ms_ssim_scales(h, w)}
 
     def score(self, row: dict[str, Any], ref: np.ndarray, rec: np.ndarray | None) -> dict[str, Any]:
@@ -301,7 +307,7 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
             recs = [np.asarray(Image.open(p).convert("RGB")) for p in pngs]
             r = fid_kid(refs, recs, patch=int(cfg.metrics.fid_patch), device=resolve_device(cfg.device))
             res_fid, res_kid, n, reason = r.fid, r.kid, r.n_patches, r.reason
-        out.append({"model": cfg.model.name, "dataset": cfg.dataset.name, "kind": kind,
+        out.append({"model": cfg.model.name, "dataset": cfg.dataset.name, "protocol": protocol_name(cfg), "kind": kind,
                     "recon_timestep": t, "target_bpp": target, "bpp_mean": grp["bpp"].mean(),
                     "fid": res_fid, "kid": res_kid, "n_patches": n, "reason": reason,
                     "config_hash": config_hash(cfg)})
@@ -329,8 +335,10 @@ def describe_job(cfg: DictConfig, job_dir: Path) -> str:
         state = "failed-before"
     codec = cfg.codec.get("codec") or "diffc"
     baselines = sorted(cfg.get("baselines") or [])
+    archives = "".join(f" archive={a.fname}:sha256={a.sha256}:bytes={a.size}"
+                       for a in dataset_archives(cfg.dataset.name, **plain(cfg.dataset.get("options"))))
     return (f"job model={cfg.model.name} codec={codec} baselines={baselines} dataset={cfg.dataset.name} "
-            f"{plan_kind(plan)}={list(points)} "
+            f"protocol={protocol_name(cfg)}{archives} {plan_kind(plan)}={list(points)} "
             f"metrics={list(cfg.metrics.names)} fid={bool(cfg.metrics.get('fid', False))} "
             f"config_hash={config_hash(cfg)} state={state} dir={job_dir}")
 
@@ -370,7 +378,7 @@ def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
         return job_dir
     (job_dir / RESULTS).unlink(missing_ok=True)  # only ever the complete table of the current config
     try:
-        data = load_dataset(cfg.dataset.name, **plain(cfg.dataset.get("options")))
+        data = load_dataset(cfg.dataset.name, protocol_name(cfg), **plain(cfg.dataset.get("options")))
     except DatasetError as exc:
         raise PipelineError(str(exc)) from exc
     ids = [i for i, _ in data]
@@ -378,7 +386,7 @@ def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
         raise PipelineError(f"dataset {cfg.dataset.name}: duplicate image ids")
     atomic_write(job_dir / JOB_YAML, OmegaConf.to_yaml(cfg, resolve=True).encode())
     atomic_write(job_dir / JOB_JSON, json.dumps({"config_hash": chash, "model": cfg.model.name,
-                                                 "dataset": cfg.dataset.name}).encode())
+                                                 "dataset": cfg.dataset.name, "protocol": protocol_name(cfg)}).encode())
     remove_stale_temps(job_dir)
     todo = [(i, img) for i, img in data if not shard_path(job_dir, i, chash).exists()]
     job = Job(cfg, job_dir) if todo else None

@@ -29,7 +29,7 @@ from pipelines.evaluate import RatePlan, config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "docs" / "reference" / "seed-settings.json"  # the reference's settings (docs/design.md §2)
-GROUPS = ("model", "dataset", "bitrate", "metrics", "codec", "experiment", "baselines")
+GROUPS = ("model", "dataset", "protocol", "bitrate", "metrics", "codec", "experiment", "baselines")
 REAL_MODELS = ["sd15", "sd21", "sdxl", "flux-dev"]
 OFFLINE_MODELS = ["gaussian", "tiny-sd15", "tiny-sd21", "tiny-sdxl", "tiny-flux"]
 
@@ -119,7 +119,8 @@ def test_every_group_has_options() -> None:
     for group in GROUPS:
         assert options(group), group
     assert set(options("model")) >= {*REAL_MODELS, *OFFLINE_MODELS}
-    assert set(options("dataset")) >= {"kodak", "div2k", "folder", "kodak-small"}
+    assert set(options("dataset")) >= {"kodak", "div2k", "clic2020", "folder", "kodak-small"}
+    assert set(options("protocol")) >= {"native", "paper", "crop512", "square512", "square768", "square1024"}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
