@@ -120,6 +120,15 @@ def test_python_m_from_hub_cache(name: str, hub_cache: Path, image: Path, tmp_pa
     round_trip(as_process, name, image, tmp_path)
 
 
+def test_sdxl_reference_parity_from_hub_cache(hub_cache: Path, image: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """parity=reference loads the separate VAE repository (vae_hub_id, files at its root) from the
+    cache; decompress's parity=auto finds those settings from the fingerprint."""
+    use_cache(monkeypatch, hub_cache)
+    header = round_trip(in_process, "sdxl", image, tmp_path, "parity=reference")
+    assert header.recon_grid == "reference"
+
+
 def test_hub_ids_follow_the_configs(hub_cache: Path) -> None:
     """The cache has a refs/main and a snapshot for each hub id the configs name (sdxl: + refiner)."""
     for name in REAL_MODELS:
