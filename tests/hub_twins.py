@@ -102,11 +102,16 @@ def _t5_text(tokenizer: Any, d_model: int) -> torch.nn.Module:
 
 
 # ---- pipelines, one per real model ----------------------------------------------------------------
-def _save(pipe: Any, dest: Path, tmp: Path) -> None:
+#: FLUX.1-dev and SD 3.5 ship their big transformer / T5 weights in shards (``*.safetensors.index.json``):
+#: the twins shard every component above this size, so the sharded loading path runs too
+SHARDED = "30KB"
+
+
+def _save(pipe: Any, dest: Path, tmp: Path, max_shard_size: str | None = None) -> None:
     """``pipe.save_pretrained(dest)`` (model_index.json and the component folders), then the
     tokenizer folders as written in ``tmp`` by the ``_*_tokenizer`` builders (save_pretrained would
     rewrite a CLIP tokenizer as tokenizer.json; the real repos ship vocab.json + merges.txt)."""
-    pipe.save_pretrained(dest)
+    pipe.save_pretrained(dest, max_shard_size=max_shard_size)
     for folder in tmp.iterdir():
         shutil.rmtree(dest / folder.name)
         shutil.copytree(folder, dest / folder.name)
@@ -199,7 +204,7 @@ def _flux(dest: Path, tmp: Path) -> None:
         text_encoder=_clip_text(tok, TINY_TRANSFORMER["pooled_projection_dim"]), tokenizer=tok,
         text_encoder_2=_t5_text(tok2, TINY_TRANSFORMER["joint_attention_dim"]), tokenizer_2=tok2,
         transformer=FluxTransformer2DModel(**TINY_TRANSFORMER))
-    _save(pipe, dest, tmp)
+    _save(pipe, dest, tmp, SHARDED)
 
 
 def _sd35(dest: Path, tmp: Path) -> None:
@@ -217,7 +222,7 @@ def _sd35(dest: Path, tmp: Path) -> None:
         scheduler=FlowMatchEulerDiscreteScheduler(**SD35_SCHEDULER), vae=AutoencoderKL(**TINY_SD3_VAE),
         text_encoder=_clip_text(tok, d1, p1), tokenizer=tok, text_encoder_2=_clip_text(tok2, d2, p2),
         tokenizer_2=tok2, text_encoder_3=_t5_text(tok3, d3), tokenizer_3=tok3)
-    _save(pipe, dest, tmp)
+    _save(pipe, dest, tmp, SHARDED)
 
 
 def _ddpm(dest: Path, tmp: Path) -> None:
