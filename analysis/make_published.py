@@ -7,10 +7,11 @@
 
 ``src`` holds the files listed in docs/published.md (MS-ILLM's results.csv, DiffEIC's
 results.xlsx, StableCodec's results.txt, CompressAI's Kodak JSON); the table has one row per
-published point: ``COLUMNS`` (NaN where a source gives no value). ``protocol`` names dataset AND
-resolution (``kodak-768x512``, ``div2k-val-full``, ...): points of different protocols are never
-comparable, and ``analysis.rd_curves reference_points=true`` overlays only the points whose
-protocol is the figure's. ``setting`` is the source's label of the point (quality level, QP).
+published point: ``COLUMNS`` (NaN where a source gives no value). ``protocol`` is what the images
+became, in this project's vocabulary (conf/protocol, docs/datasets.md): ``native`` (full
+resolution), ``crop512`` (CoD's), ... or ``unstated``: points of different datasets or protocols are
+never comparable, and ``analysis.rd_curves reference_points=true`` overlays only the points of the
+figure's dataset and protocol. ``setting`` is the source's label of the point (quality level, QP).
 """
 from __future__ import annotations
 
@@ -38,22 +39,35 @@ ILLM = "facebookresearch/NeuralCompression@5be7844:projects/illm/results.csv"
 DIFFEIC = "huai-chang/DiffEIC@9c21915:indicators/results.xlsx"
 STABLECODEC = "LuizScarlet/StableCodec@e7994cf:results/results.txt"
 COMPRESSAI = "InterDigitalInc/CompressAI@128f003:results/image/kodak/{}.json"
+COD = "microsoft/GenCodec:CoD/README.md"
 
 #: (source's dataset name) -> (dataset, protocol). Kodak: the 24 images at native 768x512 (the
 #: sources' MS-ILLM Kodak points agree to 3 digits, so DiffEIC's Kodak is the native one too);
-#: MS-ILLM and StableCodec: DIV2K validation (0801-0900) and CLIC 2020 at full resolution;
-#: DiffEIC's Tecnick and CLIC sheets do not state the resolution ("-unstated").
+#: MS-ILLM and StableCodec: DIV2K validation (0801-0900) and CLIC 2020 (test) at full resolution;
+#: DiffEIC's Tecnick and CLIC sheets do not state the resolution ("unstated": matches no run).
 PROTOCOLS = {
-    ("illm", "kodak"): ("kodak", "kodak-768x512"),
-    ("illm", "div2k"): ("div2k", "div2k-val-full"),
-    ("illm", "clic2020"): ("clic2020", "clic2020-full"),
-    ("diffeic", "Kodak"): ("kodak", "kodak-768x512"),
-    ("diffeic", "Tecnick"): ("tecnick", "tecnick-unstated"),
-    ("diffeic", "CLIC2020"): ("clic2020", "clic2020-unstated"),
-    ("stablecodec", "Kodak"): ("kodak", "kodak-768x512"),
-    ("stablecodec", "CLIC 2020 Test"): ("clic2020", "clic2020-test-full"),
-    ("stablecodec", "DIV2K Val"): ("div2k", "div2k-val-full"),
+    ("illm", "kodak"): ("kodak", "native"),
+    ("illm", "div2k"): ("div2k", "native"),
+    ("illm", "clic2020"): ("clic2020", "native"),
+    ("diffeic", "Kodak"): ("kodak", "native"),
+    ("diffeic", "Tecnick"): ("tecnick", "unstated"),
+    ("diffeic", "CLIC2020"): ("clic2020", "unstated"),
+    ("stablecodec", "Kodak"): ("kodak", "native"),
+    ("stablecodec", "CLIC 2020 Test"): ("clic2020", "native"),
+    ("stablecodec", "DIV2K Val"): ("div2k", "native"),
+    ("cod", "Kodak"): ("kodak", "crop512"),
 }
+#: CoD's README (Jia et al., CVPR 2026; microsoft/GenCodec CoD/README.md), Kodak center-cropped to
+#: 512x512 (protocol crop512), transcribed (docs/datasets.md): (method, setting, values). DiffC as
+#: CoD ran it: recon timestep -> bpp and PSNR as the README rounds them.
+COD_POINTS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    ("CoD (pixel)", "0.0039 bpp", {"bpp": 0.0039, "psnr": 16.21, "lpips": 0.434, "dists": 0.186, "fid": 46.0}),
+    ("CoD (latent)", "0.0039 bpp", {"bpp": 0.0039, "psnr": 15.03, "lpips": 0.415, "dists": 0.188, "fid": 45.7}),
+    ("CoD (latent)", "0.00024 bpp", {"bpp": 0.00024, "psnr": 10.09, "lpips": 0.686, "dists": 0.288, "fid": 69.5}),
+    *(("DiffC (CoD's run)", f"t={t}", {"bpp": bpp, "psnr": psnr}) for t, bpp, psnr in (
+        (900, 0.005, 20.0), (500, 0.020, 28.0), (200, 0.090, 34.0), (100, 0.220, 37.0), (50, 0.500, 40.0),
+        (20, 1.47, 44.0))),
+)
 #: the sources' metric names -> ours
 RENAME = {"bpp": "bpp", "psnr": "psnr", "ms-ssim": "ms_ssim", "msssim": "ms_ssim", "ms_ssim": "ms_ssim",
           "lpips": "lpips", "dists": "dists", "fid": "fid", "kid": "kid"}
@@ -145,6 +159,11 @@ def read_compressai(path: Path) -> list[dict[str, Any]]:
                   {m: v[k] for m, v in res.items()}, source) for k in range(len(res["bpp"]))]
 
 
+def read_cod() -> list[dict[str, Any]]:
+    """CoD's README rows (``COD_POINTS``; no file to read)."""
+    return [point(method, ("cod", "Kodak"), setting, values, COD) for method, setting, values in COD_POINTS]
+
+
 def tidy(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows), columns=list(COLUMNS))
     df[list(METRIC_COLUMNS)] = df[list(METRIC_COLUMNS)].astype("float64")
@@ -161,7 +180,7 @@ def convert(src: Path) -> pd.DataFrame:
     rows += read_stablecodec(src / "stablecodec_results.txt")
     for p in sorted(src.glob("compressai_kodak_*.json")):
         rows += read_compressai(p)
-    return tidy(rows)
+    return tidy(rows + read_cod())
 
 
 def load_published(path: str | Path = DEFAULT_OUT) -> pd.DataFrame:
@@ -188,36 +207,48 @@ if __name__ == "__main__":
 
 # ---- overlaying the points on this project's figures ---------------------------------------------
 KODAK_NATIVE = {(768, 512), (512, 768)}
+#: (dataset, protocol) whose images are another protocol's: paper keeps images of at most 1 MP as
+#: they are (conf/protocol/paper.yaml), so Kodak under paper is Kodak native
+SAME_AS = {("kodak", "paper"): "native"}
 
 
 def figure_protocol(dataset: str, rows: pd.DataFrame) -> str:
-    """The protocol of this project's rows of ``dataset`` (columns image, width, height), named
-    like the published table's: ``kodak-768x512`` for dataset kodak at native size, ``div2k-1024``
-    for DIV2K resized to about 1 megapixel (the pipeline's div2k), ``div2k-val-full`` for the
-    validation images at full size; anything else ``DATASET-WxH`` (or ``DATASET-mixed``), which
-    no published point has."""
+    """The protocol of this project's rows of ``dataset``, in the published table's vocabulary:
+    the rows' ``protocol`` column (``SAME_AS`` applied; ``mixed`` when the rows have several). Rows
+    written before the column existed (null) get it from their sizes (columns image, width, height):
+    Kodak at 768x512 / 512x768 is ``native``, DIV2K at about 1 MP in multiples of 64 ``paper``,
+    the DIV2K validation images at full size ``native``; anything else ``WxH`` (or ``mixed``),
+    which no published point has."""
+    named = set(rows["protocol"].dropna()) if "protocol" in rows else set()
+    if len(named) > 1:
+        return "mixed"
+    if named:
+        (name,) = named
+        return SAME_AS.get((dataset, name), name)
     sizes = set(zip(rows["width"].astype(int), rows["height"].astype(int)))
     if dataset == "kodak" and sizes and sizes <= KODAK_NATIVE:
-        return "kodak-768x512"
+        return "native"
     if dataset == "div2k" and sizes:
         if all(w % 64 == 0 and h % 64 == 0 and 0.8e6 <= w * h <= 1.25e6 for w, h in sizes):
-            return "div2k-1024"
+            return "paper"
         ids = set(rows["image"].astype(str))
         if all(max(w, h) == 2040 for w, h in sizes) and all("0801" <= i <= "0900" for i in ids):
-            return "div2k-val-full"
+            return "native"
     if len(sizes) == 1:
         (w, h), = sizes
-        return f"{dataset}-{w}x{h}"
-    return f"{dataset}-mixed"
+        return f"{w}x{h}"
+    return "mixed"
 
 
 def matching_points(published: pd.DataFrame, protocol: str, metric: str,
-                    methods: list[str] | None = None) -> pd.DataFrame:
-    """The published points of ``protocol`` that give ``metric`` (and, if given, of ``methods``
-    only): columns method, protocol, setting, source, bpp (NaN for a ceiling), value."""
+                    methods: list[str] | None = None, dataset: str | None = None) -> pd.DataFrame:
+    """The published points of ``protocol`` (and, if given, of ``dataset`` and ``methods`` only)
+    that give ``metric``: columns method, protocol, setting, source, bpp (NaN for a ceiling), value."""
     if metric not in published.columns:
         return pd.DataFrame(columns=["method", "protocol", "setting", "source", "bpp", "value"])
     sel = published[(published["protocol"] == protocol) & published[metric].notna()]
+    if dataset is not None:
+        sel = sel[sel["dataset"] == dataset]
     if methods:
         sel = sel[sel["method"].isin(methods)]
     sel = sel.assign(value=sel[metric].astype(float))

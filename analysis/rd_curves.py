@@ -17,8 +17,8 @@ curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
 Classic codecs of the sweep (``baselines=[jpeg,...]``, rows of kind baseline) are grey dashed
 curves, one per codec, labelled by its name (``series`` = baseline, ``codec``, ``quality``).
 ``reference_points=true`` overlays the published points (``analysis/data/published_points.csv``,
-docs/published.md) whose protocol is the figure's (``make_published.figure_protocol``: e.g.
-dataset kodak at native size = kodak-768x512; a resized or cropped dataset matches nothing) as
+docs/published.md) whose dataset and protocol are the figure's (``make_published.figure_protocol``:
+the rows' protocol column, e.g. kodak under native or crop512; points of other datasets never) as
 markers, one series per method and source, the protocol in the legend (``series`` = published,
 ``method``, ``protocol``, ``source``; a published VAE ceiling without rate is a dotted line).
 Each curve is also written in CompressAI's JSON format (``analysis.export``).
@@ -211,7 +211,7 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
             ds_pub = None
             if published is not None:
                 protocol = figure_protocol(dataset, rows[rows["dataset"] == dataset])
-                ds_pub = matching_points(published, protocol, metric, reference_methods)
+                ds_pub = matching_points(published, protocol, metric, reference_methods, dataset)
             plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
                               metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})",
                               ds_base, ds_pub)

@@ -96,7 +96,8 @@ def originals(job_dir: Path, images: list[str]) -> dict[str, np.ndarray]:
     options: dict[str, Any] = OmegaConf.to_container(job.dataset.get("options") or OmegaConf.create({}))
     if "ids" in options:
         options["ids"] = list(images)
-    data = dict(load_dataset(str(job.dataset.name), **options))
+    protocol = str(OmegaConf.select(job, "protocol.name", default="native"))  # what the job coded (conf/protocol)
+    data = dict(load_dataset(str(job.dataset.name), protocol, **options))
     missing = [i for i in images if i not in data]
     if missing:
         raise UsageError(f"images {missing} are not in dataset {job.dataset.name} as {job_dir / JOB_YAML} loads it")

@@ -15,7 +15,6 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

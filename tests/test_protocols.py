@@ -162,3 +162,40 @@ def test_a_sweeps_rows_carry_the_protocol(sweep: Path) -> None:
     job = next(p for p in sweep.iterdir() if p.name.startswith("protocol-paper"))
     assert OmegaConf.load(job / "job.yaml").protocol.name == "paper"
     assert '"protocol": "paper"' in (job / "job.json").read_text()
+
+
+def kodak_job(root: Path, protocol: str, side: tuple[int, int]) -> Path:
+    """A results directory with one job: 2 Kodak images under ``protocol`` at ``side`` (w, h),
+    3 DiffC rate points each (rows as pipelines.evaluate writes them)."""
+    from analysis.schema import JOB_JSON, SHARDS, frame
+
+    rows = [{"model": "fake", "dataset": "kodak", "protocol": protocol, "image": image, "kind": "codec",
+             "codec": "diffc", "recon_timestep": t, "config_hash": "abc", "width": side[0], "height": side[1],
+             "bpp": 0.01 * (j + 1) + 0.001 * k, "psnr": 20.0 + 3 * j + k, "target_bpp": float("nan")}
+            for k, image in enumerate(["kodim01", "kodim02"]) for j, t in enumerate([900, 500, 200])]
+    job = root / protocol / f"protocol-{protocol}"
+    (job / SHARDS).mkdir(parents=True)
+    (job / JOB_JSON).write_text('{"config_hash": "abc", "model": "fake", "dataset": "kodak"}')
+    frame(rows).to_parquet(job / SHARDS / "all.abc.parquet", index=False)
+    return root / protocol
+
+
+@pytest.mark.parametrize("protocol,side", [("crop512", (512, 512)), ("native", (768, 512)), ("paper", (768, 512))])
+def test_the_overlay_matches_on_protocol(tmp_path: Path, protocol: str, side: tuple[int, int]) -> None:
+    """A crop512 run on Kodak gets CoD's points (and DiffC as CoD ran it), a native or paper one
+    the full-size Kodak points (MS-ILLM, ...) and none of CoD's."""
+    from analysis.rd_curves import render
+
+    results = kodak_job(tmp_path, protocol, side)
+    render(results, ["psnr"], results / "figures", ["png"], reference_points=True)
+    pub = pd.read_csv(results / "figures" / "kodak-rd-psnr.csv")
+    pub = pub[pub["series"] == "published"]
+    methods = set(pub["method"])
+    if protocol == "crop512":
+        assert set(pub["protocol"]) == {"crop512"} and methods == {"CoD (pixel)", "CoD (latent)", "DiffC (CoD's run)"}
+        cod = pub[pub["method"] == "CoD (pixel)"]
+        assert cod[["bpp", "value"]].values.tolist() == [[0.0039, 16.21]]
+        assert sorted(pub.loc[pub["method"] == "DiffC (CoD's run)", "bpp"]) == [0.005, 0.02, 0.09, 0.22, 0.5, 1.47]
+    else:
+        assert set(pub["protocol"]) == {"native"} and "MS-ILLM" in methods
+        assert not {m for m in methods if "CoD" in m}

@@ -25,7 +25,7 @@ def test_shipped_table() -> None:
     df = load_published()
     assert list(df.columns) == ["method", "dataset", "protocol", "setting", "bpp", "psnr", "ms_ssim", "lpips",
                                 "dists", "fid", "kid", "source"]
-    kodak = df[df["protocol"] == "kodak-768x512"]
+    kodak = df[(df["dataset"] == "kodak") & (df["protocol"] == "native")]
     illm = kodak[(kodak["method"] == "MS-ILLM") & kodak["source"].str.startswith("facebookresearch/")]
     assert len(illm) == 6 and illm["fid"].isna().all()  # too few patches on Kodak: no FID
     for bpp, psnr in ILLM_KODAK:
@@ -38,9 +38,16 @@ def test_shipped_table() -> None:
     vtm = kodak[kodak["method"] == "VTM (CompressAI)"]
     assert len(vtm) == 8 and vtm["bpp"].min() == pytest.approx(0.04824490017361111)
     assert len(df[df["method"] == "StableCodec"]) == 27
-    assert set(df["protocol"]) >= {"kodak-768x512", "div2k-val-full"}
-    assert "div2k-1024" not in set(df["protocol"])  # nobody published DiffC's resized DIV2K
-    assert df["bpp"].dropna().between(0.001, 5).all() and df["psnr"].dropna().between(8, 50).all()
+    assert set(df["protocol"]) == {"native", "crop512", "unstated"}  # conf/protocol's names (+ unstated)
+    assert set(df.loc[df["dataset"] == "div2k", "protocol"]) == {"native"}  # nobody published DiffC's resized DIV2K
+    cod = df[df["protocol"] == "crop512"]  # CoD's README: Kodak center-cropped to 512
+    assert set(cod["dataset"]) == {"kodak"} and set(cod["source"]) == {"microsoft/GenCodec:CoD/README.md"}
+    pixel = cod[cod["method"] == "CoD (pixel)"].iloc[0]
+    assert (pixel["bpp"], pixel["psnr"], pixel["lpips"], pixel["dists"], pixel["fid"]) == (0.0039, 16.21, 0.434, 0.186, 46.0)
+    diffc = cod[cod["method"] == "DiffC (CoD's run)"].sort_values("bpp")
+    assert diffc["bpp"].tolist() == [0.005, 0.02, 0.09, 0.22, 0.5, 1.47]
+    assert diffc["setting"].tolist() == ["t=900", "t=500", "t=200", "t=100", "t=50", "t=20"]
+    assert df["bpp"].dropna().between(0.0002, 5).all() and df["psnr"].dropna().between(8, 50).all()
 
 
 @pytest.mark.skipif(not SRC.is_dir(), reason="raw published files not on this machine")
@@ -54,15 +61,22 @@ def sizes(w: int, h: int, n: int) -> pd.DataFrame:
 
 
 def test_figure_protocol() -> None:
-    assert figure_protocol("kodak", pd.concat([sizes(768, 512, 2), sizes(512, 768, 1)])) == "kodak-768x512"
-    assert figure_protocol("kodak", sizes(384, 256, 2)) == "kodak-384x256"  # resized: matches nothing
-    assert figure_protocol("kodak-small", sizes(64, 64, 2)) == "kodak-small-64x64"
-    assert figure_protocol("div2k", sizes(1216, 832, 2)) == "div2k-1024"
+    # rows written before the protocol column: from their sizes
+    assert figure_protocol("kodak", pd.concat([sizes(768, 512, 2), sizes(512, 768, 1)])) == "native"
+    assert figure_protocol("kodak", sizes(384, 256, 2)) == "384x256"  # resized: matches nothing
+    assert figure_protocol("kodak-small", sizes(64, 64, 2)) == "64x64"
+    assert figure_protocol("div2k", sizes(1216, 832, 2)) == "paper"
     full = pd.DataFrame({"image": ["0801", "0802"], "width": [2040, 1356], "height": [1356, 2040]})
-    assert figure_protocol("div2k", full) == "div2k-val-full"
+    assert figure_protocol("div2k", full) == "native"
+    # rows with the column: its value (Kodak under paper is Kodak native)
+    assert figure_protocol("kodak", sizes(512, 512, 2).assign(protocol="crop512")) == "crop512"
+    assert figure_protocol("kodak", sizes(768, 512, 2).assign(protocol="paper")) == "native"
+    assert figure_protocol("div2k", sizes(1216, 832, 2).assign(protocol="paper")) == "paper"
+    assert figure_protocol("kodak", sizes(512, 512, 2).assign(protocol=["crop512", "square512"])) == "mixed"
     pub = load_published()
-    assert not len(matching_points(pub, "kodak-384x256", "psnr"))
-    assert set(matching_points(pub, "kodak-768x512", "psnr", ["PerCo"])["method"]) == {"PerCo"}
+    assert not len(matching_points(pub, "384x256", "psnr"))
+    assert set(matching_points(pub, "native", "psnr", ["PerCo"], "kodak")["method"]) == {"PerCo"}
+    assert set(matching_points(pub, "native", "psnr", dataset="div2k")["method"]) == {"MS-ILLM", "No-GAN", "StableCodec"}
 
 
 def synthetic_results(root: Path, dataset: str, w: int, h: int) -> pd.DataFrame:
@@ -93,7 +107,7 @@ def test_kodak_figure_overlays_illm_and_exports_compressai_json(tmp_path: Path) 
     render(tmp_path, ["psnr", "lpips"], out, ["png"], reference_points=True)
     side = pd.read_csv(out / "kodak-rd-psnr.csv")
     pub = side[side["series"] == "published"]
-    assert set(pub["protocol"]) == {"kodak-768x512"}
+    assert set(pub["protocol"]) == {"native"} and not pub["method"].str.startswith("CoD").any()
     illm = pub[(pub["method"] == "MS-ILLM") & pub["source"].str.startswith("facebookresearch/")]
     for bpp, psnr in ILLM_KODAK:
         assert np.isclose(illm["bpp"], bpp, rtol=1e-9).sum() == 1
