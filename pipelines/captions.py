@@ -39,8 +39,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from diffc.backbones.diffusers_common import (BackboneLoadError, WeightsSource, default_path, path_env_var,
-                                              resolve_dtype)
+from diffc.backbones.diffusers_common import (BackboneLoadError, WeightsSource, default_path, hub_cli,
+                                              path_env_var, resolve_dtype)
 from diffc.device import resolve_device
 from diffc.errors import describe
 
@@ -104,7 +104,7 @@ class CaptionerWeights(WeightsSource):
         why = f" ({why})" if why else ""
         return (f"captioner {self.backbone!r}: could not load model {self.hub_id!r}{rev}: not in the Hugging Face "
                 f"cache {constants.HF_HUB_CACHE} and not downloadable{why}. Download it there "
-                f"(`huggingface-cli download {self.hub_id}` on a machine with access), or point "
+                f"(`{hub_cli()} download {self.hub_id}` on a machine with access), or point "
                 f"captioner.options.path at a local copy (or set {path_env_var(self.backbone)}), "
                 f"or give the caption as text (caption=\"...\"). Cause: {cause}")
 
@@ -123,7 +123,7 @@ class Captioner:
                         dtype: str = "float16", device: str = "auto", max_length: int = MAX_LENGTH) -> "Captioner":
         """BLIP-2 by hub id (+ revision) or from a local copy (``path``, else ``$DIFFC_BLIP2_PATH``):
         a directory with the processor and model files at its root (``save_pretrained`` or
-        ``huggingface-cli download --local-dir``). float32 on a CPU whatever ``dtype`` says."""
+        ``hf download --local-dir``). float32 on a CPU whatever ``dtype`` says."""
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         path = default_path("blip2", path)

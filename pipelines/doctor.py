@@ -48,7 +48,7 @@ from omegaconf import DictConfig
 
 from analysis import cli
 from diffc import format as fmt
-from diffc.backbones.diffusers_common import default_path, hub_offline_reason, path_env_var
+from diffc.backbones.diffusers_common import default_path, hub_cli, hub_offline_reason, path_env_var
 from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import desynchronised
 from diffc.device import resolve_device
@@ -212,15 +212,6 @@ class Repo:
     components: tuple[Component, ...]
 
 
-def download_command() -> str:
-    """huggingface_hub's download command line: ``hf download`` (its CLI since 0.34), else the
-    older ``huggingface-cli download``."""
-    import huggingface_hub
-    from packaging.version import Version
-
-    return "hf download" if Version(huggingface_hub.__version__) >= Version("0.34") else "huggingface-cli download"
-
-
 def check_repo(repo: Repo, needed: bool, note: str = "") -> Check:
     """Whether ``repo``'s files are in its local copy, or (no local copy named) in the HF cache."""
     from huggingface_hub import constants
@@ -239,7 +230,7 @@ def check_repo(repo: Repo, needed: bool, note: str = "") -> Check:
         return Check(repo.name, True, f"{ident}{commit} in {where}", needed=needed)
     if repo.path is not None and not Path(repo.path).is_dir():
         gap, where, full = "", f"{where} is not a directory", f"{full} is not a directory"
-    fetch = f"{download_command()} {repo.hub_id}" + (f" --revision {repo.revision}" if repo.revision else "")
+    fetch = f"{hub_cli()} download {repo.hub_id}" + (f" --revision {repo.revision}" if repo.revision else "")
     fix = f"get it with `{fetch}` (on a machine with hub access; gated repos: log in first)"
     if repo.option:
         local = f"/data/models/{repo.hub_id.split('/')[-1]}"

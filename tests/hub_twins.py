@@ -1,5 +1,5 @@
 """Tiny random-weight twins of the shipped real models, in their real diffusers layout, written into a
-Hugging Face hub cache: what a user's machine holds after ``huggingface-cli download HUB_ID``.
+Hugging Face hub cache: what a user's machine holds after ``hf download HUB_ID``.
 
 The real adapters (``diffc/backbones/*.py`` ``from_pretrained``) then load them by hub id, with no
 path override, exactly as they load the real weights: the same component classes (UNet, VAE,

@@ -76,7 +76,7 @@ class WeightsSource:
     """Where a real backbone's weights come from: a hub id, or a local diffusers-format copy of it.
 
     ``path`` (a directory with ``unet/``, ``vae/``, ``text_encoder/``... subfolders, as written by
-    ``DiffusionPipeline.save_pretrained`` or ``huggingface-cli download``) overrides ``hub_id``.
+    ``DiffusionPipeline.save_pretrained`` or ``hf download``) overrides ``hub_id``.
     ``hub_id`` + ``revision`` name the weights in ``config()``; the path is only where they live.
 
     ``part`` names a component kept in another repository (SDXL's ``refiner``, a separate ``vae``):
@@ -177,8 +177,8 @@ class WeightsSource:
         hint = f"; or {self.hint}" if self.hint else ""
         return (f"{self.label}: could not load {where} of model {self.hub_id!r}{rev} "
                 f"({option_key('hub_id', self.part)}): not in the Hugging Face cache {constants.HF_HUB_CACHE} "
-                f"and not downloadable{why}. Either download it there (`huggingface-cli download {self.hub_id}` "
-                "on a machine with access; gated models need `huggingface-cli login`), or point "
+                f"and not downloadable{why}. Either download it there (`{hub_cli()} download {self.hub_id}` "
+                f"on a machine with access; gated models need `{hub_cli()} login`), or point "
                 f"{key} at a local diffusers-format copy, e.g. `{key}=/data/models/{self.hub_id.split('/')[-1]}` "
                 f"(or set {path_env_var(self.backbone, self.part)}){hint}. Cause: {cause}")
 
@@ -224,6 +224,15 @@ def _first_success(fn: Any, location: str, alternatives: tuple[str | None, ...],
         except Exception as e:
             first = first or e
     return None, first
+
+
+def hub_cli() -> str:
+    """The Hugging Face command-line tool of the installed huggingface_hub: ``hf`` (its CLI since
+    0.34, the only one in 1.x), else the older ``huggingface-cli``; error messages name its commands."""
+    import huggingface_hub
+    from packaging.version import Version
+
+    return "hf" if Version(huggingface_hub.__version__) >= Version("0.34") else "huggingface-cli"
 
 
 def path_env_var(backbone: str, part: str | None = None) -> str:
