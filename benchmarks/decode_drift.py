@@ -107,7 +107,8 @@ def main() -> None:
             else:
                 cases["threads_optout"] = measure(enc, point, image, codec_for(name, schedule, False), 1)
         if args.device.startswith("cuda"):
-            enc = codec_for(name, schedule, options={"device": "cuda", "dtype": "float16"})
+            half = {"dtype": "float16"} if "dtype" in model_config(name).options else {}  # gaussian: no dtype
+            enc = codec_for(name, schedule, options={"device": "cuda", **half})
             point = enc.encode(image, stop_timesteps=[STOP_T]).points[-1]
             cases["cuda_fp16_to_cpu"] = measure(enc, point, image, codec_for(name, schedule, options={"device": "cpu"}), 2)
         for case, r in cases.items():
