@@ -1,14 +1,19 @@
 """Each curve of a results directory in CompressAI's results format (what its plotting scripts and
 many papers' RD tooling read):
 
-    {"name": ..., "description": ..., "results": {"bpp": [...], "psnr": [...], "ms-ssim": [...], ...}}
+    {"name": ..., "description": ..., "results": {"bpp": [...], "psnr-rgb": [...], "ms-ssim-rgb": [...], ...}}
 
 one file per curve, ``{dataset}-{model}-{codec}.json`` (the mean curve of a model with a codec:
 diffc, ddcm, turbo-ddcm) and
 ``{dataset}-baseline-{codec}.json`` (a classic codec), written by ``analysis.rd_curves`` next to
 the figures. The values are the figures' plotted means (``rate_points`` / ``baseline_points``),
-points in increasing bpp; a metric without values is left out; CompressAI's key ``ms-ssim`` is
-used for MS-SSIM, the other metrics keep their column names (lpips, dists, qalign).
+points in increasing bpp; a metric without values is left out. PSNR and MS-SSIM take CompressAI's
+keys ``psnr-rgb`` and ``ms-ssim-rgb`` (both are computed on the RGB image, pipelines/metrics.py;
+MS-SSIM in [0, 1], which CompressAI's plot converts to dB itself): the keys of the result files
+CompressAI ships (``results/image/kodak/*.json``, two of them copied in ``analysis/data/``) and
+the ones ``python -m compressai.utils.plot -m psnr|ms-ssim`` reads (tests/test_clients.py). The
+other metrics keep their column names (lpips, dists, qalign). No timing keys: a diffusion codec's
+encode time is that of the whole progressive encode, not of one point (``analysis.schema.TIMING``).
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ import pandas as pd
 from .results import baseline_points, rate_points
 from .schema import PER_IMAGE_METRICS
 
-#: our column -> CompressAI's key
-KEYS = {"ms_ssim": "ms-ssim"}
+#: our column -> CompressAI's key (CompressAI >= 1.2 names the RGB metrics ``*-rgb``)
+KEYS = {"psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 
 
 def _curve(per_metric: dict[str, pd.DataFrame], key: list[str]) -> dict[str, list[float]]:

@@ -10,7 +10,8 @@ paper's names, ``{dataset}-rd-curves-{Qalign,LPIPS,PSNR,FID,KID}``, and by defau
 metrics; ``figure_stem``): bits per pixel on
 x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
 mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
-quality ceiling of its autoencoder). FID/KID come from the dataset-level table (no band).
+quality ceiling of its autoencoder; a lossless one, PSNR inf, has no line and no legend entry:
+the CSV keeps its inf). FID/KID come from the dataset-level table (no band).
 Next to each figure, ``{dataset}-rd-{metric}.csv`` holds exactly the plotted points (one row per
 curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
 
@@ -20,7 +21,8 @@ curves, one per codec, labelled by its name (``series`` = baseline, ``codec``, `
 docs/published.md) whose dataset and protocol are the figure's (``make_published.figure_protocol``:
 the rows' protocol column, e.g. kodak under native or crop512; points of other datasets never) as
 markers, one series per method and source, the protocol in the legend (``series`` = published,
-``method``, ``protocol``, ``source``; a published VAE ceiling without rate is a dotted line).
+``method``, ``protocol``, ``source``; a published VAE ceiling without rate is a dotted line); a
+dataset whose protocol no published point has gets one line on stdout saying so.
 Each curve is also written in CompressAI's JSON format (``analysis.export``).
 """
 from __future__ import annotations
@@ -107,6 +109,12 @@ def plot_published(ax: plt.Axes, points: pd.DataFrame) -> None:
             ax.axhline(v, ls=":", lw=1.0, color=color, label=f"{label} (no rate)")
 
 
+def published_sets(published: pd.DataFrame) -> str:
+    """The datasets and protocols of the published points, e.g. 'div2k (native), kodak (crop512, native)'."""
+    by_ds = published.groupby("dataset")["protocol"].agg(lambda p: ", ".join(sorted(set(p))))
+    return ", ".join(f"{ds} ({protocols})" for ds, protocols in by_ds.items())
+
+
 def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: str,
             title: str, baselines: pd.DataFrame | None = None,
             published: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
@@ -130,9 +138,7 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
         v = ceilings[ceilings["model"] == model]
         if len(v):
             vae = float(v["value"].mean())
-            if math.isinf(vae):  # lossless autoencoder: nothing to draw
-                ax.plot([], [], ls="--", lw=1.2, color=color, label=f"{model} VAE: lossless")
-            else:
+            if not math.isinf(vae):  # a lossless autoencoder (PSNR inf) has no ceiling: no line, no name
                 ax.axhline(vae, ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
             plotted.setdefault(model, {"model": model, "codec": "diffc", "bpp": np.array([]), "value": np.array([]),
                                        "lo": np.array([]), "hi": np.array([])})["vae"] = vae
@@ -194,6 +200,7 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
         if unknown:
             raise UsageError(f"unknown reference_methods {unknown}; known: {', '.join(sorted(set(published['method'])))}")
     done: dict[tuple[str, str], dict] = {}
+    overlaid: dict[str, tuple[str, int]] = {}  # dataset -> (its protocol, published points drawn)
     for metric in metrics:
         if metric in DATASET_METRICS:
             curves, ceilings = fid_points(fid, metric)
@@ -212,6 +219,7 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
             if published is not None:
                 protocol = figure_protocol(dataset, rows[rows["dataset"] == dataset])
                 ds_pub = matching_points(published, protocol, metric, reference_methods, dataset)
+                overlaid[dataset] = (protocol, overlaid.get(dataset, (protocol, 0))[1] + len(ds_pub))
             plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
                               metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})",
                               ds_base, ds_pub)
@@ -223,6 +231,11 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
             plotted_points(plotted, ds_curves, ds_base, ds_pub).to_csv(f"{stem}.csv", index=False)
             done[(dataset, metric)] = plotted
     write_curves(rows, out)
+    for dataset, (protocol, n) in sorted(overlaid.items()):
+        if not n:
+            which = f" of {', '.join(reference_methods)}" if reference_methods else ""
+            print(f"reference_points: no published points{which} match {dataset} under protocol {protocol} "
+                  f"(published: {published_sets(published)}; docs/published.md)")
     if not done:
         raise UsageError(f"nothing to plot in {results}: no finite values of {', '.join(metrics)}")
     return done

@@ -56,6 +56,19 @@ COLUMNS: tuple[str, ...] = (
     "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
     "ms_ssim_scales", "metric_errors", "caption",
 )
+#: what the per-row timing columns time (seconds of wall clock, per image). The contract keeps the
+#: names ``encode_s`` and ``decode_s``; ``ENCODE_SCOPE`` says per kind what ``encode_s`` covers.
+TIMING: dict[str, str] = {
+    "encode_s": "codec rows: the ONE progressive encode of the image up to its highest rate point "
+                "(every rate point of the image comes from it and carries the same value: it is not "
+                "the cost of that point); baseline rows: the encode of that quality alone; vae rows: NaN",
+    "decode_s": "codec rows: what decoding that rate point's file alone costs, the decoder's chain "
+                "up to it plus its own reconstruction (diffc/codec.py decode_prefixes: one chain pass "
+                "serves every point, the other points' reconstructions are not counted); baseline rows: "
+                "Pillow's decode of that file; vae rows: the autoencoder round trip",
+}
+#: kind -> what its rows' ``encode_s`` times: 'image' (shared by the image's rate points) or 'point'
+ENCODE_SCOPE: dict[str, str] = {"codec": "image", "baseline": "point"}
 INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
                "height", "ms_ssim_scales", "quality")
 STR_COLUMNS = ("model", "dataset", "protocol", "image", "kind", "codec", "config_hash", "metric_errors", "caption")

@@ -1,15 +1,21 @@
 """``make demo``: the embedded default end to end, offline, on CPU (a few minutes).
 
-1. a sweep job per backbone (``gaussian`` = the analytic Gaussian prior, ``tiny-sd15`` = SD 1.5's
-   architecture with tiny random weights) on ``kodak-small`` at the ``quick`` rate points: one
-   progressive encode per image, real .diffc files, decoded and checked bit for bit, scored;
-2. the rate-distortion figures of the results (VAE ceilings dashed);
-3. a table of bpp / PSNR / encode and decode time per model and rate point;
-4. the command-line round trip of one image: ``pipelines.compress`` then ``pipelines.decompress``,
+1. the figure's job (``experiment=demo``): the ``gaussian`` backbone (the analytic Gaussian prior:
+   real RD points) on ``kodak-small`` at the ``quick`` rate points, one progressive encode per
+   image, real .diffc files decoded and checked, scored; JPEG / WebP / AVIF (Pillow) on the same
+   images in the same job (conf/experiment/demo.yaml);
+2. its rate-distortion figures (``analysis.rd_curves``): gaussian DiffC against the three classic
+   codecs. The gaussian backbone's "VAE" is the identity (lossless): no ceiling line;
+3. the round-trip check of the random-weight twins (``tiny-sd15`` = SD 1.5's architecture with
+   tiny random weights) in a job of their own (``ROOT/demo-twins``): encoded, decoded and checked
+   like real backbones, reported in the console only. Their rates and quality are meaningless,
+   so they are in no figure;
+4. tables of bpp / PSNR / times of the figure's curves;
+5. the command-line round trip of one image: ``pipelines.compress`` then ``pipelines.decompress``,
    checking the decoded PNG equals the one the encoder reported.
 
-Everything is written under ``outputs/demo`` (``root=DIR`` changes where; a Hydra app like every
-command: ``conf/demo.yaml``, ``--help``).
+Everything is written under ``ROOT/demo`` and ``ROOT/demo-twins`` (``root=DIR``, default
+``outputs``; a Hydra app like every command: ``conf/demo.yaml``, ``--help``).
 """
 from __future__ import annotations
 
@@ -17,13 +23,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from analysis import cli
 
 from .common import PipelineError, one_line_errors
 
-MODELS = ("gaussian", "tiny-sd15")
+#: random-weight twins: round-trip checks, never plotted
+TWINS = ("tiny-sd15",)
+QUIET = ("hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+
+
+def figure_job(root: str) -> list[str]:
+    """``pipelines.evaluate`` arguments of the figure's job (gaussian + JPEG/WebP/AVIF): ROOT/demo."""
+    return ["experiment=demo", f"root={root}", *QUIET]
+
+
+def twins_job(root: str) -> list[str]:
+    """``pipelines.evaluate`` arguments of the twins' round-trip job: the default quick job
+    (kodak-small, quick rate points, no classic codecs) per twin, in ROOT/demo-twins."""
+    return ["-m", f"root={root}", "name=demo-twins", f"model={','.join(TWINS)}", *QUIET]
 
 
 def run(*args: str) -> None:
@@ -35,28 +55,59 @@ def run(*args: str) -> None:
         raise PipelineError(f"demo step failed (exit status {code}): python -m {' '.join(args)}")
 
 
+def table(df: pd.DataFrame) -> str:
+    return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
 def summary(results: Path) -> str:
-    """Mean bpp / PSNR / times per model and rate point (codec rows), and the VAE ceilings."""
+    """The figure's curves as numbers: DiffC per rate point (decode time per point, the encode time
+    once: one progressive encode serves every point), the VAE ceiling, the classic codecs per quality."""
+    from analysis.report import points_table
     from analysis.results import load_results
 
     rows, _ = load_results(results)
-    codec = rows[rows["kind"] == "codec"]
-    table = codec.groupby(["model", "recon_timestep"]).agg(
-        images=("image", "size"), bpp=("bpp", "mean"), psnr_db=("psnr", "mean"), ms_ssim=("ms_ssim", "mean"),
-        encode_s=("encode_s", "mean"), decode_s=("decode_s", "mean"))
-    table = table.sort_values(["model", "bpp"])
-    vae = rows[rows["kind"] == "vae"].groupby("model")["psnr"].mean().rename("vae_psnr_db")
-    return table.to_string(float_format=lambda v: f"{v:.3f}") + "\n\nVAE round trip (ceiling):\n" + vae.to_string()
+    points = points_table(rows).rename(columns={"psnr": "psnr_db"})
+    out = []
+    for model, p in points[points["kind"] == "codec"].groupby("model"):
+        out.append(f"DiffC, {model} backbone, {p['dataset'].iloc[0]}: mean over images per rate point")
+        out.append(table(p[["recon_timestep", "n", "bpp", "kl_bpp", "psnr_db", "ms_ssim", "decode_s"]]))
+        encode = rows.loc[(rows["kind"] == "codec") & (rows["model"] == model)].groupby("image")["encode_s"].first()
+        out.append(f"encode: {encode.mean():.1f} s per image, ONE progressive encode for all {len(p)} rate points")
+        vae = points[(points["kind"] == "vae") & (points["model"] == model)]["psnr_db"]
+        ceiling = "lossless (identity autoencoder): no ceiling" if len(vae) and vae.iloc[0] == float("inf") \
+            else f"{vae.mean():.2f} dB PSNR"
+        out.append(f"VAE round trip: {ceiling}\n")
+    base = points[points["kind"] == "baseline"]
+    if len(base):
+        out.append("Classic codecs on the same images (Pillow): mean over images per quality setting")
+        out.append(table(base[["codec", "quality", "n", "bpp", "psnr_db", "ms_ssim", "encode_s", "decode_s"]]))
+    return "\n".join(out)
+
+
+def twins_summary(results: Path) -> str:
+    """One line per random-weight twin: what was encoded, decoded and checked (rates in bpp as
+    written, no quality: the weights are random)."""
+    from analysis.results import load_results
+
+    rows, _ = load_results(results)
+    lines = []
+    for model, c in rows[rows["kind"] == "codec"].groupby("model"):
+        drift = c["drift_xt_max"].astype(float).max()
+        lines.append(f"{model} (RANDOM WEIGHTS, round-trip check only; rates and quality meaningless, in no "
+                     f"figure): {len(c)} files ({c['image'].nunique()} images x {c['recon_timestep'].nunique()} "
+                     f"rate points), {c['bpp'].min():.2f}-{c['bpp'].max():.2f} bpp, decoded by the decoder "
+                     f"with max |x_t - encoder's x_t| = {drift:.3g}")
+    return "\n".join(lines)
 
 
 @one_line_errors
 def demo(cfg: DictConfig) -> None:
     """The demo's steps; a step that fails, or a decoded PNG that differs, is an error."""
     root = str(cfg.root)
-    results = Path(root) / "demo"
-    run("pipelines.evaluate", "-m", "experiment=demo", f"root={root}", f"model={','.join(MODELS)}",
-        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+    results, twins = Path(root) / "demo", Path(root) / "demo-twins"
+    run("pipelines.evaluate", *figure_job(root))
     run("analysis.rd_curves", f"results={results}")
+    run("pipelines.evaluate", *twins_job(root))
 
     image = results / "cli" / "kodim23.png"
     from PIL import Image
@@ -74,10 +125,9 @@ def demo(cfg: DictConfig) -> None:
     print(f"decoded PNG {'equals' if same else 'DIFFERS FROM'} the encoder's reported PNG")
 
     print("\n" + summary(results))
-    print("\n(tiny-sd15 has random weights: its rates and quality are meaningless; it exercises SD 1.5's\n"
-          " real architecture end to end. The gaussian backbone's figures are real RD points.)")
-    print(f"\nresults (parquet shards): {results}/*/shards\nfigures: {results}/figures\n"
-          f"command-line round trip: {results}/cli")
+    print("\n" + twins_summary(twins))
+    print(f"\nresults (parquet shards): {results}/*/shards (figure), {twins}/*/shards (twins)\n"
+          f"figures: {results}/figures\ncommand-line round trip: {results}/cli")
     if not same:
         raise PipelineError(f"the decoded PNG {decoded} differs from the encoder's {reported}")
 

@@ -128,10 +128,13 @@ def test_plot_draws_the_means_and_dashed_vae_ceilings(results: Path) -> None:
         ref = rows[(rows["model"] == "tiny-sd15") & (rows["kind"] == "vae")]["psnr"].astype(float).mean()
         np.testing.assert_allclose(vae.get_ydata(), [ref, ref])
         assert lines["tiny-sd15 VAE ceiling"].get_color() == lines["tiny-sd15"].get_color()
-        # the Gaussian backbone's identity "VAE" is lossless (PSNR inf): a legend entry, no line
-        assert "gaussian VAE: lossless" in lines and lines["gaussian VAE: lossless"].get_linestyle() == "--"
+        # the Gaussian backbone's identity "VAE" is lossless (PSNR inf): no line, and so no name in
+        # the legend (the plotted data keeps the inf); every name in the legend is a drawn line
+        assert math.isinf(plotted["gaussian"]["vae"])
         assert "bpp" in ax.get_xlabel() and "dB" in ax.get_ylabel()
-        assert {t.get_text() for t in ax.get_legend().get_texts()} >= {*MODELS, "tiny-sd15 VAE ceiling"}
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert sorted(legend) == sorted([*MODELS, "tiny-sd15 VAE ceiling"])
+        assert all(len(lines[name].get_xydata()) for name in legend)
     finally:
         plt.close(fig)
 
@@ -377,3 +380,108 @@ def test_codecs_of_one_model_are_separate_curves(results: Path) -> None:
     ddcm = both[both["curve"] == "gaussian (ddcm)"].reset_index(drop=True)
     np.testing.assert_allclose(ddcm["bpp"], mine["bpp"] / 4)
     np.testing.assert_allclose(ddcm["value"], mine["value"] - 3)
+
+
+def test_bd_rate_below_the_overlap_threshold_is_indicative() -> None:
+    """BD-rate over a sliver of shared quality range is flagged indicative (value kept, overlap and
+    reason given, markdown 'VALUE (indicative)'); the threshold is ``min_overlap``."""
+    bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
+    quality = [25.0, 28.0, 31.0, 34.0, 37.0]
+    rows = frame(synthetic("a", bpp, quality) + synthetic("b", [b / 2 for b in bpp], quality)
+                 + synthetic("e", [b * 2 for b in bpp], [q + 10 for q in quality]))
+    bd = report.bd_table(rows, "a", "akima").set_index(["metric", "model"])
+    full, sliver = bd.loc[("psnr", "b")], bd.loc[("psnr", "e")]
+    assert full["overlap"] == 1.0 and not full["indicative"] and full["reason"] == ""
+    # e covers 35..47 dB, a 25..37 dB: they share 2 of 22 dB
+    assert sliver["overlap"] == pytest.approx(2 / 22) and sliver["indicative"]
+    assert math.isfinite(sliver["bd_rate_pct"])
+    assert sliver["reason"] == "indicative: the curves share 9% of their quality range (< min_overlap=0.75)"
+    shown = report.bd_display(bd.reset_index()).set_index(["metric", "model"])
+    assert shown.loc[("psnr", "e"), "bd_rate_pct"] == f"{sliver['bd_rate_pct']:.4g} (indicative)"
+    assert shown.loc[("psnr", "b"), "bd_rate_pct"] == pytest.approx(-50.0, abs=1e-6)
+    md = report.markdown(report.points_table(rows), bd.reset_index(), vae_ceiling(rows, "psnr"))
+    assert f"| {sliver['bd_rate_pct']:.4g} (indicative) |" in md and "min_overlap=0.75" in md
+    low = report.bd_table(rows, "a", "akima", min_overlap=0.05).set_index(["metric", "model"]).loc[("psnr", "e")]
+    assert not low["indicative"] and low["reason"] == "" and low["bd_rate_pct"] == sliver["bd_rate_pct"]
+
+
+def test_report_min_overlap_option_and_timing_scope(results: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_task(report.report, "report", [f"results={results}", f"out={tmp_path / 'r'}",
+                                                      "min_overlap=0"], capsys)
+    assert code == 0 and "indicative: overlap < min_overlap=0)" in out
+    bd = pd.read_csv(tmp_path / "r-bdrate.csv")
+    assert list(bd.columns) == report.BD_COLUMNS and not bd["indicative"].any()
+    for bad in ("1.5", "-0.1", "abc"):
+        code, _, err = run_task(report.report, "report", [f"results={results}", f"min_overlap={bad}"], capsys)
+        assert code == 2 and err.startswith("error: min_overlap must be a number in [0, 1]") and err.count("\n") == 1
+    # encode_s of a DiffC point is the whole progressive encode of the image: the same on every
+    # point of the image, and the points table says so
+    points = pd.read_csv(tmp_path / "r-points.csv")
+    codec = points[points["kind"] == "codec"]
+    assert set(codec["encode_scope"]) == {"image"} and points.loc[points["kind"] == "vae", "encode_scope"].isna().all()
+    rows, _ = load_results(results)
+    per_image = rows[rows["kind"] == "codec"].groupby(["model", "image"])["encode_s"].nunique()
+    assert (per_image == 1).all()
+    assert "encode_scope: image" in (tmp_path / "r.md").read_text().replace("encode_scope: image = ", "encode_scope: image")
+
+
+def test_reference_points_that_match_nothing_say_so_once(results: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from analysis import rd_curves
+    from analysis.make_published import figure_protocol, load_published
+
+    code, out, _ = run_task(rd_curves.rd_curves, "rd_curves", [f"results={results}", "reference_points=true",
+                                                               "formats=png", f"out={tmp_path}"], capsys)
+    notes = [ln for ln in out.splitlines() if ln.startswith("reference_points:")]
+    sets = rd_curves.published_sets(load_published())
+    assert "kodak (crop512, native)" in sets and "div2k (native)" in sets
+    protocol = figure_protocol("kodak-small", load_results(results)[0])
+    assert code == 0 and notes == [f"reference_points: no published points match kodak-small under protocol "
+                                   f"{protocol} (published: {sets}; docs/published.md)"]
+    code, out, _ = run_task(rd_curves.rd_curves, "rd_curves", [f"results={results}", "formats=png", f"out={tmp_path}"],
+                            capsys)
+    assert code == 0 and "reference_points" not in out
+
+
+def test_demo_figure_is_gaussian_against_the_classic_codecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's two evaluate commands (pipelines/demo.py), composed as the demo runs them on 2
+    images of 32 px: the figure's sweep has JPEG / WebP / AVIF curves beside gaussian DiffC and no
+    random-weight curve (read off the figure's own legend); the twins are reported apart."""
+    from hydra import compose, initialize_config_dir
+
+    from analysis import rd_curves
+    from pipelines import demo
+    from pipelines.common import CONF_DIR
+    from pipelines.evaluate import run_job
+
+    small = FAST[3:]  # kodak-small, 2 images of 32 px, small chunks
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for args in (demo.figure_job(str(tmp_path)), demo.twins_job(str(tmp_path))):
+            overrides = [a for a in args if a != "-m" and not a.startswith("hydra/")]
+            models = next((a.split("=", 1)[1].split(",") for a in overrides if a.startswith("model=")), [None])
+            for model in models:
+                cfg = compose("config", overrides=[o for o in overrides if not o.startswith("model=")]
+                              + ([f"model={model}"] if model else []) + small)
+                run_job(cfg, Path(cfg.root) / cfg.name / f"model={cfg.model.name}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "demo-twins"]
+    legends = []
+    close = plt.close
+
+    def keep_legend(fig: plt.Figure) -> None:
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep_legend)
+    done = rd_curves.render(tmp_path / "demo", ["psnr"], tmp_path / "figures", ["png"])
+    assert legends == [["gaussian", "avif", "jpeg", "webp"]]  # no lossless-VAE entry, no twin
+    side = pd.read_csv(tmp_path / "figures" / "kodak-small-rd-psnr.csv")
+    assert set(side["model"].dropna()) == {"gaussian"} and not set(side["model"].dropna()) & set(demo.TWINS)
+    jpeg = side[(side["series"] == "baseline") & (side["codec"] == "jpeg")]
+    assert jpeg["quality"].tolist() == [5, 10, 15, 20, 30] and jpeg["bpp"].is_monotonic_increasing
+    assert list(done) == [("kodak-small", "psnr")]
+    text = demo.summary(tmp_path / "demo")
+    assert "DiffC, gaussian backbone" in text and "ONE progressive encode for all 3 rate points" in text
+    assert "lossless (identity autoencoder): no ceiling" in text and "jpeg" in text and "tiny" not in text
+    twins = demo.twins_summary(tmp_path / "demo-twins")
+    assert twins.startswith("tiny-sd15 (RANDOM WEIGHTS, round-trip check only") and "6 files (2 images x 3" in twins

@@ -55,13 +55,12 @@ EXPERIMENTS = {
     "paper_div2k": Intended("div2k", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
     "paper_prompt": Intended("kodak", ["sd15"], "paper", "all", {**PAPER_CODEC, "recon_guidance": 5.0}, True, False),
     "compare_backbones": Intended("kodak-small", OFFLINE_MODELS, "quick", "offline", {}, False, True),
-    "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False),
+    "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False, baselines=("avif", "jpeg", "webp")),
     "compare_codecs": Intended("kodak", ["gaussian"], "quick", "offline", {}, False, True,
                                ("diffc", "ddcm", "turbo-ddcm"), ("avif", "jpeg", "webp")),
 }
 #: options with a job whose rows are the default job's (they change only result-neutral keys)
 SAME_ROWS_AS_DEFAULT = {
-    ("experiment", "demo"),  # the default job with its PNGs kept
     ("experiment", "compare_backbones"),  # its gaussian job is the default job (under another name)
 }
 
