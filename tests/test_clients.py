@@ -2,7 +2,9 @@
 
 1. Always: the structure and key names of CompressAI's own shipped result files, kept in the repo
    as data (``analysis/data/compressai-kodak-*.json``, copied verbatim from CompressAI's
-   ``results/image/kodak/``: JPEG and bmshj2018-hyperprior), are those of our files.
+   ``results/image/kodak/{jpeg,compressai-bmshj2018-hyperprior_mse_cuda}.json`` of
+   InterDigitalInc/CompressAI at commit 3d3c9bbd92989b1cf19e122281161f7aac8ee769, BSD 3-Clause
+   Clear licence), are those of our files.
 2. When compressai is importable (found on the path; its package is never imported): its own
    plot tool, ``compressai/utils/plot/__main__.py`` of CompressAI 1.2.8, run as a program on our
    files (what ``python -m compressai.utils.plot`` runs), and its reader on our values. CompressAI
