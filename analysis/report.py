@@ -181,7 +181,8 @@ def md_table(df: pd.DataFrame) -> str:
 def bd_display(bd: pd.DataFrame) -> pd.DataFrame:
     """The BD-rate table as printed: an indicative value reads 'VALUE (indicative)'."""
     shown = bd.drop(columns="indicative").astype({"bd_rate_pct": object})
-    shown.loc[bd["indicative"], "bd_rate_pct"] = [f"{v:.4g} (indicative)" for v in bd.loc[bd["indicative"], "bd_rate_pct"]]
+    flagged = bd["indicative"]
+    shown.loc[flagged, "bd_rate_pct"] = [f"{v:.4g} (indicative)" for v in bd.loc[flagged, "bd_rate_pct"]]
     return shown
 
 
