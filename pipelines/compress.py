@@ -11,15 +11,16 @@ the original image: header, side information, indices and caption included.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from analysis import cli
-from diffc.codec import DiffcCodec, RatePoint
 
-from .captions import resolve_caption
 from .common import PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes, require
-from .datasets import as_uint8, read_image, to_tensor, to_uint8
+
+if TYPE_CHECKING:
+    from diffc.codec import DiffcCodec, RatePoint
 
 
 def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None) -> list[int]:
@@ -63,6 +64,10 @@ def compress(cfg: DictConfig) -> None:
     check_writable(cfg.output)
     if cfg.recon_output:
         check_writable(cfg.recon_output, what="recon_output")
+    # torch comes in only now: a bad output is refused in about a second, before any heavy import
+    from .captions import resolve_caption
+    from .datasets import as_uint8, read_image, to_tensor, to_uint8
+
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
     codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)

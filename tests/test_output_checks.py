@@ -145,3 +145,25 @@ def test_decompress_refuses_trailing_junk(diffc_file: Path, tmp_path: Path, caps
     assert code == 2 and f"{8 << 20} bytes of trailing data" in line and not out.exists()
     assert call(decompress, "decompress", [f"input={diffc_file}", f"output={out}", "progress=false"]) == 0
     assert out.exists()
+
+
+def test_the_compress_command_refuses_a_bad_output_before_importing_torch(tmp_path: Path) -> None:
+    """The real command line: a file in the way of ``output=`` is refused before torch (and so any
+    model) is imported, which is what keeps the refusal near a second instead of torch's import."""
+    import os
+    import subprocess
+    import sys
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "in.png")
+    (tmp_path / "afile").write_bytes(b"")
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['compress', 'model=sd15', 'input={tmp_path / 'in.png'}', "
+            f"'output={tmp_path / 'afile' / 'sub' / 'out.diffc'}', 'timestep=300']\n"
+            "try:\n    runpy.run_module('pipelines.compress', run_name='__main__')\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=os.environ | {"PYTHONPATH": str(root)})
+    assert r.stdout.split() == ["2", "False"], (r.stdout, r.stderr)
+    assert r.stderr.strip() == f"error: output {tmp_path / 'afile' / 'sub' / 'out.diffc'}: cannot create " \
+                               f"{tmp_path / 'afile' / 'sub'}, {tmp_path / 'afile'} is a file"
