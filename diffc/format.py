@@ -47,8 +47,14 @@ MAX_GRID = 1000
 MAX_GUIDANCE = 64.0
 MAX_NAME = 64
 MAX_SIDE = 65536
-#: largest image (pixels) a file may describe: 8192 x 8192; bounds the decoder's latent allocation
+#: largest image (pixels) a file may describe: 8192 x 8192 (the format's hard limit)
 MAX_PIXELS = 1 << 26
+#: default ``max_pixels`` of readers (an input image, a file's claimed size), raised up to MAX_PIXELS by the
+#: option: 2^24 = 4096 x 4096, above every image of the evaluation sets (Kodak 768 x 512, DIV2K / CLIC2020
+#: about 2048 x 1400) with room to spare, while a forged 8192 x 8192 claim is refused before any allocation
+#: (as PIL's decompression-bomb guard ``Image.MAX_IMAGE_PIXELS``, tighter because a diffusion decode costs
+#: hundreds of bytes per pixel, not 4)
+DEFAULT_MAX_PIXELS = 1 << 24
 MAX_STEPS = 10000
 MAX_CAPTION = 65536
 #: device types and model dtypes a header can name (index = the byte in the file)
