@@ -1,14 +1,15 @@
-"""Channels of one chain step (``diffc.chain.Channel``) that write real bitstreams: DiffC's
-reverse-channel coder and the DDCM peers.
+"""The built-in channels (``diffc.plugins``): DiffC's reverse-channel coder with i.i.d. or
+sparse-sum candidates, and the DDCM peers. Each is a ``ChannelSpec`` (parameters, validation,
+header bytes) and the channel it makes.
 
 ``PfrChannel`` is the codec's coder (docs/design.md §1): the step's KL sets a chunk count
 n = ceil(KL / chunk_bits) (side information); the decoder-side plan (``Chain.plan``) cuts the
 latent into n chunks; a chunk whose real KL exceeds ``split_above`` x chunk_bits is sent in
 ceil(KL_c / chunk_bits) parts (``diffc.pfr``); each chunk's PFR index among
-K = 2^(chunk_bits + padding_bits) candidates (i.i.d. hashed normals, or sparse sums of a per-step
-atom bank, ``diffc.sparse_sum``) is range-coded (``diffc.entropy``). Both sides set
-x_t' = mu_p + std z with z regenerated from the indices by the same function, so the decoder's
-state is bit-identical to the encoder's on the same platform.
+K = 2^(chunk_bits + padding_bits) candidates (i.i.d. hashed normals, ``PfrSpec``, or sparse sums of
+a per-step atom bank, ``SparseSumSpec`` and ``diffc.sparse_sum``) is range-coded
+(``diffc.entropy``). Both sides set x_t' = mu_p + std z with z regenerated from the indices by the
+same function, so the decoder's state is bit-identical to the encoder's on the same platform.
 
 Units: KL and code lengths in bits; ``delivered`` = log2 q/p(sent sample) in bits.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import constriction
 import numpy as np
@@ -25,27 +27,70 @@ from . import format as fmt
 from .chain import LN2, Chain, Step
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder, sealed_payload
 from .pfr import ChunkPlan, candidate_blocks, chunk_sums, decode_chunks, encode_chunks, split_parts
+from .plugins import ChannelSpec, StepRecord, register_channel
 from .randomness import normals
 from .sparse_sum import SparseSum
 
 
-#: PFR candidate generators (``PfrSettings.candidates``)
+#: PFR candidate generators (the ``candidates`` option of ``codec=diffc``)
 CANDIDATES = ("iid", "sparse-sum")
 
 
+@register_channel
 @dataclass(frozen=True)
-class PfrSettings:
-    """The coder's parameters (in the .diffc header, except the candidate generator: format v5 has
-    no field for it, the header's fingerprint covers it, ``diffc.codec.CodecParams``)."""
+class PfrSpec(ChannelSpec):
+    """DiffC's PFR coder with i.i.d. hashed-normal candidates: chunks of about ``chunk_bits`` bits
+    of KL, K = 2^(chunk_bits + padding_bits) candidates per chunk, heavy chunks split above
+    ``split_above`` x chunk_bits (0 = never; 1..63.75 in quarters). Header: 3 bytes."""
 
-    chunk_bits: int
-    padding_bits: int
-    split_above: float  # 0 = never split
-    #: candidate generator: "iid" (hashed normals, ``diffc.pfr``) or "sparse-sum" (``diffc.sparse_sum``:
-    #: ``atoms`` = K_a atoms per step's bank, ``sparse_m`` = M atoms per candidate; both 0 for iid)
-    candidates: str = "iid"
-    atoms: int = 0
-    sparse_m: int = 0
+    name: ClassVar[str] = "diffc"
+    extra_options: ClassVar[tuple[str, ...]] = ("candidates",)
+
+    chunk_bits: int = 12
+    padding_bits: int = 2
+    split_above: float = 2.0
+
+    def __post_init__(self):
+        if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
+            raise ValueError("chunk_bits must be in 1..24 and padding_bits in 0..8")
+        if self.chunk_bits + self.padding_bits > 24:
+            raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
+        if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
+            raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
+        object.__setattr__(self, "split_above", float(self.split_above))  # 2 and 2.0: one fingerprint
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
+        """``candidates`` (iid | sparse-sum) picks this spec or ``SparseSumSpec``."""
+        candidates = options.get("candidates") or "iid"
+        if candidates not in CANDIDATES:
+            raise ValueError(f"candidates must be one of {CANDIDATES}, got {candidates!r}")
+        return (PfrSpec if candidates == "iid" else SparseSumSpec).from_fields(options)
+
+    def to_bytes(self) -> bytes:
+        return bytes([self.chunk_bits, self.padding_bits, int(4 * self.split_above)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChannelSpec:
+        if len(data) < 3:
+            raise ValueError(f"{cls.name} parameters are 3 bytes, got {len(data)}")
+        return PfrSpec._from(data[:3], cls, data[3:])
+
+    @staticmethod
+    def _from(pfr: bytes, cls: type, rest: bytes) -> ChannelSpec:
+        base = dict(chunk_bits=pfr[0], padding_bits=pfr[1], split_above=pfr[2] / 4)
+        if cls is PfrSpec:
+            if rest:
+                raise ValueError(f"{len(rest)} stray bytes after the diffc parameters")
+            return PfrSpec(**base)
+        r = fmt.Reader(rest)
+        extra = {"atoms": r.varint("atom bank", 1 << 20), "sparse_m": r.varint("sparse_m", 64)}
+        if r.pos != len(rest):
+            raise ValueError(f"{len(rest) - r.pos} stray bytes after the {cls.name} parameters")
+        return cls(**base, **extra)
+
+    def channel(self, n_dims: int, payload: bytes | None = None) -> "PfrChannel":
+        return PfrChannel(self, n_dims, payload)
 
     @property
     def num_candidates(self) -> int:
@@ -56,26 +101,13 @@ class PfrSettings:
         """Fewest parts of a split chunk (KL > split_above x chunk_bits): floor(split_above) + 1; 0 = off."""
         return int(self.split_above) + 1 if self.split_above else 0
 
-    @property
-    def generator(self) -> SparseSum | None:
-        """The sparse-sum generator, None for i.i.d. candidates."""
-        if self.candidates == "iid":
-            return None
-        if self.candidates not in CANDIDATES:
-            raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
-        return SparseSum(self.atoms, self.sparse_m)
-
     def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
-        """The PFR index of every chunk (int64 [chunks]) with this setting's candidates."""
-        gen = self.generator
-        if gen is None:
-            return encode_chunks(u_coded, plan, self.num_candidates, key)
-        return gen.encode_chunks(u_coded, plan, self.num_candidates, key)
+        """The PFR index of every chunk (int64 [chunks])."""
+        return encode_chunks(u_coded, plan, self.num_candidates, key)
 
     def decode(self, idx: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str) -> torch.Tensor:
         """The selected candidates (float32 [positions] in coding order), regenerated alone."""
-        gen = self.generator
-        return decode_chunks(idx, plan, key, device) if gen is None else gen.decode_chunks(idx, plan, key, device)
+        return decode_chunks(idx, plan, key, device)
 
     def chunk_count(self, kl_bits: float, n_dims: int) -> int:
         """Chunks of a step carrying ``kl_bits`` of KL: ceil(KL / chunk_bits), within the count
@@ -92,12 +124,47 @@ class PfrSettings:
         return parts, plan.split_chunks(parts)
 
 
+@register_channel
+@dataclass(frozen=True)
+class SparseSumSpec(PfrSpec):
+    """PFR with sparse-sum candidates (``diffc.sparse_sum``): a bank of ``atoms`` = K_a Gaussian atoms
+    per step, ``sparse_m`` = M signed atoms per candidate. Header: the 3 PFR bytes, K_a and M."""
+
+    name: ClassVar[str] = "diffc-sparse-sum"
+    extra_options: ClassVar[tuple[str, ...]] = ()
+
+    atoms: int = 0
+    sparse_m: int = 0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
+        return cls.from_fields(options)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.generator  # noqa: B018  raises ValueError on a bad atom bank
+
+    def to_bytes(self) -> bytes:
+        return super().to_bytes() + fmt.varint(self.atoms) + fmt.varint(self.sparse_m)
+
+    @property
+    def generator(self) -> SparseSum:
+        return SparseSum(self.atoms, self.sparse_m)
+
+    def decode_entries(self, n_dims: int) -> int:
+        return self.sparse_m * n_dims  # M atom entries per position
+
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
+        return self.generator.encode_chunks(u_coded, plan, self.num_candidates, key)
+
+    def decode(self, idx: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str) -> torch.Tensor:
+        return self.generator.decode_chunks(idx, plan, key, device)
+
+
 @dataclass
-class PfrStepRecord:
+class PfrStepRecord(StepRecord):
     """What the encoder did at one step (bits; per-chunk arrays in coding order, after splitting)."""
 
-    kl_bits: float
-    delivered_bits: float
     n_chunks: int  # chunk count sent (side information)
     plan_chunks: int  # non-empty chunks of the plan before splitting
     symbols: StepSymbols
@@ -111,13 +178,13 @@ class PfrStepRecord:
 
 
 class PfrChannel:
-    """PFR over a decoder-side chunk plan. Encoder: ``PfrChannel(settings, n_dims)`` then
+    """PFR over a decoder-side chunk plan. Encoder: ``PfrChannel(spec, n_dims)`` then
     ``send`` per step; ``stream()`` range-codes the steps sent so far (incrementally: each call
-    seals a copy of the running coder). Decoder: ``PfrChannel(settings, n_dims, payload)``; it
+    seals a copy of the running coder). Decoder: ``PfrChannel(spec, n_dims, payload)``; it
     range-codes what it receives too, so ``stream()`` is the payload those steps make (the codec
     refuses a file whose payload is anything else: trailing data)."""
 
-    def __init__(self, settings: PfrSettings, n_dims: int, payload: bytes | None = None):
+    def __init__(self, settings: PfrSpec, n_dims: int, payload: bytes | None = None):
         self.settings = settings
         self.max_chunks = count_bound(n_dims)
         self.records: list[PfrStepRecord] = []
@@ -184,18 +251,96 @@ class PfrChannel:
 
 
 # ---- the peers: per-step Gaussian codebooks (docs/peers.md) -----------------------------------------
-@dataclass
-class StepRecord:
-    """What a codebook channel did at one step (bits)."""
-
-    kl_bits: float
-    delivered_bits: float
-    index_bits: float  # ideal bits of the step's symbols
-
-
+#: largest codebook: K = 2^MAX_CODEBOOK_BITS noises per step
+MAX_CODEBOOK_BITS = 24
+#: most atoms Turbo-DDCM sends per step
+MAX_ATOMS = 4096
 #: digits of a combinatorial rank are range-coded 16 bits at a time (constriction's uniform law
 #: takes at most 2^24 symbols)
 RANK_DIGIT_BITS = 16
+
+
+def rank_bits(num_codes: int, atoms: int) -> int:
+    """Bits of the rank of an M-subset of K codes: ceil(log2 C(K, M)) (at least 1)."""
+    return max(1, (math.comb(num_codes, atoms) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class CodebookSpec(ChannelSpec):
+    """Base of the codebook channels: K = 2^codebook_bits shared noises per step. ``atoms``,
+    ``candidates`` and ``sparse_m`` of a config apply to other channels: given with another value
+    than a codebook channel's, they are refused."""
+
+    codebook_bits: int = 10
+
+    def __post_init__(self):
+        if not 1 <= self.codebook_bits <= MAX_CODEBOOK_BITS:
+            raise ValueError(f"codebook_bits must be in 1..{MAX_CODEBOOK_BITS} for {self.name}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
+        if (options.get("candidates") or "iid") != "iid" or options.get("sparse_m"):
+            raise ValueError(f"candidates / sparse_m apply to codec=diffc only, not {cls.name}")
+        return cls.from_fields(options)
+
+    @property
+    def num_codes(self) -> int:
+        return 1 << self.codebook_bits
+
+
+@register_channel
+@dataclass(frozen=True)
+class DdcmSpec(CodebookSpec):
+    """DDCM: one of K codes per step, log2 K bits. Header: codebook_bits (varint)."""
+
+    name: ClassVar[str] = "ddcm"
+    extra_options: ClassVar[tuple[str, ...]] = ("atoms",)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
+        if options.get("atoms") not in (None, 0, 1):
+            raise ValueError("ddcm sends one codebook index per step: atoms must be 1 (or 0)")
+        return super().from_options(options)
+
+    @property
+    def step_bits(self) -> float:
+        return float(self.codebook_bits)
+
+    def channel(self, n_dims: int, payload: bytes | None = None) -> "DdcmChannel":
+        return DdcmChannel(self, n_dims, payload)
+
+
+@register_channel
+@dataclass(frozen=True)
+class TurboDdcmSpec(CodebookSpec):
+    """Turbo-DDCM: M = ``atoms`` signed codes of K per step, ceil(log2 C(K, M)) + M bits.
+    Header: codebook_bits, atoms (varints)."""
+
+    name: ClassVar[str] = "turbo-ddcm"
+
+    atoms: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.atoms <= min(MAX_ATOMS, self.num_codes):
+            raise ValueError(f"atoms must be in 1..min({MAX_ATOMS}, 2^codebook_bits) for turbo-ddcm, got {self.atoms}")
+
+    @property
+    def step_bits(self) -> float:
+        return float(rank_bits(self.num_codes, self.atoms) + self.atoms)
+
+    def decode_entries(self, n_dims: int) -> int:
+        return self.atoms * n_dims  # the M codes [D, M] regenerated per step
+
+    def channel(self, n_dims: int, payload: bytes | None = None) -> "TurboDdcmChannel":
+        return TurboDdcmChannel(self, n_dims, payload)
+
+
+@dataclass
+class CodebookStepRecord(StepRecord):
+    """What a codebook channel did at one step (bits)."""
+
+    index_bits: float  # ideal bits of the step's symbols
 
 
 def combination_rank(subset: list[int]) -> int:
@@ -226,10 +371,11 @@ class CodebookChannel:
     using u (x_t' = mu_p + std z, DDIM with eta = 1 = the DDPM posterior step) and sends its
     choice with uniform codes. The chain no longer samples q exactly; every step costs a fixed rate."""
 
-    def __init__(self, codebook_bits: int, n_dims: int, payload: bytes | None = None):
-        self.num_codes = 1 << codebook_bits
+    def __init__(self, spec: CodebookSpec, n_dims: int, payload: bytes | None = None):
+        self.spec = spec
+        self.num_codes = spec.num_codes
         self.n_dims = n_dims
-        self.records: list[StepRecord] = []
+        self.records: list[CodebookStepRecord] = []
         self._enc = constriction.stream.queue.RangeEncoder()
         self._bits = 0.0
         self._dec = None
@@ -286,7 +432,7 @@ class CodebookChannel:
         z = self.choose(step.u, chain.step_key(step.k))
         u = step.u.flatten().double()
         delivered = float((z.double() * u).sum() - 0.5 * (u * u).sum()) / LN2
-        self.records.append(StepRecord(step.kl_bits, delivered, self._bits - bits0))
+        self.records.append(CodebookStepRecord(step.kl_bits, delivered, self._bits - bits0))
         return step.sample(z)
 
     def receive(self, chain: Chain, step: Step) -> torch.Tensor:
@@ -308,17 +454,17 @@ class DdcmChannel(CodebookChannel):
 
 class TurboDdcmChannel(CodebookChannel):
     """Turbo-DDCM (Vaisman et al. 2025): g = <C_n, u> for all n; S = the M codes of largest |g|;
-    z = sum_{n in S} sign(g_n) C_n, scaled to unit standard deviation. Bits per step:
-    ceil(log2 C(K, M)) for the rank of S plus M sign bits."""
+    z = sum_{n in S} sign(g_n) C_n, scaled to unit standard deviation. Bits per step
+    (``TurboDdcmSpec.step_bits``): ``rank_bits`` for the rank of S plus M sign bits."""
 
-    def __init__(self, codebook_bits: int, atoms: int, n_dims: int, payload: bytes | None = None):
-        super().__init__(codebook_bits, n_dims, payload)
-        self.atoms = atoms
-        self.n_subsets = math.comb(self.num_codes, atoms)
+    def __init__(self, spec: TurboDdcmSpec, n_dims: int, payload: bytes | None = None):
+        super().__init__(spec, n_dims, payload)
+        self.atoms = spec.atoms
+        self.n_subsets = math.comb(self.num_codes, self.atoms)
 
     def _digits(self) -> list[int]:
         """Sizes of the range-coded digits of a subset's rank (16 bits each, the last one smaller)."""
-        nbits = max(1, (self.n_subsets - 1).bit_length())
+        nbits = rank_bits(self.num_codes, self.atoms)
         sizes = [1 << RANK_DIGIT_BITS] * (nbits // RANK_DIGIT_BITS)
         return sizes + ([1 << (nbits % RANK_DIGIT_BITS)] if nbits % RANK_DIGIT_BITS else [])
 
@@ -330,8 +476,8 @@ class TurboDdcmChannel(CodebookChannel):
 
     def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:
         g = self.scores(u, key)
-        subset = sorted(torch.topk(g.abs(), self.atoms).indices.tolist())
-        signs = [int(g[n] > 0) for n in subset]
+        top = torch.sort(torch.topk(g.abs(), self.atoms).indices).values
+        subset, signs = torch.stack([top, (g[top] > 0).long()]).tolist()  # the step's one host sync
         rank = combination_rank(subset)
         for size in self._digits():
             self._put([rank % size], size)

@@ -24,7 +24,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -33,135 +33,68 @@ import torch.nn.functional as F
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
-from .chain import Chain, Channel
-from .channels import DdcmChannel, PfrChannel, PfrSettings, PfrStepRecord, StepRecord, TurboDdcmChannel
+from .chain import Chain
+from .channels import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
-from .schedule import RECON_GRIDS, encoding_timesteps, recon_timesteps
+from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, StepRecord, channel_spec, option_names
+from .recon import OPTION_KEYS as RECON_OPTIONS, Recon
+from .schedule import encoding_timesteps, recon_timesteps
 
 log = logging.getLogger("diffc")
 
-#: most steps of a reconstruction by the probability-flow ODE (the format's varint bound)
-MAX_RECON_STEPS = 1000
 
-
-def check_recon(mode: str | None, steps: int | None, grid: str | tuple[int, ...] | None = None,
-                guidance: float | None = None) -> None:
-    """Validate a reconstruction choice (None = not given): the one place these are checked."""
-    if mode is not None and mode not in fmt.RECON_MODES:
-        raise ValueError(f"recon must be one of {fmt.RECON_MODES}, got {mode!r}")
-    if steps is not None and not 1 <= steps <= MAX_RECON_STEPS:
-        raise ValueError(f"recon_steps must be in 1..{MAX_RECON_STEPS}, got {steps}")
-    if isinstance(grid, str) and grid not in RECON_GRIDS:
-        raise ValueError(f"recon_grid must be one of {RECON_GRIDS} or a list of timesteps, got {grid!r}")
-    if isinstance(grid, tuple) and (not 1 <= len(grid) <= fmt.MAX_GRID or list(grid) != sorted(set(grid), reverse=True)
-                                    or grid[-1] < 0 or grid[0] > MAX_RECON_STEPS):
-        raise ValueError(f"a recon_grid list must hold 1..{fmt.MAX_GRID} strictly decreasing timesteps in "
-                         f"0..{MAX_RECON_STEPS}, got {list(grid)}")
-    if guidance is not None and not (0 <= guidance <= fmt.MAX_GUIDANCE and (16 * guidance) % 1 == 0):
-        raise ValueError(f"recon_guidance must be in 0..{fmt.MAX_GUIDANCE:g} in steps of 1/16, got {guidance}")
-
-
-def normal_grid(grid: Any) -> str | tuple[int, ...]:
-    """A recon_grid option as CodecParams holds it: a name of RECON_GRIDS, or a tuple of timesteps."""
-    return grid if isinstance(grid, str) else tuple(int(t) for t in grid)
+class UnknownChannel(fmt.DiffcFormatError):
+    """The file names a channel that is not installed here."""
 
 
 @dataclass(frozen=True)
 class CodecParams:
     """Everything besides the backbone that the decoder needs (all of it goes in the header).
 
-    Reconstruction (decode-time choices, in the header but not the fingerprint): ``recon``
-    (``ode`` = DDIM, eta = 0, or ``denoise`` = one-step posterior mean), over ``recon_grid``
-    (``uniform`` = ``recon_steps`` even steps from t to 0; ``reference`` = the reference
-    implementation's denoising timesteps below t, ``diffc.schedule.REFERENCE_DENOISING_TIMESTEPS``;
-    or a list of timesteps), with guidance scale ``recon_guidance`` (None = the encoder's).
-
-    ``codec`` picks the channel of every step: ``diffc`` (PFR reverse-channel coding: chunk_bits,
-    padding_bits, split_above), ``ddcm`` or ``turbo-ddcm`` (a per-step codebook of
-    2^codebook_bits noises; turbo-ddcm sends ``atoms`` of them per step). Parameters of the other
-    codecs are normalised to 0, so equal settings have one fingerprint.
-
-    ``candidates`` picks diffc's PFR candidates: ``iid`` (hashed normals) or ``sparse-sum``
-    (``diffc.sparse_sum``: a bank of ``atoms`` = K_a Gaussian atoms per step, ``sparse_m`` = M
-    signed atoms per candidate). Format v5 headers do not carry the choice: the fingerprint does
-    (a non-default choice only), so such a file decodes only with the same CodecParams and any
-    other decoder refuses it (``FingerprintMismatch``)."""
+    The chain's: ``schedule`` (encoding timesteps) and ``seed`` (shared randomness). ``channel``:
+    the spec of every step's channel (``diffc.plugins``; PFR by default). ``recon``: how the decoder
+    reconstructs an image (``diffc.recon``; in the header, not the fingerprint). ``parity``: which
+    of the model config's settings the backbone was loaded with (``project`` | ``reference``), so a
+    decoder loads the same ones (in the header, not the fingerprint: the backbone's config is)."""
 
     schedule: str = "paper"
-    chunk_bits: int = 12
-    padding_bits: int = 2
     seed: int = 0
-    recon: str = "ode"  # 'ode' | 'denoise'
-    recon_steps: int = 50
-    #: split a chunk whose real KL exceeds split_above x chunk_bits (0 = never; 1..63.75 in steps of 1/4)
-    split_above: float = 2.0
-    codec: str = "diffc"
-    codebook_bits: int = 0
-    atoms: int = 0
-    recon_grid: str | tuple[int, ...] = "uniform"
-    recon_guidance: float | None = None
-    candidates: str = "iid"
-    sparse_m: int = 0
+    channel: ChannelSpec = PfrSpec()
+    recon: Recon = Recon()
+    parity: str = "project"
 
     def __post_init__(self):
-        self._set(recon_grid=normal_grid(self.recon_grid),
-                  recon_guidance=None if self.recon_guidance is None else float(self.recon_guidance))
-        check_recon(self.recon, self.recon_steps, self.recon_grid, self.recon_guidance)
         if not 0 <= self.seed < 2**32:
             raise ValueError("seed must be in 0..2^32-1")
-        if self.codec not in fmt.CODECS:
-            raise ValueError(f"codec must be one of {fmt.CODECS}, got {self.codec!r}")
-        if self.codec == "diffc":
-            if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
-                raise ValueError("chunk_bits must be in 1..24 and padding_bits in 0..8")
-            if self.chunk_bits + self.padding_bits > 24:
-                raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
-            if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
-                raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
-            self._set(split_above=float(self.split_above), codebook_bits=0)  # 2 and 2.0: one fingerprint
-            if self.candidates == "iid":
-                self._set(atoms=0, sparse_m=0)
-            self.pfr.generator  # noqa: B018  raises ValueError on an unknown generator or a bad atom bank
-            return
-        if self.candidates != "iid" or self.sparse_m:
-            raise ValueError(f"candidates={self.candidates!r} / sparse_m apply to codec=diffc only")
-        if not 1 <= self.codebook_bits <= fmt.MAX_CODEBOOK_BITS:
-            raise ValueError(f"codebook_bits must be in 1..{fmt.MAX_CODEBOOK_BITS} for {self.codec}")
-        atoms = self.atoms or 1
-        if self.codec == "ddcm" and atoms != 1:
-            raise ValueError("ddcm sends one codebook index per step: atoms must be 1 (or 0)")
-        if not 1 <= atoms <= min(fmt.MAX_ATOMS, 1 << self.codebook_bits):
-            raise ValueError(f"atoms must be in 1..min({fmt.MAX_ATOMS}, 2^codebook_bits)")
-        self._set(atoms=atoms, chunk_bits=0, padding_bits=0, split_above=0.0)
+        if self.parity not in fmt.PARITIES:
+            raise ValueError(f"parity must be one of {fmt.PARITIES}, got {self.parity!r}")
+        if not isinstance(self.channel, ChannelSpec) or not isinstance(self.recon, Recon):
+            raise TypeError("channel must be a ChannelSpec and recon a Recon (flat options: CodecParams.of)")
 
-    def _set(self, **values) -> None:
-        for k, v in values.items():
-            object.__setattr__(self, k, v)
+    @classmethod
+    def of(cls, schedule: str = "paper", seed: int = 0, codec: str = "diffc", parity: str = "project",
+           **options: Any) -> "CodecParams":
+        """From a config's flat options (None = the default): the reconstruction's (``recon``,
+        ``recon_steps``, ``recon_grid``, ``recon_guidance``) and the channel's (``codec`` names the
+        spec, which takes its own options and ignores other channels')."""
+        recon = Recon.of(**{k: options.pop(k) for k in list(options) if k in RECON_OPTIONS})
+        unknown = sorted(set(options) - option_names())
+        if unknown:
+            raise ValueError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(option_names_all()))})")
+        spec = channel_spec(codec or "diffc").from_options(options)
+        return cls(schedule or "paper", 0 if seed is None else seed, spec, recon, parity or "project")
 
-    @property
-    def step_bits(self) -> float:
-        """Bits per coded step of the codebook codecs: log2 K (ddcm), ceil(log2 C(K, M)) + M
-        (turbo-ddcm); 0 for diffc, whose rate varies with the image."""
-        if self.codec == "ddcm":
-            return float(self.codebook_bits)
-        if self.codec == "turbo-ddcm":
-            return float((math.comb(1 << self.codebook_bits, self.atoms) - 1).bit_length() + self.atoms)
-        return 0.0
+    def options(self) -> dict[str, Any]:
+        """The flat options of ``of`` that give these parameters back."""
+        recon = {k: getattr(self.recon, f) for k, f in RECON_OPTIONS.items()}
+        return {"schedule": self.schedule, "seed": self.seed, "codec": self.channel.name, "parity": self.parity,
+                **recon, **self.channel.fingerprint_fields()}
 
-    @property
-    def pfr(self) -> PfrSettings:
-        """The reverse-channel coder's settings."""
-        return PfrSettings(self.chunk_bits, self.padding_bits, self.split_above, self.candidates, self.atoms,
-                           self.sparse_m)
 
-    @property
-    def split_min(self) -> int:
-        return self.pfr.split_min
-
-    @property
-    def num_candidates(self) -> int:
-        return self.pfr.num_candidates
+def option_names_all() -> set[str]:
+    """Every flat codec option ``CodecParams.of`` takes."""
+    return option_names() | set(RECON_OPTIONS) | {"schedule", "seed", "codec", "parity"}
 
 
 @dataclass
@@ -193,8 +126,8 @@ class RatePoint:
 class EncodeResult:
     points: list[RatePoint]
     encode_s: float
-    #: what the channel did at each step (``PfrStepRecord`` for diffc: the step_* lists below)
-    records: list[PfrStepRecord | StepRecord] = field(default_factory=list)
+    #: what the channel did at each step (its own record type, e.g. ``diffc.channels.PfrStepRecord``)
+    records: list[StepRecord] = field(default_factory=list)
 
     @property
     def step_kl_bits(self) -> list[float]:
@@ -203,21 +136,6 @@ class EncodeResult:
     @property
     def step_delivered_bits(self) -> list[float]:
         return [r.delivered_bits for r in self.records]
-
-    @property
-    def step_chunks(self) -> list[int]:
-        """Chunk count sent per step (side information)."""
-        return [r.n_chunks for r in self.records]
-
-    @property
-    def step_plan_chunks(self) -> list[int]:
-        """Non-empty chunks of each step's plan (before splitting)."""
-        return [r.plan_chunks for r in self.records]
-
-    @property
-    def step_indices(self) -> list[int]:
-        """Indices coded per step (chunks after splitting)."""
-        return [r.n_indices for r in self.records]
 
 
 @dataclass
@@ -246,7 +164,7 @@ def pad_for(backbone: Backbone, image: torch.Tensor) -> torch.Tensor:
 
 class DiffcCodec:
     """Encode/decode images with a backbone (CompressAI-like: bytes in, bytes out): the chain
-    (``diffc.chain``) with the channel of ``params.codec`` (``diffc.channels``), packaged as .diffc
+    (``diffc.chain``) with the channel of ``params.channel`` (``diffc.plugins``), packaged as .diffc
     files."""
 
     def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True):
@@ -261,20 +179,20 @@ class DiffcCodec:
 
     # ---- identity -------------------------------------------------------------------------
     def fingerprint(self) -> bytes:
-        p = asdict(self.params)
-        for key in ("recon", "recon_steps", "recon_grid", "recon_guidance"):
-            p.pop(key)  # decode-time choices, they do not change x_t
-        if p["candidates"] == "iid":
-            del p["candidates"], p["sparse_m"]  # the default generator: fingerprints as before these fields
-        return fingerprint({"backbone": self.backbone.config(), "codec": p})
+        """sha256[:4] of the backbone's config and what x_t depends on: schedule, seed, the channel's
+        name and parameters (not the reconstruction, not the parity: the backbone config covers it)."""
+        p = self.params
+        codec = {"schedule": p.schedule, "seed": p.seed, "channel": p.channel.name, **p.channel.fingerprint_fields()}
+        return fingerprint({"backbone": self.backbone.config(), "codec": codec})
 
     def header(self, width: int, height: int, n_steps: int, caption: str | None,
                provenance: fmt.Provenance = fmt.Provenance()) -> fmt.Header:
         """The .diffc header of a file of ``n_steps`` coded steps for a ``width`` x ``height`` image."""
         p = self.params
-        return fmt.Header(self.backbone.name, self.fingerprint(), width, height, p.seed, p.schedule,
-                          p.chunk_bits, p.padding_bits, p.recon, p.recon_steps, n_steps, caption, p.split_above,
-                          provenance, p.codec, p.codebook_bits, p.atoms, p.recon_grid, p.recon_guidance)
+        return fmt.Header(backbone=self.backbone.name, fingerprint=self.fingerprint(), width=width, height=height,
+                          seed=p.seed, schedule=p.schedule, channel=p.channel.name,
+                          channel_params=p.channel.to_bytes(), n_steps=n_steps, recon=p.recon, caption=caption,
+                          provenance=provenance, parity=p.parity)
 
     def provenance(self, threads: int | None) -> fmt.Provenance:
         """This process's setting for the loaded backbone (``threads`` None = not fixed)."""
@@ -284,21 +202,33 @@ class DiffcCodec:
         """Number of coded steps to reach the largest schedule timestep <= ``timestep``."""
         return self.chain.stop_step_for(timestep)
 
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """The latent of a ``width`` x ``height`` image, refused (``fmt.TooLarge``) when one step of the
+        channel would materialise more than ``MAX_STEP_ENTRIES`` floats."""
+        b = self.backbone
+        shape = tuple(b.latent_shape(*b.padded_size(height, width)))
+        entries = self.params.channel.decode_entries(math.prod(shape))
+        if entries > MAX_STEP_ENTRIES:
+            raise fmt.TooLarge(f"{self.params.channel.name} on a {width}x{height} image would materialise {entries} "
+                               f"floats per step, above the limit of {MAX_STEP_ENTRIES}")
+        return shape
+
     @torch.no_grad()
     def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
                caption: str | None = None, progress: bool = False, max_bits: float | None = None,
-               channel: Callable[[int], Channel] | None = None) -> EncodeResult:
+               channel: Callable[[int], CodingChannel] | None = None) -> EncodeResult:
         """Encode ``image`` ([3, H, W] in [0, 1]) once; one ``RatePoint`` per stop timestep.
 
         ``stop_timesteps`` None = only the end of the schedule. Points are ordered by decreasing
         timestep (increasing rate). ``max_bits``: stop the chain after the first step whose file
         exceeds ``max_bits`` (no later point can fit a rate target), dropping the stops beyond it;
         file sizes are exact (the running range coder is sealed after each step).
-        ``channel``: makes the channel to send with from the latent's entry count (default
-        ``make_channel``; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
+        ``channel``: makes the channel to send with from the latent's entry count (default: the
+        spec's; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
         """
         t0 = time.perf_counter()
         _check_image(image)
+        self.latent_shape(*image.shape[-2:])
         threads = default_threads() if self.deterministic else None
         with deterministic(threads):
             res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel, self.provenance(threads))
@@ -306,13 +236,13 @@ class DiffcCodec:
         return res
 
     def _encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None, caption: str | None,
-                progress: bool, max_bits: float | None, channel: Callable[[int], Channel] | None,
+                progress: bool, max_bits: float | None, channel: Callable[[int], CodingChannel] | None,
                 provenance: fmt.Provenance) -> EncodeResult:
         height, width = image.shape[-2:]
         x0 = self.backbone.encode(pad_for(self.backbone, image)).to(torch.float32)
         cond = self.backbone.condition(caption)
         stops = sorted({self.stop_step_for(t) for t in (stop_timesteps or [self.timesteps[-1]])})
-        channel = (channel or self.make_channel)(x0.numel())
+        channel = (channel or self.params.channel.channel)(x0.numel())
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
         first = self.header(width, height, 1, caption, provenance)  # the fingerprint, once per encode
@@ -342,15 +272,6 @@ class DiffcCodec:
                          bits_payload=8 * len(payload) - side, kl_bits=sum(r.kl_bits for r in records[:k]),
                          delivered_bits=sum(r.delivered_bits for r in records[:k]))
 
-    def make_channel(self, n_dims: int, payload: bytes | None = None) -> PfrChannel | DdcmChannel | TurboDdcmChannel:
-        """The channel of ``params.codec`` for a latent of ``n_dims`` entries (``payload``: decoding)."""
-        p = self.params
-        if p.codec == "ddcm":
-            return DdcmChannel(p.codebook_bits, n_dims, payload)
-        if p.codec == "turbo-ddcm":
-            return TurboDdcmChannel(p.codebook_bits, p.atoms, n_dims, payload)
-        return PfrChannel(p.pfr, n_dims, payload)
-
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""
         if header.backbone != self.backbone.name:
@@ -359,44 +280,39 @@ class DiffcCodec:
         if header.fingerprint != self.fingerprint():
             raise fmt.FingerprintMismatch(
                 f"file fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
-                f"config/weights and codec parameters ({self.fingerprint().hex()}; the header does not carry "
-                f"candidates/atoms/sparse_m: a sparse-sum file decodes only with the encoder's)")
+                f"config/weights with the file's codec parameters ({self.fingerprint().hex()}): the file was "
+                f"encoded with other weights or model options")
 
     @torch.no_grad()
-    def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False, recon: str | None = None,
-               recon_steps: int | None = None, recon_grid: Any = None) -> DecodeResult:
-        """Rebuild x_t from a .diffc file and (optionally) reconstruct the image; ``recon``,
-        ``recon_steps`` and ``recon_grid`` override the header's reconstruction choice."""
-        *_, last = self.decode_prefixes(data, None, reconstruct, progress, recon, recon_steps, recon_grid)
+    def decode(self, data: bytes, reconstruct: bool = True, progress: bool = False,
+               max_pixels: int = fmt.DEFAULT_MAX_PIXELS, **recon: Any) -> DecodeResult:
+        """Rebuild x_t from a .diffc file and (optionally) reconstruct the image. ``recon``: overrides
+        of the header's reconstruction (``recon``, ``recon_steps``, ``recon_grid``, ``recon_guidance``;
+        None = the file's). ``max_pixels``: refuse a file claiming a larger image (``fmt.TooLarge``)."""
+        *_, last = self.decode_prefixes(data, None, reconstruct, progress, max_pixels, **recon)
         return last
 
     @torch.no_grad()
     def decode_prefixes(self, data: bytes, step_counts: Sequence[int] | None = None, reconstruct: bool = True,
-                        progress: bool = False, recon: str | None = None, recon_steps: int | None = None,
-                        recon_grid: Any = None) -> Iterator[DecodeResult]:
+                        progress: bool = False, max_pixels: int = fmt.DEFAULT_MAX_PIXELS,
+                        **recon: Any) -> Iterator[DecodeResult]:
         """One pass over a file's chain, yielding the decode of every prefix in ``step_counts``
         (numbers of coded steps, <= the file's; None = the whole file) in increasing order.
 
+        Everything the chain needs comes from the header (``params_from_header``): this codec's
+        backbone decodes any file its fingerprint matches, whatever this codec's own parameters.
         A progressive stream's first k steps are the file of stop step k (the encoder seals the same
         running coder at every stop), so the prefix's x_t is that file's, bit for bit
         (tests/test_codec.py): a sweep decodes every rate point of an image in one chain pass.
         ``decode_s`` counts the chain up to the prefix plus its own reconstruction.
         """
-        if recon_grid is not None:
-            recon_grid = normal_grid(recon_grid)
-        check_recon(recon, recon_steps, recon_grid)
+        Recon().override(**recon)  # bad overrides are refused before the file is read
         t0 = time.perf_counter()
-        header, payload = fmt.read(data)
+        header, payload = fmt.read(data, max_pixels)
         params = params_from_header(header)
-        if params.codec == self.params.codec == "diffc" and self.params.candidates != "iid":
-            # the candidate generator is not in a v5 header: the fingerprint tells whether it is this codec's
-            mine = replace(params, candidates=self.params.candidates, atoms=self.params.atoms,
-                           sparse_m=self.params.sparse_m)
-            if header.fingerprint == DiffcCodec(self.backbone, mine, self.deterministic).fingerprint():
-                params = mine
-        if params != self.params:  # every codec parameter comes from the file
+        if params != self.params:
             yield from DiffcCodec(self.backbone, params, self.deterministic).decode_prefixes(
-                data, step_counts, reconstruct, progress, recon, recon_steps, recon_grid)
+                data, step_counts, reconstruct, progress, max_pixels, **recon)
             return
         self.check_header(header)
         if header.n_steps > self.chain.n_steps:
@@ -404,15 +320,16 @@ class DiffcCodec:
         counts = sorted(set([header.n_steps] if step_counts is None else step_counts))
         if not counts or counts[0] < 0 or counts[-1] > header.n_steps:
             raise ValueError(f"step counts must be in 0..{header.n_steps} (the file's), got {counts}")
+        rec = header.recon.override(**recon)
+        shape = self.latent_shape(header.height, header.width)
         threads = self.decode_threads(header)
         warning = check_provenance(header.provenance, self.provenance(threads))
         if warning:
             log.warning(warning)
         b = self.backbone
         with deterministic(threads):
-            shape = b.latent_shape(*b.padded_size(header.height, header.width))
             cond = b.condition(header.caption)
-            channel = self.make_channel(math.prod(shape), payload)
+            channel = self.params.channel.channel(math.prod(shape), payload)
             x = self.chain.start(shape)
             busy, mark = 0.0, t0  # seconds in the chain (and setup), outside reconstructions and the caller
             states = self.chain.run(channel, x, cond, counts[-1], progress=progress)
@@ -424,10 +341,7 @@ class DiffcCodec:
                 busy += time.perf_counter() - mark
                 t_rec, t, image = time.perf_counter(), self.timesteps[k], None
                 if reconstruct:
-                    image = self.reconstruct(x, t, header.height, header.width, cond, recon or header.recon,
-                                             recon_steps or header.recon_steps,
-                                             header.recon_grid if recon_grid is None else recon_grid,
-                                             header.recon_guidance)
+                    image = self.reconstruct(x, t, header.height, header.width, cond, rec)
                 yield DecodeResult(replace(header, n_steps=k), t, x.clone(), image,
                                    busy + time.perf_counter() - t_rec, warning)
                 mark = time.perf_counter()
@@ -453,7 +367,7 @@ class DiffcCodec:
         h = decoded.header
         with deterministic(self.decode_threads(h)):
             ref = self.reconstruct(point.x_t, point.timestep, h.height, h.width, self.backbone.condition(h.caption),
-                                   h.recon, h.recon_steps, h.recon_grid, h.recon_guidance)
+                                   h.recon)
         return xt_max, drift_psnr_db(ref, decoded.image)
 
     # ---- reconstruction -------------------------------------------------------------------
@@ -489,13 +403,10 @@ class DiffcCodec:
         return pred(x, ts[-1])
 
     def reconstruct(self, x_t: torch.Tensor, t: int, height: int, width: int, cond: Any = None,
-                    mode: str | None = None, steps: int | None = None, grid: Any = None,
-                    guidance: float | None = None) -> torch.Tensor:
-        """Image [3, height, width] in [0, 1] from the transmitted x_t (None = this codec's choice)."""
-        p = self.params
-        x0 = self.denoise(x_t, t, cond, mode or p.recon, steps or p.recon_steps,
-                          p.recon_grid if grid is None else normal_grid(grid),
-                          p.recon_guidance if guidance is None else guidance)
+                    recon: Recon | None = None) -> torch.Tensor:
+        """Image [3, height, width] in [0, 1] from the transmitted x_t (``recon`` None = this codec's)."""
+        r = recon or self.params.recon
+        x0 = self.denoise(x_t, t, cond, r.mode, r.steps, r.grid, r.guidance)
         return self.backbone.decode(x0)[:, :height, :width].clamp(0, 1)
 
     def vae_roundtrip(self, image: torch.Tensor) -> torch.Tensor:
@@ -505,7 +416,7 @@ class DiffcCodec:
         return self.backbone.decode(self.backbone.encode(pad_for(self.backbone, image)))[:, :h, :w].clamp(0, 1)
 
 
-def check_payload_end(channel: PfrChannel | DdcmChannel | TurboDdcmChannel, payload: bytes) -> None:
+def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
     """After a file's last coded step: its payload must be exactly what those steps code to
     (the decoding channel re-codes what it reads), so data after the payload is refused. A
     progressive file's lower rate points are separate files (each sealed with its own header's
@@ -520,14 +431,19 @@ def check_payload_end(channel: PfrChannel | DdcmChannel | TurboDdcmChannel, payl
 
 
 def params_from_header(header: fmt.Header) -> CodecParams:
-    """The codec parameters a file was written with."""
+    """The codec parameters a file was written with: the chain's, the channel's spec (parsed by the
+    spec registered under the header's channel name) and the reconstruction."""
+    try:
+        spec_cls = channel_spec(header.channel)
+    except ValueError as e:
+        raise UnknownChannel(f".diffc file uses a channel that is not installed here: {e}") from None
     try:
         encoding_timesteps(header.schedule)
-        return CodecParams(header.schedule, header.chunk_bits, header.padding_bits, header.seed,
-                           header.recon, header.recon_steps, header.split_above, header.codec,
-                           header.codebook_bits, header.atoms, header.recon_grid, header.recon_guidance)
-    except ValueError as e:
-        raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
+        return CodecParams(header.schedule, header.seed, spec_cls.from_bytes(header.channel_params), header.recon,
+                           header.parity)
+    except (ValueError, fmt.DiffcFormatError) as e:
+        msg = str(e).removeprefix("corrupt .diffc file: ")
+        raise fmt.CorruptFile(f"corrupt .diffc file: {msg}") from None
 
 
 def _check_image(image: torch.Tensor) -> None:

@@ -6,13 +6,15 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
     version    1 byte   (FORMAT_VERSION)
     backbone   u8 length + ASCII registry name (<= 64)
     fingerprint 4 bytes  sha256[:4] of backbone config + codec parameters
-    width, height          original image size in pixels (1..65536)
+    width, height          original image size in pixels (1..65536, width x height <= MAX_PIXELS)
     seed                   shared-randomness seed (< 2^32)
     schedule   u8 length + ASCII schedule name (<= 64)
-    codec      1 byte (CODECS: 0 = diffc, 1 = ddcm, 2 = turbo-ddcm), then its parameters:
-      diffc:            chunk_bits, padding_bits 1 byte each; split_above 1 byte, in quarters
-                        (0 = heavy chunks are never split)
-      ddcm, turbo-ddcm: codebook_bits 1 byte (K = 2^codebook_bits, 1..24), atoms varint (M, <= K)
+    parity     1 byte (PARITIES: 0 = project, 1 = reference): which of the model config's settings the
+               backbone was loaded with, so the decoder loads the same ones (``pipelines.decompress``)
+    channel    u8 length + ASCII name of the channel's spec (``diffc.plugins``, <= 64), then u8 length
+               (<= MAX_SPEC_BYTES) + the spec's own bytes (``ChannelSpec.to_bytes``; e.g. ``diffc``:
+               chunk_bits, padding_bits, split_above in quarters; ``diffc-sparse-sum`` adds the atom bank
+               K_a and M; ``ddcm``: codebook_bits; ``turbo-ddcm``: codebook_bits and M)
     recon      1 byte (0 = one-step denoise, 1 = probability-flow ODE), recon_steps varint (<= 1000)
     recon_grid 1 byte (RECON_GRIDS: 0 = uniform, 1 = reference; 2 = a list: varint count (1..MAX_GRID),
                then the timesteps as varints, strictly decreasing, <= 1000)
@@ -26,7 +28,8 @@ Layout (all integers unsigned LEB128 varints unless noted; every length is bound
     crc32      4 bytes little-endian, over everything before it
 
 Any malformed, truncated or foreign input raises a subclass of ``DiffcFormatError`` with a
-one-line message; nothing is allocated from a header field before it is bounds-checked.
+one-line message; nothing is allocated from a header field before it is bounds-checked. The
+format knows no channel: a spec's bytes are parsed by the spec (``diffc.codec.params_from_header``).
 """
 from __future__ import annotations
 
@@ -34,18 +37,19 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .schedule import RECON_GRIDS
+from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES as RECON_MODES, Recon
+
 MAGIC = b"\x89DFC"
-FORMAT_VERSION = 5  # 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance
-#: codecs a file can name (index = the byte in the file): DiffC's PFR channel and the two peers
-CODECS = ("diffc", "ddcm", "turbo-ddcm")
-MAX_CODEBOOK_BITS = 24
-MAX_ATOMS = 4096
-RECON_MODES = ("denoise", "ode")
-#: named reconstruction grids (diffc.schedule.RECON_GRIDS), then 2 = an explicit list
-RECON_GRID_NAMES = ("uniform", "reference")
-MAX_GRID = 1000
-MAX_GUIDANCE = 64.0
+#: 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance;
+#: 6: the channel's spec by name and bytes (candidate generator included), parity
+FORMAT_VERSION = 6
+#: named reconstruction grids (the byte in a header), then len(RECON_GRID_NAMES) = an explicit list
+RECON_GRID_NAMES = RECON_GRIDS
+#: the model-config settings a backbone was loaded with (conf/model/*.yaml ``${parity:PROJECT,REFERENCE}``)
+PARITIES = ("project", "reference")
 MAX_NAME = 64
+MAX_SPEC_BYTES = 255
 MAX_SIDE = 65536
 #: largest image (pixels) a file may describe: 8192 x 8192 (the format's hard limit)
 MAX_PIXELS = 1 << 26
@@ -89,6 +93,10 @@ class FingerprintMismatch(DiffcFormatError):
     """The file was written with another backbone/weights/config than the one loaded."""
 
 
+class TooLarge(DiffcFormatError):
+    """The file claims more work than the reader's limits allow (``max_pixels``, per-step entries)."""
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a file was encoded: what bit-exact decoding depends on (``diffc.determinism``)."""
@@ -108,28 +116,26 @@ class Provenance:
 
 @dataclass(frozen=True)
 class Header:
+    """A file's header (build it with keywords). ``channel`` / ``channel_params``: the name and bytes
+    of the channel's spec (``diffc.plugins.ChannelSpec``); the format does not interpret them."""
+
     backbone: str
     fingerprint: bytes
     width: int
     height: int
     seed: int
     schedule: str
-    chunk_bits: int
-    padding_bits: int
-    recon: str
-    recon_steps: int
+    channel: str
+    channel_params: bytes
     n_steps: int
+    recon: Recon = Recon()
     caption: str | None = None
-    split_above: float = 0.0
     provenance: Provenance = Provenance()
-    codec: str = "diffc"
-    codebook_bits: int = 0  # ddcm / turbo-ddcm: K = 2^codebook_bits codebook vectors per step
-    atoms: int = 0  # turbo-ddcm: M atoms per step (ddcm: 1)
-    recon_grid: str | tuple[int, ...] = "uniform"  # a name of RECON_GRID_NAMES or decreasing timesteps
-    recon_guidance: float | None = None  # None = the encoder's guidance scale
+    parity: str = "project"
 
 
-def _varint(v: int) -> bytes:
+def varint(v: int) -> bytes:
+    """Unsigned LEB128."""
     if v < 0:
         raise ValueError("varint must be >= 0")
     out = bytearray()
@@ -141,67 +147,50 @@ def _varint(v: int) -> bytes:
             return bytes(out)
 
 
-def _quarters(v: float) -> int:
-    q = 4 * v
-    if q != int(q) or not 0 <= q <= 255:
-        raise ValueError(f"split_above {v} is not a multiple of 0.25 in 0..63.75")
-    return int(q)
-
-
-def _short_str(s: str) -> bytes:
+def short_str(s: str) -> bytes:
+    """u8 length + printable ASCII (<= MAX_NAME bytes)."""
     b = s.encode("ascii")
-    if len(b) > MAX_NAME:
-        raise ValueError(f"name {s!r} longer than {MAX_NAME} bytes")
+    if len(b) > MAX_NAME or not all(0x21 <= c < 0x7F for c in b):
+        raise ValueError(f"name {s!r} is not 0..{MAX_NAME} printable ASCII characters")
     return bytes([len(b)]) + b
 
 
 def write(header: Header, payload: bytes) -> bytes:
     """Serialise header + payload + CRC32."""
-    if header.recon not in RECON_MODES:
-        raise ValueError(f"recon must be one of {RECON_MODES}")
     cap = zlib.compress(header.caption.encode("utf-8"), 9) if header.caption else b""
+    if len(header.channel_params) > MAX_SPEC_BYTES:
+        raise ValueError(f"channel parameters take {len(header.channel_params)} bytes, at most {MAX_SPEC_BYTES}")
     body = b"".join([
-        MAGIC, bytes([FORMAT_VERSION]), _short_str(header.backbone), header.fingerprint,
-        _varint(header.width), _varint(header.height), _varint(header.seed), _short_str(header.schedule),
-        _codec_bytes(header), bytes([RECON_MODES.index(header.recon)]),
-        _varint(header.recon_steps), _grid_bytes(header.recon_grid), _guidance_bytes(header.recon_guidance),
-        _varint(header.n_steps), _provenance_bytes(header.provenance),
-        _varint(len(cap)), cap, payload,
+        MAGIC, bytes([FORMAT_VERSION]), short_str(header.backbone), header.fingerprint,
+        varint(header.width), varint(header.height), varint(header.seed), short_str(header.schedule),
+        bytes([PARITIES.index(header.parity)]), short_str(header.channel),
+        bytes([len(header.channel_params)]), header.channel_params, _recon_bytes(header.recon),
+        varint(header.n_steps), _provenance_bytes(header.provenance),
+        varint(len(cap)), cap, payload,
     ])
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _codec_bytes(h: Header) -> bytes:
-    if h.codec == "diffc":
-        return bytes([0, h.chunk_bits, h.padding_bits, _quarters(h.split_above)])
-    return bytes([CODECS.index(h.codec), h.codebook_bits]) + _varint(h.atoms)
-
-
-def _grid_bytes(grid: str | tuple[int, ...]) -> bytes:
-    if isinstance(grid, str):
-        return bytes([RECON_GRID_NAMES.index(grid)])
-    if not 1 <= len(grid) <= MAX_GRID or list(grid) != sorted(set(grid), reverse=True) or not 0 <= grid[-1] <= grid[0] <= 1000:
-        raise ValueError(f"recon grid {grid} must hold 1..{MAX_GRID} strictly decreasing timesteps <= 1000")
-    return bytes([len(RECON_GRID_NAMES)]) + _varint(len(grid)) + b"".join(map(_varint, grid))
-
-
-def _guidance_bytes(g: float | None) -> bytes:
-    if g is None:
-        return _varint(0)
-    if not 0 <= g <= MAX_GUIDANCE or (16 * g) % 1:
-        raise ValueError(f"recon guidance {g} is not a multiple of 1/16 in 0..{MAX_GUIDANCE:g}")
-    return _varint(1 + int(16 * g))
+def _recon_bytes(r: Recon) -> bytes:
+    if isinstance(r.grid, str):
+        grid = bytes([RECON_GRID_NAMES.index(r.grid)])
+    else:
+        grid = bytes([len(RECON_GRID_NAMES)]) + varint(len(r.grid)) + b"".join(map(varint, r.grid))
+    guidance = varint(0 if r.guidance is None else 1 + int(16 * r.guidance))
+    return bytes([RECON_MODES.index(r.mode)]) + varint(r.steps) + grid + guidance
 
 
 def _provenance_bytes(p: Provenance) -> bytes:
     versions = (*p.torch_version, *p.diffusers_version)
     if not 0 <= p.threads <= MAX_THREADS or not all(0 <= v <= MAX_VERSION_PART for v in versions):
         raise ValueError(f"provenance out of range: {p}")
-    return b"".join([bytes([DEVICE_TYPES.index(p.device_type), DTYPES.index(p.dtype)]), _varint(p.threads),
-                     *map(_varint, versions)])
+    return b"".join([bytes([DEVICE_TYPES.index(p.device_type), DTYPES.index(p.dtype)]), varint(p.threads),
+                     *map(varint, versions)])
 
 
-class _Reader:
+class Reader:
+    """Bounded reads of a byte string: every failure is a ``DiffcFormatError`` naming ``what``."""
+
     def __init__(self, data: bytes):
         self.data, self.pos = data, 0
 
@@ -212,10 +201,13 @@ class _Reader:
         self.pos += n
         return out
 
+    def byte(self, what: str) -> int:
+        return self.take(1, what)[0]
+
     def varint(self, what: str, max_value: int) -> int:
         v = shift = 0
         for _ in range(5):
-            (b,) = self.take(1, what)
+            b = self.byte(what)
             v |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
@@ -227,7 +219,7 @@ class _Reader:
         return v
 
     def short_str(self, what: str) -> str:
-        (n,) = self.take(1, what)
+        n = self.byte(what)
         if n > MAX_NAME:
             raise CorruptFile(f"corrupt .diffc file: {what} length {n} exceeds {MAX_NAME}")
         raw = self.take(n, what)
@@ -235,9 +227,16 @@ class _Reader:
             raise CorruptFile(f"corrupt .diffc file: {what} is not printable ASCII")
         return raw.decode("ascii")
 
+    def choice(self, names: tuple[str, ...], what: str) -> str:
+        i = self.byte(what)
+        if i >= len(names):
+            raise CorruptFile(f"corrupt .diffc file: unknown {what} {i}")
+        return names[i]
 
-def read(data: bytes) -> tuple[Header, bytes]:
-    """Parse and verify a .diffc file; returns (header, payload)."""
+
+def read(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
+    """Parse and verify a .diffc file; returns (header, payload). A file claiming more than
+    ``max_pixels`` pixels raises ``TooLarge`` (after the checksum: a damaged size reads as corrupt)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("read() takes bytes")
     data = bytes(data)
@@ -249,77 +248,79 @@ def read(data: bytes) -> tuple[Header, bytes]:
     if version != FORMAT_VERSION:
         raise UnsupportedVersion(f".diffc format version {version} is not supported (this build reads {FORMAT_VERSION})")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
-    r = _Reader(body)
+    r = Reader(body)
     r.take(len(MAGIC) + 1, "magic")
     try:
-        backbone = r.short_str("backbone name")
-        fp = r.take(4, "fingerprint")
-        width = r.varint("width", MAX_SIDE)
-        height = r.varint("height", MAX_SIDE)
-        seed = r.varint("seed", 2**32 - 1)
-        schedule = r.short_str("schedule name")
-        (codec,) = r.take(1, "codec")
-        chunk_bits = padding_bits = split_q = codebook_bits = atoms = 0
-        if codec == 0:
-            chunk_bits, padding_bits, split_q = r.take(3, "codec parameters")
-        else:
-            (codebook_bits,) = r.take(1, "codec parameters")
-            atoms = r.varint("atom count", MAX_ATOMS)
-        (recon,) = r.take(1, "reconstruction mode")
-        recon_steps = r.varint("recon_steps", 1000)
-        (grid_kind,) = r.take(1, "reconstruction grid")
-        grid: str | tuple[int, ...] = RECON_GRID_NAMES[grid_kind] if grid_kind < len(RECON_GRID_NAMES) else ()
-        if grid_kind == len(RECON_GRID_NAMES):
-            n_grid = r.varint("grid length", MAX_GRID)
-            grid = tuple(r.varint("grid timestep", 1000) for _ in range(n_grid))
-        guidance_q = r.varint("reconstruction guidance", 1 + int(16 * MAX_GUIDANCE))
-        n_steps = r.varint("step count", MAX_STEPS)
-        device, dtype = r.take(2, "provenance")
-        threads = r.varint("thread count", MAX_THREADS)
-        versions = [r.varint("library version", MAX_VERSION_PART) for _ in range(6)]
-        cap_len = r.varint("caption length", MAX_CAPTION)
-        cap_raw = r.take(cap_len, "caption")
+        fields = _read_fields(r)
     except TruncatedFile:
         if zlib.crc32(body) != crc:
             raise TruncatedFile("truncated or corrupt .diffc file (header incomplete, checksum mismatch)") from None
         raise
+    except CorruptFile:
+        if zlib.crc32(body) != crc:
+            raise CorruptFile("corrupt .diffc file: CRC32 mismatch") from None
+        raise
     if zlib.crc32(body) != crc:
         raise CorruptFile("corrupt .diffc file: CRC32 mismatch")
-    if width < 1 or height < 1:
-        raise CorruptFile("corrupt .diffc file: zero image size")
-    if width * height > MAX_PIXELS:
-        raise CorruptFile(f"corrupt .diffc file: image {width}x{height} exceeds the {MAX_PIXELS}-pixel limit")
-    if device >= len(DEVICE_TYPES) or dtype >= len(DTYPES):
-        raise CorruptFile("corrupt .diffc file: unknown device type or dtype")
-    if recon >= len(RECON_MODES):
-        raise CorruptFile(f"corrupt .diffc file: unknown reconstruction mode {recon}")
-    if grid_kind > len(RECON_GRID_NAMES) or (isinstance(grid, tuple) and (
-            not grid or list(grid) != sorted(set(grid), reverse=True))):
-        raise CorruptFile("corrupt .diffc file: bad reconstruction grid")
-    if codec >= len(CODECS):
-        raise CorruptFile(f"corrupt .diffc file: unknown codec {codec}")
-    if codec == 0 and (not 1 <= chunk_bits <= 24 or padding_bits > 8 or 0 < split_q < 4):
-        raise CorruptFile("corrupt .diffc file: chunk parameters out of range")
-    if codec and (not 1 <= codebook_bits <= MAX_CODEBOOK_BITS or not 1 <= atoms <= min(MAX_ATOMS, 1 << codebook_bits)):
-        raise CorruptFile("corrupt .diffc file: codebook parameters out of range")
-    caption = None
-    if cap_len:
-        try:
-            z = zlib.decompressobj()
-            cap_bytes = z.decompress(cap_raw, MAX_CAPTION)
-            if z.unconsumed_tail or not z.eof:
-                raise CorruptFile("corrupt .diffc file: caption too long or incomplete")
-            caption = cap_bytes.decode("utf-8")
-        except (zlib.error, UnicodeDecodeError) as e:
-            raise CorruptFile(f"corrupt .diffc file: bad caption ({e})") from None
+    header = Header(**fields)
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise TooLarge(f".diffc file claims a {header.width}x{header.height} image ({pixels} pixels), above "
+                       f"max_pixels={max_pixels} (a guard against forged files, as PIL's decompression-bomb limit; "
+                       f"raise it with max_pixels=N, at most {MAX_PIXELS})")
     payload = body[r.pos:]
     if len(payload) % 4:
         raise CorruptFile("corrupt .diffc file: payload is not a whole number of 32-bit words")
-    header = Header(backbone, fp, width, height, seed, schedule, chunk_bits, padding_bits,
-                    RECON_MODES[recon], recon_steps, n_steps, caption, split_q / 4,
-                    Provenance(DEVICE_TYPES[device], DTYPES[dtype], threads, tuple(versions[:3]), tuple(versions[3:])),
-                    CODECS[codec], codebook_bits, atoms, grid, None if guidance_q == 0 else (guidance_q - 1) / 16)
     return header, payload
+
+
+def _read_fields(r: Reader) -> dict:
+    """The header fields, each bounds-checked as it is read (CorruptFile / TruncatedFile)."""
+    f: dict = {"backbone": r.short_str("backbone name"), "fingerprint": r.take(4, "fingerprint"),
+               "width": r.varint("width", MAX_SIDE), "height": r.varint("height", MAX_SIDE)}
+    if f["width"] < 1 or f["height"] < 1:
+        raise CorruptFile("corrupt .diffc file: zero image size")
+    if f["width"] * f["height"] > MAX_PIXELS:
+        raise CorruptFile(f"corrupt .diffc file: image {f['width']}x{f['height']} exceeds the format's "
+                          f"{MAX_PIXELS}-pixel limit")
+    f["seed"] = r.varint("seed", 2**32 - 1)
+    f["schedule"] = r.short_str("schedule name")
+    f["parity"] = r.choice(PARITIES, "parity")
+    f["channel"] = r.short_str("channel name")
+    f["channel_params"] = r.take(r.byte("channel parameter length"), "channel parameters")
+    mode = r.choice(RECON_MODES, "reconstruction mode")
+    steps = r.varint("recon_steps", MAX_RECON_STEPS)
+    grid_kind = r.byte("reconstruction grid")
+    if grid_kind > len(RECON_GRID_NAMES):
+        raise CorruptFile(f"corrupt .diffc file: unknown reconstruction grid {grid_kind}")
+    grid: str | tuple[int, ...] = RECON_GRID_NAMES[grid_kind] if grid_kind < len(RECON_GRID_NAMES) else ()
+    if grid_kind == len(RECON_GRID_NAMES):
+        grid = tuple(r.varint("grid timestep", MAX_RECON_STEPS) for _ in range(r.varint("grid length", MAX_GRID)))
+    guidance_q = r.varint("reconstruction guidance", 1 + int(16 * MAX_GUIDANCE))
+    try:
+        f["recon"] = Recon(mode, steps, grid, None if guidance_q == 0 else (guidance_q - 1) / 16)
+    except ValueError as e:
+        raise CorruptFile(f"corrupt .diffc file: {e}") from None
+    f["n_steps"] = r.varint("step count", MAX_STEPS)
+    device, dtype = r.choice(DEVICE_TYPES, "device type"), r.choice(DTYPES, "dtype")
+    threads = r.varint("thread count", MAX_THREADS)
+    versions = [r.varint("library version", MAX_VERSION_PART) for _ in range(6)]
+    f["provenance"] = Provenance(device, dtype, threads, tuple(versions[:3]), tuple(versions[3:]))
+    f["caption"] = _caption(r.take(r.varint("caption length", MAX_CAPTION), "caption"))
+    return f
+
+
+def _caption(raw: bytes) -> str | None:
+    if not raw:
+        return None
+    try:
+        z = zlib.decompressobj()
+        cap_bytes = z.decompress(raw, MAX_CAPTION)
+        if z.unconsumed_tail or not z.eof:
+            raise CorruptFile("corrupt .diffc file: caption too long or incomplete")
+        return cap_bytes.decode("utf-8")
+    except (zlib.error, UnicodeDecodeError) as e:
+        raise CorruptFile(f"corrupt .diffc file: bad caption ({e})") from None
 
 
 def header_size(header: Header) -> int:
