@@ -10,7 +10,6 @@ A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from io import BytesIO
@@ -23,6 +22,7 @@ from PIL import Image
 
 from analysis.cli import CONF_DIR, config_names, require  # noqa: F401  (re-exported for the entry points)
 from diffc import errors
+from diffc import format as fmt
 from diffc.format import DiffcFormatError
 
 #: failures reported by their message alone (no type name, no traceback hint), besides
@@ -35,7 +35,7 @@ class PipelineError(errors.UsageError):
 
 
 #: ``parity`` settings: ours (the better-justified defaults) or the reference implementation's
-PARITY = ("project", "reference")
+PARITY = fmt.PARITIES
 
 
 def parity_value(project: Any, reference: Any, *, _root_: DictConfig) -> Any:
@@ -83,10 +83,13 @@ def given_options(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
-                option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True):
+                option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True,
+                parity: str | None = None):
     """Backbone + ``DiffcCodec`` from a model config, with the non-null codec overrides and the given
     option overrides (``given_options``: null included) applied. An option the model does not
-    have is refused. ``deterministic`` False: the codec's speed opt-out (``diffc.determinism``).
+    have, or a codec option no channel takes, is refused. ``deterministic`` False: the codec's speed
+    opt-out (``diffc.determinism``). ``parity``: the settings the model config was resolved with
+    (written in the file, so the decoder loads the same; None = the config's ``parity``, else project).
 
     Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
     """
@@ -95,10 +98,6 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
 
     model = OmegaConf.create(plain(model)) if not isinstance(model, DictConfig) else model
     fields = plain(model.get("codec")) | _given(codec_overrides)
-    known = {f.name for f in dataclasses.fields(CodecParams)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise PipelineError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(known))})")
     options, extra = plain(model.get("options")), given_options(option_overrides)
     foreign = sorted(set(extra) - set(options))
     if foreign:
@@ -106,7 +105,7 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
                             f"(its options: {', '.join(options) or 'none'})")
     options |= extra
     try:
-        params = CodecParams(**fields)
+        params = CodecParams.of(parity=parity or model.get("parity") or "project", **fields)
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"codec parameters: {exc}") from exc
     try:

@@ -2,18 +2,19 @@
 
     python -m pipelines.decompress input=kodim01.diffc output=kodim01.png
 
-The backbone is the one named in the file's header, loaded with the options of
-``conf/model/<name>.yaml`` (``options.*`` overrides them: a local weights path, the device);
-every codec parameter comes from the header. ``parity=auto`` (the default) loads the model's
-project settings, or its reference settings (``parity=reference``, what paper_* experiments use)
-when the file's fingerprint says so. A file written with other weights or parameters is
-refused (fingerprint mismatch): the decoder could only produce garbage from it.
+The backbone is the one named in the file's header, loaded once with the options of
+``conf/model/<name>.yaml`` resolved for the header's parity (``project``, or ``reference`` for a
+file a paper_* experiment wrote; ``parity=`` overrides it); ``options.*`` override the loading
+options (a local weights path, the device). Every codec parameter, the channel's included
+(``diffc.plugins``), comes from the header: nothing is guessed. A file written with other weights
+or parameters is refused (fingerprint mismatch): the decoder could only produce garbage from it.
+``max_pixels`` (default 2^24) refuses a file claiming a larger image before anything is allocated.
 
 ``options.*`` left unset (``???``) keep the model config's value; null is a value
 (``options.refiner_hub_id=null``). The header does not say whether an SDXL file was encoded
 with the refiner, its fingerprint does: the base is loaded without the refiner first, and the
-refiner (``refiner_hub_id`` / ``refiner_path``) only when the base alone does not match, so a file
-encoded with ``model.options.refiner_hub_id=null`` decodes where no refiner is installed.
+refiner (``refiner_hub_id`` / ``refiner_path``) attached to it only when the base alone does not
+match, so a file encoded with ``model.options.refiner_hub_id=null`` decodes where no refiner is installed.
 
 ``recon_reference=ENCODER.png`` (the reconstruction the encoder's side made, e.g. a sweep's saved
 PNG) reports the drift: the PSNR between it and this decode (inf = identical; below 30 dB the
@@ -30,7 +31,7 @@ from omegaconf import DictConfig
 
 from analysis import cli
 from diffc import format as fmt
-from diffc.codec import CodecParams, DiffcCodec, params_from_header
+from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 from diffc.errors import describe
 
@@ -49,16 +50,17 @@ def decompress_keys(message: str) -> str:
     return message.replace("model.options.", "options.")
 
 
-def matching_codec(model: DictConfig, header: fmt.Header, params: CodecParams, cfg: DictConfig) -> DiffcCodec:
-    """The codec of ``model`` with the command's options; for SDXL with a refiner, loaded without
-    it first and with it (``attach_refiner``) only when the base alone does not match the file's
-    fingerprint. The caller checks the final fingerprint."""
+def matching_codec(model: DictConfig, header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
+    """The codec of ``model`` with the command's options and the file's parameters; for SDXL with a
+    refiner, loaded without it first and with it (``attach_refiner``) only when the base alone does
+    not match the file's fingerprint. The caller checks the final fingerprint."""
+    codec_options = params_from_header(header).options()
     options = plain(model.options) | given_options(cfg.options)
     present = [k for k in DEFERRED if k in options]
     deferred = {DEFERRED[k]: options[k] for k in present}
     if deferred.get("hub_id") is None:  # no refiner: the options as given (the loader refuses a stray path)
-        return build_codec(model, vars(params), options, cfg.deterministic)
-    codec = build_codec(model, vars(params), options | dict.fromkeys(present), cfg.deterministic)
+        return build_codec(model, codec_options, options, cfg.deterministic)
+    codec = build_codec(model, codec_options, options | dict.fromkeys(present), cfg.deterministic)
     if codec.fingerprint() != header.fingerprint:
         try:
             codec.backbone.attach_refiner(**deferred, compile=bool(options.get("compile")))
@@ -68,31 +70,21 @@ def matching_codec(model: DictConfig, header: fmt.Header, params: CodecParams, c
 
 
 def load_codec(header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
-    """The codec that decodes this file: the backbone the header names, with its project or
-    reference settings (``cfg.parity``; auto: the likelier first, paper_* files reconstruct on the
-    reference grid, so a backbone is loaded twice only when the guess is wrong), refused in one line
-    when none matches the file's fingerprint (naming what was tried and what to pass)."""
-    params = params_from_header(header)
-    guess = sorted(PARITY, key=lambda p: p != ("reference" if header.recon_grid == "reference" else "project"))
-    tried, failed = [], []
-    for parity in guess if cfg.parity == "auto" else (cfg.parity,):
-        try:
-            codec = matching_codec(model_config(header.backbone, parity), header, params, cfg)
-        except PipelineError as exc:
-            failed.append((parity, decompress_keys(str(exc))))
-            continue
-        if codec.fingerprint() == header.fingerprint:
-            return codec
-        tried.append(f"{parity} settings ({codec.fingerprint().hex()})")
-    if not tried:  # nothing could be loaded: the likeliest settings' error
-        raise PipelineError(failed[0][1])
-    unloadable = "".join(f"; the {p} settings could not be loaded: {msg}" for p, msg in failed)
+    """The codec that decodes this file, with one backbone load: the backbone the header names, with
+    the model config resolved for the header's parity (``cfg.parity`` null) or ``cfg.parity``;
+    refused in one line when its fingerprint does not match the file's (naming what to pass)."""
+    parity = cfg.parity or header.parity
+    if parity not in PARITY:
+        raise PipelineError(f"parity must be one of {', '.join(PARITY)} or null (the file's), got {parity!r}")
+    codec = matching_codec(model_config(header.backbone, parity), header, cfg)
+    if codec.fingerprint() == header.fingerprint:
+        return codec
     raise PipelineError(
-        f"{cfg.input}: file fingerprint {header.fingerprint.hex()} matches none of the {header.backbone!r} settings "
-        f"tried: {', '.join(tried)}{unloadable}. The file was encoded with other weights or model options: "
-        "decode with the encoder's: options.KEY=VALUE, e.g. options.refiner_hub_id=null (an SDXL file encoded "
-        "without the refiner), options.path=DIR (other local weights), +options.KEY=VALUE for the model options "
-        "conf/decompress.yaml does not list (e.g. +options.guidance=2)")
+        f"{cfg.input}: file fingerprint {header.fingerprint.hex()} does not match {header.backbone!r} with its "
+        f"{parity} settings ({codec.fingerprint().hex()}). The file was encoded with other weights or model "
+        "options: decode with the encoder's: options.KEY=VALUE, e.g. options.refiner_hub_id=null (an SDXL file "
+        "encoded without the refiner), options.path=DIR (other local weights), +options.KEY=VALUE for the model "
+        "options conf/decompress.yaml does not list (e.g. +options.guidance=2)")
 
 
 @one_line_errors
@@ -101,11 +93,13 @@ def decompress(cfg: DictConfig) -> None:
     check_writable(cfg.output)
     if cfg.latent_output:
         check_writable(cfg.latent_output, what="latent_output")
+    if isinstance(cfg.max_pixels, bool) or not isinstance(cfg.max_pixels, int) or not 1 <= cfg.max_pixels <= fmt.MAX_PIXELS:
+        raise PipelineError(f"max_pixels must be in 1..{fmt.MAX_PIXELS} (the .diffc format's limit), got {cfg.max_pixels}")
     data = Path(cfg.input).read_bytes()
-    header, _ = fmt.read(data)
+    header, _ = fmt.read(data, cfg.max_pixels)
     codec = load_codec(header, cfg)
-    result = codec.decode(data, progress=cfg.progress, recon=cfg.recon, recon_steps=cfg.recon_steps,
-                          recon_grid=cfg.recon_grid)
+    result = codec.decode(data, progress=cfg.progress, max_pixels=cfg.max_pixels, recon=cfg.recon,
+                          recon_steps=cfg.recon_steps, recon_grid=cfg.recon_grid, recon_guidance=cfg.recon_guidance)
     if result.drift_warning:  # the encoder's setting differs from this one: say so (decoding still syncs)
         print(f"note: {result.drift_warning}", file=sys.stderr)
     drift = None
