@@ -88,8 +88,8 @@ SIXTEEN_BIT = re.compile(r";16[BLN]?$")
 
 
 def _size_error(path: str | os.PathLike, size: str, max_pixels: int) -> DatasetError:
-    return DatasetError(f"image {path} is {size}, above max_pixels={max_pixels} (downscale or crop it; "
-                        f"max_pixels can be at most {fmt.MAX_PIXELS}, the .diffc format's limit)")
+    return DatasetError(f"image {path} is {size}, above max_pixels={max_pixels} (downscale or crop it, or raise "
+                        f"the limit with max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)")
 
 
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
@@ -196,12 +196,15 @@ def _upright(a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, alpha: str | None = None, frame: int | None = None,
-               max_pixels: int = fmt.MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An image file as RGB [H, W, 3]: uint8 when its samples are 8-bit, else float32 in [0, 1]
     (16-bit samples / 65535, float samples as they are), upright by its EXIF orientation.
 
     Palette, gray, CMYK... become RGB through Pillow. Refused in one line (``DatasetError``):
-    more than ``max_pixels`` pixels (from the header, before any pixel is decoded); transparent
+    more than ``max_pixels`` pixels (from the header, before any pixel is decoded; default
+    ``fmt.DEFAULT_MAX_PIXELS`` = 4096^2, at most ``fmt.MAX_PIXELS`` = 8192^2: a decoded pixel
+    costs 12 bytes as float32 RGB here and hundreds in the codec, so the default keeps an
+    8192^2 input from taking gigabytes before the size is said); transparent
     pixels unless ``alpha`` is 'drop' or 'white' (an all-opaque alpha is dropped); several frames
     (animated GIF/APNG, multi-page TIFF) unless ``frame`` picks one (0-based); float samples
     outside [0, 1]; 32-bit integer samples. ``as_uint8`` quantises for what needs 8 bits.
@@ -314,7 +317,7 @@ def load_kodak_small(ids: Sequence[str] = KODAK_SMALL_IDS, size: int = 64, crop:
 
 
 def load_folder(path: str | os.PathLike | None = None, limit: int | None = None, alpha: str | None = None,
-                frame: int | None = None, max_pixels: int = fmt.MAX_PIXELS) -> list[Sample]:
+                frame: int | None = None, max_pixels: int = fmt.DEFAULT_MAX_PIXELS) -> list[Sample]:
     """Every PNG/JPEG directly inside ``path``, sorted by name; ids are the file stems.
     ``alpha``, ``frame``, ``max_pixels``: as in ``read_image`` (applied to every file)."""
     if path is None:

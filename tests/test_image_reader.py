@@ -233,7 +233,7 @@ def test_a_huge_header_is_one_line_naming_max_pixels(tmp_path: Path) -> None:
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == "" and not out.exists()
     assert len(r.stderr.splitlines()) == 1, r.stderr
-    assert r.stderr.startswith(f"error: image {src} is larger than") and "above max_pixels=67108864" in r.stderr
+    assert r.stderr.startswith(f"error: image {src} is larger than") and "above max_pixels=16777216" in r.stderr
 
 
 def test_a_pillow_bomb_warning_is_the_same_size_error_and_prints_nothing(tmp_path: Path) -> None:
@@ -241,7 +241,7 @@ def test_a_pillow_bomb_warning_is_the_same_size_error_and_prints_nothing(tmp_pat
     src.write_bytes(png_header(9800, 9800))  # 96 MP: above Pillow's warning threshold (89.5 MP)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ds.DatasetError, match=r"is larger than \d+ pixels, above max_pixels=67108864"):
+        with pytest.raises(ds.DatasetError, match=r"is larger than \d+ pixels, above max_pixels=16777216"):
             ds.read_image(src)
     assert caught == []
 
@@ -257,10 +257,39 @@ def test_the_size_check_reads_the_header_only(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
     monkeypatch.setattr(Image.Image, "load", no_decode)
-    with pytest.raises(ds.DatasetError, match=r"is 9000x9000 \(81000000 pixels\), above max_pixels=67108864"):
+    with pytest.raises(ds.DatasetError, match=r"is 9000x9000 \(81000000 pixels\), above max_pixels=16777216"):
         ds.read_image(src)
     with pytest.raises(ds.DatasetError, match=r"is 9000x9000 .* above max_pixels=1000000"):
         ds.read_image(src, max_pixels=1_000_000)
+
+
+#: runs a command and prints its exit status, peak RSS (KiB, Linux) and CPU seconds, then its stderr
+MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+           "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "print(r.returncode, u.ru_maxrss, u.ru_utime + u.ru_stime); print(r.stdout + r.stderr, end='')")
+
+
+def test_an_8192_square_input_is_refused_by_default_before_it_costs_anything(tmp_path: Path) -> None:
+    """8192^2 (the format's limit, 2^26 pixels; a valid PNG): above the default max_pixels =
+    fmt.DEFAULT_MAX_PIXELS = 2^24, so compress refuses it from the header in one line naming the
+    option, no output; the process's peak memory and CPU time measured (decoding it as float32 RGB
+    alone would be 800 MB, the encode took > 9 GB and minutes before max_pixels had a default)."""
+    assert fmt.DEFAULT_MAX_PIXELS == 1 << 24 and fmt.MAX_PIXELS == 1 << 26
+    src, out = tmp_path / "8k.png", tmp_path / "8k.diffc"
+    Image.new("1", (8192, 8192), 1).save(src)  # 1 bit per pixel, deflated: a few kB on disk
+    assert src.stat().st_size < 100_000
+    r = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "pipelines.compress", "model=gaussian",
+                        f"input={src}", f"output={out}", "timestep=300", "progress=false"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    status, rss_kib, cpu_s = r.stdout.splitlines()[0].split()
+    said = r.stdout.splitlines()[1:]
+    assert int(status) == 2 and not out.exists(), r.stdout
+    assert said == [f"error: image {src} is 8192x8192 (67108864 pixels), above max_pixels=16777216 (downscale or "
+                    f"crop it, or raise the limit with max_pixels=N, at most 67108864, the .diffc format's limit)"]
+    assert int(rss_kib) < 1024 ** 2, f"peak RSS {int(rss_kib) / 1024:.0f} MiB"  # importing torch is most of it
+    assert float(cpu_s) < 10, f"{float(cpu_s):.1f} CPU s"
+    a = ds.read_image(src, max_pixels=fmt.MAX_PIXELS)  # the limit raised to the format's: the file is read
+    assert a.shape == (8192, 8192, 3) and a.dtype == np.uint8 and a.min() == 255
 
 
 def test_max_pixels_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
