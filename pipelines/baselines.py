@@ -15,6 +15,9 @@ with ``kind='baseline'``, ``codec`` = the option name (``jpeg``), ``quality`` = 
 into the image's shard with the codec rows, so resuming and deduplication are the job's.
 With ``save.baselines=true`` the files are kept as ``baselines/IMAGE/CODEC-qQUALITY.EXT``.
 FID/KID (dataset-level) are not computed for baselines.
+
+The sweep (``pipelines.evaluate``) calls this module, never the reverse: ``baseline_rows`` gets
+the job's row identity, scorer and save folder as arguments.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import importlib
 import math
 import time
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -31,8 +35,8 @@ from PIL import Image, features
 
 from .common import PipelineError, atomic_write
 
-if TYPE_CHECKING:  # the job of pipelines.evaluate (no import cycle at run time)
-    from .evaluate import Job
+#: scores a row in place and returns it: (row, original, reconstruction), both uint8 [H, W, 3]
+Scorer = Callable[[dict[str, Any], np.ndarray, np.ndarray], dict[str, Any]]
 
 #: Pillow features that tell whether this Pillow can write a format (JPEG is always built in)
 PIL_FEATURES = {"WEBP": "webp", "AVIF": "avif"}
@@ -96,23 +100,26 @@ def from_config(cfg: DictConfig | dict | None) -> list[Baseline]:
     return out
 
 
-def baseline_rows(job: "Job", image_id: str, img: np.ndarray) -> list[dict[str, Any]]:
-    """One scored row per baseline codec x quality of one image of ``job``."""
+def baseline_rows(baselines: Sequence[Baseline], img: np.ndarray, base: dict[str, Any], score: Scorer,
+                  save_dir: Path | None = None) -> list[dict[str, Any]]:
+    """One scored row per codec x quality of ``baselines`` on one image ``img`` (uint8 [H, W, 3]):
+    ``base`` (the job's identity columns of the image) plus the baseline's columns, scored by
+    ``score``; with ``save_dir`` each file is kept as ``save_dir/CODEC-qQUALITY.EXT``."""
     pixels = img.shape[0] * img.shape[1]
     rows = []
-    for b in job.baselines:
+    for b in baselines:
         for q in b.quality:
             t0 = time.perf_counter()
             data = b.encode(img, q)
             t1 = time.perf_counter()
             rec = b.decode(data)
-            row = job.base_row(image_id, img) | {
+            row = base | {
                 "kind": "baseline", "codec": b.name, "quality": q, "target_bpp": math.nan,
                 "bpp": len(data) * 8 / pixels, "bits_total": len(data) * 8, "encode_s": t1 - t0,
                 "decode_s": time.perf_counter() - t1}
             if rec.shape != img.shape:
                 raise PipelineError(f"baseline {b.name} q={q}: decoded {rec.shape}, expected {img.shape}")
-            if job.cfg.save.get("baselines", False):
-                atomic_write(job.job_dir / "baselines" / image_id / f"{b.name}-q{q}.{b.ext}", data)
-            rows.append(job.score(row, img, rec))
+            if save_dir is not None:
+                atomic_write(save_dir / f"{b.name}-q{q}.{b.ext}", data)
+            rows.append(score(row, img, rec))
     return rows

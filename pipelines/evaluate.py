@@ -284,7 +284,8 @@ class Job:
                                                "decode_s": time.perf_counter() - t0}
         self.save(image_id, "vae", vae, None)
         rows.append(self.score(row, img, vae))
-        return rows + classic.baseline_rows(self, image_id, img)
+        keep = self.job_dir / "baselines" / image_id if self.cfg.save.get("baselines", False) else None
+        return rows + classic.baseline_rows(self.baselines, img, self.base_row(image_id, img), self.score, keep)
 
 
 # ---- the job ------------------------------------------------------------------------------------

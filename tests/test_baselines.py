@@ -5,6 +5,8 @@ Pillow and numpy, not through the module under test."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -114,3 +116,37 @@ def test_a_codec_this_pillow_cannot_write_is_one_error() -> None:
         classic.from_config({"jpeg": {"format": "JPEG", "quality": [101]}})
     with pytest.raises(PipelineError, match="duplicates"):
         classic.from_config({"jpeg": {"format": "JPEG", "quality": [5, 5]}})
+
+
+def test_baseline_rows_take_what_they_need_as_arguments(tmp_path: Path) -> None:
+    """No job: the identity columns, the scorer and the save folder come in as arguments."""
+    img = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    (jpeg,) = classic.from_config({"jpeg": {"format": "JPEG", "ext": "jpg", "quality": [20, 90]}})
+    scored = []
+
+    def score(row: dict, ref: np.ndarray, rec: np.ndarray) -> dict:
+        scored.append(rec)
+        return row | {"psnr": psnr(ref, rec)}
+
+    rows = classic.baseline_rows([jpeg], img, {"image": "x", "model": "m"}, score, tmp_path / "x")
+    assert [(r["image"], r["model"], r["kind"], r["codec"], r["quality"]) for r in rows] == \
+        [("x", "m", "baseline", "jpeg", 20), ("x", "m", "baseline", "jpeg", 90)]
+    for r, rec in zip(rows, scored):
+        buf = BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=r["quality"])
+        data = (tmp_path / "x" / f"jpeg-q{r['quality']}.jpg").read_bytes()
+        assert data == buf.getvalue() and r["bits_total"] == 8 * len(data)
+        assert r["bpp"] == 8 * len(data) / (24 * 40)
+        assert r["psnr"] == psnr(img, np.asarray(Image.open(BytesIO(data)).convert("RGB")))
+    assert rows[0]["bpp"] < rows[1]["bpp"] and rows[0]["psnr"] < rows[1]["psnr"]
+    assert classic.baseline_rows([jpeg], img, {}, score, None) and sorted(tmp_path.rglob("*.jpg")) == \
+        [tmp_path / "x" / "jpeg-q20.jpg", tmp_path / "x" / "jpeg-q90.jpg"]  # no save_dir: nothing written
+
+
+def test_the_baselines_do_not_import_the_sweep() -> None:
+    """evaluate calls baselines, never the reverse (no cycle, not even a lazy one)."""
+    code = ("import sys, pipelines.baselines; "
+            "bad = sorted(m for m in sys.modules if m == 'pipelines.evaluate'); assert not bad, bad; print('clean')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "clean", r.stderr[-2000:]
