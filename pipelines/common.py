@@ -105,7 +105,8 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
                             f"(its options: {', '.join(options) or 'none'})")
     options |= extra
     try:
-        params = CodecParams.of(parity=parity or model.get("parity") or "project", **fields)
+        parity = parity or fields.pop("parity", None) or model.get("parity") or "project"
+        params = CodecParams.of(parity=parity, **fields)
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"codec parameters: {exc}") from exc
     try:

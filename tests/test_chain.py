@@ -9,10 +9,10 @@ import torch
 
 from diffc import format as fmt
 from diffc.chain import Chain, ExactChannel, Step
-from diffc.channels import PfrChannel, PfrSettings
+from diffc.channels import PfrChannel, PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 
-PARAMS = CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")
+PARAMS = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")
 
 
 class PriorMeanChannel:
@@ -73,7 +73,7 @@ def test_resume_from_a_state(gaussian_backbone, kodak64) -> None:
     _, payload = fmt.read(p9.data)
     n_dims = p9.x_t.numel()
     chain = codec.chain
-    ch = PfrChannel(PARAMS.pfr, n_dims, payload)
+    ch = PfrChannel(PARAMS.channel, n_dims, payload)
     states = [x for _, x in chain.run(ch, chain.start(p9.x_t.shape), None, 4)]
     assert torch.equal(states[-1], p4.x_t)
     *_, (_, x9) = chain.run(ch, states[-1], None, 9, first=5)
@@ -115,7 +115,7 @@ def test_plan_does_not_depend_on_model_outputs(gaussian_backbone, kodak64) -> No
             plans.append(chain.plan(step, 3).src.clone())
             return x
 
-    ch = Recording(PARAMS.pfr, p.x_t.numel(), payload)
+    ch = Recording(PARAMS.channel, p.x_t.numel(), payload)
     *_, (_, x) = chain.run(ch, chain.start(p.x_t.shape), None, p.step_index)
     clean = Chain(gaussian_backbone, PARAMS.schedule, PARAMS.seed)
     clean_steps = [clean.step(torch.zeros_like(p.x_t), k) for k in range(1, p.step_index + 1)]
@@ -124,9 +124,9 @@ def test_plan_does_not_depend_on_model_outputs(gaussian_backbone, kodak64) -> No
     assert float((x - p.x_t).abs().max()) < 0.05  # ...and the decoder stays with the encoder
 
 
-def test_pfr_settings_chunk_count() -> None:
-    s = PfrSettings(8, 2, 2.0)
+def test_pfr_spec_chunk_count() -> None:
+    s = PfrSpec(8, 2, 2.0)
     assert (s.num_candidates, s.split_min) == (1024, 3)
     assert s.chunk_count(0.0, 100) == 1 and s.chunk_count(8.0, 100) == 1 and s.chunk_count(8.01, 100) == 2
     assert s.chunk_count(1e9, 10) == 640  # the count model's bound: 64 chunks per entry
-    assert PfrSettings(8, 2, 0.0).split_min == 0
+    assert PfrSpec(8, 2, 0.0).split_min == 0

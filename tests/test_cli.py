@@ -147,7 +147,7 @@ def test_reference_parity_files_decode_with_parity_auto(odd_image: Path, tmp_pat
                                                    f"output={f}", "timestep=500", "codec.recon=ode",
                                                    f"recon_output={rep}"], capsys)
     assert code == 0, err
-    assert fmt.read(f.read_bytes())[0].recon_grid == "reference"
+    assert fmt.read(f.read_bytes())[0].recon.grid == "reference"
     code, _, err = run_task(decompress, "decompress", [f"input={f}", f"output={dec}"], capsys)
     assert code == 0, err
     assert dec.read_bytes() == rep.read_bytes()
@@ -274,7 +274,7 @@ def test_the_documented_reconstruction_keys_work(odd_image: Path, tmp_path: Path
     r = cli("pipelines.compress", "model=gaussian", f"input={odd_image}", f"output={f}", "timestep=300",
             "codec.recon=ode", "codec.recon_steps=3", f"recon_output={tmp_path / 'enc.png'}")
     assert r.returncode == 0, r.stderr
-    assert fmt.read(f.read_bytes())[0].recon == "ode"
+    assert fmt.read(f.read_bytes())[0].recon.mode == "ode"
     r = cli("pipelines.decompress", f"input={f}", f"output={tmp_path / 'dec.png'}", "recon=denoise")
     assert r.returncode == 0, r.stderr
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "dec.png")), np.asarray(Image.open(tmp_path / "enc.png")))

@@ -11,15 +11,17 @@ import torch
 
 from diffc import format as fmt
 from diffc.backbones.gaussian import GaussianBackbone
+from diffc.channels import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
+from diffc.recon import Recon
 from diffc.entropy import StepDecoder, StepSymbols, count_bound, encode_steps, step_bits
 
 CASES = {
     # 64x64 Kodak crop, log-spaced schedule (denser at low noise), K = 2^5 (small K keeps it fast;
     # exactness does not depend on K, see test_roundtrip_paper_like_settings for K = 2^10)
-    "kodak64-geom12": ("kodak64", CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0, recon="denoise")),
+    "kodak64-geom12": ("kodak64", CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0, recon="denoise")),
     # odd size (77 wide x 53 high: padded to 80x56 inside, cropped back), K = 2^5
-    "odd77x53-linspace8": ("kodak_odd", CodecParams(schedule="linspace-8", chunk_bits=4, padding_bits=1, seed=3, recon="denoise")),
+    "odd77x53-linspace8": ("kodak_odd", CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1, seed=3, recon="denoise")),
 }
 
 
@@ -46,14 +48,19 @@ def _symbols(codec: DiffcCodec, data: bytes, n_dims: int, n_plan: list[int]) -> 
     number of non-empty chunks of each step's plan (what the decoder gets from the plan)."""
     header, payload = fmt.read(data)
     p = params_from_header(header)
-    dec = StepDecoder(payload, p.num_candidates, p.chunk_bits, p.split_min)
+    dec = StepDecoder(payload, p.channel.num_candidates, p.channel.chunk_bits, p.channel.split_min)
     out = []
     for k in range(header.n_steps):
         n = dec.next_count(count_bound(n_dims))
         parts = dec.next_parts(n_plan[k], count_bound(n_dims))
         idx = dec.next_indices(int(parts.sum())).astype(np.int32)
-        out.append(StepSymbols(n, idx, parts.astype(np.int32) if p.split_min else None))
+        out.append(StepSymbols(n, idx, parts.astype(np.int32) if p.channel.split_min else None))
     return out
+
+
+def plan_chunks(res) -> list[int]:
+    """Non-empty chunks of each step's plan before splitting (what the decoder derives from the plan)."""
+    return [x.plan_chunks for x in res.records]
 
 
 def test_one_point_per_stop_step(enc: Encoded) -> None:
@@ -62,9 +69,9 @@ def test_one_point_per_stop_step(enc: Encoded) -> None:
     assert [p.step_index for p in pts] == list(range(1, n_steps + 1))
     assert [p.timestep for p in pts] == enc.codec.timesteps[1:]
     r = enc.result
-    assert len(r.step_kl_bits) == len(r.step_chunks) == len(r.step_plan_chunks) == len(r.step_indices) == n_steps
-    assert all(1 <= c <= n for c, n in zip(r.step_plan_chunks, r.step_chunks))  # empty chunks are dropped
-    assert all(c <= i for c, i in zip(r.step_plan_chunks, r.step_indices))  # split chunks add indices
+    assert len(r.step_kl_bits) == len(r.records) == n_steps
+    assert all(1 <= x.plan_chunks <= x.n_chunks for x in r.records)  # empty chunks are dropped
+    assert all(x.plan_chunks <= x.n_indices for x in r.records)  # split chunks add indices
 
 
 def test_decoder_xt_bit_identical_at_every_stop(enc: Encoded) -> None:
@@ -89,7 +96,7 @@ def test_ode_reconstruction_matches_encoder_side(enc: Encoded) -> None:
     p = enc.result.points[len(enc.result.points) // 2]
     d = enc.codec.decode(p.data, recon="ode", recon_steps=5)
     assert torch.equal(d.x_t, p.x_t)
-    assert torch.equal(d.image, enc.codec.reconstruct(p.x_t, p.timestep, h, w, mode="ode", steps=5))
+    assert torch.equal(d.image, enc.codec.reconstruct(p.x_t, p.timestep, h, w, recon=Recon("ode", 5)))
     # and it is a different reconstruction from the one-step denoiser
     assert not torch.equal(d.image, enc.decoded[len(enc.result.points) // 2].image)
 
@@ -123,14 +130,14 @@ def test_payload_is_the_range_coded_symbols(enc: Encoded) -> None:
     ideal-cost ratio; the chunk counts are the encoder's."""
     c = enc.codec
     n_dims = enc.result.points[0].x_t.numel()
-    k_cands = c.params.num_candidates
+    k_cands = c.params.channel.num_candidates
     for p in enc.result.points:
         header, payload = fmt.read(p.data)
-        steps = _symbols(c, p.data, n_dims, enc.result.step_plan_chunks)
-        assert [s.n_chunks for s in steps] == enc.result.step_chunks[: p.step_index]
-        assert [len(s.indices) for s in steps] == enc.result.step_indices[: p.step_index]
+        steps = _symbols(c, p.data, n_dims, plan_chunks(enc.result))
+        assert [s.n_chunks for s in steps] == [x.n_chunks for x in enc.result.records][: p.step_index]
+        assert [len(s.indices) for s in steps] == [x.n_indices for x in enc.result.records][: p.step_index]
         assert all(0 <= int(i) < k_cands for s in steps for i in s.indices)
-        again, cost = encode_steps(steps, k_cands, c.params.chunk_bits, count_bound(n_dims), c.params.split_min)
+        again, cost = encode_steps(steps, k_cands, c.params.channel.chunk_bits, count_bound(n_dims), c.params.channel.split_min)
         assert again == payload
         side = 8 * len(payload) * cost.side_bits / (cost.side_bits + cost.index_bits)
         assert p.bits_side == pytest.approx(side, rel=1e-12)
@@ -189,8 +196,8 @@ def test_split_side_info_round_trips() -> None:
 def test_int_and_float_parameters_give_one_fingerprint(gaussian_backbone) -> None:
     """Hydra passes split_above=0 as an int; the header stores quarters: the decoder must rebuild
     the same parameters (and fingerprint) from the file."""
-    p_int = CodecParams(schedule="linspace-3", chunk_bits=4, padding_bits=0, recon="denoise", split_above=0)
-    assert p_int == dataclasses.replace(p_int, split_above=0.0) and isinstance(p_int.split_above, float)
+    p_int = CodecParams.of(schedule="linspace-3", chunk_bits=4, padding_bits=0, recon="denoise", split_above=0)
+    assert p_int.channel == PfrSpec(4, 0, 0.0) and isinstance(p_int.channel.split_above, float)
     codec = DiffcCodec(gaussian_backbone, p_int)
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
     data = codec.encode(img).points[-1].data
@@ -223,9 +230,9 @@ def test_progressive_files_extend_each_other(enc: Encoded) -> None:
     assert all(len(a.data) <= len(b.data) for a, b in zip(pts, pts[1:]))
     assert len(pts[-1].data) > 4 * len(pts[0].data)
     assert all(a.kl_bits < b.kl_bits for a, b in zip(pts, pts[1:]))
-    last = _symbols(enc.codec, pts[-1].data, n_dims, enc.result.step_plan_chunks)
+    last = _symbols(enc.codec, pts[-1].data, n_dims, plan_chunks(enc.result))
     for p in pts[:-1]:
-        mine = _symbols(enc.codec, p.data, n_dims, enc.result.step_plan_chunks)
+        mine = _symbols(enc.codec, p.data, n_dims, plan_chunks(enc.result))
         assert len(mine) == p.step_index < len(last)
         for a, b in zip(mine, last):  # symbol-level prefix of the longest file
             assert a.n_chunks == b.n_chunks and np.array_equal(a.indices, b.indices)
@@ -247,7 +254,7 @@ def test_encode_is_deterministic_and_stop_subset_matches(enc: Encoded) -> None:
 
 def test_params_come_from_the_header(enc: Encoded, gaussian_backbone) -> None:
     """A codec built with other parameters decodes the file exactly (it uses the header's)."""
-    other = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-3", chunk_bits=3, padding_bits=0,
+    other = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-3", chunk_bits=3, padding_bits=0,
                                                       seed=enc.codec.params.seed + 11, recon="ode"))
     p, ref = enc.result.points[2], enc.decoded[2]
     d = other.decode(p.data)
@@ -290,9 +297,9 @@ def test_fingerprint_mismatch_forged_header(enc: Encoded) -> None:
 
 
 def test_fingerprint_ignores_decode_time_choices(gaussian_backbone) -> None:
-    a = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", recon="ode", recon_steps=50))
-    b = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-12", recon="denoise", recon_steps=3))
-    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-13"))
+    a = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", recon="ode", recon_steps=50))
+    b = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", recon="denoise", recon_steps=3))
+    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-13"))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
@@ -304,7 +311,7 @@ def test_step_count_beyond_schedule_is_corrupt(enc: Encoded) -> None:
 
 
 def test_bad_images_are_rejected(gaussian_backbone) -> None:
-    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-2", chunk_bits=2, padding_bits=0))
+    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-2", chunk_bits=2, padding_bits=0))
     with pytest.raises(ValueError, match="3, H, W"):
         c.encode(torch.zeros(1, 16, 16))
     with pytest.raises(ValueError, match="3, H, W"):
@@ -312,12 +319,12 @@ def test_bad_images_are_rejected(gaussian_backbone) -> None:
 
 
 def test_codec_params_validation() -> None:
-    assert CodecParams(chunk_bits=8, padding_bits=2).num_candidates == 1024
+    assert CodecParams.of(chunk_bits=8, padding_bits=2).channel.num_candidates == 1024
     for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9),
                 dict(recon="magic"), dict(recon_steps=0), dict(seed=2**32), dict(split_above=0.5),
                 dict(split_above=2.1), dict(split_above=64.0), dict(split_above=-1.0)):
         with pytest.raises(ValueError):
-            CodecParams(**bad)
+            CodecParams.of(**bad)
 
 
 def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:
@@ -325,19 +332,19 @@ def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:
     on entries the decoder-side weights cannot single out (edges of a real image). Chunks that
     carry far more KL than their 2^(chunk_bits+padding) candidates can deliver are split (the
     encoder sends the parts), so every step delivers a good share of its KL."""
-    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-8", chunk_bits=4, padding_bits=1, recon="denoise",
+    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1, recon="denoise",
                                                   split_above=2.0))
     res = c.encode(kodak_odd, stop_timesteps=[c.timesteps[-1]])
     steps = list(zip(res.step_kl_bits, res.step_delivered_bits))
     assert all(d > 0.25 * kl for kl, d in steps), steps
     assert sum(res.step_delivered_bits) > 0.45 * sum(res.step_kl_bits)  # 0.53 measured (K = 32)
-    assert res.step_indices[-1] > res.step_plan_chunks[-1]  # the last step split chunks
+    assert [x.n_indices for x in res.records][-1] > plan_chunks(res)[-1]  # the last step split chunks
 
 
 @pytest.mark.slow
 def test_roundtrip_paper_like_settings(gaussian_backbone, kodak64) -> None:
     """K = 2^10 candidates per chunk, 30 steps: the last point decodes bit-exactly."""
-    c = DiffcCodec(gaussian_backbone, CodecParams(schedule="geom-30", chunk_bits=8, padding_bits=2, recon="denoise"))
+    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-30", chunk_bits=8, padding_bits=2, recon="denoise"))
     stops = [c.timesteps[10], c.timesteps[-1]]
     res = c.encode(kodak64, stop_timesteps=stops)
     for p in res.points:
@@ -384,13 +391,13 @@ def _counting(codec: DiffcCodec) -> list[int]:
     (100, "uniform", [100, 80, 60, 40, 20, 0]),  # 5 even steps, then x0 at t = 0
 ])
 def test_recon_grid_visits_its_timesteps(kodak64, t: int, grid, expected: list[int]) -> None:
-    codec = DiffcCodec(GaussianBackbone(), CodecParams(schedule="geom-12", chunk_bits=5, padding_bits=0,
+    codec = DiffcCodec(GaussianBackbone(), CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0,
                                                               recon="ode", recon_steps=5, recon_grid=grid))
     calls = _counting(codec)
     x0 = codec.backbone.encode(kodak64)
     a, s = codec.backbone.schedule.a_s(t)
     x_t = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    out = codec.denoise(x_t, t, grid=codec.params.recon_grid, steps=5)
+    out = codec.denoise(x_t, t, grid=codec.params.recon.grid, steps=5)
     assert calls == expected
     assert out.shape == x0.shape
     if t == 10:  # low noise: DDIM on the reference grid lands close to the image

@@ -126,7 +126,7 @@ def test_sdxl_reference_parity_from_hub_cache(hub_cache: Path, image: Path, tmp_
     cache; decompress's parity=auto finds those settings from the fingerprint."""
     use_cache(monkeypatch, hub_cache)
     header = round_trip(in_process, "sdxl", image, tmp_path, "parity=reference")
-    assert header.recon_grid == "reference"
+    assert header.recon.grid == "reference" and header.parity == "reference"
 
 
 def test_hub_ids_follow_the_configs(hub_cache: Path) -> None:

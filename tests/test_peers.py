@@ -4,6 +4,7 @@ shared randomness, and the command lines."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import struct
 import zlib
 from pathlib import Path
@@ -15,13 +16,13 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from diffc import format as fmt
-from diffc.channels import TurboDdcmChannel
-from diffc.codec import CodecParams, DiffcCodec, params_from_header
+from diffc.channels import DdcmSpec, PfrSpec, TurboDdcmChannel, TurboDdcmSpec
+from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_header
 from diffc.randomness import normals
 from pipelines.common import CONF_DIR, build_codec, model_config
 
-DDCM = CodecParams("geom-12", codec="ddcm", codebook_bits=8, recon="denoise")
-TURBO = CodecParams("geom-12", codec="turbo-ddcm", codebook_bits=10, atoms=12, recon="denoise")
+DDCM = CodecParams.of("geom-12", codec="ddcm", codebook_bits=8, recon="denoise")
+TURBO = CodecParams.of("geom-12", codec="turbo-ddcm", codebook_bits=10, atoms=12, recon="denoise")
 TINY = sorted(p.stem for p in (CONF_DIR / "model").glob("tiny-*.yaml"))
 
 
@@ -40,11 +41,10 @@ def test_round_trip_and_rate_formula(gaussian_backbone, kodak64, params: CodecPa
         d = codec.decode(p.data)
         assert torch.equal(d.x_t, p.x_t)  # bit-identical x_t at the decoder
         header, payload = fmt.read(p.data)
-        assert (header.codec, header.codebook_bits, header.atoms) == (params.codec, params.codebook_bits,
-                                                                      params.atoms)
+        assert (header.channel, header.channel_params) == (params.channel.name, params.channel.to_bytes())
         assert params_from_header(header) == params
         # the payload is the rate formula, up to the range coder's last 32-bit word
-        ideal = p.step_index * params.step_bits
+        ideal = p.step_index * params.channel.step_bits
         assert 0 <= 8 * len(payload) - ideal < 32 + 1e-9, (8 * len(payload), ideal)
         assert p.bits_total == 8 * len(p.data) and p.bits_header == 8 * (len(p.data) - len(payload))
         assert p.bits_side == 0 and p.bits_payload == 8 * len(payload)
@@ -52,15 +52,15 @@ def test_round_trip_and_rate_formula(gaussian_backbone, kodak64, params: CodecPa
     # the bits carry the image: its decode is closer to it than the decode of another image's file
     other = codec.decode(codec.encode(img.flip(-1).flip(-2)).points[-1].data).image
     assert mse[-1] < float(((other - img) ** 2).mean())
-    assert res.records[0].index_bits == pytest.approx(params.step_bits)
+    assert res.records[0].index_bits == pytest.approx(params.channel.step_bits)
 
 
 def test_step_bits_formulas() -> None:
-    assert DDCM.step_bits == 8
-    assert TURBO.step_bits == math.ceil(math.log2(math.comb(1024, 12))) + 12
-    v1 = CodecParams("paper", codec="turbo-ddcm", codebook_bits=14, atoms=45)
-    assert v1.step_bits == 444 + 45
-    assert 16 * v1.step_bits / 512**2 == pytest.approx(0.030, abs=5e-4)  # the published M = 45 point: 0.030 bpp
+    assert DDCM.channel.step_bits == 8
+    assert TURBO.channel.step_bits == math.ceil(math.log2(math.comb(1024, 12))) + 12
+    v1 = CodecParams.of("paper", codec="turbo-ddcm", codebook_bits=14, atoms=45)
+    assert v1.channel.step_bits == 444 + 45
+    assert 16 * v1.channel.step_bits / 512**2 == pytest.approx(0.030, abs=5e-4)  # the published M = 45 point: 0.030 bpp
 
 
 def test_ddcm_picks_the_best_code_of_the_shared_codebook(gaussian_backbone) -> None:
@@ -68,7 +68,7 @@ def test_ddcm_picks_the_best_code_of_the_shared_codebook(gaussian_backbone) -> N
     codec = DiffcCodec(gaussian_backbone, DDCM)
     chain = codec.chain
     x0 = gaussian_backbone.encode(image())
-    ch = codec.make_channel(x0.numel())
+    ch = codec.params.channel.channel(x0.numel())
     step, x1 = next(chain.run(ch, chain.start(x0.shape), None, 1, x0=x0))
     key, d = chain.step_key(1), x0.numel()
     C = normals(key, torch.arange(256, dtype=torch.int32)[:, None], torch.arange(d, dtype=torch.int32)[None, :])
@@ -80,7 +80,7 @@ def test_turbo_noise_is_signed_atoms_at_unit_std(gaussian_backbone) -> None:
     codec = DiffcCodec(gaussian_backbone, TURBO)
     x0 = gaussian_backbone.encode(image())
     step = codec.chain.step(codec.chain.start(x0.shape), 1, None, x0)
-    ch = TurboDdcmChannel(10, 12, x0.numel())
+    ch = TurboDdcmChannel(TURBO.channel, x0.numel())
     z = ch.choose(step.u, 99)
     assert float(z.std()) == pytest.approx(1.0, abs=1e-5)
     g = ch.scores(step.u, 99)
@@ -91,28 +91,29 @@ def test_turbo_noise_is_signed_atoms_at_unit_std(gaussian_backbone) -> None:
 
 
 def test_params_are_normalised_and_validated() -> None:
-    a = CodecParams("geom-12", chunk_bits=8, padding_bits=2, codec="ddcm", codebook_bits=8)
-    assert a == CodecParams("geom-12", chunk_bits=14, codec="ddcm", codebook_bits=8, atoms=1)  # one fingerprint
-    assert (a.chunk_bits, a.padding_bits, a.split_above, a.atoms) == (0, 0, 0.0, 1)
-    assert CodecParams(codebook_bits=7, atoms=3).codebook_bits == 0  # diffc ignores them
+    a = CodecParams.of("geom-12", chunk_bits=8, padding_bits=2, codec="ddcm", codebook_bits=8)
+    assert a == CodecParams.of("geom-12", chunk_bits=14, codec="ddcm", codebook_bits=8, atoms=1)  # one fingerprint
+    assert a.channel == DdcmSpec(8) and a.channel.to_bytes() == b"\x08"
+    assert CodecParams.of(codebook_bits=7, atoms=3).channel == PfrSpec()  # diffc ignores them
     for bad in (dict(codec="jpeg"), dict(codec="ddcm", codebook_bits=0), dict(codec="ddcm", codebook_bits=8, atoms=2),
-                dict(codec="turbo-ddcm", codebook_bits=4, atoms=17), dict(codec="turbo-ddcm", codebook_bits=25)):
+                dict(codec="turbo-ddcm", codebook_bits=4, atoms=17), dict(codec="turbo-ddcm", codebook_bits=25),
+                dict(codec="ddcm", codebook_bits=8, candidates="sparse-sum"), dict(chunk_bit=3)):
         with pytest.raises(ValueError):
-            CodecParams(**bad)
+            CodecParams.of(**bad)
 
 
 def test_forged_codec_fields_are_refused() -> None:
-    h = fmt.Header("gaussian", b"\0" * 4, 8, 8, 0, "geom-12", 0, 0, "ode", 1, 1, codec="turbo-ddcm",
-                   codebook_bits=4, atoms=5)
+    """The spec's bytes are parsed by the spec: out-of-range or stray bytes are corrupt files."""
+    h = fmt.Header(backbone="gaussian", fingerprint=b"\0" * 4, width=8, height=8, seed=0, schedule="geom-12",
+                   channel="turbo-ddcm", channel_params=TurboDdcmSpec(4, 5).to_bytes(), n_steps=1)
     data = fmt.write(h, b"")
-    assert fmt.read(data)[0] == h
-    for pos_shift, value, match in ((0, 9, "unknown codec"), (1, 0, "codebook parameters"), (1, 30, "codebook")):
-        body = bytearray(data[:-4])
-        i = body.index(b"geom-12") + len(b"geom-12") + pos_shift
-        body[i] = value
-        forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+    assert fmt.read(data)[0] == h and params_from_header(h).channel == TurboDdcmSpec(4, 5)
+    for params, match in ((b"\x00\x05", "codebook_bits"), (b"\x04\x11", "atoms"), (b"\x04\x05\x00", "stray"),
+                          (b"\x04", "ends inside")):
         with pytest.raises(fmt.CorruptFile, match=match):
-            fmt.read(forged)
+            params_from_header(replace(h, channel_params=params))
+    with pytest.raises(UnknownChannel, match="not installed.*toy-none.*turbo-ddcm"):
+        params_from_header(replace(h, channel="toy-none"))
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -137,5 +138,5 @@ def test_command_lines(tmp_path: Path) -> None:
                                                 f"input={png}", f"output={f}", "timestep=300",
                                                 f"recon_output={rep}", "progress=false"]))
         decompress(compose("decompress", overrides=[f"input={f}", f"output={dec}", "progress=false"]))
-    assert fmt.read(f.read_bytes())[0].codec == "ddcm"
+    assert fmt.read(f.read_bytes())[0].channel == "ddcm"
     assert dec.read_bytes() == rep.read_bytes()
