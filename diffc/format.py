@@ -37,8 +37,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .schedule import RECON_GRIDS
-from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES as RECON_MODES, Recon
+from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES as RECON_MODES, RECON_GRIDS, Recon
 
 MAGIC = b"\x89DFC"
 #: 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance;

@@ -164,16 +164,19 @@ def register_channel(cls: type[ChannelSpec]) -> type[ChannelSpec]:
 
 
 def _discover() -> None:
-    """Import the built-in channels, the entry points' modules and ``$DIFFC_CHANNELS`` (once)."""
+    """Import the built-in channels and the entry points' modules (once), and ``$DIFFC_CHANNELS``'
+    (each call: an imported module costs a dict look-up)."""
     global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    importlib.import_module("diffc.channels")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    if not _DISCOVERED:
+        _DISCOVERED = True
+        importlib.import_module("diffc.channels")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
     for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"${ENV_MODULES} names {module!r}, which does not import ({e})") from None
 
 
 def channel_names() -> list[str]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .schedule import RECON_GRIDS
-
 MODES = ("denoise", "ode")
+#: named reconstruction grids (index = the byte in a .diffc header; ``diffc.schedule.recon_timesteps``)
+RECON_GRIDS = ("uniform", "reference")
 #: most steps of a reconstruction, and the largest timestep of a grid (the format's varint bound)
 MAX_STEPS = 1000
 #: most timesteps of an explicit grid

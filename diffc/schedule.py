@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .recon import RECON_GRIDS
+
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,6 @@ def check_labels(timestep_labels: str) -> str:
 #: The reference implementation's denoising timesteps (docs/reference/seed-settings.json,
 #: ``denoising_timesteps``): DDIM from the transmitted x_t through those below t; 0 = the clean image.
 REFERENCE_DENOISING_TIMESTEPS: tuple[int, ...] = (*range(981, 20, -20), 10, 5, 0)  # 981, 961, ..., 21, 10, 5, 0
-#: named reconstruction grids (index = the byte in a .diffc header; ``diffc.format``)
-RECON_GRIDS = ("uniform", "reference")
 
 
 def recon_timesteps(t: int, grid: str | Sequence[int], steps: int) -> list[int]:
