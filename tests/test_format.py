@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffc import format as fmt
+from diffc.channels import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.recon import Recon
 
 GOLDEN = Path(__file__).with_name("golden") / "gaussian_tiny.json"
 #: largest |x_t - golden x_t| a decode of the golden files may show on another machine (float32
@@ -43,12 +45,16 @@ def varint(v: int) -> bytes:
 def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, schedule=b"geom-12",
              chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
              caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True,
-             provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0), grid=b"\x00", guidance=b"\x00") -> bytes:
+             provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0), grid=b"\x00", guidance=b"\x00", parity=0,
+             channel=b"diffc", channel_params=None, params_len=None) -> bytes:
     """The documented layout, written independently of diffc.format.write (fields unchecked).
+    ``channel_params`` None = the diffc spec's 3 bytes (chunk_bits, padding_bits, split_q);
     ``provenance``: device byte, dtype byte, threads, torch and diffusers versions (varints)."""
+    params = bytes([chunk_bits, padding_bits, split_q]) if channel_params is None else channel_params
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
-        varint(seed), bytes([len(schedule)]), schedule, bytes([0, chunk_bits, padding_bits, split_q, recon]),
+        varint(seed), bytes([len(schedule)]), schedule, bytes([parity, len(channel)]), channel,
+        bytes([len(params) if params_len is None else params_len]), params, bytes([recon]),
         varint(recon_steps), grid, guidance, varint(n_steps), bytes(provenance[:2]), *map(varint, provenance[2:]),
         varint(len(caption) if caption_len is None else caption_len), caption, payload])
     return body + (struct.pack("<I", zlib.crc32(body)) if crc else b"")
@@ -70,7 +76,7 @@ def read_peak(data: bytes) -> tuple[BaseException | None, int]:
 
 @pytest.fixture(scope="module")
 def tiny_codec(gaussian_backbone) -> DiffcCodec:
-    return DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-6", chunk_bits=4, padding_bits=1,
+    return DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-6", chunk_bits=4, padding_bits=1,
                                                      seed=1234, recon="denoise"))
 
 
@@ -95,7 +101,9 @@ def real_files(tiny_codec) -> list[bytes]:
 @pytest.mark.parametrize("caption", [None, "x", "ünïcode caption " * 40])
 def test_write_read_roundtrip(caption) -> None:
     prov = fmt.Provenance("cuda", "bfloat16", 8, (2, 5, 1), (0, 31, 300))
-    h = fmt.Header("gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, "geom-12", 8, 2, "ode", 50, 12, caption, 2.75, prov)
+    h = fmt.Header(backbone="gaussian", fingerprint=b"\x01\x02\x03\x04", width=77, height=53, seed=2**32 - 1,
+                   schedule="geom-12", channel="diffc", channel_params=PfrSpec(8, 2, 2.75).to_bytes(), n_steps=12,
+                   recon=Recon("ode", 50), caption=caption, provenance=prov, parity="reference")
     payload = bytes(range(16))
     data = fmt.write(h, payload)
     h2, p2 = fmt.read(data)
@@ -103,7 +111,7 @@ def test_write_read_roundtrip(caption) -> None:
     assert fmt.header_size(h) == len(data) - len(payload)
     assert data == raw_file(b"gaussian", b"\x01\x02\x03\x04", 77, 53, 2**32 - 1, b"geom-12", 8, 2, 11, 1, 50, 12,
                             zlib.compress(caption.encode(), 9) if caption else b"", payload=payload,
-                            provenance=(1, 2, 8, 2, 5, 1, 0, 31, 300))
+                            provenance=(1, 2, 8, 2, 5, 1, 0, 31, 300), parity=1)
 
 
 def test_real_file_parses(real_files, tiny_codec) -> None:
@@ -127,8 +135,8 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    assert real_files[0][4] == fmt.FORMAT_VERSION == 5
-    for v in (0, 1, 2, 3, 4, 6, 255):
+    assert real_files[0][4] == fmt.FORMAT_VERSION == 6
+    for v in (0, 1, 2, 3, 4, 5, 7, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
@@ -194,10 +202,9 @@ def test_bad_crc_only(real_files) -> None:
     (dict(caption_len=2**34), "caption length"),
     (dict(caption_len=fmt.MAX_CAPTION + 1), "caption length"),
     (dict(recon=2), "reconstruction mode"),
-    (dict(chunk_bits=0), "chunk parameters"),
-    (dict(chunk_bits=25), "chunk parameters"),
-    (dict(padding_bits=9), "chunk parameters"),
-    (dict(split_q=2), "chunk parameters"),  # split_above 0.5: below 1 and not 0
+    (dict(parity=2), "parity"),
+    (dict(channel=b"dif fc"), "printable"),
+    (dict(recon_steps=0), "recon_steps"),
     (dict(backbone=b"x" * 65), "backbone name length"),
     (dict(backbone=b"gauss ian"), "printable"),
     (dict(schedule=b"geom\x0012"), "printable"),
@@ -239,11 +246,27 @@ def test_caption_zip_bomb_is_refused_without_inflating() -> None:
     assert peak < 4 * fmt.MAX_CAPTION + 4 * len(bomb) + (1 << 20), peak
 
 
+@pytest.mark.parametrize("fields, match", [
+    (dict(chunk_bits=0), "chunk_bits"),
+    (dict(chunk_bits=25), "chunk_bits"),
+    (dict(padding_bits=9), "padding_bits"),
+    (dict(split_q=2), "split_above"),  # split_above 0.5: below 1 and not 0
+    (dict(channel_params=b"\x08\x02"), "3 bytes"),
+    (dict(channel_params=b"\x08\x02\x00\x00"), "stray"),
+    (dict(params_len=200), "ends inside"),
+    (dict(channel=b"diffc-sparse-sum", channel_params=b"\x08\x02\x00\x03\x04"), "atoms must be"),
+])
+def test_bad_channel_parameters_are_refused_by_their_spec(tiny_codec, fields, match) -> None:
+    """The container reads a spec's bytes without interpreting them; the spec refuses them: one line."""
+    with pytest.raises(fmt.DiffcFormatError, match=match) as ei:
+        tiny_codec.decode(raw_file(**fields))
+    assert "\n" not in str(ei.value)
+
+
 def test_decoder_refuses_more_steps_than_its_schedule(tiny_codec) -> None:
     p = tiny_codec.params
     data = raw_file(fp=tiny_codec.fingerprint(), width=20, height=12, seed=p.seed, schedule=p.schedule.encode(),
-                    chunk_bits=p.chunk_bits, padding_bits=p.padding_bits, split_q=int(4 * p.split_above),
-                    n_steps=fmt.MAX_STEPS)
+                    channel_params=p.channel.to_bytes(), n_steps=fmt.MAX_STEPS)
     with pytest.raises(fmt.CorruptFile, match="steps"):
         tiny_codec.decode(data)
     bad_sched = raw_file(schedule=b"geom-0")
@@ -262,9 +285,9 @@ def test_garbage_payload_with_valid_header(payload, refused_at) -> None:
     """A valid header (right fingerprint) over a garbage payload. Garbage the range decoder rejects,
     or whose symbols are out of range, is refused with CorruptFile naming the step; garbage it
     accepts decodes, but is not what its symbols code to (the decoder re-codes them): refused too."""
-    codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
-    data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3", chunk_bits=2,
-                    padding_bits=0, split_q=int(4 * codec.params.split_above), n_steps=3, payload=payload)
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams.of(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3",
+                    channel_params=codec.params.channel.to_bytes(), n_steps=3, payload=payload)
     match = "trailing data|not the coded stream" if refused_at is None else f"payload does not decode at step {refused_at}"
     with pytest.raises(fmt.CorruptFile, match=match):
         codec.decode(data)
@@ -277,7 +300,7 @@ def test_trailing_data_after_the_payload_is_refused(gaussian_backbone, codec_nam
     the data follows the CRC; every rate point of a progressive encode is a file of its own and
     decodes (a prefix of the stream plus a header of its step count)."""
     extra = {"codebook_bits": 6, "atoms": 3} if codec_name != "diffc" else {}
-    codec = DiffcCodec(gaussian_backbone, CodecParams(schedule="linspace-6", chunk_bits=4, padding_bits=1,
+    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-6", chunk_bits=4, padding_bits=1,
                                                       codec=codec_name, **extra))
     res = codec.encode(tiny_image(), stop_timesteps=codec.timesteps[1:])
     for point in res.points:
@@ -319,7 +342,8 @@ def forged_files(draw) -> bytes:
     fp = b"\0\0\0\0"
     if good_fp:
         try:
-            params = CodecParams(schedule, chunk_bits, padding_bits, seed, "denoise", 1, split_q / 4)
+            params = CodecParams.of(schedule, seed, chunk_bits=chunk_bits, padding_bits=padding_bits,
+                                    split_above=split_q / 4, recon="denoise", recon_steps=1)
             fp = _fingerprints(params)
         except ValueError:
             pass
@@ -402,7 +426,7 @@ def test_fuzz_mutated_real_files(real_files, tiny_codec, ops, which, fix_crc) ->
 @FUZZ
 @given(data=forged_files())
 def test_fuzz_decode_forged_files(data: bytes) -> None:
-    codec = DiffcCodec(_fuzz_backbone(), CodecParams(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams.of(schedule="linspace-3", chunk_bits=2, padding_bits=0))
     try:
         res = codec.decode(data, reconstruct=True)
     except fmt.DiffcFormatError as e:
@@ -424,7 +448,7 @@ def _portable(data: bytes) -> tuple[bytes, bytes]:
 def _golden_now(codec: DiffcCodec) -> dict:
     res = codec.encode(tiny_image(), stop_timesteps=[codec.timesteps[3], codec.timesteps[-1]], caption="a golden test")
     return {
-        "params": dataclasses.asdict(codec.params),
+        "params": codec.params.options(),
         "image": "tests/test_format.py::tiny_image(12, 20)",
         "caption": "a golden test",
         "format_version": fmt.FORMAT_VERSION,
@@ -474,11 +498,11 @@ def test_golden_bitstream(tiny_codec) -> None:
     ("uniform", 0.0, b"\x00", b"\x01"),
 ])
 def test_recon_grid_and_guidance_layout(grid, guidance, grid_bytes, guidance_bytes):
-    """Version 5: the reconstruction grid (name byte, or 2 + count + timesteps) and guidance
+    """Since version 5: the reconstruction grid (name byte, or 2 + count + timesteps) and guidance
     (0 = the encoder's, else 1 + 16 x scale) sit after recon_steps, as documented."""
-    h = fmt.Header("gaussian", b"\0\0\0\0", 64, 64, 0, "geom-12", 8, 2, "denoise", 50, 1,
-                   provenance=fmt.Provenance("cpu", "float32", 2, (2, 13, 0), (0, 36, 0)),
-                   recon_grid=grid, recon_guidance=guidance)
+    h = fmt.Header(backbone="gaussian", fingerprint=b"\0\0\0\0", width=64, height=64, seed=0, schedule="geom-12",
+                   channel="diffc", channel_params=b"\x08\x02\x00", n_steps=1, recon=Recon("denoise", 50, grid, guidance),
+                   provenance=fmt.Provenance("cpu", "float32", 2, (2, 13, 0), (0, 36, 0)))
     data = fmt.write(h, b"")
     assert data == raw_file(grid=grid_bytes, guidance=guidance_bytes)
     assert fmt.read(data)[0] == h
