@@ -30,23 +30,44 @@ and scaled by 1/sqrt(s). The encoder sends s (side information, ``diffc.entropy`
 rebuilds the same plan with ``ChunkPlan.split_chunks``.
 
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
-candidates computes every chunk's scores with a single scatter-add; no Python loop over chunks.
-The PFR choice from the scores (``pfr_select``: arrival times, running argmin) is shared with the
-sparse-sum candidates of ``diffc.sparse_sum``, which score a candidate from a table instead.
+candidates computes every chunk's scores with one segment sum (chunks are contiguous runs of the
+coding order: ``torch.segment_reduce`` over ``ChunkPlan.offsets``, a sequential float32 sum per
+chunk in position order, the same sum as the scatter-add it replaced); no Python loop over chunks.
+The PFR choice from the scores (``pfr_search``: arrival times, running argmin) is shared with the
+sparse-sum candidates of ``diffc.sparse_sum``, which score a candidate from a table instead, and
+the codebook scorer of the DDCM peers (``codebook_scores``) uses the same candidate blocks.
+
+Device residency. The search of a step is a pure function of device tensors (the plan, ``u``) and
+the step key: loop invariants (column hashes, every candidate row's hash, the arrival stream's
+hashes) are computed once per step, blocks are cut with Python ints, and nothing in it reads a
+device value back to the host (no host sync). The block size only sets how much work one kernel
+does (``block_entries``; defaults per device type, ``default_block_entries``): it changes no
+result, since every candidate's score is computed alone and the arrival times are one sequential
+cumulative sum whatever the blocks. Opt-in ``compile=True`` runs the per-block functions through
+``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
+decodable whatever rounding the encoder's scores had.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable
 
 import torch
 
-from .randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
+from .randomness import column_hashes, entry_hashes, hash_to_normal, hash_to_uniform, row_hashes
 
-#: candidate-block size target: entries generated per block (memory ~ 12 bytes each); 2^19 measured
-#: fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21, cache-resident blocks)
+#: candidate-block size target on the CPU: entries generated per block (memory ~ 12 bytes each);
+#: 2^19 measured fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21,
+#: cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
+#: the same on CUDA: blocks of 2^27 entries (~1.5 GiB of workspace) keep a Flux-size step
+#: (2^18 entries x 2^14 candidates) at 32 blocks, i.e. ~10^3 kernel launches per step instead of
+#: ~10^6 (benchmarks/gpu_readiness.py)
+BLOCK_ENTRIES_CUDA = 1 << 27
+#: (candidate, chunk) pairs per selection block (arrival times and running argmin, ~24 bytes each)
+SELECT_ENTRIES = 1 << 22
 #: most parts a chunk is split into (bounds the side information's alphabet and the work per chunk)
 MAX_PARTS = 256
 #: splitting may multiply a step's positions (and the decoder's memory) by at most this factor
@@ -71,6 +92,25 @@ class ChunkPlan:
     scale: torch.Tensor | None = None  # float32 [P]
     part: torch.Tensor | None = None  # int64 [P]: which part of its entry a position is (0..m-1)
 
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    def to(self, device: torch.device | str) -> "ChunkPlan":
+        """The plan with its tensors on ``device`` (self when already there): move a step's plan
+        once, then every method runs there without copies."""
+        if self.src.device == torch.device(device):
+            return self
+        mv = lambda t: None if t is None else t.to(device)
+        return ChunkPlan(mv(self.src), mv(self.chunk_of), self.n_chunks, mv(self.scale), mv(self.part))
+
+    @functools.cached_property
+    def offsets(self) -> torch.Tensor:
+        """int64 [n_chunks + 1] on the plan's device: chunk c holds positions offsets[c]..offsets[c+1]-1
+        (``chunk_of`` is sorted; a binary search, no host sync)."""
+        values = torch.arange(self.n_chunks + 1, dtype=self.chunk_of.dtype, device=self.device)
+        return torch.searchsorted(self.chunk_of, values)
+
     def coded(self, u: torch.Tensor) -> torch.Tensor:
         """Latent-shaped values (flattened) -> per-position values in coding order (parts scaled)."""
         out = u.flatten()[self.src.to(u.device)]
@@ -79,27 +119,29 @@ class ChunkPlan:
     def combine(self, z: torch.Tensor, n_dims: int) -> torch.Tensor:
         """Per-position candidates in coding order -> the latent's flattened z (parts summed, scaled).
 
-        Deterministic on every device: one ``index_add_`` per part number, each with distinct
-        target indices (no two additions race), in a fixed order.
+        Deterministic on every device and free of host syncs: the positions sorted by (entry,
+        part number), then one segment sum per entry, sequential from 0 in part order (the parts
+        of an entry are added part 0 first, as by one scatter-add per part number).
         """
         dev = z.device
         src = self.src.to(dev)
-        out = torch.zeros(n_dims, dtype=z.dtype, device=dev)
         if self.scale is None:
-            return out.index_copy_(0, src, z)
+            return torch.zeros(n_dims, dtype=z.dtype, device=dev).index_copy_(0, src, z)
         z = z * self.scale.to(dev)
-        part = self.part.to(dev)
-        order = torch.argsort(part, stable=True)
-        counts = torch.bincount(part).tolist()
-        for sel in torch.split(order, counts):  # loop over part numbers (max parts of an entry)
-            out.index_add_(0, src[sel], z[sel])
-        return out
+        order = torch.argsort(self.part.to(dev), stable=True)
+        order = order[torch.argsort(src[order], stable=True)]  # by entry, then by part number
+        starts = torch.searchsorted(src[order], torch.arange(n_dims + 1, dtype=src.dtype, device=dev))
+        return torch.segment_reduce(z[order], "sum", offsets=starts, unsafe=True)
 
     def split_chunks(self, parts: torch.Tensor) -> "ChunkPlan":
         """The plan with chunk c sent as ``parts[c]`` chunks over the same positions, each part
         scaled by 1/sqrt(parts[c]) (see the module docstring); parts of chunk c become consecutive
-        chunks. ``parts``: int [n_chunks], values in 1..MAX_PARTS. All ones = this plan."""
+        chunks. ``parts``: int [n_chunks], values in 1..MAX_PARTS. All ones = this plan. Computed
+        on the CPU (the parts are side information, on the host anyway), returned on the plan's
+        device."""
         parts = parts.to("cpu", torch.int64)
+        if self.device.type != "cpu":
+            return self.to("cpu").split_chunks(parts).to(self.device)
         if parts.numel() != self.n_chunks:
             raise ValueError(f"parts has {parts.numel()} entries, expected {self.n_chunks}")
         if bool((parts == 1).all()):
@@ -147,13 +189,15 @@ def _within_growth(parts: torch.Tensor, dims: torch.Tensor) -> bool:
     return int((parts * dims).sum()) <= MAX_SPLIT_GROWTH * int(dims.sum())
 
 
-def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None) -> ChunkPlan:
+def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None,
+              device: torch.device | str = "cpu") -> ChunkPlan:
     """Shuffle entries (seeded by ``key``) and cut the shuffled order into ``n_chunks`` runs of
     equal total weight (weights = decoder-known expected KL per entry; None = uniform).
 
     An entry heavier than a run's share W / n_chunks is split into m = ceil(w / share) parts of
     weight w / m (see the module docstring), so no position outweighs a run: every run is
     non-empty and at most n_dims + n_chunks positions exist. Runs are relabelled consecutively.
+    Built on the CPU (the seeded ``randperm`` is the format's) and moved to ``device`` once.
     """
     if n_dims < 1 or n_chunks < 1:
         raise ValueError(f"need n_dims >= 1 and n_chunks >= 1, got {n_dims}, {n_chunks}")
@@ -180,103 +224,193 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
     mid = torch.cumsum(vw, 0) - 0.5 * vw
     chunk_of = torch.floor(mid / total * n_chunks).to(torch.int64).clamp_(0, n_chunks - 1)
     _, chunk_of = torch.unique_consecutive(chunk_of, return_inverse=True)
-    return ChunkPlan(src, chunk_of, int(chunk_of[-1]) + 1, scale, part)
+    return ChunkPlan(src, chunk_of, int(chunk_of[-1]) + 1, scale, part).to(device)
 
 
 def _arrival_key(key: int) -> int:
     return (key * 0x9E3779B1 + 0x632BE5AB) & 0x7FFFFFFF
 
 
-def block_size(n_positions: int, num_candidates: int) -> int:
-    """Candidates per block: ~BLOCK_ENTRIES entries, at least 1, at most all."""
-    return max(1, min(num_candidates, BLOCK_ENTRIES // max(n_positions, 1)))
+#: hook of ``pfr_search`` on the arrival times: (rows int64 [B], Exp(1) draws float64 [B, C] of
+#: those candidate rows) -> the gaps S_n - S_{n-1} to use (None = the draws: Poisson arrivals)
+ArrivalGaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu"):
+def default_block_entries(device: torch.device | str) -> int:
+    """Entries per candidate block on ``device``: BLOCK_ENTRIES on the CPU, BLOCK_ENTRIES_CUDA on
+    an accelerator (read at call time)."""
+    return BLOCK_ENTRIES if torch.device(device).type == "cpu" else BLOCK_ENTRIES_CUDA
+
+
+def block_size(n_positions: int, num_candidates: int, block_entries: int | None = None,
+               device: torch.device | str = "cpu") -> int:
+    """Candidates per block: ~``block_entries`` entries (None = the device's default), at least 1,
+    at most all."""
+    entries = block_entries or default_block_entries(device)
+    return max(1, min(num_candidates, entries // max(n_positions, 1)))
+
+
+def stream_hashes(key: int, n_cols: int, n_rows: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop invariants of a step's stream: (P[col] int32 [n_cols, 1], R[row] int32 [1, n_rows])
+    for columns 0..n_cols-1 and rows 0..n_rows-1 (``diffc.randomness``), computed once per step."""
+    cols = torch.arange(n_cols, dtype=torch.int32, device=device)
+    rows = torch.arange(n_rows, dtype=torch.int32, device=device)
+    return column_hashes(key, cols)[:, None], row_hashes(key, rows)[None, :]
+
+
+def _workspace(n_positions: int, block: int, device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """Flat buffers of one candidate block (hashes, hash scratch, normals), reused by every block."""
+    n = n_positions * block
+    return (torch.empty(n, dtype=torch.int32, device=device), torch.empty(n, dtype=torch.int32, device=device),
+            torch.empty(n, dtype=torch.float32, device=device))
+
+
+def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """Candidates of the rows hashed in ``row_h`` ([1, B]) over the columns of ``col_h`` ([D, 1]):
+    float32 [D, B], contiguous, in ``bufs`` (``_workspace``; overwritten) or freshly allocated."""
+    if bufs is None:
+        return hash_to_normal(entry_hashes(col_h, row_h))
+    shape = (col_h.shape[0], row_h.shape[1])
+    h, t, z = (b[:math.prod(shape)].view(shape) for b in bufs)
+    return hash_to_normal(entry_hashes(col_h, row_h, h, t), out=z)
+
+
+def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, offsets: torch.Tensor,
+              bufs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """z_n . u_c of the block's candidates for every chunk: float32 [C, B], one segment sum over
+    the chunks' contiguous runs of positions (sequential float32 sums in position order)."""
+    z = _normals_block(col_h, row_h, bufs).mul_(u_col)
+    return torch.segment_reduce(z, "sum", offsets=offsets, axis=0, unsafe=True)
+
+
+def _codebook_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_row: torch.Tensor,
+                   bufs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """<C_n, u> of the block's codes: float64 [B] (a float32 matrix product, as the codebook
+    channel always scored them)."""
+    return (u_row @ _normals_block(col_h, row_h, bufs))[0].to(torch.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile`` of a per-block function (shape-generic: one compilation for all steps)."""
+    return torch.compile(fn, dynamic=True)
+
+
+def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu",
+                     block_entries: int | None = None):
     """Yield (rows int32 [B], z float32 [D, B]): candidates ``rows`` of the step's stream over its
-    ``n_positions`` columns, in blocks of ~BLOCK_ENTRIES entries, all written into one workspace
-    (each ``z`` is overwritten by the next block; the caller may modify it in place)."""
-    d = n_positions
-    col_h = column_hashes(key, torch.arange(d, dtype=torch.int32, device=device))[:, None]  # [D, 1]
-    block = block_size(d, num_candidates)
-    h_buf = torch.empty(d, block, dtype=torch.int32, device=device)  # hashes
-    t_buf = torch.empty_like(h_buf)  # hash scratch
-    z_buf = torch.empty(d, block, dtype=torch.float32, device=device)  # candidates
+    ``n_positions`` columns, in blocks of ~``block_entries`` entries (``block_size``), all written
+    into one workspace (each ``z`` is overwritten by the next block; the caller may modify it)."""
+    col_h, row_h = stream_hashes(key, n_positions, num_candidates, device)
+    block = block_size(n_positions, num_candidates, block_entries, device)
+    bufs = _workspace(n_positions, block, device)
     for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
-        rows = torch.arange(n0, min(n0 + block, num_candidates), dtype=torch.int32, device=device)
-        b = rows.numel()
-        h = entry_hashes(col_h, row_hashes(key, rows)[None, :], h_buf[:, :b], t_buf[:, :b])
-        yield rows, hash_to_normal(h, out=z_buf[:, :b])
+        n1 = min(n0 + block, num_candidates)
+        yield (torch.arange(n0, n1, dtype=torch.int32, device=device),
+               _normals_block(col_h, row_h[:, n0:n1], bufs))
 
 
-def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int,
-                  arrivals: str = "poisson") -> torch.Tensor:
+def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
+                  gaps: ArrivalGaps | None = None, block_entries: int | None = None,
+                  compile: bool = False) -> torch.Tensor:
     """PFR-select one candidate index per chunk.
 
     Args:
         u: float32 [P], the standardised shift (mu_q - mu_p) / std per position of the coding
             order (``plan.coded(u)``: entries gathered, split parts scaled).
-        plan: the chunk plan.
+        plan: the chunk plan (moved to u's device if it is not there).
         num_candidates: K, candidates searched per chunk.
         key: stream key of this step.
-        arrivals: "poisson" (the codec's) or "ordered" (``pfr_select``).
+        gaps: arrival-time hook (``pfr_search``; None = the codec's Poisson arrivals).
+        block_entries: candidate entries per block (None = ``default_block_entries``); no effect
+            on the result.
+        compile: run the per-block functions through ``torch.compile``.
     Returns:
-        int64 [n_chunks] selected indices in 0..K-1.
+        int64 [n_chunks] selected indices in 0..K-1, on u's device (no host sync).
     """
-    d, c = u.numel(), plan.n_chunks
     dev = u.device
-    u_col = u.to(torch.float32)[:, None]
-    chunk_of = plan.chunk_of.to(dev)
-    dots_buf = torch.empty(c, block_size(d, num_candidates), dtype=torch.float32, device=dev)  # reused
-
-    def dot_blocks():
-        for rows, z in candidate_blocks(key, d, num_candidates, dev):
-            dots = dots_buf[:, :rows.numel()].zero_()
-            yield rows, dots.index_add_(0, chunk_of, z.mul_(u_col))  # [C, B]: z_n . u_c for every chunk
-
-    return pfr_select(dot_blocks(), c, key, dev, arrivals, num_candidates)
+    plan = plan.to(dev)
+    p = u.numel()
+    block = block_size(p, num_candidates, block_entries, dev)
+    col_h, row_h = stream_hashes(key, p, num_candidates, dev)
+    u_col, offsets = u.to(torch.float32)[:, None], plan.offsets
+    dots_fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
+    dots = lambda n0, n1: dots_fn(col_h, row_h[:, n0:n1], u_col, offsets, bufs)
+    return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
 
 
-#: arrival-time constructions of ``pfr_select``
-ARRIVALS = ("poisson", "ordered")
+def _select_block(dots: torch.Tensor, col_a: torch.Tensor, row_a: torch.Tensor, rows: torch.Tensor,
+                  best_score: torch.Tensor, best_idx: torch.Tensor, carry: torch.Tensor,
+                  gaps: ArrivalGaps | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One selection block: rows ``rows`` (int64 [B]) with scores ``dots`` (float32 [C, B]); the
+    arrival stream's hashes ``col_a`` [1, C] and ``row_a`` [B, 1]; the running (best score, best
+    index, S of the last row so far) -> the same after this block. S is one sequential sum from
+    ``carry`` (the block's first gap is added to it), so the blocks change no S."""
+    exps = -torch.log(hash_to_uniform(entry_hashes(col_a, row_a)))  # [B, C] Exp(1)
+    if gaps is not None:
+        exps = gaps(rows, exps)
+    exps[0] += carry
+    s = torch.cumsum(exps, 0)
+    score = torch.log(s) - dots.T.to(torch.float64)  # [B, C]
+    bs, bi = score.min(0)
+    better = bs < best_score
+    return torch.where(better, bs, best_score), torch.where(better, bi + rows[0], best_idx), s[-1]
 
 
-def pfr_select(dot_blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], n_chunks: int, key: int,
-               device: torch.device | str, arrivals: str = "poisson", num_candidates: int = 0) -> torch.Tensor:
+def pfr_search(dots: Callable[[int, int], torch.Tensor], n_chunks: int, num_candidates: int, key: int,
+               device: torch.device | str, rows_per_block: int, *, gaps: ArrivalGaps | None = None,
+               compile: bool = False) -> torch.Tensor:
     """The PFR choice N_c = argmin_n [log S_n - z_n . u_c] of every chunk, from the candidates' scores.
 
-    ``dot_blocks`` yields (rows int32 [B], dots float32 [n_chunks, B]): z_n . u_c (nats of
-    log q/p up to a constant) for consecutive candidate rows n, from 0 up to K-1 in order. The
-    arrival times S_n (cumulative Exp(1), ``uniforms`` of the step's arrival stream, one per
-    (candidate, chunk)) are the same whatever made the candidates. Returns int64 [n_chunks].
-
-    ``arrivals`` "ordered" (opt-in, not the codec's; ordered random coding, Theis & Yosri 2022):
-    S_n = sum_{k <= n} E_k / (K - k) with K = ``num_candidates``, i.e. the order statistics of K
-    i.i.d. Exp(1) (Renyi's representation), so candidate n gets the n-th smallest of K exponentials.
-    The selected sample then has the law of self-normalised importance sampling over the K candidates
-    (Gumbel-max with the exponentials unsorted), and small indices are likelier than under "poisson"."""
-    if arrivals not in ARRIVALS:
-        raise ValueError(f"arrivals must be one of {ARRIVALS}, got {arrivals!r}")
-    if arrivals == "ordered" and num_candidates < 1:
-        raise ValueError("ordered arrivals need num_candidates (K) >= 1")
-    c = n_chunks
-    chunk_cols = torch.arange(c, dtype=torch.int32, device=device)
+    ``dots(n0, n1)`` returns float32 [n_chunks, n1 - n0]: z_n . u_c (nats of log q/p up to a
+    constant) of candidates n0..n1-1, asked for consecutive runs of at most ``rows_per_block``
+    rows from 0 up to K-1 in order. The arrival times S_n = E_0 + ... + E_n (E = -log of the
+    ``uniforms`` of the step's arrival stream, one per (candidate, chunk)) are the same whatever
+    made the candidates; ``gaps`` may replace each E_n by a function of (n, E_n) (an opt-in
+    construction, benchmarks/ordered_arrivals.py). Scores are gathered into selection blocks of
+    ~SELECT_ENTRIES (candidate, chunk) pairs. Ties go to the smallest index. Returns int64
+    [n_chunks] on ``device``, without a host sync.
+    """
+    c, k = n_chunks, num_candidates
     akey = _arrival_key(key)
-    best_score = torch.full((c,), math.inf, dtype=torch.float64, device=device)
-    best_idx = torch.zeros(c, dtype=torch.int64, device=device)
-    s_carry = torch.zeros(c, dtype=torch.float64, device=device)
-    for rows, dots in dot_blocks:
-        exps = -torch.log(uniforms(akey, rows[:, None], chunk_cols[None, :]))  # [B, C] Exp(1)
-        if arrivals == "ordered":  # gap before the (n+1)-th smallest of K exponentials: Exp(rate K - n)
-            exps /= (num_candidates - rows.to(torch.float64))[:, None]
-        s = torch.cumsum(exps, 0) + s_carry
-        s_carry = s[-1]
-        score = torch.log(s) - dots.T.to(torch.float64)  # [B, C]
-        bs, bi = score.min(0)
-        better = bs < best_score
-        best_score = torch.where(better, bs, best_score)
-        best_idx = torch.where(better, bi.to(torch.int64) + rows[0], best_idx)
-    return best_idx
+    col_a = column_hashes(akey, torch.arange(c, dtype=torch.int32, device=device))[None, :]  # [1, C]
+    row_a = row_hashes(akey, torch.arange(k, dtype=torch.int32, device=device))[:, None]  # [K, 1]
+    rows = torch.arange(k, dtype=torch.int64, device=device)
+    state = (torch.full((c,), math.inf, dtype=torch.float64, device=device),
+             torch.zeros(c, dtype=torch.int64, device=device), torch.zeros(c, dtype=torch.float64, device=device))
+    step = compiled(_select_block) if compile else _select_block
+    sel = min(k, rows_per_block * max(1, SELECT_ENTRIES // max(c * rows_per_block, 1)))
+    buf = torch.empty(c, sel, dtype=torch.float32, device=device) if sel > rows_per_block else None
+    for s0 in range(0, k, sel):  # loop over selection *blocks*
+        s1 = min(s0 + sel, k)
+        if buf is None:
+            d = dots(s0, s1)
+        else:
+            d = buf[:, :s1 - s0]
+            for n0 in range(s0, s1, rows_per_block):  # loop over candidate *blocks*
+                n1 = min(n0 + rows_per_block, s1)
+                d[:, n0 - s0:n1 - s0] = dots(n0, n1)
+        state = step(d, col_a, row_a[s0:s1], rows[s0:s1], *state, gaps)
+    return state[1]
+
+
+def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, block_entries: int | None = None,
+                    compile: bool = False) -> torch.Tensor:
+    """<C_n, u> for every code n of a step's codebook (float64 [num_codes] on u's device, no host
+    sync): code n = row n of the step's stream over ``n_dims`` columns (the DDCM peers' codebook,
+    ``diffc.channels.CodebookChannel``), K x D candidate entries in blocks of ~``block_entries``
+    (None = the device's default; on the CPU the default is the blocks these scores were always
+    computed in: the float32 matrix products, hence the values, are today's)."""
+    dev = u.device
+    col_h, row_h = stream_hashes(key, n_dims, num_codes, dev)
+    block = block_size(n_dims, num_codes, block_entries, dev)
+    u_row = u.flatten().to(torch.float32)[None, :]
+    fn, bufs = (compiled(_codebook_dots), None) if compile else (_codebook_dots, _workspace(n_dims, block, dev))
+    g = torch.empty(num_codes, dtype=torch.float64, device=dev)
+    for n0 in range(0, num_codes, block):  # loop over code *blocks*
+        n1 = min(n0 + block, num_codes)
+        g[n0:n1] = fn(col_h, row_h[:, n0:n1], u_row, bufs)
+    return g
 
 
 def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -291,6 +425,6 @@ def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torc
 
 
 def chunk_sums(values: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
-    """Sum of per-position values over each chunk (float64 [n_chunks])."""
-    out = torch.zeros(plan.n_chunks, dtype=torch.float64, device=values.device)
-    return out.index_add_(0, plan.chunk_of.to(values.device), values.to(torch.float64))
+    """Sum of per-position values over each chunk (float64 [n_chunks]; sequential in position order)."""
+    offsets = plan.to(values.device).offsets
+    return torch.segment_reduce(values.to(torch.float64), "sum", offsets=offsets, unsafe=True)

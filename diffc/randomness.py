@@ -99,10 +99,14 @@ def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype
     return hash_to_normal(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)), dtype)
 
 
+def hash_to_uniform(h: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Uniform in (0, 1) from a 32-bit hash: (top 24 bits + 1/2) / 2^24 (exact in float32/64)."""
+    return (((h >> 8) & 0xFFFFFF).to(dtype) + 0.5) * _INV24
+
+
 def uniforms(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Uniforms in (0, 1) from the same construction (24-bit resolution)."""
-    h = entry_hashes(column_hashes(key, cols), row_hashes(key, rows))
-    return (((h >> 8) & 0xFFFFFF).to(dtype) + 0.5) * _INV24
+    return hash_to_uniform(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)), dtype)
 
 
 def noise_like(seed: int, label: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:

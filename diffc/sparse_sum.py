@@ -29,16 +29,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .pfr import ChunkPlan, block_size, candidate_blocks, pfr_select
+from .pfr import (ArrivalGaps, ChunkPlan, _iid_dots, _workspace, block_size, compiled,
+                  default_block_entries, pfr_search, stream_hashes)
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
 
 #: most atoms per candidate (bounds the per-candidate work and the selection hash's columns)
 MAX_M = 64
 #: largest atom bank (rows of the atom stream; the projection table is 4 x C x K_a bytes)
 MAX_ATOMS = 1 << 20
-#: (candidate, chunk, atom) triples per encoder block: ~8 MiB of int32 hashes and scratch,
-#: cache-friendly on CPU like ``diffc.pfr.BLOCK_ENTRIES``
-BLOCK_TRIPLES = 1 << 20
+#: (candidate, chunk, atom) triples per encoder block, per entry of the device's candidate block
+#: (``diffc.pfr.default_block_entries``): 2^20 triples on the CPU (~8 MiB of int32 hashes and
+#: scratch, cache-friendly), 2^28 on CUDA
+TRIPLES_PER_ENTRY = 2
 
 
 def _atom_key(key: int) -> int:
@@ -92,22 +94,30 @@ class SparseSum:
         j = h.bitwise_and(self.group - 1).to(torch.int64) + g * self.group
         return j, h.bitwise_and_(self.group).bool()
 
-    def projections(self, u: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
-        """P_{c,j} = u_c . A_j[I_c]: float32 [n_chunks, K_a], the atom bank in blocks of rows."""
+    def projections(self, u: torch.Tensor, plan: ChunkPlan, key: int, *, block_entries: int | None = None,
+                    compile: bool = False) -> torch.Tensor:
+        """P_{c,j} = u_c . A_j[I_c]: float32 [n_chunks, K_a], the atom bank in blocks of rows (the
+        i.i.d. candidates' segment-sum scorer, ``diffc.pfr``, on the atom stream)."""
         dev = u.device
-        u_col = u.to(torch.float32)[:, None]
-        chunk_of = plan.chunk_of.to(dev)
+        plan = plan.to(dev)
+        p = u.numel()
+        block = block_size(p, self.atoms, block_entries, dev)
+        col_h, row_h = stream_hashes(_atom_key(key), p, self.atoms, dev)
+        u_col, offsets = u.to(torch.float32)[:, None], plan.offsets
+        fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
         out = torch.empty(plan.n_chunks, self.atoms, dtype=torch.float32, device=dev)
-        dots = torch.empty(plan.n_chunks, block_size(u.numel(), self.atoms), dtype=torch.float32, device=dev)
-        for rows, a in candidate_blocks(_atom_key(key), u.numel(), self.atoms, dev):
-            d = dots[:, :rows.numel()].zero_().index_add_(0, chunk_of, a.mul_(u_col))  # [C, B]
-            out[:, int(rows[0]):int(rows[-1]) + 1] = d
+        for n0 in range(0, self.atoms, block):  # loop over atom *blocks*
+            n1 = min(n0 + block, self.atoms)
+            out[:, n0:n1] = fn(col_h, row_h[:, n0:n1], u_col, offsets, bufs)
         return out
 
-    def encode_chunks(self, u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int,
-                      arrivals: str = "poisson") -> torch.Tensor:
+    def encode_chunks(self, u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
+                      gaps: ArrivalGaps | None = None, block_entries: int | None = None,
+                      compile: bool = False) -> torch.Tensor:
         """PFR-select one candidate index per chunk among ``num_candidates`` sparse-sum candidates
-        (arguments, ``arrivals`` included, and result as ``diffc.pfr.encode_chunks``).
+        (arguments and result as ``diffc.pfr.encode_chunks``; ``block_entries`` sizes the atom
+        blocks, and the candidate blocks hold TRIPLES_PER_ENTRY x as many triples; neither changes
+        the result).
 
         Scores come from a signed copy of the projections, T[c, g, s, r] = (-1)^s P_{c, g G + r}
         (float32 [C, M, 2, G]): a candidate's score is M look-ups at (c, g, low b + 1 bits of its
@@ -115,29 +125,22 @@ class SparseSum:
         chunk's 8 K_a bytes of the table (cache-resident)."""
         dev = u.device
         c, m, grp = plan.n_chunks, self.m, self.group
-        proj = self.projections(u, plan, key).view(c, m, 1, grp)
+        proj = self.projections(u, plan, key, block_entries=block_entries, compile=compile).view(c, m, 1, grp)
         table = torch.cat([proj, -proj], 2).flatten()
         wide = table.numel() > 1 << 31  # int64 look-up indices only for a table that large
         base = (torch.arange(c * m, dtype=torch.int64, device=dev) * (2 * grp)).view(c, 1, m)
         base = base if wide else base.to(torch.int32)
-        chunks = torch.arange(c, dtype=torch.int32, device=dev)[:, None, None]  # [C, 1, 1]
-        block = max(1, min(num_candidates, BLOCK_TRIPLES // (c * m)))
-        h_buf, t_buf = torch.empty(2, c * block * m, dtype=torch.int32, device=dev)  # hashes, scratch
-        v_buf = torch.empty(c * block * m, dtype=torch.float32, device=dev)  # looked-up values
-        inv_sqrt_m = 1.0 / math.sqrt(m)
-
-        def dot_blocks():
-            for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
-                rows = torch.arange(n0, min(n0 + block, num_candidates), dtype=torch.int32, device=dev)
-                size = c * rows.numel() * m
-                h = self.hashes(key, rows[None, :, None], chunks, h_buf[:size].view(c, -1, m),
-                                t_buf[:size].view(c, -1, m))  # [C, B, M]
-                h.bitwise_and_(2 * grp - 1)
-                flat = h + base if wide else h.add_(base)  # [C, B, M]: index into the table
-                vals = torch.index_select(table, 0, flat.view(-1), out=v_buf[:size])
-                yield rows, vals.view(c, -1, m).sum(-1).mul_(inv_sqrt_m)  # [C, B]: z_n . u_c
-
-        return pfr_select(dot_blocks(), c, key, dev, arrivals, num_candidates)
+        sel = _select_key(key)
+        g = torch.arange(m, dtype=torch.int32, device=dev)
+        col_h = column_hashes(sel, torch.arange(c, dtype=torch.int32, device=dev)[:, None, None] * m + g)  # [C, 1, M]
+        row_h = row_hashes(sel, torch.arange(num_candidates, dtype=torch.int32, device=dev))[None, :, None]  # [1, K, 1]
+        triples = TRIPLES_PER_ENTRY * (block_entries or default_block_entries(dev))
+        block = max(1, min(num_candidates, triples // (c * m)))
+        score = compiled(_sparse_dots) if compile else _sparse_dots
+        bufs = None if compile else (torch.empty(2, c * block * m, dtype=torch.int32, device=dev),
+                                     torch.empty(c * block * m, dtype=torch.float32, device=dev))
+        dots = lambda n0, n1: score(col_h, row_h[:, n0:n1], table, base, 2 * grp - 1, 1.0 / math.sqrt(m), bufs)
+        return pfr_search(dots, c, num_candidates, key, dev, block, gaps=gaps, compile=compile)
 
     def decode_chunks(self, indices: torch.Tensor, plan: ChunkPlan, key: int,
                       device: torch.device | str = "cpu") -> torch.Tensor:
@@ -149,3 +152,18 @@ class SparseSum:
         pos = torch.arange(chunk_of.numel(), dtype=torch.int32, device=device)[:, None]
         a = normals(_atom_key(key), j, pos)  # [P, M]: A_j[p]
         return torch.where(neg, -a, a).sum(1).mul_(1.0 / math.sqrt(self.m))
+
+
+def _sparse_dots(col_h: torch.Tensor, row_h: torch.Tensor, table: torch.Tensor, base: torch.Tensor, mask: int,
+                 inv_sqrt_m: float, bufs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """z_n . u_c of a block's sparse-sum candidates: float32 [C, B]. ``col_h`` [C, 1, M] and
+    ``row_h`` [1, B, 1] are the selection stream's hashes, ``table`` the signed projections
+    (flat), ``base`` [C, 1, M] each (chunk, group)'s offset in it, ``mask`` = 2G - 1; ``bufs``
+    (int32 [2, >= C B M], float32 [>= C B M]) an optional workspace."""
+    shape = (col_h.shape[0], row_h.shape[1], col_h.shape[2])
+    n = math.prod(shape)
+    hs = (None, None) if bufs is None else (bufs[0][0, :n].view(shape), bufs[0][1, :n].view(shape))
+    h = entry_hashes(col_h, row_h, *hs).bitwise_and_(mask)  # [C, B, M]
+    flat = h + base if base.dtype != h.dtype else h.add_(base)  # index into the table
+    vals = torch.index_select(table, 0, flat.view(-1), out=None if bufs is None else bufs[1][:n])
+    return vals.view(shape).sum(-1).mul_(inv_sqrt_m)
