@@ -43,7 +43,7 @@ the best setting at no more time than 12/2, a two-sample KS check of its selecte
 i.i.d. PFR at the same N (``frontier_law``), and (full run) the seed spread of it and of 12/2.
 Two opt-in add-ons (issue 12), measured the same way: ordered random coding's arrival times
 (``OrderedPfrSettings``, label "ordered") and, for every sparse setting, a "+pmf" row costing the
-same run's indices under the tabulated index pmf of ``diffc.index_pmf`` instead of the Zipf law.
+same run's indices under the tabulated index pmf of benchmarks/index_pmf.py instead of the Zipf law.
 """
 from __future__ import annotations
 
@@ -55,8 +55,12 @@ from dataclasses import dataclass, replace
 
 try:
     from . import _common as C  # type: ignore
+    from . import ordered_arrivals  # type: ignore
+    from .index_pmf import table_index_bits  # type: ignore
 except ImportError:
     import _common as C
+    import ordered_arrivals
+    from index_pmf import table_index_bits
 
 import numpy as np
 import torch
@@ -67,7 +71,6 @@ from diffc.chain import STREAM_CANDIDATES, STREAM_PLAN, Step
 from diffc.channels import PfrChannel, PfrSettings, PfrStepRecord
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.entropy import zipf_probabilities
-from diffc.index_pmf import table_index_bits
 from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
 from diffc.randomness import stream_key
 
@@ -173,13 +176,11 @@ FRONTIER_MODEL = "SD-1.5-base"
 
 @dataclass(frozen=True)
 class OrderedPfrSettings(PfrSettings):
-    """PfrSettings whose search takes ordered random coding's arrival times (``diffc.pfr.pfr_select``
-    arrivals="ordered"; opt-in, the codec has no such option). Decoding is unchanged."""
+    """PfrSettings whose search takes ordered random coding's arrival times (benchmarks/ordered_arrivals.py;
+    opt-in, the codec has no such option). Decoding is unchanged."""
 
     def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
-        gen = self.generator
-        search = encode_chunks if gen is None else gen.encode_chunks
-        return search(u_coded, plan, self.num_candidates, key, "ordered")
+        return ordered_arrivals.encode(u_coded, plan, self.num_candidates, key, "ordered", self.generator)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ FULL_FRONTIER = QUICK_FRONTIER + [FrontierSetting(16, 2, 2.0, "sparse-sum", 2048
                                   FrontierSetting(16, 2, 2.0, "sparse-sum", 4096, 16, "ordered"),
                                   FrontierSetting(18, 2, 2.0, "sparse-sum", 4096, 8, "ordered"),
                                   FrontierSetting(20, 0, 2.0, "sparse-sum", 4096, 8, "ordered")]
-#: label suffix of a row whose indices are costed under the tabulated pmf (``diffc.index_pmf``)
+#: label suffix of a row whose indices are costed under the tabulated pmf (benchmarks/index_pmf.py)
 TABLE_PMF = " +pmf"
 
 
@@ -270,7 +271,7 @@ def frontier_run(setting: FrontierSetting, steps: list[tuple[int, float, int]], 
     them), the side information costed as if the previous step had the same counts (the sampled
     steps are not consecutive). Also delivered bits, KL, and the channel's seconds per step (plan,
     search, regeneration of the selected candidates). ``bits_over_delivered_table``: the same with
-    the indices costed under the tabulated pmf of ``diffc.index_pmf`` instead of the Zipf law (sparse
+    the indices costed under the tabulated pmf of benchmarks/index_pmf.py instead of the Zipf law (sparse
     settings only; its simulation is not timed)."""
     chain = TableChain(seed)
     pfr = setting.pfr

@@ -17,7 +17,7 @@ from scipy import stats
 
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks
+from diffc.pfr import ArrivalGaps, ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 from diffc.sparse_sum import SparseSum
 
 LN2 = math.log(2.0)
@@ -42,22 +42,23 @@ def directions(dims: int, kl_bits: float, key: int) -> tuple[torch.Tensor, torch
 
 
 def selected(gen: SparseSum | None, plan: ChunkPlan, u_coded: torch.Tensor, num_candidates: int,
-             key: int, arrivals: str = "poisson") -> torch.Tensor:
+             key: int, gaps: ArrivalGaps | None = None) -> torch.Tensor:
     """The PFR-selected candidates (float32 [positions]) with i.i.d. (``gen`` None) or sparse-sum
-    candidates, and the given arrival times (``diffc.pfr.pfr_select``)."""
+    candidates, and the given arrival-time hook (``diffc.pfr.pfr_search``; None = Poisson)."""
     u32 = u_coded.to(torch.float32)
     if gen is None:
-        return decode_chunks(encode_chunks(u32, plan, num_candidates, key, arrivals), plan, key)
-    return gen.decode_chunks(gen.encode_chunks(u32, plan, num_candidates, key, arrivals), plan, key)
+        return decode_chunks(encode_chunks(u32, plan, num_candidates, key, gaps=gaps), plan, key)
+    return gen.decode_chunks(gen.encode_chunks(u32, plan, num_candidates, key, gaps=gaps), plan, key)
 
 
 def components(gen: SparseSum | None, dims: int, kl_bits: float, num_candidates: int, n: int, key: int,
-               bias: float = 0.0, arrivals: str = "poisson") -> tuple[torch.Tensor, torch.Tensor]:
+               bias: float = 0.0, gaps: ArrivalGaps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """n trials of one chunk (shift u): the selected sample's components along u/|u| and along v.
-    ``bias`` > 0 selects with the shift u + bias v instead of u (a deliberately biased selection)."""
+    ``bias`` > 0 selects with the shift u + bias v instead of u (a deliberately biased selection);
+    ``gaps``: the arrival-time hook (None = Poisson)."""
     u, v = directions(dims, kl_bits, key)
     z = selected(gen, contiguous_plan(n, dims), (u + bias * v).repeat(n), num_candidates, key,
-                 arrivals).reshape(n, dims)
+                 gaps).reshape(n, dims)
     z = z.double()
     return z @ (u / u.norm()), z @ v
 
@@ -94,39 +95,6 @@ def test_law_test_fails_with_a_biased_selection():
     _, ort_i = components(None, 8, 8, 1 << 10, 2000, key=11)
     _, ort_b = components(GOOD, 8, 8, 1 << 10, 2000, key=12, bias=0.5)
     assert ks(ort_b, ort_i) < ALPHA
-
-
-def test_ordered_arrivals_keep_the_law_of_iid_candidates():
-    """Ordered random coding's arrival times (sorted exponentials): sparse-sum (K_a 4096, M 8) vs
-    i.i.d. candidates with the same arrivals, 8-bit chunks, N = 2^10: KS p >= ALPHA along u and
-    orthogonal to it, and the mean delivered information agrees within 0.25 bits."""
-    par_i, ort_i = components(None, 8, 8, 1 << 10, 2000, key=11, arrivals="ordered")
-    par_s, ort_s = components(GOOD, 8, 8, 1 << 10, 2000, key=12, arrivals="ordered")
-    assert ks(par_s, par_i) >= ALPHA
-    assert ks(ort_s, ort_i) >= ALPHA
-    r = math.sqrt(2 * 8 * LN2)
-    assert abs(float((par_s - par_i).mean()) * r / LN2) < 0.25
-
-
-def snis_projection(kl_bits: float, num_candidates: int, n: int, seed: int) -> torch.Tensor:
-    """n draws of self-normalised importance sampling over N i.i.d. N(0, 1) projections with
-    weights q/p = exp(r x - r^2 / 2), r = sqrt(2 kl_bits ln 2): the law ordered arrivals must give."""
-    r = math.sqrt(2 * kl_bits * LN2)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, num_candidates, generator=g, dtype=torch.float64)
-    pick = torch.multinomial(torch.softmax(r * x, 1), 1, generator=g)
-    return x.gather(1, pick)[:, 0]
-
-
-@pytest.mark.parametrize("arrivals,same_law", [("ordered", True), ("poisson", False)])
-def test_ordered_arrivals_give_importance_sampling(arrivals, same_law):
-    """With ordered arrivals the selected sample is self-normalised importance sampling over the N
-    candidates (Gumbel-max): at 6-bit chunks and N = 8 the selected projection passes KS against
-    SNIS (measured p 0.64); truncated PFR's Poisson arrivals (the companion) give another law and
-    fail it (p 9e-6)."""
-    n, kl_bits, num = 10000, 6, 8
-    par, _ = components(None, 4, kl_bits, num, n, key=31, arrivals=arrivals)
-    assert (ks(par, snis_projection(kl_bits, num, n, 32)) >= ALPHA) == same_law
 
 
 def split_components(gen: SparseSum | None, parts: int, n: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,11 +145,11 @@ def test_bad_banks_are_refused():
     with pytest.raises(ValueError):
         SparseSum(atoms=100, m=8)  # not a multiple
     with pytest.raises(ValueError):
-        CodecParams(candidates="sparse-sum", atoms=0, sparse_m=4)
+        CodecParams.of(candidates="sparse-sum", atoms=0, sparse_m=4)
     with pytest.raises(ValueError):
-        CodecParams(candidates="dense")
+        CodecParams.of(candidates="dense")
     with pytest.raises(ValueError):
-        CodecParams(codec="ddcm", codebook_bits=8, candidates="sparse-sum", atoms=64, sparse_m=4)
+        CodecParams.of(codec="ddcm", codebook_bits=8, candidates="sparse-sum", atoms=64, sparse_m=4)
 
 
 def test_codec_round_trip_is_bit_identical(gaussian_backbone):
@@ -190,8 +158,8 @@ def test_codec_round_trip_is_bit_identical(gaussian_backbone):
     decodes an i.i.d. file (the fingerprint tells which generator a file used)."""
     img = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(0))
     common = dict(schedule="linspace-6", chunk_bits=6, padding_bits=2, seed=9, recon="denoise")
-    sparse = DiffcCodec(gaussian_backbone, CodecParams(**common, candidates="sparse-sum", atoms=256, sparse_m=4))
-    iid = DiffcCodec(gaussian_backbone, CodecParams(**common))
+    sparse = DiffcCodec(gaussian_backbone, CodecParams.of(**common, candidates="sparse-sum", atoms=256, sparse_m=4))
+    iid = DiffcCodec(gaussian_backbone, CodecParams.of(**common))
     res = sparse.encode(img, stop_timesteps=[sparse.timesteps[3], sparse.timesteps[-1]])
     assert len(res.points) == 2 and res.points[-1].delivered_bits > 0.3 * res.points[-1].kl_bits
     for p in res.points:

@@ -1,9 +1,10 @@
 """A tabulated law of the PFR index per (chunk KL budget, candidate count): an opt-in alternative
 to the truncated Zipf law of ``diffc.entropy`` (not used by the codec; measured by
-benchmarks/coding_efficiency.py's frontier as ideal code lengths).
+benchmarks/coding_efficiency.py's frontier as ideal code lengths). Not a benchmark:
+``python benchmarks/index_pmf.py`` does nothing.
 
 The law of the index N selected by truncated PFR depends on a chunk only through its KL (its shift
-|u|), on K and on the arrival times (``diffc.pfr.pfr_select``). The table is that law for a chunk
+|u|), on K and on the arrival times (``diffc.pfr.pfr_search``, benchmarks/ordered_arrivals.py). The table is that law for a chunk
 of exactly ``chunk_bits`` of KL, estimated by running the codec's own search on TABLE_CHUNKS
 one-dimensional chunks (shift r = sqrt(2 chunk_bits ln 2); PFR sees any chunk only through z . u,
 ``diffc.pfr``) with a fixed stream key, so every run derives the same table.
@@ -25,8 +26,13 @@ import math
 import numpy as np
 import torch
 
-from .entropy import zipf_probabilities
-from .pfr import ChunkPlan, encode_chunks
+from diffc.entropy import zipf_probabilities
+from diffc.pfr import ChunkPlan
+
+try:
+    from . import ordered_arrivals  # type: ignore
+except ImportError:
+    import ordered_arrivals
 
 #: sub-octave resolution of the bins: 2^BIN_BITS bins per octave of N + 1
 BIN_BITS = 1
@@ -58,7 +64,7 @@ def index_log2_table(num_candidates: int, chunk_bits: int, arrivals: str = "pois
     plan = ChunkPlan(torch.arange(n), torch.arange(n), n)
     key = (TABLE_KEY + 977 * chunk_bits + k.bit_length()) & 0x7FFFFFFF
     with torch.no_grad():
-        idx = encode_chunks(torch.full((n,), r, dtype=torch.float32), plan, k, key, arrivals).numpy()
+        idx = ordered_arrivals.encode(torch.full((n,), r, dtype=torch.float32), plan, k, key, arrivals).numpy()
     all_bins = index_bins(np.arange(k))
     size = np.bincount(all_bins).astype(np.float64)
     zipf = np.bincount(all_bins, weights=zipf_probabilities(k, chunk_bits), minlength=size.size)
@@ -70,3 +76,7 @@ def index_log2_table(num_candidates: int, chunk_bits: int, arrivals: str = "pois
 def table_index_bits(indices: np.ndarray, num_candidates: int, chunk_bits: int, arrivals: str = "poisson") -> float:
     """Ideal code length (bits) of the indices under ``index_log2_table``."""
     return float(-index_log2_table(num_candidates, chunk_bits, arrivals)[index_bins(indices)].sum())
+
+
+if __name__ == "__main__":  # not a benchmark (make bench runs benchmarks/*.py)
+    pass
