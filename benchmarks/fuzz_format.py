@@ -42,6 +42,7 @@ import torch
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.errors import describe
+from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
 from pipelines.common import build_codec, model_config
 
@@ -91,7 +92,8 @@ def forge(rng: np.random.Generator, codecs) -> bytes:
     recon = str(rng.choice(fmt.RECON_MODES))
     recon_steps = int(rng.choice([1, 2, 3, 1000]))
     try:
-        params = CodecParams(schedule, cb, pb, seed, recon, recon_steps, split)
+        params = CodecParams.of(schedule, seed, chunk_bits=cb, padding_bits=pb, split_above=split, recon=recon,
+                                recon_steps=recon_steps)
         n_max = len(encoding_timesteps(schedule))
         fp = DiffcCodec(codecs[name][0].backbone, params).fingerprint() if name in codecs and rng.random() < 0.8 \
             else bytes(rng.integers(0, 256, 4, dtype=np.uint8))
@@ -103,9 +105,10 @@ def forge(rng: np.random.Generator, codecs) -> bytes:
                else bytes([int(rng.integers(0, 256))]) * (4 * n_words) if kind == 1 else b"")
     prov = fmt.Provenance(str(rng.choice(fmt.DEVICE_TYPES)), str(rng.choice(fmt.DTYPES)), int(rng.integers(0, 9)),
                           (2, int(rng.integers(0, 20)), 0), (0, int(rng.integers(0, 50)), 0))
-    header = fmt.Header(name, fp, int(rng.integers(1, 48)), int(rng.integers(1, 48)), seed, schedule, cb, pb, recon,
-                        recon_steps, int(rng.integers(0, n_max + 2)),
-                        None if rng.random() < 0.5 else "x" * int(rng.integers(1, 30)), split, prov)
+    header = fmt.Header(backbone=name, fingerprint=fp, width=int(rng.integers(1, 48)), height=int(rng.integers(1, 48)),
+                        seed=seed, schedule=schedule, channel="diffc", channel_params=bytes([cb, pb, int(4 * split)]),
+                        n_steps=int(rng.integers(0, n_max + 2)), recon=Recon(recon, recon_steps),
+                        caption=None if rng.random() < 0.5 else "x" * int(rng.integers(1, 30)), provenance=prov)
     return fmt.write(header, payload)
 
 
@@ -190,7 +193,77 @@ def run_shard(job: tuple[int, int, int, float]) -> dict:
     return out
 
 
+def limit_file(case: str) -> bytes:
+    """A well-formed file (right fingerprint, a one-word payload) whose header claims the limits."""
+    name, w, h, n_steps, opts = LIMIT_CASES[case]
+    schedule = "geom-12"
+    codec = build_codec(model_config(name), {"schedule": schedule, **opts})
+    header = codec.header(w, h, min(n_steps, codec.chain.n_steps), None)
+    return fmt.write(header, b"\x00" * 4)
+
+
+def run_limit_case(case: str) -> None:
+    """Decode one limit case in this (fresh) process; print its outcome, seconds and peak RSS as JSON."""
+    import json
+    import resource
+
+    torch.set_num_threads(1)
+    logging.getLogger("diffc").setLevel(logging.ERROR)
+    data = limit_file(case)
+    codec = build_codec(model_config(LIMIT_CASES[case][0]), {"schedule": "geom-12"})
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    try:
+        codec.decode(data, recon_steps=1)
+        outcome = "decoded"
+    except fmt.DiffcFormatError as e:
+        outcome = f"refused: {type(e).__name__}: {str(e)[:90]}"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"case": case, "outcome": outcome, "s": round(time.perf_counter() - t0, 2),
+                      "peak_rss_mb": round(peak / 1024), "rss_before_mb": round(base / 1024)}))
+
+
+def limit_cases(hang_s: float) -> list[dict]:
+    """Every LIMIT_CASES entry in a process of its own (peak RSS is per process)."""
+    import json
+    import subprocess
+    import sys
+
+    out = []
+    for case in LIMIT_CASES:
+        try:
+            p = subprocess.run([sys.executable, __file__, "--limit-case", case], capture_output=True, text=True,
+                               timeout=hang_s)
+            row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                {"case": case, "outcome": f"crash: {p.stderr.strip().splitlines()[-1:]}"}
+        except subprocess.TimeoutExpired:
+            row = {"case": case, "outcome": "hang", "s": hang_s}
+        C.log(f"  limit {case}: {row}")
+        out.append(row)
+    return out
+
+
+#: forged headers at the limits: (backbone, width, height, coded steps, codec options). The default
+#: max_pixels (2^24) refuses the 8192^2 claims from the header; the 4096^2 claims decode up to the
+#: payload's first symbols; turbo-ddcm's M x D entries per step are bounded (diffc.plugins.MAX_STEP_ENTRIES)
+LIMIT_CASES = {
+    "gaussian-8192x8192": ("gaussian", 8192, 8192, 12, {}),
+    "tiny-sd15-8192x8192": ("tiny-sd15", 8192, 8192, 12, {}),
+    "tiny-sdxl-8192x8192": ("tiny-sdxl", 8192, 8192, 12, {}),
+    "tiny-sd15-4096x4096": ("tiny-sd15", 4096, 4096, 12, {}),
+    "gaussian-2^24-candidates-all-steps": ("gaussian", 64, 64, 12, {"chunk_bits": 16, "padding_bits": 8}),
+    "gaussian-turbo-M4096-2048x2048": ("gaussian", 2048, 2048, 12, {"codec": "turbo-ddcm", "codebook_bits": 12,
+                                                                     "atoms": 4096}),
+    "gaussian-sparse-sum-2^20-atoms": ("gaussian", 64, 64, 12, {"candidates": "sparse-sum", "atoms": 1 << 20,
+                                                                "sparse_m": 64}),
+}
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--limit-case":
+        return run_limit_case(sys.argv[2])
     ap = C.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=None, help="number of cases (default 3000 quick, 100000 full)")
     ap.add_argument("--hang-s", type=float, default=120.0, help="seconds after which a case counts as a hang")
@@ -211,7 +284,10 @@ def main() -> None:
     C.table([{"kind": k, **{o: c[o] for o in ("refused", "decoded", "crash", "hang")}} for k, c in by_kind.items()])
     for c in crashes:
         C.log(f"  {c['outcome']} in shard {c['shard']}, case {c['case']} ({c['kind']}): {c['detail']}")
+    limits = limit_cases(args.hang_s)
     C.emit("fuzz_format", args, {
+        "limit_cases": limits, "limit_worst_s": max(r.get("s", 0) for r in limits),
+        "limit_worst_rss_mb": max(r.get("peak_rss_mb", 0) for r in limits),
         "cases": sum(counts.values()), "crashes": counts["crash"], "hangs": counts["hang"],
         "refused": counts["refused"], "decoded": counts["decoded"], "by_kind": {k: dict(c) for k, c in by_kind.items()},
         "refused_by_error": dict(refusals), "slowest_case_s": max(s["slowest"] for s in shards),
