@@ -22,9 +22,11 @@ central ``crop_size`` square clipped to the image), written as ``{out}/{name}.{p
 it ``{name}.csv``: one row per shown reconstruction (image, model, label, recon_timestep, bpp,
 psnr, target, the crop window, the PNG's path).
 
-The originals are the dataset's images, loaded as the job loaded them (dataset name and options of
-its ``job.yaml``) through ``pipelines.datasets``: the one use of the pipelines in the analysis,
-imported inside ``originals`` so that importing this module loads neither torch nor the pipelines.
+The originals are the images as the job coded them (its dataset under its protocol), which the
+sweep saves beside the reconstructions as ``JOB_DIR/recon/IMAGE/original.png`` (``analysis.images``,
+8- or 16-bit as the image): read back with numpy and imagecodecs, so that the figure loads neither
+torch nor the pipelines. A job dir written before the sweep saved them gets them from a rerun of
+the job once its ``done.json`` is deleted (the shards are kept: nothing is encoded again).
 """
 from __future__ import annotations
 
@@ -38,14 +40,15 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffc.errors import UsageError, one_line_errors  # noqa: E402
 
 from . import cli  # noqa: E402
+from .images import ORIGINAL, point_label, read_png, recon_png  # noqa: E402
 from .results import job_dirs, load_results  # noqa: E402
-from .schema import JOB_JSON, JOB_YAML  # noqa: E402
+from .schema import DONE, JOB_JSON  # noqa: E402
 
 #: (x, y, width, height) of a crop, in pixels of the original image
 Window = tuple[int, int, int, int]
@@ -89,27 +92,20 @@ def crop_window(height: int, width: int, crop: list[int] | None, size: int) -> W
 
 
 def originals(job_dir: Path, images: list[str]) -> dict[str, np.ndarray]:
-    """The dataset images ``images`` (uint8 [H, W, 3]) as the job in ``job_dir`` loaded them."""
-    from pipelines.datasets import load_dataset  # the dataset loaders (torch): only when drawing
-
-    job = OmegaConf.load(job_dir / JOB_YAML)
-    options: dict[str, Any] = OmegaConf.to_container(job.dataset.get("options") or OmegaConf.create({}))
-    if "ids" in options:
-        options["ids"] = list(images)
-    protocol = str(OmegaConf.select(job, "protocol.name", default="native"))  # what the job coded (conf/protocol)
-    data = dict(load_dataset(str(job.dataset.name), protocol, **options))
-    missing = [i for i in images if i not in data]
-    if missing:
-        raise UsageError(f"images {missing} are not in dataset {job.dataset.name} as {job_dir / JOB_YAML} loads it")
-    return {i: data[i] for i in images}
+    """The images ``images`` as the job in ``job_dir`` coded them (``recon/IMAGE/original.png``):
+    uint8 [H, W, 3], or float32 in [0, 1] for 16-bit / float sources."""
+    paths = {i: recon_png(job_dir, i, ORIGINAL) for i in images}
+    if absent := [p for p in paths.values() if not p.is_file()]:
+        raise UsageError(f"no original {absent[0]} ({len(absent)} missing; older sweeps did not save them): "
+                         f"delete {job_dir / DONE} and rerun the job with save.recon_png=true (it keeps the "
+                         f"shards: nothing is encoded again)")
+    return {i: read_png(p) for i, p in paths.items()}
 
 
 def recon_path(job_dir: Path, row: pd.Series) -> Path:
-    """The PNG the sweep saved for a codec row (``pipelines.evaluate.point_label`` names it)."""
-    from pipelines.evaluate import point_label  # the file-naming rule of the writer, kept in one place
-
+    """The PNG the sweep saved for a codec row (named by ``analysis.images.point_label``)."""
     t = None if pd.isna(row["recon_timestep"]) else int(row["recon_timestep"])
-    return job_dir / "recon" / str(row["image"]) / f"{point_label(t, float(row['target_bpp']))}.png"
+    return recon_png(job_dir, str(row["image"]), point_label(t, float(row["target_bpp"])))
 
 
 def select(rows: pd.DataFrame, codec: str, dataset: str | None, models: list[str] | None,
@@ -183,8 +179,8 @@ def render(results: Path, out: Path, name: str, formats: list[str], images: list
     for image in images:
         h, w = int(size.loc[image, "height"]), int(size.loc[image, "width"])
         if refs[image].shape[:2] != (h, w):
-            raise UsageError(f"{image}: the dataset's image is {refs[image].shape[1]}x{refs[image].shape[0]}, "
-                             f"the results' {w}x{h} (was the dataset changed since the sweep?)")
+            raise UsageError(f"{image}: the saved original is {refs[image].shape[1]}x{refs[image].shape[0]}, "
+                             f"the results' {w}x{h} (was the job dir changed since the sweep?)")
         windows[image] = crop_window(h, w, crop, crop_size)
     shown[["crop_x", "crop_y", "crop_w", "crop_h"]] = [windows[i] for i in shown["image"]]
     table = shown[SIDECAR]

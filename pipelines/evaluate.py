@@ -11,13 +11,15 @@ the backbone's autoencoder). Output, in the job directory (named by the job's ov
 - ``job.json`` (identity: config hash, model, dataset) and ``job.yaml`` (resolved config),
 - ``results.parquet``: every row of the job (the shards, concatenated), written when it completes;
 - ``fid.parquet``: dataset-level FID/KID on patches per rate point (when ``metrics.fid``),
+- ``recon/IMAGE/LABEL.png`` (``save.recon_png``, or FID/KID): each rate point's reconstruction and,
+  as LABEL ``original``, the image as coded (``analysis.images``: the figures read it from here),
 - ``done.json``: the done marker; a rerun of a done job returns at once, an interrupted job
   redoes only the images without a shard (temp files a killed write left are deleted);
 - ``failed.json``: the one-line reason a job of a multirun failed (the sweep goes on with its
   other jobs and exits non-zero); removed when the job runs again.
 
-Columns, file names and the metric list: ``analysis.schema`` (the contract with the analysis,
-which reads these directories without importing this module).
+Columns, file names and the metric list: ``analysis.schema``; the PNGs' names: ``analysis.images``
+(the contract with the analysis, which reads these directories without importing this module).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from analysis import cli
+from analysis.images import ORIGINAL, encode_png, point_label, recon_png
 from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
                              SHARDS, frame)
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised
@@ -161,11 +164,10 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def point_label(recon_timestep: int | None, target_bpp: float) -> str:
-    """File stem of a rate point: 'vae', 't700' or 'bpp0.1'."""
-    if recon_timestep is None:
-        return "vae"
-    return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
+def saves_pngs(cfg: DictConfig) -> bool:
+    """Whether a job keeps PNGs in ``recon/`` (``analysis.images``): asked for (``save.recon_png``)
+    or needed (FID/KID read the reconstructions back)."""
+    return bool(cfg.save.recon_png) or bool(cfg.metrics.get("fid", False))
 
 
 def verify_threshold(value: Any) -> float | None:
@@ -191,8 +193,7 @@ class Job:
         self.hash = config_hash(cfg)
         self.plan = RatePlan.from_config(cfg.bitrate)
         self.device = resolve_device(cfg.device)
-        self.fid = bool(cfg.metrics.get("fid", False))
-        self.save_png = bool(cfg.save.recon_png) or self.fid
+        self.save_png = saves_pngs(cfg)
         self.min_drift_db = verify_threshold(cfg.verify_decode)
         try:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
@@ -229,7 +230,7 @@ class Job:
 
     def save(self, image_id: str, label: str, png: np.ndarray | None, data: bytes | None) -> None:
         if png is not None and self.save_png:
-            atomic_write(self.job_dir / "recon" / image_id / f"{label}.png", png_bytes(png))
+            atomic_write(recon_png(self.job_dir, image_id, label), png_bytes(png))
         if data is not None and self.cfg.save.diffc:
             atomic_write(self.job_dir / "diffc" / image_id / f"{label}.diffc", data)
 
@@ -301,7 +302,7 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
     rows = rows[rows["kind"] != "baseline"]  # no FID/KID for the classic codecs (yet)
     for (kind, t, target), grp in rows.groupby(["kind", "recon_timestep", "target_bpp"], dropna=False):
         label = point_label(None if pd.isna(t) else int(t), target)
-        pngs = [job_dir / "recon" / i / f"{label}.png" for i in grp["image"]]
+        pngs = [recon_png(job_dir, i, label) for i in grp["image"]]
         if not all(p.exists() for p in pngs):
             res_fid, res_kid, n, reason = math.nan, math.nan, 0, "reconstructions missing"
         else:
@@ -389,6 +390,10 @@ def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
     atomic_write(job_dir / JOB_JSON, json.dumps({"config_hash": chash, "model": cfg.model.name,
                                                  "dataset": cfg.dataset.name, "protocol": protocol_name(cfg)}).encode())
     remove_stale_temps(job_dir)
+    if saves_pngs(cfg):  # each image as coded, beside its reconstructions (analysis.visual_comparison)
+        for image_id, img in data:
+            if not (original := recon_png(job_dir, image_id, ORIGINAL)).exists():
+                atomic_write(original, encode_png(img))
     todo = [(i, img) for i, img in data if not shard_path(job_dir, i, chash).exists()]
     job = Job(cfg, job_dir) if todo else None
     for image_id, img in tqdm(todo, desc=f"{cfg.model.name}/{cfg.dataset.name}", unit="img",

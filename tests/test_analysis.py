@@ -24,11 +24,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from analysis import report  # noqa: E402
+from analysis import images, report, visual_comparison  # noqa: E402
 from analysis.cli import ANALYSIS_CONF_DIR, call  # noqa: E402
 from analysis.rd_curves import plot_rd  # noqa: E402
 from analysis.results import load_results, rate_points, vae_ceiling  # noqa: E402
 from analysis.schema import FID_COLUMNS, frame  # noqa: E402
+from diffc.errors import UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gaussian", "tiny-sd15"]
@@ -485,3 +486,99 @@ def test_demo_figure_is_gaussian_against_the_classic_codecs(tmp_path: Path, monk
     assert "lossless (identity autoencoder): no ceiling" in text and "jpeg" in text and "tiny" not in text
     twins = demo.twins_summary(tmp_path / "demo-twins")
     assert twins.startswith("tiny-sd15 (RANDOM WEIGHTS, round-trip check only") and "6 files (2 images x 3" in twins
+
+
+# ---- the visual comparison reads the job dir alone ---------------------------------------------
+def test_png_round_trip_keeps_each_precision(tmp_path: Path) -> None:
+    """8-bit images come back exactly; float images as 16-bit: k / 65535 exactly, others within
+    half a 16-bit step; gray is repeated to RGB."""
+    rng = np.random.default_rng(5)
+    u8 = rng.integers(0, 256, (7, 11, 3), dtype=np.uint8)
+    k = rng.integers(0, 65536, (7, 11, 3))
+    exact = (k / 65535).astype(np.float32)
+    (tmp_path / "u8.png").write_bytes(images.encode_png(u8))
+    (tmp_path / "f.png").write_bytes(images.encode_png(exact))
+    (tmp_path / "off.png").write_bytes(images.encode_png(exact + np.float32(0.3 / 65535)))
+    assert images.read_png(tmp_path / "u8.png").dtype == np.uint8
+    np.testing.assert_array_equal(images.read_png(tmp_path / "u8.png"), u8)
+    np.testing.assert_array_equal(images.read_png(tmp_path / "f.png"), exact)
+    assert np.abs(images.read_png(tmp_path / "off.png") - exact).max() <= 0.5 / 65535
+    from pipelines.datasets import read_image  # the pipelines' reader (a test may import both)
+
+    for name in ("u8.png", "f.png"):  # the same arrays as the reader of every command gives
+        want = read_image(tmp_path / name)
+        assert want.dtype == images.read_png(tmp_path / name).dtype
+        np.testing.assert_array_equal(images.read_png(tmp_path / name), want)
+    Image.fromarray(u8[..., 0]).save(tmp_path / "gray.png")
+    np.testing.assert_array_equal(images.read_png(tmp_path / "gray.png"), np.repeat(u8[..., :1], 3, axis=-1))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UsageError, match=r"cannot read .*bad\.png"):
+        images.read_png(tmp_path / "bad.png")
+
+
+def test_point_labels_name_the_saved_pngs() -> None:
+    assert [images.point_label(700, math.nan), images.point_label(300, 0.1), images.point_label(None, math.nan)] \
+        == ["t700", "bpp0.1", "vae"]
+    assert images.recon_png("J", "kodim01", images.ORIGINAL) == Path("J/recon/kodim01/original.png")
+
+
+def test_the_visual_comparison_runs_without_the_pipelines_or_torch(tmp_path: Path) -> None:
+    """A job dir as the sweep writes it (rows, reconstructions, the originals: one 8-bit, one
+    16-bit) drawn by ``render`` in a fresh interpreter: the figure and the originals come out, and
+    neither ``pipelines`` (nor any ``pipelines.*``) nor torch was ever imported."""
+    rng = np.random.default_rng(9)
+    job = tmp_path / "model=m"
+    refs = {"a": rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+            "b": (rng.integers(0, 65536, (20, 24, 3)) / 65535).astype(np.float32)}
+    rows = []
+    for image, ref in refs.items():
+        (job / "recon" / image).mkdir(parents=True)
+        (job / "recon" / image / "original.png").write_bytes(images.encode_png(ref))
+        np.save(tmp_path / f"{image}.npy", ref)
+        for t, bpp in ((700, 0.2), (300, 0.6)):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(job / "recon" / image / f"t{t}.png")
+            rows.append({"model": "m", "dataset": "d", "image": image, "kind": "codec", "codec": "diffc",
+                         "recon_timestep": t, "target_bpp": math.nan, "bpp": bpp, "psnr": 20 + bpp,
+                         "config_hash": "h", "width": 24, "height": 20})
+    (job / "shards").mkdir()
+    frame(rows).to_parquet(job / "shards" / "all.h.parquet")
+    (job / "job.json").write_text('{"config_hash": "h"}')
+    code = ("import sys; from pathlib import Path; import numpy as np; import analysis.visual_comparison as vc; "
+            "root = Path(sys.argv[1]); "
+            "t = vc.render(root, root / 'figs', 'vc', ['png'], bpp=0.5, crop=[2, 3, 16, 8]); "
+            "refs = vc.originals(root / 'model=m', ['a', 'b']); "
+            "assert all(np.array_equal(refs[i], np.load(root / f'{i}.npy')) for i in 'ab'); "
+            "assert [(r.image, r.label) for r in t.itertuples()] == [('a', 't300'), ('b', 't300')], t; "
+            "bad = sorted(m for m in sys.modules if m in ('torch', 'pipelines') or m.startswith('pipelines.')); "
+            "print(bad or 'clean')")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "clean", r.stdout + r.stderr[-3000:]
+    assert (tmp_path / "figs" / "vc.png").stat().st_size > 5_000
+    (job / "recon" / "b" / "original.png").unlink()  # a job dir from before the sweep saved originals
+    with pytest.raises(UsageError, match=r"no original .*b/original\.png \(1 missing.*delete .*done\.json and rerun"):
+        visual_comparison.originals(job, ["a", "b"])
+
+
+def test_the_sweep_saves_each_original_as_coded(tmp_path: Path) -> None:
+    """With save.recon_png the job writes recon/IMAGE/original.png = the image it coded; a job dir
+    without them gets them from a rerun once done.json is deleted, its shards untouched."""
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.common import CONF_DIR
+    from pipelines.datasets import load_dataset
+    from pipelines.evaluate import run_job
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=gaussian", *FAST, "save.recon_png=true"])
+    d = run_job(cfg, tmp_path / "job")
+    coded = dict(load_dataset("kodak-small", ids=["kodim01", "kodim05"], size=32))  # cropped and resized
+    for image, img in coded.items():
+        assert img.shape == (32, 32, 3) and img.std() > 10
+        np.testing.assert_array_equal(images.read_png(images.recon_png(d, image, images.ORIGINAL)), img)
+    shards = {p: p.stat().st_mtime_ns for p in (d / "shards").glob("*.parquet")}
+    images.recon_png(d, "kodim05", images.ORIGINAL).unlink()
+    (d / "done.json").unlink()
+    run_job(cfg, d)
+    np.testing.assert_array_equal(images.read_png(images.recon_png(d, "kodim05", images.ORIGINAL)), coded["kodim05"])
+    assert {p: p.stat().st_mtime_ns for p in (d / "shards").glob("*.parquet")} == shards and len(shards) == 2
