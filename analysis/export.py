@@ -43,7 +43,7 @@ def _curve(per_metric: dict[str, pd.DataFrame], key: list[str]) -> dict[str, lis
 
 
 #: display names of the diffusion codecs
-CODEC_NAMES = {"diffc": "DiffC", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
+CODEC_NAMES = {"diffc": "DiffC", "diffc-sparse-sum": "DiffC (sparse-sum)", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
 
 
 def curves(rows: pd.DataFrame) -> dict[str, dict]:
