@@ -199,7 +199,7 @@ class Job:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
-        self.codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
+        self.codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
         self.baselines = classic.from_config(cfg.get("baselines"))  # classic codecs (pipelines.baselines)
         try:
             for t in self.plan.stop_timesteps:
@@ -258,7 +258,7 @@ class Job:
                 log.warning("%s: %s", image_id, warning)
         rows = []
         for requested, point, target in chosen:
-            row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.codec, "target_bpp": target,
+            row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.channel.name, "target_bpp": target,
                                                    "encode_s": res.encode_s, "caption": caption}
             if point is None:
                 self.score(row, img, None)
