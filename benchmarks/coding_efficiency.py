@@ -42,7 +42,7 @@ bits per delivered bit, encode seconds per step and their ratio to 12/2 measured
 the best setting at no more time than 12/2, a two-sample KS check of its selected sample against
 i.i.d. PFR at the same N (``frontier_law``), and (full run) the seed spread of it and of 12/2.
 Two opt-in add-ons (issue 12), measured the same way: ordered random coding's arrival times
-(``OrderedPfrSettings``, label "ordered") and, for every sparse setting, a "+pmf" row costing the
+(``OrderedPfr``, label "ordered") and, for every sparse setting, a "+pmf" row costing the
 same run's indices under the tabulated index pmf of benchmarks/index_pmf.py instead of the Zipf law.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 try:
     from . import _common as C  # type: ignore
@@ -68,7 +68,7 @@ import torch
 from diffc import entropy
 from diffc.backbone import load_backbone
 from diffc.chain import STREAM_CANDIDATES, STREAM_PLAN, Step
-from diffc.channels import PfrChannel, PfrSettings, PfrStepRecord
+from diffc.channels import PfrChannel, PfrSpec, PfrStepRecord, SparseSumSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.entropy import zipf_probabilities
 from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
@@ -103,7 +103,7 @@ class ProjectedPfrChannel(PfrChannel):
     K x (chunks) candidate entries per step instead of K x D. Everything else (plans, counts,
     splitting, the entropy coder, the file) is the codec's."""
 
-    def __init__(self, settings: PfrSettings, n_dims: int, *, gen: torch.Generator):
+    def __init__(self, settings: PfrSpec, n_dims: int, *, gen: torch.Generator):
         super().__init__(settings, n_dims)
         self.gen = gen
 
@@ -126,7 +126,7 @@ def run_codec(codec: DiffcCodec, image: torch.Tensor, gen: torch.Generator | Non
     """``codec.encode`` of the whole chain: with the codec's own channel (``gen`` None, path
     ``codec``) or with ``ProjectedPfrChannel`` (path ``sim``)."""
     t0 = time.perf_counter()
-    channel = None if gen is None else functools.partial(ProjectedPfrChannel, codec.params.pfr, gen=gen)
+    channel = None if gen is None else functools.partial(ProjectedPfrChannel, codec.params.channel, gen=gen)
     res = codec.encode(image, channel=channel)
     secs = time.perf_counter() - t0
     p = res.points[-1]
@@ -175,9 +175,17 @@ FRONTIER_MODEL = "SD-1.5-base"
 
 
 @dataclass(frozen=True)
-class OrderedPfrSettings(PfrSettings):
-    """PfrSettings whose search takes ordered random coding's arrival times (benchmarks/ordered_arrivals.py;
+class OrderedPfr(PfrSpec):
+    """The PFR spec whose search takes ordered random coding's arrival times (benchmarks/ordered_arrivals.py;
     opt-in, the codec has no such option). Decoding is unchanged."""
+
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
+        return ordered_arrivals.encode(u_coded, plan, self.num_candidates, key, "ordered", None)
+
+
+@dataclass(frozen=True)
+class OrderedSparseSum(SparseSumSpec):
+    """``OrderedPfr`` with sparse-sum candidates."""
 
     def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
         return ordered_arrivals.encode(u_coded, plan, self.num_candidates, key, "ordered", self.generator)
@@ -185,8 +193,8 @@ class OrderedPfrSettings(PfrSettings):
 
 @dataclass(frozen=True)
 class FrontierSetting:
-    """One coder of the frontier run: PfrSettings with a label; ``arrivals`` "ordered" = ordered
-    random coding's arrival times (``OrderedPfrSettings``)."""
+    """One coder of the frontier run: a PFR spec with a label; ``arrivals`` "ordered" = ordered
+    random coding's arrival times (``OrderedPfr``, ``OrderedSparseSum``)."""
 
     chunk_bits: int
     padding_bits: int
@@ -197,9 +205,12 @@ class FrontierSetting:
     arrivals: str = "poisson"
 
     @property
-    def pfr(self) -> PfrSettings:
-        cls = OrderedPfrSettings if self.arrivals == "ordered" else PfrSettings
-        return cls(self.chunk_bits, self.padding_bits, self.split_above, self.candidates, self.atoms, self.sparse_m)
+    def pfr(self) -> PfrSpec:
+        ordered = self.arrivals == "ordered"
+        if self.candidates == "iid":
+            return (OrderedPfr if ordered else PfrSpec)(self.chunk_bits, self.padding_bits, self.split_above)
+        return (OrderedSparseSum if ordered else SparseSumSpec)(self.chunk_bits, self.padding_bits, self.split_above,
+                                                                self.atoms, self.sparse_m)
 
     @property
     def label(self) -> str:
@@ -313,7 +324,7 @@ def frontier_law(setting: FrontierSetting, n: int, seed: int) -> dict:
     plan = ChunkPlan(torch.arange(2 * n), torch.arange(2 * n) // 2, n)
     key = (seed * 7919 + setting.chunk_bits) & 0x7FFFFFFF
     out = {}
-    for name, pfr in (("iid", replace(setting.pfr, candidates="iid")), ("sparse", setting.pfr)):
+    for name, pfr in (("iid", PfrSpec(setting.chunk_bits, setting.padding_bits, setting.split_above)), ("sparse", setting.pfr)):
         z = pfr.decode(pfr.encode(u, plan, key), plan, key, "cpu").double().reshape(n, 2)
         out[name] = (z @ torch.tensor([0.6, 0.8], dtype=torch.float64),  # along u
                      z @ torch.tensor([-0.8, 0.6], dtype=torch.float64))  # orthogonal to u
@@ -393,7 +404,7 @@ def split_rd(backbone, images: list, args) -> dict:
 
     curves = {}
     for split in (0.0, DEFAULT[2]):
-        codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
+        codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
                                                  seed=args.seed, recon="denoise", split_above=split))
         curves[split] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images))))
     value, reason = bd_rate(curves[0.0], curves[DEFAULT[2]], "psnr", "akima")
@@ -491,7 +502,7 @@ def main() -> None:
 
     rows, by_key = [], {}
     for cb, pb, split in settings:
-        params = CodecParams(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
+        params = CodecParams.of(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
                              split_above=split)
         codec = DiffcCodec(backbone, params)
         paths = (["codec"] if (cb, pb, split) in codec_settings else []) + ["sim"]
@@ -541,7 +552,7 @@ def main() -> None:
     # simulation): the scale against which the sim-codec difference and setting gaps are read
     spread_vals = [by_key[(*DEFAULT, "sim")]["bits_over_delivered"]]
     for j in range(1, 4 if args.quick else 6):
-        codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
+        codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
                                                  seed=args.seed + j, recon="denoise", split_above=DEFAULT[2]))
         gen = torch.Generator().manual_seed(args.seed + j)
         outs = [run_codec(codec, img, gen) for _, img in images]

@@ -100,7 +100,7 @@ def main() -> None:
     C.setup(args)
     t_start = time.perf_counter()
     backbone = load_backbone("gaussian", device=args.device)
-    params = CodecParams(schedule=args.schedule, chunk_bits=args.chunk_bits, padding_bits=args.padding_bits,
+    params = CodecParams.of(schedule=args.schedule, chunk_bits=args.chunk_bits, padding_bits=args.padding_bits,
                          split_above=args.split_above, candidates=args.candidates, atoms=args.atoms,
                          sparse_m=args.sparse_m, seed=args.seed, recon="denoise")
     codec = DiffcCodec(backbone, params)

@@ -80,7 +80,7 @@ def exact_scores(u: torch.Tensor, plan: ChunkPlan, key: int, c: int, idx: list[i
 def workloads(codec: DiffcCodec, image: torch.Tensor, steps: list[int], seed: int):
     """(k, u in coding order, plan, key) for the chosen steps of the codec's chain with the ideal
     channel (exact q samples), planned as the codec's PFR channel plans them."""
-    b, chain, pfr_settings = codec.backbone, codec.chain, codec.params.pfr
+    b, chain, pfr_settings = codec.backbone, codec.chain, codec.params.channel
     x0 = b.encode(image.to(b.device, torch.float32)).to(torch.float32)
     out = []
     x = chain.start(tuple(x0.shape))
@@ -102,13 +102,13 @@ def main() -> None:
     t_start = time.perf_counter()
     reps = args.reps or (2 if args.quick else 3)
     backbone = load_backbone("gaussian")
-    codec = DiffcCodec(backbone, CodecParams(schedule=args.schedule, chunk_bits=args.chunk_bits,
+    codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=args.chunk_bits,
                                              padding_bits=args.padding_bits, seed=args.seed, recon="denoise"))
     n_steps = len(codec.timesteps) - 1
     steps = [n_steps // 3, 2 * n_steps // 3, n_steps] if args.quick else list(range(3, n_steps + 1, 3))
     image_id, image = C.kodak_small(False)[0]  # 64 x 64 x 3: D = 12288 latent entries
     work = workloads(codec, image, steps, args.seed)
-    K = codec.params.num_candidates
+    K = codec.params.channel.num_candidates
     D = image.numel()
     C.log(f"rcc_throughput: gaussian on {image_id} {tuple(image.shape)} (D = {D}), {args.schedule}, "
           f"chunk_bits {args.chunk_bits} + padding {args.padding_bits} (K = {K}), steps {steps}, "

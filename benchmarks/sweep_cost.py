@@ -67,7 +67,7 @@ def paper_evals(x: torch.Tensor, counter: dict[str, int], schedule: str = "paper
     a 16 x 16 crop (the paper's 14-bit chunks only slow the count down)."""
     model = model_config("gaussian", parity="reference")
     codec = build_codec(model, {"schedule": schedule, "recon": "ode"})
-    assert codec.params.recon_grid == "reference", "parity=reference sets the reference grid"
+    assert codec.params.recon.grid == "reference", "parity=reference sets the reference grid"
     counted(codec.backbone, "predict_x0", counter)
     stops = sorted({int(t) for t in OmegaConf.load(CONF_DIR / "bitrate" / "paper.yaml").stop_timesteps}, reverse=True)
     x = x[:, :16, :16]

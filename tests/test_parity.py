@@ -206,7 +206,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
     oracle's DDIM over the reference's denoising timesteps, with as many network calls; the decoded
     image of ``reconstruct`` = the VAE decode of the oracle's latent."""
     b, oracle, x0, eps, cond = load_twin(name)
-    params = CodecParams(**model_yaml(name, "reference")["codec"])
+    params = CodecParams.of(**model_yaml(name, "reference")["codec"])
     assert params.recon_grid == "reference" and params.recon == "ode"
     codec = DiffcCodec(b, params)
     calls: list[int] = []  # the labels the project's reconstruction evaluates its network at
@@ -237,7 +237,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
 def test_reconstructions_diverge_on_the_uniform_grid(name: str):
     """The project's default reconstruction (uniform grid, 4 steps for the twins) is another image."""
     b, oracle, x0, eps, cond = load_twin(name)
-    codec = DiffcCodec(b, CodecParams(**model_yaml(name, "project")["codec"]))
+    codec = DiffcCodec(b, CodecParams.of(**model_yaml(name, "project")["codec"]))
     assert codec.params.recon_grid == "uniform"
     worst = 0.0
     for t in RECON_LABELS:
