@@ -56,7 +56,7 @@ from typing import Callable
 
 import torch
 
-from .randomness import column_hashes, entry_hashes, hash_to_normal, hash_to_uniform, row_hashes
+from .randomness import column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes
 
 #: candidate-block size target on the CPU: entries generated per block (memory ~ 12 bytes each);
 #: 2^19 measured fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21,
@@ -283,13 +283,6 @@ def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, off
     return torch.segment_reduce(z, "sum", offsets=offsets, axis=0, unsafe=True)
 
 
-def _codebook_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_row: torch.Tensor,
-                   bufs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-    """<C_n, u> of the block's codes: float64 [B] (a float32 matrix product, as the codebook
-    channel always scored them)."""
-    return (u_row @ _normals_block(col_h, row_h, bufs))[0].to(torch.float64)
-
-
 @functools.lru_cache(maxsize=None)
 def compiled(fn: Callable) -> Callable:
     """``torch.compile`` of a per-block function (shape-generic: one compilation for all steps)."""
@@ -346,12 +339,12 @@ def _select_block(dots: torch.Tensor, col_a: torch.Tensor, row_a: torch.Tensor, 
     arrival stream's hashes ``col_a`` [1, C] and ``row_a`` [B, 1]; the running (best score, best
     index, S of the last row so far) -> the same after this block. S is one sequential sum from
     ``carry`` (the block's first gap is added to it), so the blocks change no S."""
-    exps = -torch.log(hash_to_uniform(entry_hashes(col_a, row_a)))  # [B, C] Exp(1)
+    exps = -exact_log(hash_to_uniform(entry_hashes(col_a, row_a)))  # [B, C] Exp(1)
     if gaps is not None:
         exps = gaps(rows, exps)
     exps[0] += carry
     s = torch.cumsum(exps, 0)
-    score = torch.log(s) - dots.T.to(torch.float64)  # [B, C]
+    score = exact_log(s) - dots.T.to(torch.float64)  # [B, C]
     bs, bi = score.min(0)
     better = bs < best_score
     return torch.where(better, bs, best_score), torch.where(better, bi + rows[0], best_idx), s[-1]
@@ -400,16 +393,19 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
     sync): code n = row n of the step's stream over ``n_dims`` columns (the DDCM peers' codebook,
     ``diffc.channels.CodebookChannel``), K x D candidate entries in blocks of ~``block_entries``
     (None = the device's default; on the CPU the default is the blocks these scores were always
-    computed in: the float32 matrix products, hence the values, are today's)."""
+    computed in: the float32 matrix products, hence the values, are today's; another block size
+    changes them by float32 rounding, ~1e-5 relative, since a product's summation order depends on
+    its width)."""
     dev = u.device
     col_h, row_h = stream_hashes(key, n_dims, num_codes, dev)
     block = block_size(n_dims, num_codes, block_entries, dev)
     u_row = u.flatten().to(torch.float32)[None, :]
-    fn, bufs = (compiled(_codebook_dots), None) if compile else (_codebook_dots, _workspace(n_dims, block, dev))
+    gen, bufs = (compiled(_normals_block), None) if compile else (_normals_block, _workspace(n_dims, block, dev))
     g = torch.empty(num_codes, dtype=torch.float64, device=dev)
     for n0 in range(0, num_codes, block):  # loop over code *blocks*
         n1 = min(n0 + block, num_codes)
-        g[n0:n1] = fn(col_h, row_h[:, n0:n1], u_row, bufs)
+        # the float32 matrix product stays eager: compiled, it may become a reduction of another order
+        g[n0:n1] = (u_row @ gen(col_h, row_h[:, n0:n1], bufs))[0].to(torch.float64)
     return g
 
 
