@@ -20,9 +20,27 @@
 
 The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
 another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
+
+What ``deterministic()`` sets, and where each holds:
+
+- ``torch.use_deterministic_algorithms(True, warn_only=True)``: ops with a nondeterministic default
+  (on CUDA: scatter/index reductions, ``index_add_``, ``cumsum`` of older releases...) switch to
+  their deterministic kernel. ``warn_only``: an op that has *no* deterministic kernel warns
+  (``UserWarning: ... does not have a deterministic implementation``) instead of raising, so an
+  encode never fails on a kernel; the model outputs may then round differently run to run, which
+  the contract turns into bounded drift (never a desync: nothing the decoder reads depends on them).
+  Measured: an encode and decode of every tiny twin on the CPU runs no op that warns
+  (tests/test_determinism.py); on CUDA, ``benchmarks/gpu_check.sh`` records the ops that warn.
+- ``cudnn.benchmark = False`` (cuDNN picks the same algorithm every time).
+- ``CUBLAS_WORKSPACE_CONFIG`` (cuBLAS's deterministic workspace): read once per process, when the
+  first cuBLAS workspace is made, so PyTorch's notes ask for it before CUDA starts. Importing this module sets it
+  (:func:`ensure_cublas_workspace`; ``pipelines/__init__.py`` also sets it before torch is imported);
+  a process that started CUDA earlier without it gets one warning from ``deterministic()``: its
+  matrix products may then differ run to run (drift, never desync).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -40,6 +58,29 @@ DESYNC_PSNR_DB = 30.0
 
 #: cuBLAS deterministic workspace (PyTorch's reproducibility notes); must be set before CUDA starts
 CUBLAS_WORKSPACE = ":4096:8"
+#: the values of CUBLAS_WORKSPACE_CONFIG that make cuBLAS deterministic (PyTorch's reproducibility notes)
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+log = logging.getLogger("diffc")
+_warned_late = False
+
+
+def ensure_cublas_workspace() -> bool:
+    """Put ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment if it is unset and CUDA has not
+    started (a value the user set is kept). True when cuBLAS runs deterministically: a value of
+    ``CUBLAS_DETERMINISTIC`` was in the environment before CUDA started. Called at import;
+    ``deterministic()`` warns once when it is False."""
+    global _before_cuda
+    if not torch.cuda.is_initialized():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        _before_cuda = True
+    return _before_cuda and os.environ.get("CUBLAS_WORKSPACE_CONFIG") in CUBLAS_DETERMINISTIC
+
+
+#: the environment held the workspace setting before CUDA started: CUDA had not started when this
+#: module was imported, or the value was already there (exported, or set by pipelines/__init__.py)
+_before_cuda = os.environ.get("CUBLAS_WORKSPACE_CONFIG") in CUBLAS_DETERMINISTIC
+ensure_cublas_workspace()
 
 
 def _version(text: str) -> tuple[int, int, int]:
@@ -109,15 +150,21 @@ def deterministic(threads: int | None) -> Iterator[None]:
     as it is (the speed opt-out). Restores the previous settings on exit.
 
     Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an op without a
-    deterministic kernel warns instead of raising), ``cudnn.benchmark = False``, and
-    CUBLAS_WORKSPACE_CONFIG when CUDA has not started yet."""
+    deterministic kernel warns instead of raising: the module docstring says why),
+    ``cudnn.benchmark = False``, and checks that cuBLAS's deterministic workspace was set before
+    CUDA started (:func:`ensure_cublas_workspace`; one warning per process when too late)."""
+    global _warned_late
     if threads is None:
         yield
         return
     if not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {threads}")
-    if not torch.cuda.is_initialized():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    if not ensure_cublas_workspace() and not _warned_late:
+        _warned_late = True
+        log.warning("cuBLAS is not deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG=%s was in the "
+                    "environment (now %r; import diffc before any CUDA call, or export it): matrix products may "
+                    "round differently run to run (drift, never desync)", CUBLAS_WORKSPACE,
+                    os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     torch.set_num_threads(threads)

@@ -91,14 +91,15 @@ class DDPMBackbone(DiffusersBackbone):
         torch.manual_seed(seed)
         unet = UNet2DModel(**TINY_UNET)
         return cls(name=name, unet=unet, scheduler_config={**DDPM_CHURCH_SCHEDULER, "beta_schedule": beta_schedule},
-                   device=dev, dtype=resolve_dtype(dtype, dev), identity={"tiny": {"seed": seed, "unet": TINY_UNET}},
+                   device=dev, dtype=resolve_dtype(dtype, dev, cpu_half=True),
+                   identity={"tiny": {"seed": seed, "unet": TINY_UNET}},
                    clip_sample=clip_sample, compile=compile)
 
     # ---- network --------------------------------------------------------------------------------
     @torch.no_grad()
     def network(self, model_input: torch.Tensor, t: int, cond: Any) -> torch.Tensor:
         """UNet output (eps, x0 or v per ``prediction_type``) for one image-space latent [3, H, W]."""
-        out = self.unet(model_input[None].to(self.device, self.dtype), t, return_dict=False)[0]
+        out = self.unet(model_input[None].to(self.device, self.dtype), self._timestep(t), return_dict=False)[0]
         return out[0, : model_input.shape[0]].float().to(model_input.device)
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -59,15 +59,16 @@ class BackboneLoadError(RuntimeError):
 
 
 # ---- device / dtype -----------------------------------------------------------------------------
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """Model dtype from its name; float32 on CPU whatever was asked (half kernels are slow or absent)."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, cpu_half: bool = False) -> torch.dtype:
+    """Model dtype from its name; float32 on CPU whatever was asked (half kernels are slow or absent),
+    unless ``cpu_half`` (the tiny twins: their float16 / bfloat16 paths are tested on the CPU)."""
     if isinstance(dtype, torch.dtype):
         resolved = dtype
     elif dtype in _DTYPES:
         resolved = _DTYPES[dtype]
     else:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-    return torch.float32 if device.type == "cpu" else resolved
+    return torch.float32 if device.type == "cpu" and not cpu_half else resolved
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -349,9 +350,9 @@ class SeededTextStage:
 
     def __call__(self, caption: str, device: torch.device) -> TextEmbeds:
         key = f"{self.seed}:{self.index}:".encode() + caption.encode("utf-8")
-        g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
-        hidden = torch.randn(1, self.seq_len, self.dim, generator=g)
-        pooled = torch.randn(1, self.pooled_dim, generator=g) if self.pooled_dim else None
+        g = torch.Generator("cpu").manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+        hidden = torch.randn(1, self.seq_len, self.dim, generator=g, device="cpu")  # CPU draws: the same everywhere
+        pooled = torch.randn(1, self.pooled_dim, generator=g, device="cpu") if self.pooled_dim else None
         return TextEmbeds(hidden.to(device), None if pooled is None else pooled.to(device))
 
 
@@ -451,6 +452,7 @@ class DiffusersBackbone(Backbone):
             self.latent_channels = int(vae.config.latent_channels)
         self.text_stages = text_stages
         self._empty_cond: Any = None
+        self._constants: dict[tuple, torch.Tensor] = {}
         for stage in text_stages:
             if stage.model is not None:
                 self._place(cast(stage.model, dtype).eval())
@@ -492,6 +494,21 @@ class DiffusersBackbone(Backbone):
             outs.append(TextEmbeds(e.hidden.to(self.device, self.dtype),
                                    None if e.pooled is None else e.pooled.to(self.device, self.dtype)))
         return outs
+
+    def _constant(self, key: tuple, make: Callable[[torch.device, torch.dtype], torch.Tensor]) -> torch.Tensor:
+        """A small per-step network input (timestep, position or time ids) made once on the device by
+        ``make(device, dtype)`` and reused: no host tensor and no host-to-device copy per step. Keyed
+        by ``key`` and the current device and model dtype (both may change after construction)."""
+        full = (*key, self.device, self.dtype)
+        value = self._constants.get(full)
+        if value is None:
+            value = self._constants[full] = make(self.device, self.dtype)
+        return value
+
+    def _timestep(self, t: int) -> torch.Tensor:
+        """The integer timestep ``t`` as the UNets take it: int64 [1] on the device (what diffusers
+        builds from a Python int on every call, with a host-to-device copy)."""
+        return self._constant(("timestep", t), lambda dev, _: torch.full((1,), t, dtype=torch.int64, device=dev))
 
     def _cond(self, cond: Any) -> Any:
         """``cond``, or the (cached) empty-prompt conditioning when the caller passed None."""

@@ -79,11 +79,11 @@ def unpack_latent(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return tokens.view(h // 2, w // 2, c, 2, 2).permute(2, 0, 3, 1, 4).reshape(c, h, w)
 
 
-def image_ids(h: int, w: int) -> torch.Tensor:
-    """Position ids [h/2 * w/2, 3] of the packed tokens: (0, row, col)."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
+def image_ids(h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Position ids [h/2 * w/2, 3] of the packed tokens: (0, row, col), made on ``device``."""
+    ids = torch.zeros(h // 2, w // 2, 3, device=device, dtype=dtype)
+    ids[..., 1] = torch.arange(h // 2, device=device, dtype=dtype)[:, None]
+    ids[..., 2] = torch.arange(w // 2, device=device, dtype=dtype)[None, :]
     return ids.reshape(-1, 3)
 
 
@@ -144,8 +144,9 @@ class FluxBackbone(FlowMatchingBackbone):
     def tiny(cls, name: str = "tiny-flux", *, seed: int = 0, dtype: str = "float32", device: str = "auto",
              compile: bool = False, shift: float | None = None, image_seq_len: int = KODAK_SEQ_LEN,
              guidance: float = 1.0, timestep_labels: str = "project", vae_posterior: str = "mode",
-             vae_shift_factor: bool = True) -> "FluxBackbone":
-        """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings."""
+             vae_shift_factor: bool = True, cpu_offload: bool = False) -> "FluxBackbone":
+        """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings
+        (``dtype`` honoured on the CPU too)."""
         from diffusers import AutoencoderKL, FluxTransformer2DModel
 
         dev = resolve_device(device)
@@ -157,9 +158,9 @@ class FluxBackbone(FlowMatchingBackbone):
         identity = {"tiny": {"seed": seed, "transformer": TINY_TRANSFORMER, "vae": TINY_FLUX_VAE,
                              "text_seq_len": TINY_TEXT_SEQ_LEN}}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=FLUX_SCHEDULER,
-                   device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, shift=shift,
+                   device=dev, dtype=resolve_dtype(dtype, dev, cpu_half=True), identity=identity, shift=shift,
                    image_seq_len=image_seq_len, guidance=guidance, compile=compile, timestep_labels=timestep_labels,
-                   vae_posterior=vae_posterior, vae_shift_factor=vae_shift_factor)
+                   vae_posterior=vae_posterior, vae_shift_factor=vae_shift_factor, cpu_offload=cpu_offload)
 
     # ---- conditioning -----------------------------------------------------------------------------
     def condition(self, caption: str | None) -> FluxCond:
@@ -180,12 +181,14 @@ class FluxBackbone(FlowMatchingBackbone):
         sigma = self.network_sigma(t)
         tokens = pack_latent(model_input.to(self.device, self.dtype))[None]
         scale = self.guidance if guidance is None else guidance
-        guidance = (torch.full((1,), scale, device=self.device, dtype=self.dtype)
-                    if self.transformer.config.guidance_embeds else None)
+        full = lambda value: lambda dev, dt: torch.full((1,), value, device=dev, dtype=dt)  # noqa: E731
         out = self.transformer(
             hidden_states=tokens, encoder_hidden_states=cond.hidden, pooled_projections=cond.pooled,
-            timestep=torch.full((1,), sigma, device=self.device, dtype=self.dtype),
-            img_ids=image_ids(h, w).to(self.device, self.dtype), txt_ids=cond.txt_ids, guidance=guidance,
+            timestep=self._constant(("sigma", t), full(sigma)),
+            img_ids=self._constant(("img_ids", h, w), lambda dev, dt: image_ids(h, w, dev, dt)),
+            txt_ids=cond.txt_ids,
+            guidance=self._constant(("guidance", scale), full(scale)) if self.transformer.config.guidance_embeds
+            else None,
             return_dict=False)[0]
         return unpack_latent(out[0].float(), h, w).to(model_input.device)
 

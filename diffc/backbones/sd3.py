@@ -92,8 +92,9 @@ class SD3Backbone(FlowMatchingBackbone):
 
     @classmethod
     def tiny(cls, name: str = "tiny-sd35-medium", *, seed: int = 0, dtype: str = "float32", device: str = "auto",
-             compile: bool = False, shift: float | None = None) -> "SD3Backbone":
-        """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings."""
+             compile: bool = False, shift: float | None = None, cpu_offload: bool = False) -> "SD3Backbone":
+        """Tiny random-weight twin: same classes, weights from ``seed``, seeded text embeddings
+        (``dtype`` honoured on the CPU too)."""
         from diffusers import AutoencoderKL, SD3Transformer2DModel
 
         dev = resolve_device(device)
@@ -104,7 +105,8 @@ class SD3Backbone(FlowMatchingBackbone):
         identity = {"tiny": {"seed": seed, "transformer": TINY_TRANSFORMER, "vae": TINY_SD3_VAE, "text": TINY_TEXT,
                              "text_seq_len": TINY_TEXT_SEQ_LEN}}
         return cls(name=name, transformer=transformer, vae=vae, text_stages=stages, scheduler_config=SD35_SCHEDULER,
-                   device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, shift=shift, compile=compile)
+                   device=dev, dtype=resolve_dtype(dtype, dev, cpu_half=True), identity=identity, shift=shift,
+                   compile=compile, cpu_offload=cpu_offload)
 
     # ---- conditioning -----------------------------------------------------------------------------
     def condition(self, caption: str | None) -> SD3Cond:
@@ -122,7 +124,8 @@ class SD3Backbone(FlowMatchingBackbone):
         timestep = self.network_sigma(t) * self.schedule.num_train_timesteps
         out = self.transformer(
             hidden_states=model_input[None].to(self.device, self.dtype), encoder_hidden_states=cond.hidden,
-            pooled_projections=cond.pooled, timestep=torch.full((1,), timestep, device=self.device, dtype=self.dtype),
+            pooled_projections=cond.pooled,
+            timestep=self._constant(("timestep", t), lambda dev, dt: torch.full((1,), timestep, device=dev, dtype=dt)),
             return_dict=False)[0]
         return out[0].float().to(model_input.device)
 

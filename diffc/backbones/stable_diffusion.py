@@ -19,8 +19,9 @@ e.g. ``madebyollin/sdxl-vae-fp16-fix`` as the reference's SDXL), ``refiner_below
 reference's t <= 200).
 
 Guidance: ``guidance`` is the encoder's classifier-free guidance scale; a scale s > 1 runs the UNet
-on the caption and on the empty prompt, out = out(empty) + s (out(caption) - out(empty)) (diffusers'
-rule: s <= 1 = the conditional model alone, one call). Without a caption, CFG changes nothing and
+on the empty prompt and the caption as one batch of 2 (as diffusers' pipelines do),
+out = out(empty) + s (out(caption) - out(empty)) (diffusers' rule: s <= 1 = the conditional model
+alone, batch 1). Without a caption, CFG changes nothing and
 is skipped. The reconstruction may use another scale (``CodecParams.recon_guidance``).
 
 The prediction type and the DDPM betas are read from the checkpoint's scheduler config, never
@@ -218,8 +219,9 @@ class StableDiffusionBackbone(DiffusersBackbone):
     def tiny(cls, name: str, *, seed: int = 0, dtype: str = "float32", device: str = "auto",
              compile: bool = False, refiner: bool = False, refiner_below_t: int = REFINER_BELOW_T,
              timestep_labels: str = "project", vae_posterior: str = "mode",
-             guidance: float = 1.0) -> "StableDiffusionBackbone":
-        """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``."""
+             guidance: float = 1.0, cpu_offload: bool = False) -> "StableDiffusionBackbone":
+        """The tiny random-weight twin ``name`` (a key of ``TINY_SPECS``), weights from ``seed``;
+        ``dtype`` is honoured on the CPU too (``resolve_dtype(cpu_half=True)``)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         spec = TINY_SPECS[name]
@@ -239,9 +241,9 @@ class StableDiffusionBackbone(DiffusersBackbone):
         if refiner:
             identity["refiner"] = {"tiny_unet": spec.refiner_unet, "seed": seed + 1, "below_t": refiner_below_t}
         return cls(name=name, unet=unet, vae=vae, text_stages=stages, scheduler_config=spec.scheduler,
-                   device=dev, dtype=resolve_dtype(dtype, dev), identity=identity, refiner=ref,
+                   device=dev, dtype=resolve_dtype(dtype, dev, cpu_half=True), identity=identity, refiner=ref,
                    refiner_below_t=refiner_below_t, compile=compile, timestep_labels=timestep_labels,
-                   vae_posterior=vae_posterior, guidance=guidance)
+                   vae_posterior=vae_posterior, guidance=guidance, cpu_offload=cpu_offload)
 
     # ---- conditioning -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -266,27 +268,40 @@ class StableDiffusionBackbone(DiffusersBackbone):
     @torch.no_grad()
     def network(self, model_input: torch.Tensor, t: int, cond: SDCond | None) -> torch.Tensor:
         """UNet output (eps or v, per ``prediction_type``) for one latent [4, h, w] at timestep t."""
-        cond = self._cond(cond)
+        return self._unet_batch(model_input, t, [self._cond(cond)])[0].to(model_input.device)
+
+    @torch.no_grad()
+    def _unet_batch(self, model_input: torch.Tensor, t: int, conds: list[SDCond]) -> torch.Tensor:
+        """UNet outputs [len(conds), 4, h, w] (float32, on the device) for one latent under each
+        conditioning, in one batched call (the base UNet, or the refiner for t < refiner_below_t).
+        Per-step inputs other than the latent (timestep, SDXL time ids) are device constants."""
         use_refiner = self.refiner is not None and t < self.refiner_below_t
-        unet, emb = (self.refiner, cond.refiner) if use_refiner else (self.unet, cond.base)
+        unet = self.refiner if use_refiner else self.unet
+        embs = [c.refiner if use_refiner else c.base for c in conds]
+        n = len(embs)
         x = model_input[None].to(self.device, self.dtype)
+        if n > 1:
+            x = x.expand(n, -1, -1, -1)
+        hidden = embs[0].hidden if n == 1 else torch.cat([e.hidden for e in embs])
         added = None
         if unet.config.addition_embed_type == "text_time":
             h, w = (d * self.vae_scale for d in model_input.shape[-2:])
-            ids = self.time_ids(unet, emb.pooled.shape[-1], h, w)
-            added = {"text_embeds": emb.pooled,
-                     "time_ids": torch.tensor([ids], device=self.device, dtype=self.dtype)}
-        out = unet(x, t, encoder_hidden_states=emb.hidden, added_cond_kwargs=added, return_dict=False)[0]
-        return out[0].float().to(model_input.device)
+            pooled_dim = embs[0].pooled.shape[-1]
+            ids = self._constant(("time_ids", use_refiner, pooled_dim, h, w), lambda dev, dt: torch.tensor(
+                [self.time_ids(unet, pooled_dim, h, w)], device=dev, dtype=dt))
+            added = {"text_embeds": embs[0].pooled if n == 1 else torch.cat([e.pooled for e in embs]),
+                     "time_ids": ids.expand(n, -1)}
+        out = unet(x, self._timestep(t), encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
 
     def guided_network(self, model_input: torch.Tensor, t: int, cond: SDCond | None, guidance: float) -> torch.Tensor:
-        """Classifier-free guidance at scale ``guidance`` (> 1 with a caption; else one plain call)."""
+        """Classifier-free guidance at scale ``guidance`` (> 1 with a caption: the empty prompt and
+        the caption in one UNet call of batch 2; else one plain call of batch 1)."""
         cond = self._cond(cond)
-        out = self.network(model_input, t, cond)
         if guidance <= 1 or not cond.prompt:
-            return out
-        empty = self.network(model_input, t, self._cond(None))
-        return empty + guidance * (out - empty)
+            return self.network(model_input, t, cond)
+        empty, out = self._unet_batch(model_input, t, [self._cond(None), cond])
+        return (empty + guidance * (out - empty)).to(model_input.device)
 
     def _identity(self) -> dict[str, Any]:
         return {"family": "stable-diffusion", "scheduler": self.scheduler_config, **self._identity_dict}
