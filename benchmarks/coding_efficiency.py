@@ -291,7 +291,7 @@ def frontier_run(setting: FrontierSetting, steps: list[tuple[int, float, int]], 
     tot = dict(bits=0.0, side=0.0, delivered=0.0, kl=0.0, secs=0.0, weight=0.0, chunks=0.0, table=0.0)
     tabulate = setting.candidates != "iid"
     for k, kl, w in steps:
-        step = Step(k, 0, 0, zeros, zeros, zeros, 1.0, 1.0, frontier_shift(kl, k, seed))
+        step = Step(k, 0, 0, zeros, 1.0, 1.0, 0.0, lambda: zeros, frontier_shift(kl, k, seed))
         t0 = time.perf_counter()
         channel.send(chain, step)
         secs = time.perf_counter() - t0

@@ -18,8 +18,9 @@ outputs, so rounding differences between machines cannot desynchronise a decoder
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -38,17 +39,30 @@ STREAM_START, STREAM_PLAN, STREAM_CANDIDATES = 0, 1, 2
 class Step:
     """One step of the chain, t -> t_next, as both sides see it (``u`` only on the encoder's side).
 
-    Units: latent units for tensors; ``std`` is the posterior standard deviation sqrt(var)."""
+    The prior (``x0_hat``, ``mu_p``: one network call, ``predict``) is computed when first read: a
+    decoding channel reads the step's symbols from the payload first, so a forged payload is refused
+    before the model runs. Units: latent units for tensors; ``std`` is the posterior standard
+    deviation sqrt(var)."""
 
     k: int  # 1-based step number: the state after it is x_{timesteps[k]}
     t: int
     t_next: int
     x: torch.Tensor  # x_t
-    x0_hat: torch.Tensor  # the model's E[x0 | x_t]
-    mu_p: torch.Tensor  # prior mean c0 x0_hat + ct x_t
     std: float
     c0: float  # weight of x0 in the posterior mean
+    ct: float  # weight of x_t in the posterior mean
+    predict: Callable[[], torch.Tensor] = field(repr=False, compare=False)  # the model's E[x0 | x_t]
     u: torch.Tensor | None = None  # (mu_q - mu_p) / std; None on the decoder's side
+
+    @cached_property
+    def x0_hat(self) -> torch.Tensor:
+        """The model's E[x0 | x_t] (one network call, on first use)."""
+        return self.predict()
+
+    @cached_property
+    def mu_p(self) -> torch.Tensor:
+        """The prior mean c0 x0_hat + ct x_t."""
+        return self.c0 * self.x0_hat + self.ct * self.x
 
     @property
     def kl_bits(self) -> float:
@@ -100,10 +114,11 @@ class Chain:
     def step(self, x: torch.Tensor, k: int, cond: Any = None, x0: torch.Tensor | None = None) -> Step:
         """The prior of step k at state ``x`` (one network call); ``x0`` given = the encoder's side."""
         t, t_next = self.timesteps[k - 1], self.timesteps[k]
-        x0_hat = self.backbone.predict_x0(x, t, cond)
         pc = self.backbone.schedule.posterior(t, t_next)
-        u = None if x0 is None else (pc.c0 / pc.std) * (x0 - x0_hat)
-        return Step(k, t, t_next, x, x0_hat, pc.c0 * x0_hat + pc.ct * x, pc.std, pc.c0, u)
+        step = Step(k, t, t_next, x, pc.std, pc.c0, pc.ct, lambda: self.backbone.predict_x0(x, t, cond))
+        if x0 is None:
+            return step  # the decoder's: the prior waits for the channel's first read of it
+        return replace(step, u=(pc.c0 / pc.std) * (x0 - step.x0_hat), predict=lambda: step.x0_hat)
 
     def plan(self, step: Step, n_chunks: int) -> ChunkPlan:
         """The decoder-side chunk plan of ``step`` with ``n_chunks`` chunks: a function of the seed,

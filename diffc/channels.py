@@ -206,7 +206,7 @@ class PfrChannel:
     @staticmethod
     def _state(step: Step, plan: ChunkPlan, z_coded: torch.Tensor) -> torch.Tensor:
         """x_t' = mu_p + std z, split parts summed (the same function on both sides: bit-identical)."""
-        return step.sample(plan.combine(z_coded, step.mu_p.numel()))
+        return step.sample(plan.combine(z_coded, step.x.numel()))
 
     # ---- encoder ------------------------------------------------------------------------------
     def send(self, chain: Chain, step: Step) -> torch.Tensor:
@@ -247,7 +247,7 @@ class PfrChannel:
                                            parts.astype(np.int32) if self.settings.split_min else None))
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
-        return self._state(step, plan, self.settings.decode(idx, plan, chain.step_key(step.k), step.mu_p.device))
+        return self._state(step, plan, self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device))
 
 
 # ---- the peers: per-step Gaussian codebooks (docs/peers.md) -----------------------------------------
@@ -436,7 +436,7 @@ class CodebookChannel:
         return step.sample(z)
 
     def receive(self, chain: Chain, step: Step) -> torch.Tensor:
-        return step.sample(self.read(chain.step_key(step.k), step.k, step.mu_p.device))
+        return step.sample(self.read(chain.step_key(step.k), step.k, step.x.device))  # symbols before the prior
 
 
 class DdcmChannel(CodebookChannel):

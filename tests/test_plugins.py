@@ -158,3 +158,19 @@ def test_forged_size_and_work_are_refused_before_allocation(gaussian_backbone) -
     turbo = CodecParams.of(schedule="geom-6", codec="turbo-ddcm", codebook_bits=12, atoms=4096)
     with pytest.raises(fmt.TooLarge, match="floats per step"):
         DiffcCodec(gaussian_backbone, turbo).encode(torch.zeros(3, 1, 1).expand(3, 4096, 4096))  # no pixel allocated
+
+
+def test_a_garbage_payload_is_refused_before_the_model_runs(gaussian_backbone, monkeypatch) -> None:
+    """The decoder reads a step's symbols before its prior (``diffc.chain.Step``): a payload the
+    range decoder refuses costs no network call, whatever size the header claims."""
+    for params in (CodecParams.of(schedule="geom-6", chunk_bits=4, padding_bits=0),
+                   CodecParams.of(schedule="geom-6", codec="ddcm", codebook_bits=6)):
+        codec = DiffcCodec(gaussian_backbone, params)
+        header, _ = fmt.read(codec.encode(torch.rand(3, 16, 16)).points[-1].data)
+        forged = fmt.write(replace(header, width=4096, height=4096), b"\xff" * 8)
+        calls = []
+        monkeypatch.setattr(type(gaussian_backbone), "predict_x0", lambda self, *a, **k: calls.append(1))
+        with pytest.raises(fmt.CorruptFile, match="payload does not decode at step 1"):
+            codec.decode(forged)
+        monkeypatch.undo()
+        assert calls == []
