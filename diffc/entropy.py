@@ -163,32 +163,6 @@ def step_bits(st: StepSymbols, prev: StepSymbols | None, num_candidates: int, ch
     return side, float(-_zipf_log2(num_candidates, chunk_bits)[np.asarray(st.indices)].sum())
 
 
-def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float,
-                 max_chunks: int = MAX_CHUNKS, split_min: int = 0) -> tuple[bytes, StreamCost]:
-    """Range-code a sequence of steps; returns the bytes and the ideal cost split.
-
-    ``max_chunks`` bounds every chunk count (the decoder passes the same bound to ``next_count``).
-    ``split_min`` > 0: steps carry ``parts`` (the smallest part count of a split chunk, known to
-    both sides from ``split_above``); 0: no splitting, nothing about it is coded.
-    """
-    return encode_prefixes(steps, [len(steps)], num_candidates, chunk_bits, max_chunks, split_min)[0]
-
-
-def encode_prefixes(steps: list[StepSymbols], lengths: list[int], num_candidates: int, chunk_bits: float,
-                    max_chunks: int = MAX_CHUNKS, split_min: int = 0) -> list[tuple[bytes, StreamCost]]:
-    """``encode_steps(steps[:n])`` for every n in ``lengths``, in one pass over the steps (the
-    streams of a progressive encode share their prefix: ``StepEncoder.seal`` at each n)."""
-    if any(not 0 <= n <= len(steps) for n in lengths):
-        raise ValueError(f"prefix lengths must be in 0..{len(steps)}")
-    enc = StepEncoder(num_candidates, chunk_bits, max_chunks, split_min)
-    out = {0: enc.seal()} if 0 in lengths else {}
-    for n, st in enumerate(steps[:max(lengths, default=0)], 1):
-        enc.push(st)
-        if n in lengths:
-            out[n] = enc.seal()
-    return [out[n] for n in lengths]
-
-
 def sealed_payload(encoder: constriction.stream.queue.RangeEncoder) -> bytes:
     """The payload bytes (little-endian 32-bit words) of what ``encoder`` holds; it keeps running."""
     return encoder.clone().get_compressed().astype("<u4").tobytes()

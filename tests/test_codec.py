@@ -14,7 +14,7 @@ from diffc.backbones.gaussian import GaussianBackbone
 from diffc.channels import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
 from diffc.recon import Recon
-from diffc.entropy import StepDecoder, StepSymbols, count_bound, encode_steps, step_bits
+from diffc.entropy import MAX_CHUNKS, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, step_bits
 
 CASES = {
     # 64x64 Kodak crop, log-spaced schedule (denser at low noise), K = 2^5 (small K keeps it fast;
@@ -56,6 +56,15 @@ def _symbols(codec: DiffcCodec, data: bytes, n_dims: int, n_plan: list[int]) -> 
         idx = dec.next_indices(int(parts.sum())).astype(np.int32)
         out.append(StepSymbols(n, idx, parts.astype(np.int32) if p.channel.split_min else None))
     return out
+
+
+def encode_steps(steps: list[StepSymbols], num_candidates: int, chunk_bits: float, max_chunks: int = MAX_CHUNKS,
+                 split_min: int = 0) -> tuple[bytes, StreamCost]:
+    """Range-code a sequence of steps as the codec's channel does (``StepEncoder``): bytes, ideal cost."""
+    enc = StepEncoder(num_candidates, chunk_bits, max_chunks, split_min)
+    for st in steps:
+        enc.push(st)
+    return enc.seal()
 
 
 def plan_chunks(res) -> list[int]:
@@ -203,24 +212,6 @@ def test_int_and_float_parameters_give_one_fingerprint(gaussian_backbone) -> Non
     data = codec.encode(img).points[-1].data
     assert params_from_header(fmt.read(data)[0]) == p_int
     assert torch.equal(DiffcCodec(gaussian_backbone).decode(data).x_t, codec.encode(img).points[-1].x_t)
-
-
-def test_prefix_streams_equal_separate_streams() -> None:
-    """encode_prefixes (one pass, the encoder cloned at each length) gives the bytes and costs of
-    encoding each prefix on its own."""
-    from diffc.entropy import encode_prefixes
-    rng = np.random.default_rng(1)
-    steps = []
-    for n in (3, 9, 4, 30, 2):
-        parts = np.where(rng.random(n) < 0.3, rng.integers(3, 6, n), 1).astype(np.int32)
-        steps.append(StepSymbols(n, rng.integers(0, 64, int(parts.sum())).astype(np.int32), parts))
-    lengths = [0, 1, 3, 5]
-    got = encode_prefixes(steps, lengths, 64, 6, max_chunks=100, split_min=3)
-    for n, (data, cost) in zip(lengths, got):
-        want, want_cost = encode_steps(steps[:n], 64, 6, max_chunks=100, split_min=3)
-        assert data == want and cost == want_cost
-    with pytest.raises(ValueError, match="prefix"):
-        encode_prefixes(steps, [6], 64, 6)
 
 
 def test_progressive_files_extend_each_other(enc: Encoded) -> None:
