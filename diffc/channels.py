@@ -29,11 +29,16 @@ from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bo
 from .pfr import ChunkPlan, candidate_blocks, chunk_sums, decode_chunks, encode_chunks, split_parts
 from .plugins import ChannelSpec, StepRecord, register_channel
 from .randomness import normals
-from .sparse_sum import SparseSum
+from .sparse_sum import MAX_ATOMS as MAX_BANK, MAX_M, SparseSum
 
 
 #: PFR candidate generators (the ``candidates`` option of ``codec=diffc``)
 CANDIDATES = ("iid", "sparse-sum")
+#: most candidates per chunk: 2^(chunk_bits + padding_bits) <= 2^MAX_CANDIDATE_BITS (the index model's support)
+MAX_CANDIDATE_BITS = 24
+MAX_PADDING_BITS = 8
+#: split_above is a header byte in quarters: 0 (never split) or 1..MAX_SPLIT_ABOVE
+MAX_SPLIT_ABOVE = 63.75
 
 
 @register_channel
@@ -51,12 +56,13 @@ class PfrSpec(ChannelSpec):
     split_above: float = 2.0
 
     def __post_init__(self):
-        if not 1 <= self.chunk_bits <= 24 or not 0 <= self.padding_bits <= 8:
-            raise ValueError("chunk_bits must be in 1..24 and padding_bits in 0..8")
-        if self.chunk_bits + self.padding_bits > 24:
-            raise ValueError("chunk_bits + padding_bits must be <= 24 (2^24 candidates per chunk)")
-        if not (self.split_above == 0 or 1 <= self.split_above <= 63.75) or (4 * self.split_above) % 1:
-            raise ValueError("split_above must be 0 (never split) or in 1..63.75 in steps of 0.25")
+        if not 1 <= self.chunk_bits <= MAX_CANDIDATE_BITS or not 0 <= self.padding_bits <= MAX_PADDING_BITS:
+            raise ValueError(f"chunk_bits must be in 1..{MAX_CANDIDATE_BITS} and padding_bits in 0..{MAX_PADDING_BITS}")
+        if self.chunk_bits + self.padding_bits > MAX_CANDIDATE_BITS:
+            raise ValueError(f"chunk_bits + padding_bits must be <= {MAX_CANDIDATE_BITS} "
+                             f"(2^{MAX_CANDIDATE_BITS} candidates per chunk)")
+        if not (self.split_above == 0 or 1 <= self.split_above <= MAX_SPLIT_ABOVE) or (4 * self.split_above) % 1:
+            raise ValueError(f"split_above must be 0 (never split) or in 1..{MAX_SPLIT_ABOVE} in steps of 0.25")
         object.__setattr__(self, "split_above", float(self.split_above))  # 2 and 2.0: one fingerprint
 
     @classmethod
@@ -84,7 +90,7 @@ class PfrSpec(ChannelSpec):
                 raise ValueError(f"{len(rest)} stray bytes after the diffc parameters")
             return PfrSpec(**base)
         r = fmt.Reader(rest)
-        extra = {"atoms": r.varint("atom bank", 1 << 20), "sparse_m": r.varint("sparse_m", 64)}
+        extra = {"atoms": r.varint("atom bank", MAX_BANK), "sparse_m": r.varint("sparse_m", MAX_M)}
         if r.pos != len(rest):
             raise ValueError(f"{len(rest) - r.pos} stray bytes after the {cls.name} parameters")
         return cls(**base, **extra)
