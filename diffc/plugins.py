@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Mapping, Protocol
 import torch
 
 from . import format as fmt
+from .chain import Channel
 
 #: most bytes of a spec in a header
 MAX_SPEC_BYTES = 255
@@ -51,16 +52,11 @@ class StepRecord:
     delivered_bits: float
 
 
-class CodingChannel(Protocol):
-    """What the codec asks of a channel (``diffc.chain.Channel`` plus its stream and records)."""
+class CodingChannel(Channel, Protocol):
+    """What the codec asks of a channel: ``diffc.chain.Channel``'s ``send`` / ``receive`` (appending a
+    ``StepRecord`` per step sent), plus its stream."""
 
     records: list[StepRecord]
-
-    def send(self, chain: Any, step: Any) -> torch.Tensor:
-        """Encoder: x_t' for ``step`` (``step.u`` is set); append a record; queue the symbols."""
-
-    def receive(self, chain: Any, step: Any) -> torch.Tensor:
-        """Decoder: the encoder's x_t' from the payload (``step.u`` is None)."""
 
     def stream(self) -> tuple[bytes, Any]:
         """(the payload of the steps sent or received so far, its ``diffc.entropy.StreamCost``)."""
