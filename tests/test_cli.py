@@ -137,17 +137,18 @@ def test_tiny_sd15_cli_round_trip(odd_image: Path, tmp_path: Path, capsys: pytes
     assert dec.read_bytes() == rep.read_bytes()
 
 
-def test_reference_parity_files_decode_with_parity_auto(odd_image: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_reference_parity_files_decode_with_the_header_parity(odd_image: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     """A file written with the reference's settings (parity=reference: its timestep labels and
-    reconstruction grid) decodes with decompress's default parity=auto to the encoder's PNG; told
-    parity=project, the fingerprint refuses it in one line."""
+    reconstruction grid) says so in its header and decodes with decompress's defaults to the
+    encoder's PNG; told parity=project, the fingerprint refuses it in one line."""
     f, rep, dec = tmp_path / "r.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
     code, _, err = run_task(compress, "compress", ["model=tiny-sd15", "parity=reference", f"input={odd_image}",
                                                    f"output={f}", "timestep=500", "codec.recon=ode",
                                                    f"recon_output={rep}"], capsys)
     assert code == 0, err
-    assert fmt.read(f.read_bytes())[0].recon.grid == "reference"
+    header = fmt.read(f.read_bytes())[0]
+    assert (header.recon.grid, header.parity) == ("reference", "reference")
     code, _, err = run_task(decompress, "decompress", [f"input={f}", f"output={dec}"], capsys)
     assert code == 0, err
     assert dec.read_bytes() == rep.read_bytes()

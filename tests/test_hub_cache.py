@@ -123,7 +123,7 @@ def test_python_m_from_hub_cache(name: str, hub_cache: Path, image: Path, tmp_pa
 def test_sdxl_reference_parity_from_hub_cache(hub_cache: Path, image: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """parity=reference loads the separate VAE repository (vae_hub_id, files at its root) from the
-    cache; decompress's parity=auto finds those settings from the fingerprint."""
+    cache; decompress loads those settings, the parity its header names."""
     use_cache(monkeypatch, hub_cache)
     header = round_trip(in_process, "sdxl", image, tmp_path, "parity=reference")
     assert header.recon.grid == "reference" and header.parity == "reference"
