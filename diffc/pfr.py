@@ -58,11 +58,11 @@ import torch
 
 from .randomness import column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes
 
-#: candidate-block size target on the CPU: entries generated per block (memory ~ 12 bytes each);
+#: candidate-block size target on the CPU: entries generated per block (memory 8 bytes each);
 #: 2^19 measured fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21,
 #: cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
-#: the same on CUDA: blocks of 2^27 entries (~1.5 GiB of workspace) keep a Flux-size step
+#: the same on CUDA: blocks of 2^27 entries (1 GiB of workspace) keep a Flux-size step
 #: (2^18 entries x 2^14 candidates) at 32 blocks, i.e. ~10^3 kernel launches per step instead of
 #: ~10^6 (benchmarks/gpu_readiness.py)
 BLOCK_ENTRIES_CUDA = 1 << 27
@@ -98,10 +98,14 @@ class ChunkPlan:
 
     def to(self, device: torch.device | str) -> "ChunkPlan":
         """The plan with its tensors on ``device`` (self when already there): move a step's plan
-        once, then every method runs there without copies."""
-        if self.src.device == torch.device(device):
+        once, then every method runs there without copies. From the CPU to CUDA the copies go
+        through pinned memory, non-blocking (a copy from pageable memory waits for the stream)."""
+        device, here = torch.device(device), self.src.device
+        if device.type == here.type and device.index in (None, here.index):
             return self
-        mv = lambda t: None if t is None else t.to(device)
+        pinned = self.device.type == "cpu" and device.type == "cuda"
+        mv = lambda t: (None if t is None else t.pin_memory().to(device, non_blocking=True) if pinned
+                        else t.to(device))
         return ChunkPlan(mv(self.src), mv(self.chunk_of), self.n_chunks, mv(self.scale), mv(self.part))
 
     @functools.cached_property
@@ -258,25 +262,25 @@ def stream_hashes(key: int, n_cols: int, n_rows: int, device: torch.device | str
     return column_hashes(key, cols)[:, None], row_hashes(key, rows)[None, :]
 
 
-def _workspace(n_positions: int, block: int, device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """Flat buffers of one candidate block (hashes, hash scratch, normals), reused by every block."""
+def _workspace(n_positions: int, block: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat int32 buffers of one candidate block (hashes; hash scratch, then the block's float32
+    normals in the same bytes: 8 bytes per entry), reused by every block."""
     n = n_positions * block
-    return (torch.empty(n, dtype=torch.int32, device=device), torch.empty(n, dtype=torch.int32, device=device),
-            torch.empty(n, dtype=torch.float32, device=device))
+    return torch.empty(n, dtype=torch.int32, device=device), torch.empty(n, dtype=torch.int32, device=device)
 
 
-def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Candidates of the rows hashed in ``row_h`` ([1, B]) over the columns of ``col_h`` ([D, 1]):
     float32 [D, B], contiguous, in ``bufs`` (``_workspace``; overwritten) or freshly allocated."""
     if bufs is None:
         return hash_to_normal(entry_hashes(col_h, row_h))
     shape = (col_h.shape[0], row_h.shape[1])
-    h, t, z = (b[:math.prod(shape)].view(shape) for b in bufs)
-    return hash_to_normal(entry_hashes(col_h, row_h, h, t), out=z)
+    h, t = (b[:math.prod(shape)].view(shape) for b in bufs)
+    return hash_to_normal(entry_hashes(col_h, row_h, h, t), out=t.view(torch.float32))
 
 
 def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, offsets: torch.Tensor,
-              bufs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+              bufs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """z_n . u_c of the block's candidates for every chunk: float32 [C, B], one segment sum over
     the chunks' contiguous runs of positions (sequential float32 sums in position order)."""
     z = _normals_block(col_h, row_h, bufs).mul_(u_col)
