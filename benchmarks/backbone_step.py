@@ -34,6 +34,7 @@ Extrapolations (flagged ``extrapolated: true`` and described in ``note``):
   runs once per call and is measured.
 
 Usage:  python benchmarks/backbone_step.py [--quick] [--backbones sd15 sdxl] [--device cpu|cuda]
+        [--dtype auto|float32|half] [--dry-run]
 The last stdout line is one JSON object {"bench": "backbone_step", ...}.
 """
 from __future__ import annotations
@@ -279,9 +280,18 @@ def _time_vae(b, image: torch.Tensor, device: torch.device, quarter: bool) -> di
     return {"vae_encode_s": enc_s, "vae_decode_s": dec_s, "vae_quarter": quarter}
 
 
-def child(name: str, quick: bool, steps: int, warmup: int, device: torch.device, vae: bool) -> dict:
+def model_dtype(name: str, device: torch.device, choice: str) -> torch.dtype:
+    """``--dtype``: float32, or half (bfloat16 for Flux, float16 for the UNets: what each is shipped
+    in); auto = half on CUDA, float32 on the CPU."""
+    if choice == "float32" or (choice == "auto" and device.type == "cpu"):
+        return torch.float32
+    return torch.bfloat16 if name == "flux-dev" else torch.float16
+
+
+def child(name: str, quick: bool, steps: int, warmup: int, device: torch.device, vae: bool,
+          dtype_choice: str = "auto") -> dict:
     """Build one real-size backbone, time its step (and the VAE with --vae), report JSON."""
-    dtype = torch.float32 if device.type == "cpu" else (torch.bfloat16 if name == "flux-dev" else torch.float16)
+    dtype = model_dtype(name, device, dtype_choice)
     out: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch.")}
     t_build = time.perf_counter()
     if name in ("sd15", "sd21"):
@@ -391,6 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
     ap.add_argument("--steps", type=int, default=None, help="timed network calls per model (default 1 quick, 3)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "half"],
+                    help="model dtype: half = bfloat16 (Flux) / float16 (UNets); auto = half on CUDA, float32 on CPU")
+    ap.add_argument("--dry-run", action="store_true", help="only build every architecture on the meta device "
+                    "and count its FLOPs (checks the configs against the installed diffusers; ~30 s on a CPU)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for everything after startup (default 450 with --quick)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vae", action="store_true", help=argparse.SUPPRESS)
@@ -402,7 +416,13 @@ def main(argv: list[str] | None = None) -> None:
     warmup = 0 if args.quick else 1
 
     if args.child:
-        print(json.dumps(child(args.child, args.quick, steps, warmup, device, args.vae)))
+        print(json.dumps(child(args.child, args.quick, steps, warmup, device, args.vae, args.dtype)))
+        return
+    if args.dry_run:
+        t0 = time.perf_counter()
+        flops = count_flops()
+        print(json.dumps({"bench": "backbone_step", "dry_run": True, "tflops_per_call": {
+            k: round(v / 1e12, 3) for k, v in flops.items() if ":" not in k}, "wall_s": round(time.perf_counter() - t0, 1)}))
         return
 
     t0 = time.perf_counter()
@@ -439,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = {"skipped": "not run: budget spent"}
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--steps", str(steps),
-               "--device", str(device)] + (["--quick"] if args.quick else []) + (["--vae"] if vae is None else [])
+               "--device", str(device), "--dtype", args.dtype] + (["--quick"] if args.quick else []) + (
+               ["--vae"] if vae is None else [])
         tc = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
@@ -555,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
                     "vae_encode_s": round(venc, 2), "vae_decode_s": round(vdec, 2),
                     "rcc_encode_s": round(rcc["rcc_encode_s"], 3), "rcc_decode_s": round(rcc["rcc_decode_s"], 4),
                     "child": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}})
-    summary = {"bench": "backbone_step", "quick": bool(args.quick), "backbones": results,
+    summary = {"bench": "backbone_step", "quick": bool(args.quick), "dtype": args.dtype, "backbones": results,
                "peak_mem_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
                                    else "resource.getrusage(RUSAGE_SELF).ru_maxrss of one child process per backbone"),
                "image": f"{IMAGE_ID} {WIDTH}x{HEIGHT}", "chunk_bits": CHUNK_BITS, "padding_bits": PADDING_BITS,

@@ -12,7 +12,16 @@ Per case: ``drift_xt_max`` = max |x_t decoder - x_t encoder| and ``drift_psnr_db
 the encoder-side reconstruction and the decoder's (images in [0, 1]; inf when equal). A case is a
 desync when the decoder raises, gives non-finite values, or the drift PSNR is below 30 dB.
 Goal: ``min_drift_psnr_db`` >= 40 and 0 desyncs. With ``--device cuda`` (when a GPU is lent) a
-``cuda_fp16_to_cpu`` case encodes on the GPU in float16 and decodes on the CPU in float32.
+``cuda_fp16_to_cpu`` case encodes on the GPU in float16 and decodes on the CPU in float32;
+``--half-only`` runs that case alone (on ``--device cpu``: ``cpu_fp16_to_cpu``, the tiny twins in
+float16 on the CPU).
+
+``--full-size sd15-arch``: one full-size round trip on ``--device`` instead: the SD 1.5 architecture
+(real UNet and VAE sizes, random weights: benchmarks/backbone_step.py's configs; float16 on CUDA,
+float32 on the CPU), kodim01 at 768x512 (a seeded synthetic image when Kodak is not cached), sd15's
+codec settings, the paper schedule stopped at ``--stop-t``; encode, then decode with a second codec on
+the same backbone: ``encode_s``, ``decode_s``, ``bit_exact`` (x_t and image), else the drift.
+``--full-size tiny`` is the same round trip with tiny-sd15 at 64x64 (``benchmarks/gpu_check.sh --dry-run``).
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from pipelines.common import build_codec, model_config
 
 BACKBONES = {"gaussian": "paper", "tiny-sd15": "paper", "tiny-flux": "paper-flux"}
 STOP_T = 10
+FULL_SIZE_STOP_T = 700
 PERTURBATION = 1e-3
 
 
@@ -85,19 +95,64 @@ def measure(enc: DiffcCodec, point, image: torch.Tensor, dec: DiffcCodec, thread
             "decode_s": time.perf_counter() - t0}
 
 
+def full_size_round_trip(kind: str, device: str, stop_t: int) -> dict:
+    """Encode + decode one image on ``device`` with the SD 1.5 architecture (``sd15-arch``) or
+    tiny-sd15 (``tiny``); seconds and bit-exactness (module docstring)."""
+    from diffc.codec import CodecParams
+    from pipelines.common import plain
+
+    if kind == "tiny":
+        enc = codec_for("tiny-sd15", "paper", options={"device": device})
+        image, source = C.kodak_small(quick=False)[0][1], "kodak-small[0] 64x64"
+    else:
+        import backbone_step as bs
+
+        dev = torch.device(device)
+        backbone = bs._sd_backbone("sd15", bs.SD15_UNET, [(768, None)], bs.SD_VAE, "epsilon", dev,
+                                   bs.model_dtype("sd15", dev, "auto"))
+        enc = DiffcCodec(backbone, CodecParams.of(**{**plain(model_config("sd15").codec), "schedule": "paper"}))
+        image, source = bs._kodak_image()
+    dec = DiffcCodec(enc.backbone, enc.params)
+    t0 = time.perf_counter()
+    point = enc.encode(image, stop_timesteps=[stop_t]).points[-1]
+    encode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d = dec.decode(point.data)
+    decode_s = time.perf_counter() - t0
+    xt_max, drift_db = enc.drift(point, d)
+    return {"backbone": "sd15 architecture, random weights" if kind != "tiny" else "tiny-sd15",
+            "image": source, "size": list(image.shape[-2:]), "device": device,
+            "dtype": str(getattr(enc.backbone, "dtype", torch.float32)).removeprefix("torch."),
+            "timestep": point.timestep, "steps": point.step_index, "bpp": point.bpp,
+            "encode_s": encode_s, "decode_s": decode_s, "bit_exact": xt_max == 0.0 and drift_db == math.inf,
+            "drift_xt_max": xt_max, "drift_psnr_db": drift_db, "desync": desynchronised(drift_db)}
+
+
 def main() -> None:
     ap = C.parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--full-size", choices=["sd15-arch", "tiny"], default=None,
+                    help="only the full-size round trip on --device (module docstring)")
+    ap.add_argument("--stop-t", type=int, default=None,
+                    help=f"the stop timestep (default {STOP_T}; --full-size: {FULL_SIZE_STOP_T})")
+    ap.add_argument("--half-only", action="store_true", help="only the half-precision case: encode on --device "
+                    "in float16, decode on the CPU in float32 (what benchmarks/gpu_check.sh runs)")
     args = ap.parse_args()
     C.setup(args)
     t_start = time.perf_counter()
+    if args.full_size:
+        r = full_size_round_trip(args.full_size, args.device, args.stop_t or FULL_SIZE_STOP_T)
+        C.log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+        C.emit("decode_drift", args, {"full_size": r}, t_start)
+        return
     _, image = C.kodak_small(quick=False)[0]
+    stop_t = args.stop_t or STOP_T
     by_case: dict[str, dict] = {}
     for name, schedule in BACKBONES.items():
         torch.set_num_threads(2)
         cases = {}
-        for deterministic in (True, False):
+        for deterministic in () if args.half_only else (True, False):
             enc = codec_for(name, schedule, deterministic)
-            point = enc.encode(image, stop_timesteps=[STOP_T]).points[-1]
+            point = enc.encode(image, stop_timesteps=[stop_t]).points[-1]
             C.log(f"{name}: {schedule} to t={point.timestep} ({point.step_index} steps), {point.bpp:.3f} bpp, "
                   f"{'deterministic' if deterministic else 'opt-out'}")
             if deterministic:
@@ -106,11 +161,13 @@ def main() -> None:
                 cases["perturbed"] = measure(enc, point, image, perturbed(codec_for(name, schedule), args.seed), 2)
             else:
                 cases["threads_optout"] = measure(enc, point, image, codec_for(name, schedule, False), 1)
-        if args.device.startswith("cuda"):
+        if args.device.startswith("cuda") or args.half_only:  # (tiny twins honour float16 on the CPU too)
             half = {"dtype": "float16"} if "dtype" in model_config(name).options else {}  # gaussian: no dtype
-            enc = codec_for(name, schedule, options={"device": "cuda", **half})
-            point = enc.encode(image, stop_timesteps=[STOP_T]).points[-1]
-            cases["cuda_fp16_to_cpu"] = measure(enc, point, image, codec_for(name, schedule, options={"device": "cpu"}), 2)
+            enc = codec_for(name, schedule, options={"device": args.device, **half})
+            point = enc.encode(image, stop_timesteps=[stop_t]).points[-1]
+            dev = torch.device(args.device).type
+            cases[f"{dev}_fp16_to_cpu"] = measure(enc, point, image, codec_for(name, schedule, options={"device": "cpu"}),
+                                                  2)
         for case, r in cases.items():
             by_case[f"{name}/{case}"] = r
             C.log(f"  {case:15s} " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -125,7 +182,7 @@ def main() -> None:
         "bit_exact_cases": sum(r.get("drift_xt_max") == 0.0 for r in by_case.values()),
         "goal_min_drift_psnr_db": 40.0,
         "by_case": by_case,
-        "setup": {"backbones": BACKBONES, "stop_t": STOP_T, "perturbation": PERTURBATION, "desync_below_db": DESYNC_PSNR_DB,
+        "setup": {"backbones": BACKBONES, "stop_t": stop_t, "perturbation": PERTURBATION, "desync_below_db": DESYNC_PSNR_DB,
                   "image": "kodak-small[0] 64x64", "encode_threads": 2},
     }
     C.emit("decode_drift", args, figures, t_start)
