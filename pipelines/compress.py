@@ -80,10 +80,14 @@ def compress(cfg: DictConfig) -> None:
         raise PipelineError(str(exc)) from exc
     point = choose_point(result.points, cfg.bpp)
     recon_png = None
-    if cfg.recon_output:
+    if cfg.recon_output:  # as the decoder reconstructs: in its deterministic context (DiffcCodec.decode)
+        from diffc.determinism import deterministic
+        from diffc.format import read
+
         h, w = image.shape[:2]
-        cond = codec.backbone.condition(caption)
-        recon_png = png_bytes(to_uint8(codec.reconstruct(point.x_t, point.timestep, h, w, cond)))
+        with deterministic(codec.decode_threads(read(point.data)[0])):
+            cond = codec.backbone.condition(caption)
+            recon_png = png_bytes(to_uint8(codec.reconstruct(point.x_t, point.timestep, h, w, cond)))
     atomic_write(cfg.output, point.data)
     if recon_png is not None:
         atomic_write(cfg.recon_output, recon_png)

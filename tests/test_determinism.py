@@ -153,3 +153,86 @@ def test_header_thread_count_is_capped_at_the_machine(gaussian_backbone, monkeyp
     assert seen and set(seen) == {1}
     assert torch.equal(d.x_t, p.x_t)
     assert "256 threads" in d.drift_warning and "threads differ" in d.drift_warning
+
+
+# ---- cuBLAS workspace, warn_only, and the compress-side reconstruction ---------------------------------
+def test_cublas_workspace_is_set_before_torch_is_imported() -> None:
+    """Importing pipelines (every entry point) puts diffc.determinism.CUBLAS_WORKSPACE in the
+    environment before torch is imported; importing diffc.determinism sets it too; a deterministic
+    value the user exported is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    code = ("import os, sys; import pipelines; print(os.environ['CUBLAS_WORKSPACE_CONFIG'], 'torch' in sys.modules); "
+            "from diffc import determinism as d; print(d.CUBLAS_WORKSPACE, d.ensure_cublas_workspace())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [":4096:8", "False", ":4096:8", "True"]
+    code = "import os; from diffc import determinism; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    for given, kept in ((None, ":4096:8"), (":16:8", ":16:8")):
+        e = env if given is None else {**env, "CUBLAS_WORKSPACE_CONFIG": given}
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=e, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == kept, out.stderr[-2000:]
+
+
+def test_cuda_started_without_the_workspace_warns_once(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A process that started CUDA before the workspace was set (simulated) gets one warning line
+    from deterministic(), naming the variable; deterministic() still sets the kernels."""
+    from diffc import determinism
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(determinism, "_before_cuda", False)
+    monkeypatch.setattr(determinism, "_warned_late", False)
+    assert determinism.ensure_cublas_workspace() is False
+    with caplog.at_level("WARNING", logger="diffc"):
+        for _ in range(2):
+            with deterministic(1):
+                assert torch.are_deterministic_algorithms_enabled()
+    lines = [r.getMessage() for r in caplog.records if "CUBLAS_WORKSPACE_CONFIG" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "never desync" in lines[0]
+
+
+def test_no_op_of_a_tiny_twin_needs_warn_only_on_the_cpu() -> None:
+    """Measured for warn_only (diffc.determinism): an encode and decode of every tiny twin with a
+    caption, in deterministic mode on the CPU, runs no op without a deterministic kernel (no
+    'deterministic' warning is raised)."""
+    import warnings
+
+    from test_backbones import PARAMS, TINY, make_image, tiny
+
+    for name in TINY:
+        codec = DiffcCodec(tiny(name), PARAMS)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            p = codec.encode(make_image(20, 28), stop_timesteps=[codec.timesteps[3]], caption="a kite").points[-1]
+            codec.decode(p.data)
+        assert not [str(w.message) for w in seen if "determinis" in str(w.message)], name
+
+
+def test_compress_reconstructs_in_the_decoders_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress's recon_output is made as decode makes its image: deterministic kernels, the file's
+    thread count (here 1, while the process runs 2 outside the encode)."""
+    from test_backbone_cli import H, W, in_process
+
+    import numpy as np
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img)
+    seen = []
+    original = DiffcCodec.reconstruct
+
+    def recording(self, *args, **kwargs):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffcCodec, "reconstruct", recording)
+    monkeypatch.setattr("diffc.codec.default_threads", lambda: 1)  # the encoder fixes (and records) 1 thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_process("compress", "model=tiny-sd15", f"input={img}", f"output={tmp_path / 'x.diffc'}", "timestep=500",
+                   f"recon_output={tmp_path / 'r.png'}")
+    finally:
+        torch.set_num_threads(n)
+    assert fmt.read((tmp_path / "x.diffc").read_bytes())[0].provenance.threads == 1
+    assert seen == [(True, 1)]
