@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh --dry-run: the GPU script's checks at CPU sizes, so the script a lent GPU
-machine runs as is (no internet, one try) is known to work before it gets there. Slow: about 4
+machine runs as is (no internet, one try) is known to work before it gets there. Slow: 2 to 3.5
 minutes on 2 CPU cores (the dtype tests, the FLOP count on the meta device, the drift cases)."""
 from __future__ import annotations
 
