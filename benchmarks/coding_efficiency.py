@@ -179,7 +179,7 @@ class OrderedPfr(PfrSpec):
     """The PFR spec whose search takes ordered random coding's arrival times (benchmarks/ordered_arrivals.py;
     opt-in, the codec has no such option). Decoding is unchanged."""
 
-    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int, search=None) -> torch.Tensor:
         return ordered_arrivals.encode(u_coded, plan, self.num_candidates, key, "ordered", None)
 
 
@@ -187,7 +187,7 @@ class OrderedPfr(PfrSpec):
 class OrderedSparseSum(SparseSumSpec):
     """``OrderedPfr`` with sparse-sum candidates."""
 
-    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int, search=None) -> torch.Tensor:
         return ordered_arrivals.encode(u_coded, plan, self.num_candidates, key, "ordered", self.generator)
 
 

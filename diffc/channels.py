@@ -26,8 +26,8 @@ import torch
 from . import format as fmt
 from .chain import LN2, Chain, Step
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder, sealed_payload
-from .pfr import ChunkPlan, candidate_blocks, chunk_sums, decode_chunks, encode_chunks, split_parts
-from .plugins import ChannelSpec, StepRecord, register_channel
+from .pfr import ChunkPlan, chunk_sums, codebook_scores, decode_chunks, encode_chunks, split_parts
+from .plugins import ChannelSpec, Search, StepRecord, register_channel
 from .randomness import normals
 from .sparse_sum import MAX_ATOMS as MAX_BANK, MAX_M, SparseSum
 
@@ -95,8 +95,8 @@ class PfrSpec(ChannelSpec):
             raise ValueError(f"{len(rest) - r.pos} stray bytes after the {cls.name} parameters")
         return cls(**base, **extra)
 
-    def channel(self, n_dims: int, payload: bytes | None = None) -> "PfrChannel":
-        return PfrChannel(self, n_dims, payload)
+    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "PfrChannel":
+        return PfrChannel(self, n_dims, payload, search)
 
     @property
     def num_candidates(self) -> int:
@@ -107,9 +107,10 @@ class PfrSpec(ChannelSpec):
         """Fewest parts of a split chunk (KL > split_above x chunk_bits): floor(split_above) + 1; 0 = off."""
         return int(self.split_above) + 1 if self.split_above else 0
 
-    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
-        """The PFR index of every chunk (int64 [chunks])."""
-        return encode_chunks(u_coded, plan, self.num_candidates, key)
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int, search: Search = Search()) -> torch.Tensor:
+        """The PFR index of every chunk (int64 [chunks], on u's device)."""
+        return encode_chunks(u_coded, plan, self.num_candidates, key, block_entries=search.block_entries,
+                             compile=search.compile)
 
     def decode(self, idx: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str) -> torch.Tensor:
         """The selected candidates (float32 [positions] in coding order), regenerated alone."""
@@ -160,8 +161,9 @@ class SparseSumSpec(PfrSpec):
     def decode_entries(self, n_dims: int) -> int:
         return self.sparse_m * n_dims  # M atom entries per position
 
-    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> torch.Tensor:
-        return self.generator.encode_chunks(u_coded, plan, self.num_candidates, key)
+    def encode(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int, search: Search = Search()) -> torch.Tensor:
+        return self.generator.encode_chunks(u_coded, plan, self.num_candidates, key,
+                                            block_entries=search.block_entries, compile=search.compile)
 
     def decode(self, idx: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str) -> torch.Tensor:
         return self.generator.decode_chunks(idx, plan, key, device)
@@ -190,8 +192,9 @@ class PfrChannel:
     range-codes what it receives too, so ``stream()`` is the payload those steps make (the codec
     refuses a file whose payload is anything else: trailing data)."""
 
-    def __init__(self, settings: PfrSpec, n_dims: int, payload: bytes | None = None):
+    def __init__(self, settings: PfrSpec, n_dims: int, payload: bytes | None = None, search: Search = Search()):
         self.settings = settings
+        self.options = search
         self.max_chunks = count_bound(n_dims)
         self.records: list[PfrStepRecord] = []
         s = settings
@@ -206,7 +209,7 @@ class PfrChannel:
     # ---- the search (overridable: benchmarks/coding_efficiency.py simulates it) ---------------
     def search(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices int64 [chunks], the chosen candidates float32 [positions] in coding order)."""
-        idx = self.settings.encode(u_coded, plan, key)
+        idx = self.settings.encode(u_coded, plan, key, self.options)
         return idx, self.settings.decode(idx, plan, key, u_coded.device)
 
     @staticmethod
@@ -222,6 +225,7 @@ class PfrChannel:
         plan = chain.plan(step, n_chunks)
         plan_chunks = plan.n_chunks
         parts, plan = s.split(plan, step.u)
+        plan = plan.to(step.u.device)  # once per step: the search, sums and combine stay on the device
         u_coded = plan.coded(step.u)
         idx, z = self.search(u_coded, plan, chain.step_key(step.k))
         u64 = u_coded.double()
@@ -312,8 +316,8 @@ class DdcmSpec(CodebookSpec):
     def step_bits(self) -> float:
         return float(self.codebook_bits)
 
-    def channel(self, n_dims: int, payload: bytes | None = None) -> "DdcmChannel":
-        return DdcmChannel(self, n_dims, payload)
+    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "DdcmChannel":
+        return DdcmChannel(self, n_dims, payload, search)
 
 
 @register_channel
@@ -338,8 +342,8 @@ class TurboDdcmSpec(CodebookSpec):
     def decode_entries(self, n_dims: int) -> int:
         return self.atoms * n_dims  # the M codes [D, M] regenerated per step
 
-    def channel(self, n_dims: int, payload: bytes | None = None) -> "TurboDdcmChannel":
-        return TurboDdcmChannel(self, n_dims, payload)
+    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "TurboDdcmChannel":
+        return TurboDdcmChannel(self, n_dims, payload, search)
 
 
 @dataclass
@@ -377,8 +381,9 @@ class CodebookChannel:
     using u (x_t' = mu_p + std z, DDIM with eta = 1 = the DDPM posterior step) and sends its
     choice with uniform codes. The chain no longer samples q exactly; every step costs a fixed rate."""
 
-    def __init__(self, spec: CodebookSpec, n_dims: int, payload: bytes | None = None):
+    def __init__(self, spec: CodebookSpec, n_dims: int, payload: bytes | None = None, search: Search = Search()):
         self.spec = spec
+        self.options = search
         self.num_codes = spec.num_codes
         self.n_dims = n_dims
         self.records: list[CodebookStepRecord] = []
@@ -393,12 +398,9 @@ class CodebookChannel:
 
     # ---- the codebook ------------------------------------------------------------------------
     def scores(self, u: torch.Tensor, key: int) -> torch.Tensor:
-        """<C_n, u> for every code n (float64 [K]): K x D candidate entries, in blocks."""
-        g = torch.empty(self.num_codes, dtype=torch.float64, device=u.device)
-        u_row = u.flatten().to(torch.float32)[None, :]
-        for rows, z in candidate_blocks(key, self.n_dims, self.num_codes, u.device):
-            g[rows.long()] = (u_row @ z)[0].to(torch.float64)
-        return g
+        """<C_n, u> for every code n (float64 [K] on u's device): K x D candidate entries, in blocks."""
+        return codebook_scores(u, key, self.num_codes, self.n_dims, block_entries=self.options.block_entries,
+                               compile=self.options.compile)
 
     def codes(self, key: int, idx: list[int], device: torch.device) -> torch.Tensor:
         """Codes ``idx`` of the step (float32 [D, len(idx)]), regenerated alone."""
@@ -463,8 +465,8 @@ class TurboDdcmChannel(CodebookChannel):
     z = sum_{n in S} sign(g_n) C_n, scaled to unit standard deviation. Bits per step
     (``TurboDdcmSpec.step_bits``): ``rank_bits`` for the rank of S plus M sign bits."""
 
-    def __init__(self, spec: TurboDdcmSpec, n_dims: int, payload: bytes | None = None):
-        super().__init__(spec, n_dims, payload)
+    def __init__(self, spec: TurboDdcmSpec, n_dims: int, payload: bytes | None = None, search: Search = Search()):
+        super().__init__(spec, n_dims, payload, search)
         self.atoms = spec.atoms
         self.n_subsets = math.comb(self.num_codes, self.atoms)
 

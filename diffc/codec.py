@@ -37,7 +37,7 @@ from .chain import Chain
 from .channels import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
-from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, StepRecord, channel_spec, option_names
+from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, Search, StepRecord, channel_spec, option_names
 from .recon import OPTION_KEYS as RECON_OPTIONS, Recon
 from .schedule import encoding_timesteps, recon_timesteps
 
@@ -167,13 +167,16 @@ class DiffcCodec:
     (``diffc.chain``) with the channel of ``params.channel`` (``diffc.plugins``), packaged as .diffc
     files."""
 
-    def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True):
+    def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True,
+                 search: Search = Search()):
         """``deterministic``: deterministic kernels and a fixed intra-op thread count (the
         encoder's, recorded in the file) around encode and decode; False = the speed opt-out
-        (decoding is then exact only by luck; see ``diffc.determinism``)."""
+        (decoding is then exact only by luck; see ``diffc.determinism``). ``search``: how the
+        encoder's channel runs its search (compiled, block size; never what it finds)."""
         self.backbone = backbone
         self.params = params or CodecParams()
         self.deterministic = deterministic
+        self.search = search
         self.chain = Chain(backbone, self.params.schedule, self.params.seed)
         self.timesteps = self.chain.timesteps
 
@@ -242,7 +245,7 @@ class DiffcCodec:
         x0 = self.backbone.encode(pad_for(self.backbone, image)).to(torch.float32)
         cond = self.backbone.condition(caption)
         stops = sorted({self.stop_step_for(t) for t in (stop_timesteps or [self.timesteps[-1]])})
-        channel = (channel or self.params.channel.channel)(x0.numel())
+        channel = channel(x0.numel()) if channel else self.params.channel.channel(x0.numel(), search=self.search)
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
         first = self.header(width, height, 1, caption, provenance)  # the fingerprint, once per encode
@@ -311,7 +314,7 @@ class DiffcCodec:
         header, payload = fmt.read(data, max_pixels)
         params = params_from_header(header)
         if params != self.params:
-            yield from DiffcCodec(self.backbone, params, self.deterministic).decode_prefixes(
+            yield from DiffcCodec(self.backbone, params, self.deterministic, self.search).decode_prefixes(
                 data, step_counts, reconstruct, progress, max_pixels, **recon)
             return
         self.check_header(header)

@@ -43,6 +43,17 @@ ENTRY_POINT_GROUP = "diffc.channels"
 ENV_MODULES = "DIFFC_CHANNELS"
 
 
+@dataclass(frozen=True)
+class Search:
+    """How an encoder runs its search, never what it finds: no field changes a file
+    (tests/test_search_device.py). ``compile``: ``torch.compile`` the per-block kernels (opt-in;
+    the first step pays the compilation); ``block_entries``: candidate entries per block (None = the
+    device's measured default, ``diffc.pfr.default_block_entries``)."""
+
+    compile: bool = False
+    block_entries: int | None = None
+
+
 @dataclass
 class StepRecord:
     """What a channel did at one step (bits): ``kl_bits`` = KL(q || p), ``delivered_bits`` =
@@ -71,8 +82,9 @@ class ChannelSpec:
     #: config options the spec reads besides its fields (e.g. a choice between specs)
     extra_options: ClassVar[tuple[str, ...]] = ()
 
-    def channel(self, n_dims: int, payload: bytes | None = None) -> CodingChannel:
-        """The channel for a latent of ``n_dims`` entries: encoding (``payload`` None) or decoding."""
+    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> CodingChannel:
+        """The channel for a latent of ``n_dims`` entries: encoding (``payload`` None) or decoding;
+        ``search``: how the encoder runs its search (a channel without one ignores it)."""
         raise NotImplementedError
 
     @property

@@ -95,9 +95,11 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
     """
     from diffc.backbone import load_backbone
     from diffc.codec import CodecParams, DiffcCodec
+    from diffc.plugins import Search
 
     model = OmegaConf.create(plain(model)) if not isinstance(model, DictConfig) else model
     fields = plain(model.get("codec")) | _given(codec_overrides)
+    search = Search(bool(fields.pop("compile", False)), fields.pop("block_entries", None))
     options, extra = plain(model.get("options")), given_options(option_overrides)
     foreign = sorted(set(extra) - set(options))
     if foreign:
@@ -113,7 +115,7 @@ def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[
         backbone = load_backbone(model.name, **options)
     except Exception as exc:  # missing weights, bad option values: one line for the user
         raise PipelineError(f"model {model.name}: {errors.describe(exc)}") from exc
-    return DiffcCodec(backbone, params, deterministic=bool(deterministic))
+    return DiffcCodec(backbone, params, deterministic=bool(deterministic), search=search)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -69,7 +69,7 @@ def compress(cfg: DictConfig) -> None:
     from .datasets import as_uint8, read_image, to_tensor, to_uint8
 
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
-    codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic)
+    codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp)
     x = to_tensor(image)
     caption = resolve_caption(cfg.caption, as_uint8(image), cfg.get("captioner")) or None  # auto: a BLIP-2 caption

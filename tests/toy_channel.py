@@ -27,7 +27,7 @@ class ToyMeanSpec(ChannelSpec):
         if not 1 <= self.toy_bits <= 16:
             raise ValueError(f"toy_bits must be in 1..16, got {self.toy_bits}")
 
-    def channel(self, n_dims: int, payload: bytes | None = None) -> "ToyMeanChannel":
+    def channel(self, n_dims: int, payload: bytes | None = None, search=None) -> "ToyMeanChannel":
         return ToyMeanChannel(self, payload)
 
 
