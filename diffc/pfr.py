@@ -156,10 +156,10 @@ class ChunkPlan:
         if not _within_growth(parts, dims):
             raise ValueError(f"split parts would grow the plan more than {MAX_SPLIT_GROWTH}x")
         start = torch.cumsum(dims, 0) - dims
-        parent = torch.repeat_interleave(torch.arange(self.n_chunks), parts)  # new chunk -> old chunk
+        parent = torch.repeat_interleave(torch.arange(self.n_chunks, device="cpu"), parts)  # new chunk -> old chunk
         new_dims = dims[parent]
-        chunk_of = torch.repeat_interleave(torch.arange(parent.numel()), new_dims)
-        offset = torch.arange(chunk_of.numel()) - (torch.cumsum(new_dims, 0) - new_dims)[chunk_of]
+        chunk_of = torch.repeat_interleave(torch.arange(parent.numel(), device="cpu"), new_dims)
+        offset = torch.arange(chunk_of.numel(), device="cpu") - (torch.cumsum(new_dims, 0) - new_dims)[chunk_of]
         pos = start[parent][chunk_of] + offset  # old position each new position repeats
         scale = parts[parent][chunk_of].to(torch.float32).rsqrt()
         if self.scale is not None:
@@ -170,7 +170,7 @@ class ChunkPlan:
         counts = torch.bincount(src)
         first = (torch.cumsum(counts, 0) - counts)[src[order]]
         part = torch.empty_like(src)
-        part[order] = torch.arange(src.numel()) - first
+        part[order] = torch.arange(src.numel(), device="cpu") - first
         return ChunkPlan(src, chunk_of, int(parent.numel()), scale, part)
 
 
@@ -180,7 +180,7 @@ def split_parts(kl_bits: torch.Tensor, chunk_bits: int, split_above: float,
     split_above x chunk_bits, else 1; at most MAX_PARTS. ``split_above`` 0 = never split.
     ``dims`` (positions per chunk): if the split plan would exceed MAX_SPLIT_GROWTH x the
     positions, the step is not split at all (all ones; the decoder refuses such plans)."""
-    ones = torch.ones(kl_bits.numel(), dtype=torch.int64)
+    ones = torch.ones(kl_bits.numel(), dtype=torch.int64, device="cpu")
     if split_above <= 0:
         return ones
     kl = kl_bits.detach().to("cpu", torch.float64)
@@ -205,7 +205,7 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
     """
     if n_dims < 1 or n_chunks < 1:
         raise ValueError(f"need n_dims >= 1 and n_chunks >= 1, got {n_dims}, {n_chunks}")
-    w = (torch.ones(n_dims, dtype=torch.float64) if weights is None
+    w = (torch.ones(n_dims, dtype=torch.float64, device="cpu") if weights is None
          else weights.detach().flatten().to("cpu", torch.float64).clamp_min(0))
     if w.numel() != n_dims:
         raise ValueError(f"weights have {w.numel()} entries, expected {n_dims}")
@@ -215,13 +215,13 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
     gen = torch.Generator().manual_seed(key)
     split = bool((m > 1).any())
     if not split:
-        src = torch.randperm(n_dims, generator=gen)
+        src = torch.randperm(n_dims, generator=gen, device="cpu")
         vw = w[src]
         scale = part = None
     else:
-        src0 = torch.repeat_interleave(torch.arange(n_dims), m)
-        part0 = torch.arange(src0.numel()) - torch.repeat_interleave(torch.cumsum(m, 0) - m, m)
-        perm = torch.randperm(src0.numel(), generator=gen)
+        src0 = torch.repeat_interleave(torch.arange(n_dims, device="cpu"), m)
+        part0 = torch.arange(src0.numel(), device="cpu") - torch.repeat_interleave(torch.cumsum(m, 0) - m, m)
+        perm = torch.randperm(src0.numel(), generator=gen, device="cpu")
         src, part = src0[perm], part0[perm]
         vw = (w / m)[src]
         scale = m[src].to(torch.float32).rsqrt()

@@ -14,13 +14,6 @@ from diffc.codec import DiffcCodec
 from test_backbones import PARAMS, TINY, _one_thread, make_image, tiny  # noqa: F401 (autouse fixture)
 
 
-#: device-less creations left in diffc/pfr.py (not this test's files): each needs ``device="cpu"``
-#: (the plans are made on the CPU): lines 155, 157, 158, 169 (torch.arange), 179, 204 (torch.ones),
-#: 214, 220 (torch.randperm), 218, 219 (torch.arange); make_plan's ``.item()`` on the meta ``w`` fails first.
-PFR_DEVICE_LESS = "diffc/pfr.py makes plan tensors without device= (lines 155-220 of HEAD c34d55b; see PFR_DEVICE_LESS)"
-
-
-@pytest.mark.xfail(raises=RuntimeError, strict=False, reason=PFR_DEVICE_LESS)
 @pytest.mark.parametrize("name", TINY)
 def test_encode_decode_make_no_device_less_tensor(name: str):
     b = tiny(name)
@@ -35,3 +28,20 @@ def test_encode_decode_make_no_device_less_tensor(name: str):
         torch.set_default_device(None)
     assert point.x_t.device.type == "cpu" and torch.equal(dec.x_t, point.x_t)
     assert dec.image.device.type == "cpu" and dec.image.shape == (3, 20, 28)
+
+
+@pytest.mark.parametrize("options", [dict(candidates="sparse-sum", atoms=64, sparse_m=4), dict(split_above=1.0),
+                                     dict(codec="ddcm", codebook_bits=6), dict(codec="turbo-ddcm", codebook_bits=6, atoms=3)],
+                         ids=["sparse-sum", "split", "ddcm", "turbo-ddcm"])
+def test_every_channel_makes_no_device_less_tensor(gaussian_backbone, options: dict):
+    from diffc.codec import CodecParams
+
+    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-6", chunk_bits=4, padding_bits=1, **options))
+    image = make_image(20, 28)
+    torch.set_default_device("meta")
+    try:
+        point = codec.encode(image).points[-1]
+        dec = codec.decode(point.data)
+    finally:
+        torch.set_default_device(None)
+    assert torch.equal(dec.x_t, point.x_t) and dec.image.device.type == "cpu"

@@ -40,8 +40,8 @@ COLOR = torch.tensor([[1 / math.sqrt(3)] * 3,
 @lru_cache(maxsize=4)
 def dct_matrix(n: int = BLOCK) -> torch.Tensor:
     """Orthonormal DCT-II matrix (float64 [n, n]); rows are basis functions."""
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    i = torch.arange(n, dtype=torch.float64)[None, :]
+    k = torch.arange(n, dtype=torch.float64, device="cpu")[:, None]
+    i = torch.arange(n, dtype=torch.float64, device="cpu")[None, :]
     m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
     m[0] /= math.sqrt(2.0)
     return m
@@ -107,7 +107,7 @@ class GaussianBackbone(Backbone):
     def sample_prior(self, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """A latent x0 drawn from the prior itself (a synthetic source for theory checks)."""
         m, v = self.prior((3, height, width))
-        eps = torch.randn(m.shape, generator=generator, dtype=torch.float64)
+        eps = torch.randn(m.shape, generator=generator, dtype=torch.float64, device="cpu")
         return (m + v.sqrt() * eps.to(self.device)).to(torch.float32)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
