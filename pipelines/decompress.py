@@ -76,7 +76,10 @@ def load_codec(header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
     parity = cfg.parity or header.parity
     if parity not in PARITY:
         raise PipelineError(f"parity must be one of {', '.join(PARITY)} or null (the file's), got {parity!r}")
-    codec = matching_codec(model_config(header.backbone, parity), header, cfg)
+    try:
+        codec = matching_codec(model_config(header.backbone, parity), header, cfg)
+    except PipelineError as exc:  # the loaders name compress's keys
+        raise PipelineError(decompress_keys(str(exc))) from exc
     if codec.fingerprint() == header.fingerprint:
         return codec
     raise PipelineError(

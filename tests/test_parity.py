@@ -207,7 +207,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
     image of ``reconstruct`` = the VAE decode of the oracle's latent."""
     b, oracle, x0, eps, cond = load_twin(name)
     params = CodecParams.of(**model_yaml(name, "reference")["codec"])
-    assert params.recon_grid == "reference" and params.recon == "ode"
+    assert params.recon.grid == "reference" and params.recon.mode == "ode"
     codec = DiffcCodec(b, params)
     calls: list[int] = []  # the labels the project's reconstruction evaluates its network at
     predict = b.predict_x0
@@ -221,7 +221,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
         x_ref, x_vp = state(oracle, x0, eps, t)
         calls.clear()
         oracle.network_calls = 0
-        got = codec.denoise(x_vp, t, cond, params.recon, params.recon_steps, params.recon_grid)
+        got = codec.denoise(x_vp, t, cond, params.recon.mode, params.recon.steps, params.recon.grid)
         want = oracle.denoise(x_ref, t, cond)
         assert rel_err(got, want) <= TOL, (name, t, rel_err(got, want))
         assert calls == denoising_timesteps(t)[:-1]
@@ -238,11 +238,11 @@ def test_reconstructions_diverge_on_the_uniform_grid(name: str):
     """The project's default reconstruction (uniform grid, 4 steps for the twins) is another image."""
     b, oracle, x0, eps, cond = load_twin(name)
     codec = DiffcCodec(b, CodecParams.of(**model_yaml(name, "project")["codec"]))
-    assert codec.params.recon_grid == "uniform"
+    assert codec.params.recon.grid == "uniform"
     worst = 0.0
     for t in RECON_LABELS:
         x_ref, x_vp = state(oracle, x0, eps, t)
-        got = codec.denoise(x_vp, t, cond, "ode", codec.params.recon_steps, codec.params.recon_grid)
+        got = codec.denoise(x_vp, t, cond, "ode", codec.params.recon.steps, codec.params.recon.grid)
         worst = max(worst, rel_err(got, oracle.denoise(x_ref, t, cond)))
     assert worst > DIVERGED, (name, worst)
 
