@@ -75,7 +75,7 @@ from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_
 from diffc.randomness import stream_key
 
 LN2 = math.log(2.0)
-DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, CodecParams.split_above
+DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
 BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
 QUICK_SETTINGS = [(8, 2, 0.0), (8, 2, 2.0), (8, 2, 3.0), (6, 4, 2.0), (10, 2, 2.0), (12, 2, 0.0), (12, 2, 2.0),
                   (12, 4, 2.0), (14, 2, 0.0), (14, 2, 2.0)]
