@@ -34,8 +34,10 @@ from .sparse_sum import MAX_ATOMS as MAX_BANK, MAX_M, SparseSum
 
 #: PFR candidate generators (the ``candidates`` option of ``codec=diffc``)
 CANDIDATES = ("iid", "sparse-sum")
-#: most candidates per chunk: 2^(chunk_bits + padding_bits) <= 2^MAX_CANDIDATE_BITS (the index model's support)
-MAX_CANDIDATE_BITS = 24
+#: most candidates per chunk: 2^(chunk_bits + padding_bits) <= 2^MAX_CANDIDATE_BITS. The index model is a
+#: constriction categorical with 24-bit probabilities: 2^24 symbols leave no room for their Zipf shape (it
+#: refuses to build), 2^23 code (benchmarks/fuzz_format.py limit case)
+MAX_CANDIDATE_BITS = 23
 MAX_PADDING_BITS = 8
 #: split_above is a header byte in quarters: 0 (never split) or 1..MAX_SPLIT_ABOVE
 MAX_SPLIT_ABOVE = 63.75

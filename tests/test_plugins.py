@@ -174,3 +174,35 @@ def test_a_garbage_payload_is_refused_before_the_model_runs(gaussian_backbone, m
             codec.decode(forged)
         monkeypatch.undo()
         assert calls == []
+
+
+@pytest.mark.slow
+def test_compiled_search_writes_the_same_files(gaussian_backbone) -> None:
+    """codec.compile=true (``Search(compile=True)``: torch.compile of the search kernels) writes the
+    eager search's files byte for byte, for i.i.d. and sparse-sum candidates (about a minute of
+    compilation on a 2-core CPU)."""
+    from diffc.plugins import Search
+
+    img = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(1))
+    for options in (dict(), dict(candidates="sparse-sum", atoms=64, sparse_m=4)):
+        params = CodecParams.of(schedule="geom-6", chunk_bits=6, padding_bits=1, **options)
+        eager = DiffcCodec(gaussian_backbone, params).encode(img)
+        compiled = DiffcCodec(gaussian_backbone, params, search=Search(compile=True)).encode(img)
+        assert [p.data for p in compiled.points] == [p.data for p in eager.points]
+
+
+def test_the_largest_candidate_count_is_coded() -> None:
+    """2^23 candidates per chunk (MAX_CANDIDATE_BITS) range-code; 2^24 cannot (the index model's
+    24-bit probabilities), so it is refused as a parameter."""
+    from diffc.channels import MAX_CANDIDATE_BITS
+    from diffc.entropy import StepDecoder, StepEncoder, StepSymbols
+
+    k = 1 << MAX_CANDIDATE_BITS
+    enc = StepEncoder(k, 16, 100, 0)
+    enc.push(StepSymbols(2, np.array([0, k - 1], dtype=np.int32)))
+    data, _ = enc.seal()
+    dec = StepDecoder(data, k, 16, 0)
+    assert dec.next_count(100) == 2 and dec.next_indices(2).tolist() == [0, k - 1]
+    assert PfrSpec(16, 7).num_candidates == k
+    with pytest.raises(ValueError, match="<= 23"):
+        PfrSpec(16, 8)
