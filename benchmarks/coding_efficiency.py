@@ -407,7 +407,7 @@ def split_rd(backbone, images: list, args) -> dict:
         codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
                                                  seed=args.seed, recon="denoise", split_above=split))
         curves[split] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images))))
-    value, reason = bd_rate(curves[0.0], curves[DEFAULT[2]], "psnr", "akima")
+    value, _, reason = bd_rate(curves[0.0], curves[DEFAULT[2]], "psnr", "akima")
     return {"bd_rate_psnr_pct": value, "reason": reason,
             **{f"split_{k:g}": {"bpp": c["bpp"].round(4).tolist(), "psnr": c["value"].round(3).tolist()}
                for k, c in curves.items()}}
