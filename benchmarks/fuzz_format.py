@@ -193,14 +193,14 @@ def run_shard(job: tuple[int, int, int, float]) -> dict:
     return out
 
 
-def limit_file(case: str) -> bytes:
+def limit_file(case: str) -> tuple[DiffcCodec, bytes]:
     """A well-formed file (right fingerprint) whose header claims the limits, over a payload the
     range decoder refuses at step 1: what it costs is the work before the first payload byte."""
     name, w, h, n_steps, opts = LIMIT_CASES[case]
     schedule = "geom-12"
     codec = build_codec(model_config(name), {"schedule": schedule, **opts})
     header = codec.header(w, h, min(n_steps, codec.chain.n_steps), None)
-    return fmt.write(header, b"\xff" * 8)
+    return codec, fmt.write(header, b"\xff" * 8)
 
 
 def run_limit_case(case: str) -> None:
@@ -210,8 +210,7 @@ def run_limit_case(case: str) -> None:
 
     torch.set_num_threads(1)
     logging.getLogger("diffc").setLevel(logging.ERROR)
-    data = limit_file(case)
-    codec = build_codec(model_config(LIMIT_CASES[case][0]), {"schedule": "geom-12"})
+    codec, data = limit_file(case)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     try:

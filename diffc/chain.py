@@ -18,7 +18,7 @@ outputs, so rounding differences between machines cannot desynchronise a decoder
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterator, Protocol
 
@@ -115,10 +115,11 @@ class Chain:
         """The prior of step k at state ``x`` (one network call); ``x0`` given = the encoder's side."""
         t, t_next = self.timesteps[k - 1], self.timesteps[k]
         pc = self.backbone.schedule.posterior(t, t_next)
-        step = Step(k, t, t_next, x, pc.std, pc.c0, pc.ct, lambda: self.backbone.predict_x0(x, t, cond))
-        if x0 is None:
-            return step  # the decoder's: the prior waits for the channel's first read of it
-        return replace(step, u=(pc.c0 / pc.std) * (x0 - step.x0_hat), predict=lambda: step.x0_hat)
+        predict = lambda: self.backbone.predict_x0(x, t, cond)
+        if x0 is None:  # the decoder's: the prior waits for the channel's first read of it
+            return Step(k, t, t_next, x, pc.std, pc.c0, pc.ct, predict)
+        x0_hat = predict()
+        return Step(k, t, t_next, x, pc.std, pc.c0, pc.ct, lambda: x0_hat, (pc.c0 / pc.std) * (x0 - x0_hat))
 
     def plan(self, step: Step, n_chunks: int) -> ChunkPlan:
         """The decoder-side chunk plan of ``step`` with ``n_chunks`` chunks: a function of the seed,

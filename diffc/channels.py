@@ -82,20 +82,9 @@ class PfrSpec(ChannelSpec):
     def from_bytes(cls, data: bytes) -> ChannelSpec:
         if len(data) < 3:
             raise ValueError(f"{cls.name} parameters are 3 bytes, got {len(data)}")
-        return PfrSpec._from(data[:3], cls, data[3:])
-
-    @staticmethod
-    def _from(pfr: bytes, cls: type, rest: bytes) -> ChannelSpec:
-        base = dict(chunk_bits=pfr[0], padding_bits=pfr[1], split_above=pfr[2] / 4)
-        if cls is PfrSpec:
-            if rest:
-                raise ValueError(f"{len(rest)} stray bytes after the diffc parameters")
-            return PfrSpec(**base)
-        r = fmt.Reader(rest)
-        extra = {"atoms": r.varint("atom bank", MAX_BANK), "sparse_m": r.varint("sparse_m", MAX_M)}
-        if r.pos != len(rest):
-            raise ValueError(f"{len(rest) - r.pos} stray bytes after the {cls.name} parameters")
-        return cls(**base, **extra)
+        if len(data) > 3:
+            raise ValueError(f"{len(data) - 3} stray bytes after the {cls.name} parameters")
+        return PfrSpec(chunk_bits=data[0], padding_bits=data[1], split_above=data[2] / 4)
 
     def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "PfrChannel":
         return PfrChannel(self, n_dims, payload, search)
@@ -124,13 +113,17 @@ class PfrSpec(ChannelSpec):
         return int(min(max(1, math.ceil(kl_bits / self.chunk_bits)), count_bound(n_dims)))
 
     def split(self, plan: ChunkPlan, u: torch.Tensor) -> tuple[torch.Tensor, ChunkPlan]:
-        """The encoder's split of heavy chunks: (parts per chunk of ``plan``, the split plan), from
-        each chunk's real KL = |u_c|^2 / 2 (``diffc.pfr.split_parts``)."""
-        u_coded = plan.coded(u)
-        kl_bits = chunk_sums(0.5 * u_coded * u_coded, plan) / LN2
+        """The encoder's split of heavy chunks: (parts per chunk of ``plan``, the split plan on u's
+        device), from each chunk's real KL = |u_c|^2 / 2 (``diffc.pfr.split_parts``). ``plan`` is on
+        the CPU, as ``Chain.plan`` makes it: it is copied to the device once (twice when chunks
+        split: the split is made on the CPU), and the one host read is the chunks' KL."""
+        on_device = plan.to(u.device)
+        u_coded = on_device.coded(u)
+        kl_bits = chunk_sums(0.5 * u_coded * u_coded, on_device) / LN2
         parts = split_parts(kl_bits, self.chunk_bits, self.split_above,
                             torch.bincount(plan.chunk_of, minlength=plan.n_chunks))
-        return parts, plan.split_chunks(parts)
+        split = plan.split_chunks(parts)
+        return parts, on_device if split is plan else split.to(u.device)
 
 
 @register_channel
@@ -155,6 +148,16 @@ class SparseSumSpec(PfrSpec):
 
     def to_bytes(self) -> bytes:
         return super().to_bytes() + fmt.varint(self.atoms) + fmt.varint(self.sparse_m)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChannelSpec:
+        """The 3 PFR bytes, then K_a and M (varints)."""
+        pfr = PfrSpec.from_bytes(data[:3])
+        r = fmt.Reader(data[3:])
+        atoms, sparse_m = r.varint("atom bank", MAX_BANK), r.varint("sparse_m", MAX_M)
+        if r.pos != len(data) - 3:
+            raise ValueError(f"{len(data) - 3 - r.pos} stray bytes after the {cls.name} parameters")
+        return cls(pfr.chunk_bits, pfr.padding_bits, pfr.split_above, atoms, sparse_m)
 
     @property
     def generator(self) -> SparseSum:
@@ -226,8 +229,7 @@ class PfrChannel:
         n_chunks = s.chunk_count(kl_bits, step.x.numel())
         plan = chain.plan(step, n_chunks)
         plan_chunks = plan.n_chunks
-        parts, plan = s.split(plan, step.u)
-        plan = plan.to(step.u.device)  # once per step: the search, sums and combine stay on the device
+        parts, plan = s.split(plan, step.u)  # on the device from here: search, sums, combine
         u_coded = plan.coded(step.u)
         idx, z = self.search(u_coded, plan, chain.step_key(step.k))
         u64 = u_coded.double()
@@ -253,7 +255,7 @@ class PfrChannel:
             n_chunks = dec.next_count(self.max_chunks)
             plan = chain.plan(step, n_chunks)
             parts = dec.next_parts(plan.n_chunks, self.max_chunks)
-            plan = plan.split_chunks(torch.from_numpy(parts))
+            plan = plan.split_chunks(torch.from_numpy(parts)).to(step.x.device)  # split on the CPU, moved once
             idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
             self._encoder.push(StepSymbols(n_chunks, idx.numpy().astype(np.int32),
                                            parts.astype(np.int32) if self.settings.split_min else None))

@@ -144,12 +144,12 @@ class ChunkPlan:
         on the CPU (the parts are side information, on the host anyway), returned on the plan's
         device."""
         parts = parts.to("cpu", torch.int64)
-        if self.device.type != "cpu":
-            return self.to("cpu").split_chunks(parts).to(self.device)
         if parts.numel() != self.n_chunks:
             raise ValueError(f"parts has {parts.numel()} entries, expected {self.n_chunks}")
         if bool((parts == 1).all()):
-            return self
+            return self  # no split: the plan stays where it is, no copy
+        if self.device.type != "cpu":
+            return self.to("cpu").split_chunks(parts).to(self.device)
         if int(parts.min()) < 1 or int(parts.max()) > MAX_PARTS:
             raise ValueError(f"parts must be in 1..{MAX_PARTS}")
         dims = torch.bincount(self.chunk_of, minlength=self.n_chunks)  # positions per chunk
