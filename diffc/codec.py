@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
