@@ -91,14 +91,16 @@ def normal_table() -> np.ndarray:
     return t
 
 
-@functools.lru_cache(maxsize=None)
-def _table_on(device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(normal_table().copy()).to(device)
+#: the table as an int64 tensor per device (a plain dict: ``torch.compile`` reads it as a constant)
+_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
 def _table(device: torch.device) -> torch.Tensor:
     """The table as an int64 tensor on ``device`` (one copy per device)."""
-    return _table_on(torch.device(device))
+    table = _TABLES.get(device)
+    if table is None:
+        table = _TABLES[device] = torch.from_numpy(normal_table().copy()).to(device)
+    return table
 
 
 @torch.library.custom_op("diffc::aten_log", mutates_args=())
