@@ -77,7 +77,7 @@ from diffc.randomness import stream_key
 LN2 = math.log(2.0)
 DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
 DEFAULT_SKIP_KL = 0.0  # conf/model/gaussian.yaml codec.skip_kl
-SKIP_VALUES = [0.003, 0.01, 0.03]  # skip_kl values of the quality check (skip_rd)
+SKIP_VALUES = [0.01, 0.03, 0.05, 0.1]  # skip_kl values of the quality check (skip_rd)
 CROP_IDS = ("kodim23", "kodim05", "kodim15", "kodim19", "kodim03", "kodim13", "kodim08", "kodim21")  # its crops
 BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
 QUICK_SETTINGS = [(8, 2, 0.0), (8, 2, 2.0), (8, 2, 3.0), (6, 4, 2.0), (10, 2, 2.0), (12, 2, 0.0), (12, 2, 2.0),
