@@ -76,7 +76,7 @@ from diffc.randomness import stream_key
 
 LN2 = math.log(2.0)
 DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
-DEFAULT_SKIP_KL = 0.0  # conf/model/gaussian.yaml codec.skip_kl
+DEFAULT_SKIP_KL = 0.03  # conf/model/gaussian.yaml codec.skip_kl
 SKIP_VALUES = [0.01, 0.03, 0.05, 0.1]  # skip_kl values of the quality check (skip_rd)
 CROP_IDS = ("kodim23", "kodim05", "kodim15", "kodim19", "kodim03", "kodim13", "kodim08", "kodim21")  # its crops
 BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
@@ -556,8 +556,9 @@ def main() -> None:
 
     rows, by_key = [], {}
     for cb, pb, split in settings:
+        skip = DEFAULT_SKIP_KL if (cb, pb, split) == DEFAULT else 0.0  # the gaussian model's default skips
         params = CodecParams.of(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
-                             split_above=split)
+                             split_above=split, skip_kl=skip)
         codec = DiffcCodec(backbone, params)
         paths = (["codec"] if (cb, pb, split) in codec_settings else []) + ["sim"]
         for path in paths:
@@ -568,7 +569,7 @@ def main() -> None:
                 totals.append(tot)
                 recs.append(rec)
             summ = summarize(totals, merge(recs), cb, pb, split)
-            summ["path"] = path
+            summ["path"], summ["skip_kl"] = path, skip
             by_key[(cb, pb, split, path)] = summ
             rows.append(summ)
             C.log(f"  {cb:2d}/{pb} K=2^{cb + pb:<2d} {path:5s} bits/KL {summ['bits_over_kl']:.3f}  "
@@ -606,8 +607,7 @@ def main() -> None:
     # simulation): the scale against which the sim-codec difference and setting gaps are read
     spread_vals = [by_key[(*DEFAULT, "sim")]["bits_over_delivered"]]
     for j in range(1, 4 if args.quick else 6):
-        codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
-                                                 seed=args.seed + j, recon="denoise", split_above=DEFAULT[2]))
+        codec = DiffcCodec(backbone, CodecParams.of(**{**default_options(args), "seed": args.seed + j}))
         gen = torch.Generator().manual_seed(args.seed + j)
         outs = [run_codec(codec, img, gen) for _, img in images]
         summ = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
@@ -624,7 +624,8 @@ def main() -> None:
     front = frontier(args.quick, args.seed)
     C.emit("coding_efficiency", args, {
         **d_head,
-        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "split_above": DEFAULT[2], "path": d_row["path"],
+        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "split_above": DEFAULT[2], "skip_kl": DEFAULT_SKIP_KL,
+                    "path": d_row["path"],
                     "header_over_kl": d_row["header_over_kl"], "side_over_kl": d_row["side_over_kl"],
                     "payload_over_kl": d_row["payload_over_kl"],
                     "chunk_kl_over_budget": d_row["chunk_kl_over_budget"], "by_step_third": d_row["by_step_third"],
