@@ -54,10 +54,13 @@ COLUMNS: tuple[str, ...] = (
     "model", "dataset", "protocol", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
     "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
-    "ms_ssim_scales", "metric_errors", "caption",
+    "ms_ssim_scales", "metric_errors", "caption", "encode_cpu_s", "decode_cpu_s",
 )
 #: what the per-row timing columns time (seconds of wall clock, per image). The contract keeps the
 #: names ``encode_s`` and ``decode_s``; ``ENCODE_SCOPE`` says per kind what ``encode_s`` covers.
+#: ``encode_cpu_s`` / ``decode_cpu_s``: the process's CPU seconds (all threads, time.process_time)
+#: over the same spans; cpu / wall far below the threads in use = a loaded machine (the wall
+#: seconds then measure the load, not the codec). NaN in shards written before they existed.
 TIMING: dict[str, str] = {
     "encode_s": "codec rows: the ONE progressive encode of the image up to its highest rate point "
                 "(every rate point of the image comes from it and carries the same value: it is not "

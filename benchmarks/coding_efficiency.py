@@ -76,6 +76,9 @@ from diffc.randomness import stream_key
 
 LN2 = math.log(2.0)
 DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
+DEFAULT_SKIP_KL = 0.03  # conf/model/gaussian.yaml codec.skip_kl
+SKIP_VALUES = [0.01, 0.03, 0.05, 0.1]  # skip_kl values of the quality check (skip_rd)
+CROP_IDS = ("kodim23", "kodim05", "kodim15", "kodim19", "kodim03", "kodim13", "kodim08", "kodim21")  # its crops
 BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
 QUICK_SETTINGS = [(8, 2, 0.0), (8, 2, 2.0), (8, 2, 3.0), (6, 4, 2.0), (10, 2, 2.0), (12, 2, 0.0), (12, 2, 2.0),
                   (12, 4, 2.0), (14, 2, 0.0), (14, 2, 2.0)]
@@ -383,34 +386,70 @@ def frontier(quick: bool, seed: int) -> dict:
 
 # ---- what the split buys in image quality: RD curves with and without it ------------------------
 @torch.no_grad()
-def rd_curve(codec: DiffcCodec, images: list) -> tuple[np.ndarray, np.ndarray]:
+def rd_curve(codec: DiffcCodec, images: list, gen: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean bpp and PSNR (of the mean MSE) over the images at every stop of the schedule but the
-    first 6 (~0.1 bpp and below), from one progressive encode per image."""
+    first 6 (~0.1 bpp and below), from one progressive encode per image: the codec's own channel
+    (``gen`` None) or ``ProjectedPfrChannel`` (the exact simulation, cheap for any image size)."""
     stops = codec.timesteps[7:]
     bpp, mse = np.zeros(len(stops)), np.zeros(len(stops))
+    channel = None if gen is None else functools.partial(ProjectedPfrChannel, codec.params.channel, gen=gen)
     for _, img in images:
-        for i, pt in enumerate(codec.encode(img, stop_timesteps=stops).points):
+        for i, pt in enumerate(codec.encode(img, stop_timesteps=stops, channel=channel).points):
             rec = codec.reconstruct(pt.x_t, pt.timestep, img.shape[1], img.shape[2])
             bpp[i] += pt.bpp / len(images)
             mse[i] += float(((rec - img) ** 2).mean()) / len(images)
     return bpp, 10 * np.log10(1 / mse)
 
 
-def split_rd(backbone, images: list, args) -> dict:
-    """BD-rate (PSNR, %) of the default setting against the same setting without splitting."""
+def bd_against(backbone, images: list, args, field: str, values: list, gen_seed: int | None = None) -> dict:
+    """BD-rate (PSNR, %) of the default setting with ``field`` = each of ``values`` against
+    ``values[0]``, same images, every stop (``rd_curve``; ``gen_seed`` given = the simulated channel,
+    the same simulation seed for every value)."""
     import pandas as pd
 
     from analysis.report import bd_rate
 
     curves = {}
-    for split in (0.0, DEFAULT[2]):
-        codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
-                                                 seed=args.seed, recon="denoise", split_above=split))
-        curves[split] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images))))
-    value, _, reason = bd_rate(curves[0.0], curves[DEFAULT[2]], "psnr", "akima")
-    return {"bd_rate_psnr_pct": value, "reason": reason,
-            **{f"split_{k:g}": {"bpp": c["bpp"].round(4).tolist(), "psnr": c["value"].round(3).tolist()}
-               for k, c in curves.items()}}
+    for v in values:
+        codec = DiffcCodec(backbone, CodecParams.of(**{**default_options(args), field: v}))
+        gen = None if gen_seed is None else torch.Generator().manual_seed(gen_seed)
+        curves[v] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images, gen))))
+    out = {f"{field}_{v:g}": {"bpp": c["bpp"].round(4).tolist(), "psnr": c["value"].round(3).tolist()}
+           for v, c in curves.items()}
+    for v in values[1:]:
+        value, _, reason = bd_rate(curves[values[0]], curves[v], "psnr", "akima")
+        out[f"bd_rate_psnr_pct_{v:g}"], out[f"reason_{v:g}"] = value, reason
+    return out
+
+
+def split_rd(backbone, images: list, args) -> dict:
+    """BD-rate (PSNR, %) of the default setting against the same setting without splitting."""
+    out = bd_against(backbone, images, args, "split_above", [0.0, DEFAULT[2]])
+    return {"bd_rate_psnr_pct": out.pop(f"bd_rate_psnr_pct_{DEFAULT[2]:g}"), "reason": out.pop(f"reason_{DEFAULT[2]:g}"),
+            **{k.replace("split_above_", "split_"): v for k, v in out.items()}}
+
+
+def kodak_crops(n: int, size: int = 256) -> list[tuple[str, torch.Tensor]]:
+    """The central ``size`` x ``size`` crops of the first ``n`` Kodak images ([3, H, W] in [0, 1])."""
+    from pipelines.datasets import load_dataset, to_tensor
+
+    out = []
+    for image_id, img in load_dataset("kodak", ids=CROP_IDS[:n]):
+        x = to_tensor(img)
+        h0, w0 = (x.shape[1] - size) // 2, (x.shape[2] - size) // 2
+        out.append((image_id, x[:, h0:h0 + size, w0:w0 + size].contiguous()))
+    return out
+
+
+def skip_rd(backbone, images: list, args) -> dict:
+    """What skipping costs in image quality: BD-rate (PSNR, %) of each ``skip_kl`` against none,
+    on kodak-small (the codec) and on 256 x 256 Kodak crops (the exact simulation: the plans,
+    prior samples and files are the codec's, each chunk searched through its 1-D projection)."""
+    values = [0.0] + SKIP_VALUES
+    return {"kodak_small": bd_against(backbone, images, args, "skip_kl", values),
+            "kodak_crops_256": bd_against(backbone, kodak_crops(args.crops), args, "skip_kl", values,
+                                          gen_seed=args.seed),
+            "crops": args.crops}
 
 
 # ---- summaries -----------------------------------------------------------------------------------
@@ -470,6 +509,12 @@ def merge(recs: list[Recorder]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([a[k] for a in arrs]) for k in arrs[0]}
 
 
+def default_options(args) -> dict:
+    """The flat codec options of the default setting (conf/model/gaussian.yaml's, with args' schedule and seed)."""
+    return dict(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1], split_above=DEFAULT[2],
+                skip_kl=DEFAULT_SKIP_KL, seed=args.seed, recon="denoise")
+
+
 def main() -> None:
     ap = C.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", default="geom-30")
@@ -479,11 +524,20 @@ def main() -> None:
                     help="settings also run through DiffcCodec.encode (default: 8/2, full run adds 10/2)")
     ap.add_argument("--frontier-only", action="store_true",
                     help="only the frontier section (SD-size latent, sparse-sum candidates); its JSON has 'frontier' only")
+    ap.add_argument("--skip-only", action="store_true",
+                    help="only the skip_kl quality check (BD-rate on kodak-small and Kodak crops); its JSON has 'skip_rd' only")
+    ap.add_argument("--crops", type=int, default=None, help="Kodak 256 x 256 crops of the skip_kl check (default 4, quick 2)")
     args = ap.parse_args()
     C.setup(args)
+    args.crops = args.crops or (2 if args.quick else 4)
     t_start = time.perf_counter()
     if args.frontier_only:
         C.emit("coding_efficiency", args, {"frontier": frontier(args.quick, args.seed)}, t_start)
+        return
+    if args.skip_only:
+        rd = skip_rd(load_backbone("gaussian", device=args.device), C.kodak_small(args.quick), args)
+        C.log(json.dumps(rd, indent=1))
+        C.emit("coding_efficiency", args, {"skip_rd": rd}, t_start)
         return
     parse = lambda s: [(int(v[0]), int(v[1]), float(v[2]) if len(v) > 2 else DEFAULT[2])
                        for v in (item.split("/") for item in s.split(","))]
@@ -502,8 +556,9 @@ def main() -> None:
 
     rows, by_key = [], {}
     for cb, pb, split in settings:
+        skip = DEFAULT_SKIP_KL if (cb, pb, split) == DEFAULT else 0.0  # the gaussian model's default skips
         params = CodecParams.of(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
-                             split_above=split)
+                             split_above=split, skip_kl=skip)
         codec = DiffcCodec(backbone, params)
         paths = (["codec"] if (cb, pb, split) in codec_settings else []) + ["sim"]
         for path in paths:
@@ -514,7 +569,7 @@ def main() -> None:
                 totals.append(tot)
                 recs.append(rec)
             summ = summarize(totals, merge(recs), cb, pb, split)
-            summ["path"] = path
+            summ["path"], summ["skip_kl"] = path, skip
             by_key[(cb, pb, split, path)] = summ
             rows.append(summ)
             C.log(f"  {cb:2d}/{pb} K=2^{cb + pb:<2d} {path:5s} bits/KL {summ['bits_over_kl']:.3f}  "
@@ -552,8 +607,7 @@ def main() -> None:
     # simulation): the scale against which the sim-codec difference and setting gaps are read
     spread_vals = [by_key[(*DEFAULT, "sim")]["bits_over_delivered"]]
     for j in range(1, 4 if args.quick else 6):
-        codec = DiffcCodec(backbone, CodecParams.of(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1],
-                                                 seed=args.seed + j, recon="denoise", split_above=DEFAULT[2]))
+        codec = DiffcCodec(backbone, CodecParams.of(**{**default_options(args), "seed": args.seed + j}))
         gen = torch.Generator().manual_seed(args.seed + j)
         outs = [run_codec(codec, img, gen) for _, img in images]
         summ = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
@@ -570,7 +624,8 @@ def main() -> None:
     front = frontier(args.quick, args.seed)
     C.emit("coding_efficiency", args, {
         **d_head,
-        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "split_above": DEFAULT[2], "path": d_row["path"],
+        "default": {"chunk_bits": DEFAULT[0], "padding_bits": DEFAULT[1], "split_above": DEFAULT[2], "skip_kl": DEFAULT_SKIP_KL,
+                    "path": d_row["path"],
                     "header_over_kl": d_row["header_over_kl"], "side_over_kl": d_row["side_over_kl"],
                     "payload_over_kl": d_row["payload_over_kl"],
                     "chunk_kl_over_budget": d_row["chunk_kl_over_budget"], "by_step_third": d_row["by_step_third"],

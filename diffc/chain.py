@@ -26,13 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .pfr import ChunkPlan, make_plan
+from .pfr import ChunkPlan, coded_entries, make_plan
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
 
 LN2 = math.log(2.0)
 #: labels of the seed's independent streams (``diffc.randomness.stream_key``)
-STREAM_START, STREAM_PLAN, STREAM_CANDIDATES = 0, 1, 2
+STREAM_START, STREAM_PLAN, STREAM_CANDIDATES, STREAM_PRIOR = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -121,15 +121,30 @@ class Chain:
         x0_hat = predict()
         return Step(k, t, t_next, x, pc.std, pc.c0, pc.ct, lambda: x0_hat, (pc.c0 / pc.std) * (x0 - x0_hat))
 
-    def plan(self, step: Step, n_chunks: int) -> ChunkPlan:
-        """The decoder-side chunk plan of ``step`` with ``n_chunks`` chunks: a function of the seed,
-        the step, the latent's shape and the backbone's ``kl_weights`` (shape and timesteps only)."""
-        w = self.backbone.kl_weights(tuple(step.x.shape), step.t, step.t_next)
-        return make_plan(step.x.numel(), n_chunks, stream_key(self.seed, STREAM_PLAN, step.k), w)
+    def weights(self, step: Step) -> torch.Tensor | None:
+        """The backbone's ``kl_weights`` of ``step`` (shape and timesteps only; None = uniform)."""
+        return self.backbone.kl_weights(tuple(step.x.shape), step.t, step.t_next)
+
+    def coded_entries(self, step: Step, skip: float) -> torch.Tensor | None:
+        """The entries ``step`` codes when the lightest ones, up to a fraction ``skip`` of its
+        expected KL, are sent as a prior sample (``diffc.pfr.coded_entries``; None = all)."""
+        return coded_entries(self.weights(step), skip)
+
+    def plan(self, step: Step, n_chunks: int, coded: torch.Tensor | None = None) -> ChunkPlan:
+        """The decoder-side chunk plan of ``step`` with ``n_chunks`` chunks over the entries
+        ``coded`` (None = all; ``coded_entries``): a function of the seed, the step, the latent's
+        shape and the backbone's ``kl_weights`` (shape and timesteps only)."""
+        return make_plan(step.x.numel(), n_chunks, stream_key(self.seed, STREAM_PLAN, step.k), self.weights(step),
+                         coded=coded)
 
     def step_key(self, k: int) -> int:
         """Stream key of step k's candidates (``diffc.randomness``)."""
         return stream_key(self.seed, STREAM_CANDIDATES, k)
+
+    def prior_key(self, k: int) -> int:
+        """Stream key of step k's prior sample: row 0, column = latent entry (the entries a plan
+        leaves to the prior, ``ChunkPlan.prior``)."""
+        return stream_key(self.seed, STREAM_PRIOR, k)
 
     @torch.no_grad()
     def run(self, channel: Channel, x: torch.Tensor, cond: Any, last: int, x0: torch.Tensor | None = None,

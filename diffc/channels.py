@@ -41,6 +41,11 @@ MAX_CANDIDATE_BITS = 23
 MAX_PADDING_BITS = 8
 #: split_above is a header byte in quarters: 0 (never split) or 1..MAX_SPLIT_ABOVE
 MAX_SPLIT_ABOVE = 63.75
+#: skip_kl is a header byte in thousandths: 0..MAX_SKIP_KL
+SKIP_KL_UNIT = 1000
+MAX_SKIP_KL = 255 / SKIP_KL_UNIT
+#: header bytes of the PFR parameters (chunk_bits, padding_bits, split_above, skip_kl)
+PFR_BYTES = 4
 
 
 @register_channel
@@ -48,7 +53,10 @@ MAX_SPLIT_ABOVE = 63.75
 class PfrSpec(ChannelSpec):
     """DiffC's PFR coder with i.i.d. hashed-normal candidates: chunks of about ``chunk_bits`` bits
     of KL, K = 2^(chunk_bits + padding_bits) candidates per chunk, heavy chunks split above
-    ``split_above`` x chunk_bits (0 = never; 1..63.75 in quarters). Header: 3 bytes."""
+    ``split_above`` x chunk_bits (0 = never; 1..63.75 in quarters). ``skip_kl``: the lightest
+    entries of a step, carrying at most this fraction of its expected KL (the backbone's
+    ``kl_weights``; none skipped where those are uniform), are sent as a prior sample: zero bits,
+    no search (``diffc.pfr.coded_entries``; 0..0.255 in thousandths). Header: 4 bytes."""
 
     name: ClassVar[str] = "diffc"
     extra_options: ClassVar[tuple[str, ...]] = ("candidates",)
@@ -56,6 +64,7 @@ class PfrSpec(ChannelSpec):
     chunk_bits: int = 12
     padding_bits: int = 2
     split_above: float = 2.0
+    skip_kl: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.chunk_bits <= MAX_CANDIDATE_BITS or not 0 <= self.padding_bits <= MAX_PADDING_BITS:
@@ -66,6 +75,10 @@ class PfrSpec(ChannelSpec):
         if not (self.split_above == 0 or 1 <= self.split_above <= MAX_SPLIT_ABOVE) or (4 * self.split_above) % 1:
             raise ValueError(f"split_above must be 0 (never split) or in 1..{MAX_SPLIT_ABOVE} in steps of 0.25")
         object.__setattr__(self, "split_above", float(self.split_above))  # 2 and 2.0: one fingerprint
+        q = self.skip_kl * SKIP_KL_UNIT
+        if not 0 <= self.skip_kl <= MAX_SKIP_KL or abs(q - round(q)) > 1e-6:
+            raise ValueError(f"skip_kl must be in 0..{MAX_SKIP_KL} in steps of {1 / SKIP_KL_UNIT}")
+        object.__setattr__(self, "skip_kl", round(q) / SKIP_KL_UNIT)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
@@ -76,15 +89,17 @@ class PfrSpec(ChannelSpec):
         return (PfrSpec if candidates == "iid" else SparseSumSpec).from_fields(options)
 
     def to_bytes(self) -> bytes:
-        return bytes([self.chunk_bits, self.padding_bits, int(4 * self.split_above)])
+        return bytes([self.chunk_bits, self.padding_bits, int(4 * self.split_above),
+                      round(self.skip_kl * SKIP_KL_UNIT)])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChannelSpec:
-        if len(data) < 3:
-            raise ValueError(f"{cls.name} parameters are 3 bytes, got {len(data)}")
-        if len(data) > 3:
-            raise ValueError(f"{len(data) - 3} stray bytes after the {cls.name} parameters")
-        return PfrSpec(chunk_bits=data[0], padding_bits=data[1], split_above=data[2] / 4)
+        if len(data) < PFR_BYTES:
+            raise ValueError(f"{cls.name} parameters are {PFR_BYTES} bytes, got {len(data)}")
+        if len(data) > PFR_BYTES:
+            raise ValueError(f"{len(data) - PFR_BYTES} stray bytes after the {cls.name} parameters")
+        return PfrSpec(chunk_bits=data[0], padding_bits=data[1], split_above=data[2] / 4,
+                       skip_kl=data[3] / SKIP_KL_UNIT)
 
     def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "PfrChannel":
         return PfrChannel(self, n_dims, payload, search)
@@ -130,7 +145,7 @@ class PfrSpec(ChannelSpec):
 @dataclass(frozen=True)
 class SparseSumSpec(PfrSpec):
     """PFR with sparse-sum candidates (``diffc.sparse_sum``): a bank of ``atoms`` = K_a Gaussian atoms
-    per step, ``sparse_m`` = M signed atoms per candidate. Header: the 3 PFR bytes, K_a and M."""
+    per step, ``sparse_m`` = M signed atoms per candidate. Header: the 4 PFR bytes, K_a and M."""
 
     name: ClassVar[str] = "diffc-sparse-sum"
     extra_options: ClassVar[tuple[str, ...]] = ()
@@ -151,13 +166,13 @@ class SparseSumSpec(PfrSpec):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChannelSpec:
-        """The 3 PFR bytes, then K_a and M (varints)."""
-        pfr = PfrSpec.from_bytes(data[:3])
-        r = fmt.Reader(data[3:])
+        """The 4 PFR bytes, then K_a and M (varints)."""
+        pfr = PfrSpec.from_bytes(data[:PFR_BYTES])
+        r = fmt.Reader(data[PFR_BYTES:])
         atoms, sparse_m = r.varint("atom bank", MAX_BANK), r.varint("sparse_m", MAX_M)
-        if r.pos != len(data) - 3:
-            raise ValueError(f"{len(data) - 3 - r.pos} stray bytes after the {cls.name} parameters")
-        return cls(pfr.chunk_bits, pfr.padding_bits, pfr.split_above, atoms, sparse_m)
+        if r.pos != len(data) - PFR_BYTES:
+            raise ValueError(f"{len(data) - PFR_BYTES - r.pos} stray bytes after the {cls.name} parameters")
+        return cls(pfr.chunk_bits, pfr.padding_bits, pfr.split_above, pfr.skip_kl, atoms, sparse_m)
 
     @property
     def generator(self) -> SparseSum:
@@ -184,6 +199,8 @@ class PfrStepRecord(StepRecord):
     chunk_kl_bits: torch.Tensor  # float64 [indices]
     chunk_delivered_bits: torch.Tensor  # float64 [indices]
     chunk_dims: torch.Tensor  # int64 [indices]: positions per chunk
+    prior_kl_bits: float = 0.0  # KL of the entries sent as a prior sample (not transmitted)
+    prior_delivered_bits: float = 0.0  # their log2 q/p (part of delivered_bits; -prior_kl_bits on average)
 
     @property
     def n_indices(self) -> int:
@@ -218,16 +235,26 @@ class PfrChannel:
         return idx, self.settings.decode(idx, plan, key, u_coded.device)
 
     @staticmethod
-    def _state(step: Step, plan: ChunkPlan, z_coded: torch.Tensor) -> torch.Tensor:
-        """x_t' = mu_p + std z, split parts summed (the same function on both sides: bit-identical)."""
-        return step.sample(plan.combine(z_coded, step.x.numel()))
+    def _z(chain: Chain, step: Step, plan: ChunkPlan, z_coded: torch.Tensor) -> torch.Tensor:
+        """The step's flattened z: split parts summed, the plan's ``prior`` entries set to a sample
+        of N(0, 1) from shared randomness (``Chain.prior_key``; the same function on both sides)."""
+        z = plan.combine(z_coded, step.x.numel())
+        if plan.prior is not None:
+            cols = plan.prior.to(z.device, torch.int32)
+            z[plan.prior.to(z.device)] = normals(chain.prior_key(step.k), torch.zeros(1, dtype=torch.int32,
+                                                                                      device=z.device), cols)
+        return z
+
 
     # ---- encoder ------------------------------------------------------------------------------
     def send(self, chain: Chain, step: Step) -> torch.Tensor:
         s = self.settings
         kl_bits = step.kl_bits
-        n_chunks = s.chunk_count(kl_bits, step.x.numel())
-        plan = chain.plan(step, n_chunks)
+        coded = chain.coded_entries(step, s.skip_kl)
+        u_flat = step.u.flatten()
+        coded_kl = kl_bits if coded is None else float(u_flat[coded.to(u_flat.device)].double().square().sum()) / 2 / LN2
+        n_chunks = s.chunk_count(coded_kl, step.x.numel())
+        plan = chain.plan(step, n_chunks, coded)
         plan_chunks = plan.n_chunks
         parts, plan = s.split(plan, step.u)  # on the device from here: search, sums, combine
         u_coded = plan.coded(step.u)
@@ -238,9 +265,17 @@ class PfrChannel:
         symbols = StepSymbols(n_chunks, idx.cpu().numpy().astype(np.int32),
                               parts.numpy().astype(np.int32) if s.split_min else None)
         self._encoder.push(symbols)
-        self.records.append(PfrStepRecord(kl_bits, float(chunk_deliv.sum()), n_chunks, plan_chunks, symbols,
-                                          chunk_kl, chunk_deliv, torch.bincount(plan.chunk_of, minlength=plan.n_chunks)))
-        return self._state(step, plan, z)
+        z_full = self._z(chain, step, plan, z)
+        prior_deliv = 0.0
+        if plan.prior is not None:  # log q/p of the prior sample: its KL is not sent (-KL on average)
+            pi = plan.prior.to(u_flat.device)
+            up, zp = u_flat[pi].double(), z_full[pi].double()
+            prior_deliv = float((zp * up - 0.5 * up * up).sum()) / LN2
+        self.records.append(PfrStepRecord(kl_bits, float(chunk_deliv.sum()) + prior_deliv, n_chunks, plan_chunks,
+                                          symbols, chunk_kl, chunk_deliv,
+                                          torch.bincount(plan.chunk_of, minlength=plan.n_chunks),
+                                          kl_bits - coded_kl, prior_deliv))
+        return step.sample(z_full)
 
     def stream(self) -> tuple[bytes, StreamCost]:
         """The range-coded payload of the steps sent so far and its ideal cost split."""
@@ -253,7 +288,7 @@ class PfrChannel:
         dec = self._decoder
         try:
             n_chunks = dec.next_count(self.max_chunks)
-            plan = chain.plan(step, n_chunks)
+            plan = chain.plan(step, n_chunks, chain.coded_entries(step, self.settings.skip_kl))
             parts = dec.next_parts(plan.n_chunks, self.max_chunks)
             plan = plan.split_chunks(torch.from_numpy(parts)).to(step.x.device)  # split on the CPU, moved once
             idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
@@ -261,7 +296,8 @@ class PfrChannel:
                                            parts.astype(np.int32) if self.settings.split_min else None))
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
-        return self._state(step, plan, self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device))
+        z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
+        return step.sample(self._z(chain, step, plan, z))
 
 
 # ---- the peers: per-step Gaussian codebooks (docs/peers.md) -----------------------------------------

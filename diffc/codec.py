@@ -124,7 +124,10 @@ class RatePoint:
 @dataclass
 class EncodeResult:
     points: list[RatePoint]
-    encode_s: float
+    encode_s: float  # wall-clock seconds
+    #: CPU seconds of the process over the encode (all threads; time.process_time): next to
+    #: ``encode_s`` it shows a loaded machine (cpu / wall well below the threads used)
+    encode_cpu_s: float = math.nan
     #: what the channel did at each step (its own record type, e.g. ``diffc.channels.PfrStepRecord``)
     records: list[StepRecord] = field(default_factory=list)
 
@@ -143,9 +146,10 @@ class DecodeResult:
     timestep: int
     x_t: torch.Tensor
     image: torch.Tensor | None
-    decode_s: float
+    decode_s: float  # wall-clock seconds
     #: what differs from the encoder's setting (``diffc.determinism``), None = bit-exact setting
     drift_warning: str | None = None
+    decode_cpu_s: float = math.nan  # CPU seconds of the process over what ``decode_s`` counts
 
 
 def pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -228,13 +232,13 @@ class DiffcCodec:
         ``channel``: makes the channel to send with from the latent's entry count (default: the
         spec's; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
         """
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _check_image(image)
         self.latent_shape(*image.shape[-2:])
         threads = default_threads() if self.deterministic else None
         with deterministic(threads):
             res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel, self.provenance(threads))
-        res.encode_s = time.perf_counter() - t0
+        res.encode_s, res.encode_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         return res
 
     def _encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None, caption: str | None,
@@ -309,7 +313,7 @@ class DiffcCodec:
         ``decode_s`` counts the chain up to the prefix plus its own reconstruction.
         """
         Recon().override(**recon)  # bad overrides are refused before the file is read
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         header, payload = fmt.read(data, max_pixels)
         params = params_from_header(header)
         if params != self.params:
@@ -333,7 +337,8 @@ class DiffcCodec:
             cond = b.condition(header.caption)
             channel = self.params.channel.channel(math.prod(shape), payload)
             x = self.chain.start(shape)
-            busy, mark = 0.0, t0  # seconds in the chain (and setup), outside reconstructions and the caller
+            # seconds (wall, CPU) in the chain (and setup), outside reconstructions and the caller
+            busy, cbusy, mark, cmark = 0.0, 0.0, t0, c0
             states = self.chain.run(channel, x, cond, counts[-1], progress=progress)
             for k, x in itertools.chain([(0, x)], ((step.k, x) for step, x in states)):
                 if k == header.n_steps:
@@ -341,12 +346,14 @@ class DiffcCodec:
                 if k not in counts:
                     continue
                 busy += time.perf_counter() - mark
-                t_rec, t, image = time.perf_counter(), self.timesteps[k], None
+                cbusy += time.process_time() - cmark
+                t_rec, c_rec, t, image = time.perf_counter(), time.process_time(), self.timesteps[k], None
                 if reconstruct:
                     image = self.reconstruct(x, t, header.height, header.width, cond, rec)
                 yield DecodeResult(replace(header, n_steps=k), t, x.clone(), image,
-                                   busy + time.perf_counter() - t_rec, warning)
-                mark = time.perf_counter()
+                                   busy + time.perf_counter() - t_rec, warning,
+                                   cbusy + time.process_time() - c_rec)
+                mark, cmark = time.perf_counter(), time.process_time()
 
     def decode_threads(self, header: fmt.Header) -> int | None:
         """Intra-op threads around a decode's model calls: the file's, capped at this machine's CPUs

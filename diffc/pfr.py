@@ -88,7 +88,8 @@ class ChunkPlan:
     into s parts; ``scale`` None = no split, and ``src`` is then a permutation). The squared scales
     of an entry's positions sum to 1. Positions of one chunk are contiguous and ``chunk_of``
     (non-decreasing, consecutive) gives each position's chunk; ``part`` numbers the positions of
-    each entry 0, 1, ...
+    each entry 0, 1, ... Entries listed in ``prior`` have no position (the channel sets them to a
+    sample of p from shared randomness; ``combine`` leaves them 0).
     """
 
     src: torch.Tensor  # int64 [P]
@@ -96,6 +97,7 @@ class ChunkPlan:
     n_chunks: int
     scale: torch.Tensor | None = None  # float32 [P]
     part: torch.Tensor | None = None  # int64 [P]: which part of its entry a position is (0..m-1)
+    prior: torch.Tensor | None = None  # int64 [D - coded]: entries sent as a prior sample (``coded_entries``)
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +113,7 @@ class ChunkPlan:
         pinned = self.device.type == "cpu" and device.type == "cuda"
         mv = lambda t: (None if t is None else t.pin_memory().to(device, non_blocking=True) if pinned
                         else t.to(device))
-        return ChunkPlan(mv(self.src), mv(self.chunk_of), self.n_chunks, mv(self.scale), mv(self.part))
+        return ChunkPlan(mv(self.src), mv(self.chunk_of), self.n_chunks, mv(self.scale), mv(self.part), mv(self.prior))
 
     @functools.cached_property
     def offsets(self) -> torch.Tensor:
@@ -176,7 +178,7 @@ class ChunkPlan:
         first = (torch.cumsum(counts, 0) - counts)[src[order]]
         part = torch.empty_like(src)
         part[order] = torch.arange(src.numel(), device="cpu") - first
-        return ChunkPlan(src, chunk_of, int(parent.numel()), scale, part)
+        return ChunkPlan(src, chunk_of, int(parent.numel()), scale, part, self.prior)
 
 
 def split_parts(kl_bits: torch.Tensor, chunk_bits: int, split_above: float,
@@ -198,14 +200,41 @@ def _within_growth(parts: torch.Tensor, dims: torch.Tensor) -> bool:
     return int((parts * dims).sum()) <= MAX_SPLIT_GROWTH * int(dims.sum())
 
 
+def coded_entries(weights: torch.Tensor | None, skip: float) -> torch.Tensor | None:
+    """The entries a step codes when the lightest ones, carrying at most a fraction ``skip`` of
+    its total expected KL, are sent as a prior sample instead (zero bits, no search).
+
+    ``weights``: decoder-known expected KL per entry (``Backbone.kl_weights``; None = uniform,
+    and then nothing is skipped: every entry carries the same share). Entries are dropped by
+    value, whole ties at a time: the largest threshold w* with sum(w_i, w_i <= w*) <= skip x
+    sum(w) (float64 sums on the CPU, in ascending order), and the coded entries are those with
+    w_i > w*. Returns their flat indices (int64, ascending) or None when nothing is skipped.
+    A pure function of the weights and ``skip``, as the decoder's plan must be.
+    """
+    if not 0 <= skip < 1:
+        raise ValueError(f"skip must be in [0, 1), got {skip}")
+    if weights is None or skip == 0:
+        return None
+    w = weights.detach().flatten().to("cpu", torch.float64).clamp_min(0)
+    ws = torch.sort(w).values
+    cum = torch.cumsum(ws, 0)
+    last_tie = torch.ones_like(ws, dtype=torch.bool)
+    last_tie[:-1] = ws[1:] > ws[:-1]
+    ok = torch.nonzero((cum <= skip * float(cum[-1])) & last_tie).flatten()
+    if ok.numel() == 0:
+        return None
+    return torch.nonzero(w > ws[ok[-1]]).flatten()
+
+
 def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None = None,
-              device: torch.device | str = "cpu") -> ChunkPlan:
+              device: torch.device | str = "cpu", coded: torch.Tensor | None = None) -> ChunkPlan:
     """Shuffle entries (seeded by ``key``) and cut the shuffled order into ``n_chunks`` runs of
     equal total weight (weights = decoder-known expected KL per entry; None = uniform).
 
-    An entry heavier than a run's share W / n_chunks is split into m = ceil(w / share) parts of
-    weight w / m (see the module docstring), so no position outweighs a run: every run is
-    non-empty and at most n_dims + n_chunks positions exist. Runs are relabelled consecutively.
+    ``coded``: the entries to plan (``coded_entries``; None = all); the others go to the plan's
+    ``prior``. An entry heavier than a run's share W / n_chunks is split into m = ceil(w / share)
+    parts of weight w / m (see the module docstring), so no position outweighs a run: every run
+    is non-empty and at most n_dims + n_chunks positions exist. Runs are relabelled consecutively.
     Built on the CPU (the seeded ``randperm`` is the format's) and moved to ``device`` once.
     """
     if n_dims < 1 or n_chunks < 1:
@@ -214,17 +243,25 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
          else weights.detach().flatten().to("cpu", torch.float64).clamp_min(0))
     if w.numel() != n_dims:
         raise ValueError(f"weights have {w.numel()} entries, expected {n_dims}")
+    prior = None
+    if coded is not None:
+        coded = coded.to("cpu", torch.int64)
+        mask = torch.ones(n_dims, dtype=torch.bool, device="cpu")
+        mask[coded] = False
+        prior = torch.nonzero(mask).flatten()
+        w = w[coded]
+    n = w.numel()
     w = w + 1e-12 * w.sum().clamp_min(1e-300)  # no zero-weight entries
     total = w.sum()
     m = torch.ceil(w / (total / n_chunks) * (1 - 1e-9)).clamp_min(1).to(torch.int64)
     gen = torch.Generator().manual_seed(key)
     split = bool((m > 1).any())
     if not split:
-        src = torch.randperm(n_dims, generator=gen, device="cpu")
+        src = torch.randperm(n, generator=gen, device="cpu")
         vw = w[src]
         scale = part = None
     else:
-        src0 = torch.repeat_interleave(torch.arange(n_dims, device="cpu"), m)
+        src0 = torch.repeat_interleave(torch.arange(n, device="cpu"), m)
         part0 = torch.arange(src0.numel(), device="cpu") - torch.repeat_interleave(torch.cumsum(m, 0) - m, m)
         perm = torch.randperm(src0.numel(), generator=gen, device="cpu")
         src, part = src0[perm], part0[perm]
@@ -233,7 +270,9 @@ def make_plan(n_dims: int, n_chunks: int, key: int, weights: torch.Tensor | None
     mid = torch.cumsum(vw, 0) - 0.5 * vw
     chunk_of = torch.floor(mid / total * n_chunks).to(torch.int64).clamp_(0, n_chunks - 1)
     _, chunk_of = torch.unique_consecutive(chunk_of, return_inverse=True)
-    return ChunkPlan(src, chunk_of, int(chunk_of[-1]) + 1, scale, part).to(device)
+    if coded is not None:
+        src = coded[src]  # plan index -> latent entry
+    return ChunkPlan(src, chunk_of, int(chunk_of[-1]) + 1, scale, part, prior).to(device)
 
 
 def _arrival_key(key: int) -> int:

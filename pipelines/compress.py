@@ -93,7 +93,8 @@ def compress(cfg: DictConfig) -> None:
         atomic_write(cfg.recon_output, recon_png)
     if cfg.caption == "auto":
         print(f"caption (auto): {caption!r}")
-    print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; encode {result.encode_s:.1f} s")
+    print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; "
+          f"encode {result.encode_s:.1f} s (CPU {result.encode_cpu_s:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def summary(results: Path) -> str:
     for model, p in points[points["kind"] == "codec"].groupby("model"):
         out.append(f"DiffC, {model} backbone, {p['dataset'].iloc[0]}: mean over images per rate point")
         out.append(table(p[["recon_timestep", "n", "bpp", "kl_bpp", "psnr_db", "ms_ssim", "decode_s"]]))
-        encode = rows.loc[(rows["kind"] == "codec") & (rows["model"] == model)].groupby("image")["encode_s"].first()
-        out.append(f"encode: {encode.mean():.1f} s per image, ONE progressive encode for all {len(p)} rate points")
+        times = encode_times(rows, model)
+        out.append(f"encode: {times['diffc_s'].mean():.1f} s per image, ONE progressive encode for all {len(p)} "
+                   f"rate points; per image, next to JPEG's (one file, mean over its qualities):")
+        out.append(table(times))
         vae = points[(points["kind"] == "vae") & (points["model"] == model)]["psnr_db"]
         ceiling = "lossless (identity autoencoder): no ceiling" if len(vae) and vae.iloc[0] == float("inf") \
             else f"{vae.mean():.2f} dB PSNR"
@@ -82,6 +84,18 @@ def summary(results: Path) -> str:
         out.append("Classic codecs on the same images (Pillow): mean over images per quality setting")
         out.append(table(base[["codec", "quality", "n", "bpp", "psnr_db", "ms_ssim", "encode_s", "decode_s"]]))
     return "\n".join(out)
+
+
+def encode_times(rows: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Per image: DiffC's encode seconds (wall, and the process's CPU seconds: far less CPU than
+    wall x threads = a busy machine) next to JPEG's for one file (mean over its qualities; NaN
+    without JPEG rows), and their ratio."""
+    codec = rows[(rows["kind"] == "codec") & (rows["model"] == model)].groupby("image")[["encode_s", "encode_cpu_s"]].first()
+    jpeg = rows[(rows["kind"] == "baseline") & (rows["codec"] == "jpeg")].groupby("image")["encode_s"].mean()
+    out = pd.DataFrame({"diffc_s": codec["encode_s"], "diffc_cpu_s": codec["encode_cpu_s"],
+                        "jpeg_s": jpeg.reindex(codec.index)})
+    out["diffc_over_jpeg"] = out["diffc_s"] / out["jpeg_s"]
+    return out.reset_index()
 
 
 def twins_summary(results: Path) -> str:

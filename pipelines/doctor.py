@@ -422,6 +422,12 @@ def sample_image(size: int) -> torch.Tensor:
     return to_tensor(np.clip(np.round(noisy * 255), 0, 255).astype(np.uint8))
 
 
+def per_step(wall_s: float, cpu_s: float, n: int) -> str:
+    """Seconds per step, wall and CPU (all threads): "0.5 s/step (CPU 0.9 s)"; a CPU time far below
+    the wall time x threads says the machine was busy with something else."""
+    return f"{wall_s / n:.3g} s/step (CPU {cpu_s / n:.3g} s)"
+
+
 def peak_memory(device: torch.device) -> str:
     """Peak CUDA memory allocated on ``device`` (since the last reset), else the process's peak RSS."""
     if device.type == "cuda":
@@ -464,8 +470,8 @@ def round_trip(cfg: DictConfig) -> RoundTrip:
         ok = not desynchronised(drift_db) and not cfg.deterministic
     dtype = str(getattr(backbone, "dtype", torch.float32)).removeprefix("torch.")
     line = (f"round trip {backbone.name} on {device} ({dtype}): {size}x{size} to t={point.timestep} ({n} steps), "
-            f"{len(point.data)} B = {point.bpp:.3f} bpp: {verdict}; encode {encoded.encode_s / n:.3g} s/step, "
-            f"decode {decoded.decode_s / n:.3g} s/step (reconstruction included); {peak_memory(device)}")
+            f"{len(point.data)} B = {point.bpp:.3f} bpp: {verdict}; encode {per_step(encoded.encode_s, encoded.encode_cpu_s, n)}, "
+            f"decode {per_step(decoded.decode_s, decoded.decode_cpu_s, n)} (reconstruction included); {peak_memory(device)}")
     return RoundTrip(line, ok)
 
 

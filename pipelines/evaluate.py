@@ -259,7 +259,8 @@ class Job:
         rows = []
         for requested, point, target in chosen:
             row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.channel.name, "target_bpp": target,
-                                                   "encode_s": res.encode_s, "caption": caption}
+                                                   "encode_s": res.encode_s, "encode_cpu_s": res.encode_cpu_s,
+                                                   "caption": caption}
             if point is None:
                 self.score(row, img, None)
                 row["metric_errors"] = f"no rate point at or below {target:g} bpp"
@@ -275,14 +276,15 @@ class Job:
                     "bpp": len(point.data) * 8 / pixels, "bits_total": point.bits_total,
                     "bits_payload": point.bits_payload, "bits_side": point.bits_side,
                     "bits_header": point.bits_header, "kl_bits": point.kl_bits,
-                    "delivered_bits": point.delivered_bits, "decode_s": out.decode_s,
+                    "delivered_bits": point.delivered_bits, "decode_s": out.decode_s, "decode_cpu_s": out.decode_cpu_s,
                     "drift_xt_max": xt_max, "drift_psnr_db": drift_db}
             self.save(image_id, point_label(requested, target), rec, point.data)
             rows.append(self.score(row, img, rec))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vae = to_uint8(self.codec.vae_roundtrip(x))
         row = self.base_row(image_id, img) | {"kind": "vae", "codec": "vae", "target_bpp": math.nan,
-                                               "decode_s": time.perf_counter() - t0}
+                                               "decode_s": time.perf_counter() - t0,
+                                               "decode_cpu_s": time.process_time() - c0}
         self.save(image_id, "vae", vae, None)
         rows.append(self.score(row, img, vae))
         keep = self.job_dir / "baselines" / image_id if self.cfg.save.get("baselines", False) else None

@@ -484,6 +484,7 @@ def test_demo_figure_is_gaussian_against_the_classic_codecs(tmp_path: Path, monk
     text = demo.summary(tmp_path / "demo")
     assert "DiffC, gaussian backbone" in text and "ONE progressive encode for all 3 rate points" in text
     assert "lossless (identity autoencoder): no ceiling" in text and "jpeg" in text and "tiny" not in text
+    assert "next to JPEG's" in text and "diffc_cpu_s" in text and "diffc_over_jpeg" in text
     twins = demo.twins_summary(tmp_path / "demo-twins")
     assert twins.startswith("tiny-sd15 (RANDOM WEIGHTS, round-trip check only") and "6 files (2 images x 3" in twins
 

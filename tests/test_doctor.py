@@ -66,7 +66,7 @@ def test_gaussian_passes_offline(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "error:" not in r.stderr
     trip = next(line for line in r.stdout.splitlines() if line.startswith("round trip gaussian"))
-    assert "bit-exact (x_t and image)" in trip and "s/step" in trip and "peak RSS" in trip
+    assert "bit-exact (x_t and image)" in trip and "s/step (CPU " in trip and "peak RSS" in trip
     assert "device auto -> cpu" in r.stdout
     for name in REAL_MODELS:
         assert report_line(r.stdout, name).split()[1] == "MISSING"

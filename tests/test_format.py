@@ -46,11 +46,12 @@ def raw_file(backbone=b"gaussian", fp=b"\0\0\0\0", width=64, height=64, seed=0, 
              chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
              caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True,
              provenance=(0, 0, 2, 2, 13, 0, 0, 36, 0), grid=b"\x00", guidance=b"\x00", parity=0,
-             channel=b"diffc", channel_params=None, params_len=None) -> bytes:
+             channel=b"diffc", channel_params=None, params_len=None, skip_m=0) -> bytes:
     """The documented layout, written independently of diffc.format.write (fields unchecked).
-    ``channel_params`` None = the diffc spec's 3 bytes (chunk_bits, padding_bits, split_q);
+    ``channel_params`` None = the diffc spec's 4 bytes (chunk_bits, padding_bits, split_q, skip_m:
+    skip_kl in thousandths);
     ``provenance``: device byte, dtype byte, threads, torch and diffusers versions (varints)."""
-    params = bytes([chunk_bits, padding_bits, split_q]) if channel_params is None else channel_params
+    params = bytes([chunk_bits, padding_bits, split_q, skip_m]) if channel_params is None else channel_params
     body = b"".join([
         fmt.MAGIC, bytes([version]), bytes([len(backbone)]), backbone, fp, varint(width), varint(height),
         varint(seed), bytes([len(schedule)]), schedule, bytes([parity, len(channel)]), channel,
@@ -251,10 +252,10 @@ def test_caption_zip_bomb_is_refused_without_inflating() -> None:
     (dict(chunk_bits=25), "chunk_bits"),
     (dict(padding_bits=9), "padding_bits"),
     (dict(split_q=2), "split_above"),  # split_above 0.5: below 1 and not 0
-    (dict(channel_params=b"\x08\x02"), "3 bytes"),
-    (dict(channel_params=b"\x08\x02\x00\x00"), "stray"),
+    (dict(channel_params=b"\x08\x02\x00"), "4 bytes"),
+    (dict(channel_params=b"\x08\x02\x00\x00\x00"), "stray"),
     (dict(params_len=200), "ends inside"),
-    (dict(channel=b"diffc-sparse-sum", channel_params=b"\x08\x02\x00\x03\x04"), "atoms must be"),
+    (dict(channel=b"diffc-sparse-sum", channel_params=b"\x08\x02\x00\x00\x03\x04"), "atoms must be"),
 ])
 def test_bad_channel_parameters_are_refused_by_their_spec(tiny_codec, fields, match) -> None:
     """The container reads a spec's bytes without interpreting them; the spec refuses them: one line."""
@@ -501,7 +502,7 @@ def test_recon_grid_and_guidance_layout(grid, guidance, grid_bytes, guidance_byt
     """Since version 5: the reconstruction grid (name byte, or 2 + count + timesteps) and guidance
     (0 = the encoder's, else 1 + 16 x scale) sit after recon_steps, as documented."""
     h = fmt.Header(backbone="gaussian", fingerprint=b"\0\0\0\0", width=64, height=64, seed=0, schedule="geom-12",
-                   channel="diffc", channel_params=b"\x08\x02\x00", n_steps=1, recon=Recon("denoise", 50, grid, guidance),
+                   channel="diffc", channel_params=b"\x08\x02\x00\x00", n_steps=1, recon=Recon("denoise", 50, grid, guidance),
                    provenance=fmt.Provenance("cpu", "float32", 2, (2, 13, 0), (0, 36, 0)))
     data = fmt.write(h, b"")
     assert data == raw_file(grid=grid_bytes, guidance=guidance_bytes)

@@ -111,6 +111,7 @@ def test_sweep_rows_and_columns(reference: tuple[Path, pd.DataFrame]) -> None:
         assert r.bits_header + r.bits_side + r.bits_payload == pytest.approx(r.bits_total, abs=1e-6)
         assert r.bits_header > 0 and r.bits_payload > 0 and r.kl_bits > 0
         assert r.timestep <= r.recon_timestep and r.encode_s > 0 and r.decode_s > 0
+        assert r.encode_cpu_s > 0 and r.decode_cpu_s > 0  # CPU seconds next to the wall seconds
         assert (r.width, r.height) == (SIZE, SIZE)
     # the vae rows: no rate, a reconstruction score
     assert vae["bpp"].isna().all() and vae["recon_timestep"].isna().all() and vae["kl_bits"].isna().all()
