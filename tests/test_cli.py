@@ -288,7 +288,7 @@ def test_real_cli_errors_and_help(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and "input" in r.stdout and "output" in r.stdout
     for module, usage in [("pipelines.demo", "python -m pipelines.demo [root=outputs]"),
-                          ("pipelines.fit_gaussian", "python -m pipelines.fit_gaussian [images=DIR] [out=FILE.npz]"),
+                          ("pipelines.fit_gaussian", "python -m pipelines.fit_gaussian out=FILE.npz [images=DIR]"),
                           ("pipelines.evaluate", "python -m pipelines.evaluate [-m] model=NAME dataset=NAME")]:
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and usage in r.stdout, (module, r.stdout[-500:])

@@ -33,7 +33,7 @@ def evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     "", "model=sd15", "dataset.options.path=/a/b/c", "dataset.options.path=../../x,model=gaussian",
     "caption=a cat\\, sleeping/on a mat,model=sd15", "metrics.names=[psnr,lpips]", "codec.chunk_bits=8" * 40])
 def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
-    name = job_dirname(overrides)
+    name = job_dirname(overrides, "0123456789ab")
     assert SAFE.fullmatch(name) and name not in (".", "..") and not name.startswith("."), name
     slug, _, digest = name.rpartition("-")
     assert re.fullmatch(r"[0-9a-f]{8}", digest) and len(slug) <= SLUG_CHARS
@@ -41,9 +41,21 @@ def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
 
 
 def test_names_that_sanitise_alike_stay_apart() -> None:
-    a, b = job_dirname("dataset.options.path=/a/b"), job_dirname("dataset.options.path=_a_b")
+    a, b = job_dirname("dataset.options.path=/a/b", "aaaa"), job_dirname("dataset.options.path=_a_b", "bbbb")
     assert a != b and a.rpartition("-")[0] == b.rpartition("-")[0]
-    assert job_dirname("model=sd15") == job_dirname("model=sd15")  # deterministic
+    assert job_dirname("model=sd15", "aaaa") == job_dirname("model=sd15", "aaaa")  # deterministic
+
+
+def test_one_config_one_directory_however_spelled(tmp_path: Path) -> None:
+    """The bare command and the spelled-out defaults (issue 28) are one job: one config hash, one
+    directory; a key given at its default value adds nothing; another value is named and hashed."""
+    common = ["dry_run=true", f"root={tmp_path / 'out'}"]
+    bare = job_line(evaluate(tmp_path, *common).stdout)
+    spelled = job_line(evaluate(tmp_path, *common, "model=gaussian", "dataset=kodak-small", "bitrate=quick",
+                                "metrics=offline", "codec=default", "codec.chunk_bits=null").stdout)
+    other = job_line(evaluate(tmp_path, *common, "model=gaussian", "codec.chunk_bits=6").stdout)
+    assert bare == spelled and Path(bare["dir"]).name == f"defaults-{bare['config_hash'][:8]}", (bare, spelled)
+    assert Path(other["dir"]).name == f"codec.chunk_bits-6-{other['config_hash'][:8]}" != Path(bare["dir"]).name
 
 
 def test_location_keys_are_excluded_from_directory_names() -> None:
