@@ -200,3 +200,30 @@ def test_killing_a_joblib_sweep_stops_its_workers(tmp_path: Path) -> None:
     shards = sorted(root.rglob("shards/*.parquet"))
     time.sleep(3)
     assert sorted(root.rglob("shards/*.parquet")) == shards and not list(root.rglob("results.parquet"))
+
+
+def test_ctrl_c_on_a_sweep_is_one_line(tmp_path: Path) -> None:
+    """issue 28: SIGINT (Ctrl-C) during an ``evaluate -m`` sweep prints at most two lines (``error:
+    interrupted``), no traceback, and exits 130; what the sweep printed before is not counted."""
+    import signal
+    import time
+
+    root, log = tmp_path / "out", tmp_path / "output.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", "-m", "model=gaussian",
+                                 "dataset=kodak-small", "dataset.options.size=128", "codec.chunk_bits=6,7",
+                                 "bitrate=quick", f"root={root}", "progress=false"],
+                                cwd=tmp_path, env=ENV, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.rglob("shards/*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(root.rglob("shards/*.parquet")), "the sweep wrote no shard in time"
+        before = len(log.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    after = log.read_text()[before:]
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert len(after.strip().splitlines()) <= 2 and "Traceback" not in after and "error: interrupted" in after, after
