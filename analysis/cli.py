@@ -19,6 +19,7 @@ Before Hydra sees the command line, ``prepare``:
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import ListConfig, OmegaConf
 
-from diffc.errors import UsageError, fail, first_line
+from diffc.errors import UsageError, fail, first_line, one_line
 
 def _pipeline_conf_dir() -> Path:
     """The pipelines' Hydra configs: the installed package ``diffc_conf`` (a wheel's
@@ -193,11 +194,31 @@ def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] =
          config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
     """A command's ``__main__``: ``prepare``, then Hydra runs ``task(cfg)`` on
     ``CONFIG_DIR/CONFIG_NAME.yaml`` + the command line (or answers --help, --cfg ...).
-    ``multirun``: the command accepts ``-m`` (sweeps)."""
+    ``multirun``: the command accepts ``-m`` (sweeps).
+
+    What Hydra itself would report is one line too: Ctrl-C anywhere (a sweep between or inside its
+    jobs) is ``error: interrupted`` (exit 130), and a failure Hydra raises at the end of a sweep
+    (``JobFailed`` of ``pipelines.evaluate``) its own message (exit 1), without Hydra's
+    ``HYDRA_FULL_ERROR`` hint: ``debug=true`` is this project's switch for the traceback."""
     import hydra
 
     prepare(config_name, verbatim, lists, config_dir, multirun)
-    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
+    debug = any(a.replace(" ", "").lower() in ("debug=true", "debug=1") for a in sys.argv[1:])
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its hint: reported below
+    try:
+        hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        fail("interrupted", 130)
+    except Exception as exc:
+        from hydra.errors import CompactHydraException
+
+        if debug:
+            raise
+        if isinstance(exc, CompactHydraException):
+            fail(first_line(exc).removeprefix("error: "), 1)
+        fail(one_line(exc))
 
 
 def call(task: Callable[[Any], Any], config_name: str, overrides: Sequence[str] = (),

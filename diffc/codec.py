@@ -223,7 +223,8 @@ class DiffcCodec:
     def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
                caption: str | None = None, progress: bool = False, max_bits: float | None = None,
                channel: Callable[[int], CodingChannel] | None = None) -> EncodeResult:
-        """Encode ``image`` ([3, H, W] in [0, 1]) once; one ``RatePoint`` per stop timestep.
+        """Encode ``image`` (float [3, H, W] or [1, 3, H, W] in [0, 1]; other dtypes and ranges are
+        refused, ``_check_image``) once; one ``RatePoint`` per stop timestep.
 
         ``stop_timesteps`` None = only the end of the schedule. Points are ordered by decreasing
         timestep (increasing rate). ``max_bits``: stop the chain after the first step whose file
@@ -233,7 +234,7 @@ class DiffcCodec:
         spec's; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
         """
         t0, c0 = time.perf_counter(), time.process_time()
-        _check_image(image)
+        image = _check_image(image)
         self.latent_shape(*image.shape[-2:])
         threads = default_threads() if self.deterministic else None
         with deterministic(threads):
@@ -420,7 +421,7 @@ class DiffcCodec:
 
     def vae_roundtrip(self, image: torch.Tensor) -> torch.Tensor:
         """The image through the backbone's autoencoder only (the quality ceiling)."""
-        _check_image(image)
+        image = _check_image(image)
         h, w = image.shape[-2:]
         return self.backbone.decode(self.backbone.encode(pad_for(self.backbone, image)))[:, :h, :w].clamp(0, 1)
 
@@ -455,8 +456,26 @@ def params_from_header(header: fmt.Header) -> CodecParams:
         raise fmt.CorruptFile(f"corrupt .diffc file: {msg}") from None
 
 
-def _check_image(image: torch.Tensor) -> None:
+def _check_image(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as the [3, H, W] float tensor in [0, 1] the codec codes (a [1, 3, H, W] batch of one
+    is taken as its image); anything else is refused in one line naming what it got: another shape,
+    an integer dtype (uint8 images: ``x.float() / 255``), values outside [0, 1] (0..255 floats) or
+    non-finite values. Nothing is rescaled silently: a wrong range would code a wrong image."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor [3, H, W] in [0, 1], got {type(image).__name__}")
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
+        raise ValueError(f"image must be [3, H, W] or [1, 3, H, W], got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        hint = " (convert with image.float() / 255)" if image.dtype == torch.uint8 else ""
+        raise ValueError(f"image must be a float tensor in [0, 1], got dtype {image.dtype}{hint}")
+    if image.numel():
+        lo, hi = image.min().item(), image.max().item()
+        if not (0.0 <= lo and hi <= 1.0):  # NaN fails too
+            raise ValueError(f"image values must lie in [0, 1], got [{lo:g}, {hi:g}] ({image.dtype}; "
+                             f"0..255 floats: divide by 255)")
     if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE or image.shape[1] * image.shape[2] > fmt.MAX_PIXELS:
-        raise ValueError(f"image sides must be <= {fmt.MAX_SIDE} and pixels <= {fmt.MAX_PIXELS}")
+        raise ValueError(f"image is {image.shape[2]}x{image.shape[1]}: sides must be <= {fmt.MAX_SIDE} and "
+                         f"pixels <= {fmt.MAX_PIXELS}")
+    return image

@@ -21,10 +21,21 @@ class UsageError(Exception):
 
 
 def first_line(exc: BaseException | str, limit: int | None = None) -> str:
-    """The first non-empty line of an exception's message (or of a text), cut to ``limit`` chars."""
+    """The first non-empty line of an exception's message (or of a text), cut to about ``limit``
+    chars at a word boundary, with ``…`` where it was cut (never mid-word)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     line = lines[0] if lines else ""
-    return line[:limit] if limit is not None else line
+    return line if limit is None else shorten(line, limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at the last space before it, ``…`` appended
+    (one word longer than ``limit`` is cut inside, the only case that is)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit].rstrip()
+    cut = head.rfind(" ")
+    return (head[:cut].rstrip(" ,;:(") if cut > 0 else head[:max(limit - 1, 1)]) + "…"
 
 
 def describe(exc: BaseException, limit: int | None = None) -> str:

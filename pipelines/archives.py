@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import pooch
 from filelock import FileLock
 
-from diffc.errors import UsageError, describe
+from diffc.errors import UsageError, describe, shorten
 
 #: the ETH Zurich Computer Vision Lab server of DIV2K and CLIC (the archives' canonical URLs)
 ETHZ_URL = "https://data.vision.ee.ethz.ch/cvl/"
@@ -79,10 +79,21 @@ ARCHIVES: dict[tuple[str, str], Archive] = {
 }
 
 
+#: the checkout's seeded cache (``make seed-data`` fills it; the Makefile's ``DIFFC_CACHE``)
+CHECKOUT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "diffc"
+#: how to point a command at a cache, for the errors of a failed fetch
+CACHE_HINT = ("set DIFFC_CACHE to a folder holding the files, or run `make seed-data` in the checkout "
+              "(it fills .cache/diffc)")
+
+
 def cache_dir() -> Path:
-    """Root of the dataset cache: ``$DIFFC_CACHE`` or pooch's per-user cache for 'diffc'."""
+    """Root of the dataset cache, as the Makefile finds it: ``$DIFFC_CACHE``; else the checkout's
+    ``.cache/diffc`` when it exists (what ``make seed-data`` fills); else pooch's per-user cache
+    for 'diffc' (``~/.cache/diffc`` on Linux)."""
     env = os.environ.get("DIFFC_CACHE")
-    return Path(env) if env else Path(pooch.os_cache("diffc"))
+    if env:
+        return Path(env)
+    return CHECKOUT_CACHE if CHECKOUT_CACHE.is_dir() else Path(pooch.os_cache("diffc"))
 
 
 def _downloader() -> pooch.HTTPDownloader:
@@ -99,7 +110,8 @@ def fetch_file(name: str, fname: str, base_url: str, sha256: str) -> Path:
         return Path(repo.fetch(fname, downloader=_downloader()))
     except Exception as exc:  # network errors (requests), hash mismatch (ValueError), disk...
         why = f"cached copy {cached} fails its sha256 check and " if tampered else ""
-        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} ({describe(exc, 200)})") from exc
+        raise DatasetError(f"{name}: {why}could not fetch {base_url}{fname} into {path} ({describe(exc, 200)}); "
+                           f"offline, {CACHE_HINT}") from exc
 
 
 def _check_archive(name: str, archive: Archive, path: Path, hashed: bool = True) -> None:
@@ -127,8 +139,8 @@ def fetch_archive(name: str, archive: Archive, base_url: str = ETHZ_URL) -> Path
                                    downloader=_downloader(), progressbar=False))
     except Exception as exc:  # network errors (requests), hash mismatch (ValueError), disk...
         # pooch's hash-mismatch message spans lines and names both hashes: keep it whole, on one line
-        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-        raise DatasetError(f"{name}: could not fetch {url} ({why})") from exc
+        why = shorten(" ".join(f"{type(exc).__name__}: {exc}".split()), 400)
+        raise DatasetError(f"{name}: could not fetch {url} into {folder} ({why}); offline, {CACHE_HINT}") from exc
     if known is not None:
         _check_archive(name, archive, path, hashed=False)  # pooch checked the sha256; the size too
     return path

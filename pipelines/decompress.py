@@ -82,12 +82,24 @@ def load_codec(header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
         raise PipelineError(decompress_keys(str(exc))) from exc
     if codec.fingerprint() == header.fingerprint:
         return codec
-    raise PipelineError(
-        f"{cfg.input}: file fingerprint {header.fingerprint.hex()} does not match {header.backbone!r} with its "
-        f"{parity} settings ({codec.fingerprint().hex()}). The file was encoded with other weights or model "
-        "options: decode with the encoder's: options.KEY=VALUE, e.g. options.refiner_hub_id=null (an SDXL file "
-        "encoded without the refiner), options.path=DIR (other local weights), +options.KEY=VALUE for the model "
-        "options conf/decompress.yaml does not list (e.g. +options.guidance=2)")
+    raise PipelineError(f"{cfg.input}: file fingerprint {header.fingerprint.hex()} does not match "
+                        f"{header.backbone!r} with its {parity} settings ({codec.fingerprint().hex()}): "
+                        f"{mismatch_hint(codec.backbone)}")
+
+
+def mismatch_hint(backbone) -> str:
+    """What can differ for this backbone between the encoder's load and this one, and the option
+    that decodes with the encoder's: the fingerprint hashes the backbone's ``config()``."""
+    if backbone.name == "gaussian":  # config(): the prior file's sha256 and the beta schedule
+        return (f"the file was encoded with another Gaussian prior than {backbone.params_path} (sha256 "
+                f"{backbone.config()['params_sha256']}; a refit differs in its last bits): decode with "
+                "options.params_path=F, the .npz it was compressed with (model.options.params_path=F), or with the "
+                "beta schedule it used (+options.beta_schedule=, +options.beta_start=, +options.beta_end=)")
+    refiner = (" options.refiner_hub_id=null (encoded without the refiner), options.refiner_path=DIR,"
+               if backbone.name == "sdxl" else "")
+    return ("the file was encoded with other weights or model options: decode with the encoder's: options.KEY=VALUE, "
+            f"e.g. options.path=DIR (other local weights), options.revision=REV,{refiner} "
+            "+options.KEY=VALUE for the model options conf/decompress.yaml does not list (e.g. +options.guidance=2)")
 
 
 @one_line_errors

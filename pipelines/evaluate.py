@@ -43,7 +43,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
@@ -74,23 +74,77 @@ LOCATION_KEYS = ("model.options.path", "model.options.refiner_path", "model.opti
 SLUG_CHARS = 80
 
 
-def job_dirname(override_dirname: str) -> str:
-    """A job's directory name: a readable slug of its overrides and 8 hex digits of their sha256.
+def job_dirname(slug: str, chash: str) -> str:
+    """A job's directory name: a readable ``slug`` and the first 8 hex digits of its config hash.
 
-    ``override_dirname`` is Hydra's ``k=v,k2=v2`` (sorted; conf/config.yaml's ``exclude_keys``
-    drops the keys that do not change results, :data:`LOCATION_KEYS` among them). The slug writes
-    ``k=v`` as ``k-v``, ``,`` as ``__`` and every other character outside ``[A-Za-z0-9._-]`` as
-    ``_``, so a name is one flat, safe path component: never a path taken from a value, and no
-    ``=`` that hive-partitioning readers (duckdb) would parse as a column. It is cut to
-    :data:`SLUG_CHARS`; the hash of the whole override string keeps names that sanitise alike apart.
-    ``defaults-HASH`` when there is no override.
+    The slug writes ``k=v`` as ``k-v``, ``,`` as ``__`` and every other character outside
+    ``[A-Za-z0-9._-]`` as ``_``, so a name is one flat, safe path component: never a path taken from
+    a value, and no ``=`` that hive-partitioning readers (duckdb) would parse as a column. It is cut
+    to :data:`SLUG_CHARS`; the hash keeps jobs whose slugs sanitise alike apart. ``defaults-HASH``
+    when the slug is empty.
     """
-    slug = override_dirname.replace("=", "-").replace(",", "__")
+    slug = slug.replace("=", "-").replace(",", "__")
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", slug)[:SLUG_CHARS].strip("._-") or "defaults"
-    return f"{slug}-{hashlib.sha256(override_dirname.encode()).hexdigest()[:8]}"
+    return f"{slug}-{chash[:8]}"
 
 
-OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    """conf/config.yaml composed with ``overrides`` (inside the running Hydra app), hydra node
+    included; once per process and group choices (a plain dict: launchers pickle this module)."""
+    from hydra import compose
+
+    if overrides not in _COMPOSED:
+        _COMPOSED[overrides] = compose("config", overrides=list(overrides), return_hydra_config=True)
+    return _COMPOSED[overrides]
+
+
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
+def job_slug(root: DictConfig) -> str:
+    """What sets a job apart from conf/config.yaml's defaults, as ``k=v,k2=v2`` (sorted), whatever
+    the command line's spelling: the config groups whose choice is not the default one
+    (``model=sd15``; ``baselines=jpeg.webp`` when any), and the keys given on the command line whose
+    value differs from the one those choices give (``codec.chunk_bits=12``; ``model=gaussian`` or
+    ``codec.chunk_bits=null`` spelled out add nothing). Keys of conf/config.yaml's ``exclude_keys``
+    (:data:`VOLATILE_KEYS`, :data:`LOCATION_KEYS`) never count. ``root``: the job's config with
+    its hydra node (as Hydra resolves ``hydra.run.dir``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = root.hydra
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    choices = {g: c for g, c in hc.runtime.choices.items() if not g.startswith("hydra/") and g not in excluded}
+    parsed = OverridesParser.create().parse_overrides(list(hc.overrides.task))
+    is_group = [o.key_or_group in choices or o.key_or_group in ("baselines", "experiment") for o in parsed]
+    groups = [o for o, g in zip(parsed, is_group) if g]
+    keys = [o for o, g in zip(parsed, is_group) if not g and o.key_or_group not in excluded]
+    parts = []
+    try:
+        default = _composed(()).hydra.runtime.choices
+        base = _composed(tuple(o.input_line for o in groups))
+    except Exception:  # outside a running Hydra app (no config search path): every key as given
+        default, base = {}, None
+    parts += [f"{g}={c}" for g, c in choices.items() if c is not None and default.get(g) != c]
+    if root.get("baselines"):
+        parts.append(f"baselines={'.'.join(sorted(root.baselines))}")
+    for o in keys:
+        value = OmegaConf.select(root, o.key_or_group, default=None)
+        if base is None or value != OmegaConf.select(base, o.key_or_group, default=None):
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+            text = ".".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"{o.key_or_group}={text}")
+    return ",".join(sorted(parts))
+
+
+def job_dir_name(*, _root_: DictConfig) -> str:
+    """``${job_dir:}`` in conf/config.yaml: the job's directory name, ``job_dirname`` of its
+    ``job_slug`` and config hash: jobs of one config share one directory, however spelled."""
+    task = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    return job_dirname(job_slug(_root_), config_hash(task))
+
+
+OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -365,7 +419,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise PipelineError(f"job {job_dir} is being run by another process (it holds {job_dir / LOCK}); "
+        raise JobBusy(f"job {job_dir} is being run by another process (it holds {job_dir / LOCK}); "
                             "wait for it, or stop it first") from None
     try:
         return _run_job_locked(cfg, job_dir)
@@ -411,20 +465,31 @@ def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
     return job_dir
 
 
+class JobBusy(PipelineError):
+    """Another process holds the job's lock (its dir is not this process's to write in)."""
+
+
 class JobFailed(CompactHydraException):
     """A job of a multirun failed (its one-line reason was printed and saved in the job dir's
     failed.json). Raised instead of exiting so that Hydra marks this job failed, runs the other
     jobs of the sweep, and then exits non-zero printing just this line."""
 
 
+def record_failure(cfg: DictConfig, job_dir: Path, message: str) -> None:
+    """Write ``failed.json`` (the one-line reason) in the job dir Hydra made, so that a job that failed
+    before its first image, too, says why where its results would be (a dry run writes nothing)."""
+    if cfg.get("dry_run", False) or not job_dir.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
+                                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+
+
 def _fail_job(cfg: DictConfig, job_dir: Path, exc: BaseException) -> JobFailed:
     message = one_line(exc, EXPECTED_ERRORS)
     print(f"error: job {job_dir.name}: {message}", file=sys.stderr, flush=True)
-    try:
-        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
-                                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
-    except OSError:
-        pass
+    if not isinstance(exc, JobBusy):
+        record_failure(cfg, job_dir, message)
     return JobFailed(f"error: job {job_dir.name} failed (others may have too: see failed.json in their dirs)")
 
 
@@ -467,16 +532,28 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: one job in its own output directory (``dry_run=true``: print it only).
 
     Single run: a failure is one line on stderr and exit status 2 (``debug=true``: traceback).
-    Multirun: a failing job is reported in one line (and ``failed.json`` in its dir), the sweep
-    goes on with its other jobs, and Hydra exits non-zero at the end.
+    Multirun: a failing job is reported in one line, the sweep goes on with its other jobs, and
+    Hydra exits non-zero at the end. Either way the job dir gets ``failed.json`` (its reason).
     """
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode != RunMode.MULTIRUN or cfg.get("debug", False):
-        one_line_errors(_task)(cfg)
+        one_line_errors(_recording_failure)(cfg)
         return
     try:
         _task(cfg)
     except Exception as exc:  # this job only: the launcher goes on with the others
-        raise _fail_job(cfg, Path(HydraConfig.get().runtime.output_dir), exc) from None
+        raise _fail_job(cfg, job_dir, exc) from None
+
+
+def _recording_failure(cfg: DictConfig) -> None:
+    """``_task``, writing ``failed.json`` before a failure propagates (not for a busy job: its dir is
+    another process's)."""
+    try:
+        _task(cfg)
+    except Exception as exc:
+        if not isinstance(exc, JobBusy):
+            record_failure(cfg, Path(HydraConfig.get().runtime.output_dir), one_line(exc, EXPECTED_ERRORS))
+        raise
 
 
 #: a job's lock file (one process at a time per job)

@@ -227,6 +227,8 @@ def test_decompress_refuses_other_weights(encoded: dict[str, Path], tmp_path: Pa
     out = tmp_path / "o.png"
     code, _, err = run_task(decompress, "decompress", [f"input={encoded['diffc']}", f"output={out}"], capsys)
     assert code != 0 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert "Gaussian prior" in err and str(tmp_path / "other.npz") in err and "options.params_path=" in err
+    assert "refiner" not in err  # what differs for this backbone, not SDXL's advice (issue 28)
     assert not out.exists()
 
 
@@ -288,7 +290,7 @@ def test_real_cli_errors_and_help(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and "input" in r.stdout and "output" in r.stdout
     for module, usage in [("pipelines.demo", "python -m pipelines.demo [root=outputs]"),
-                          ("pipelines.fit_gaussian", "python -m pipelines.fit_gaussian [images=DIR] [out=FILE.npz]"),
+                          ("pipelines.fit_gaussian", "python -m pipelines.fit_gaussian out=FILE.npz [images=DIR]"),
                           ("pipelines.evaluate", "python -m pipelines.evaluate [-m] model=NAME dataset=NAME")]:
         r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and usage in r.stdout, (module, r.stdout[-500:])
@@ -325,7 +327,7 @@ def test_fit_gaussian(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
     out = tmp_path / "fit" / "prior.npz"
     code, stdout, err = run_task(fit_gaussian, "fit_gaussian", [f"images={tmp_path}", f"out={out}"], capsys, True)
-    assert code == 0 and stdout.strip() == f"fitted on 2 images -> {out}", err
+    assert code == 0 and stdout.startswith(f"fitted on 2 images -> {out} ") and "params_path" in stdout, err
     mean, var = fit(sorted(tmp_path.glob("i*.png")))
     with np.load(out) as got:
         np.testing.assert_array_equal(got["mean"], mean)
@@ -342,6 +344,21 @@ def test_fit_gaussian(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                             True)
     assert code == 2 and err == f"error: no images (.png, .jpg, .jpeg) in {empty}\n"
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_fit_gaussian_never_writes_into_the_package(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """issue 28: with no arguments the command asks for out= (one line) instead of overwriting the
+    shipped prior, which every gaussian file's fingerprint names; out= inside the package is refused."""
+    from pipelines.fit_gaussian import fit_gaussian
+
+    shipped = ROOT / "diffc/backbones/params/gaussian_kodak.npz"
+    before = (shipped.read_bytes(), shipped.stat().st_mtime_ns)
+    r = subprocess.run([sys.executable, "-m", "pipelines.fit_gaussian"], cwd=tmp_path, capture_output=True, text=True,
+                       env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=300)
+    assert r.returncode == 2 and r.stderr == "error: missing required option(s): out=... (see --help)\n", r.stderr
+    code, _, err = run_task(fit_gaussian, "fit_gaussian", [f"out={shipped}"], capsys, True)
+    assert code == 2 and "inside the diffc package" in err and len(err.splitlines()) == 1, err
+    assert (shipped.read_bytes(), shipped.stat().st_mtime_ns) == before and not list(tmp_path.iterdir())
 
 
 def test_decompress_prints_the_provenance_line(encoded: dict[str, Path], tmp_path: Path) -> None:

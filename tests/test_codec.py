@@ -393,3 +393,56 @@ def test_recon_grid_visits_its_timesteps(kodak64, t: int, grid, expected: list[i
     assert out.shape == x0.shape
     if t == 10:  # low noise: DDIM on the reference grid lands close to the image
         assert float(((out - x0) ** 2).mean()) < 0.05 * float(x0.var())
+
+
+def test_encode_takes_only_float_images_in_the_unit_range(kodak_odd: torch.Tensor, gaussian_backbone) -> None:
+    """issue 28: a uint8 tensor or 0..255 floats are refused in one line naming the dtype and the range
+    (never coded as a 14,801 bpp file); a [1, 3, H, W] batch of one is its image, the same file."""
+    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1))
+    as_uint8 = (kodak_odd * 255).round().to(torch.uint8)
+    for bad, words in [(as_uint8, ["torch.uint8", "float() / 255"]), (as_uint8.float(), ["[0, 255]", "float32"]),
+                       (kodak_odd - 0.5, ["[-0.5", "divide by 255"]),
+                       (torch.full_like(kodak_odd, math.nan), ["[nan, nan]"]),
+                       (kodak_odd[:2], ["[3, H, W]", "(2, 53, 77)"])]:
+        with pytest.raises(ValueError) as err:
+            codec.encode(bad, stop_timesteps=[500])
+        message = str(err.value)
+        assert "\n" not in message and all(w in message for w in words), message
+    one = codec.encode(kodak_odd, stop_timesteps=[500]).points[0].data
+    assert codec.encode(kodak_odd[None], stop_timesteps=[500]).points[0].data == one
+    assert codec.vae_roundtrip(kodak_odd[None]).shape == kodak_odd.shape
+
+
+def test_the_readme_python_snippet_runs_as_written(kodak_odd: torch.Tensor, tmp_path) -> None:
+    """README's Python API block, extracted and run verbatim in a folder holding a kodim23.png (here a
+    77x53 Kodak crop, to keep it fast): it writes one file per stop and out.png, and out.png is the
+    PNG ``pipelines.decompress`` makes of the last file."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pipelines.datasets import to_uint8
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "DiffcCodec" in b]
+    Image.fromarray(to_uint8(kodak_odd)).save(tmp_path / "kodim23.png")
+    env = os.environ | {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.splitlines()) == 3
+    files = sorted(tmp_path.glob("kodim23-t*.diffc"), key=lambda f: -int(f.stem.rpartition("-t")[2]))
+    assert len(files) == 3  # one per stop, named by its schedule timestep (<= the stop asked for)
+    sizes = [f.stat().st_size for f in files]
+    assert sizes == sorted(sizes) and sizes[0] > 0
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (53, 77, 3)
+    r = subprocess.run([sys.executable, "-m", "pipelines.decompress", f"input={files[-1]}",
+                        f"output={tmp_path / 'cli.png'}", "progress=false"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "out.png").read_bytes()

@@ -33,7 +33,7 @@ def evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     "", "model=sd15", "dataset.options.path=/a/b/c", "dataset.options.path=../../x,model=gaussian",
     "caption=a cat\\, sleeping/on a mat,model=sd15", "metrics.names=[psnr,lpips]", "codec.chunk_bits=8" * 40])
 def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
-    name = job_dirname(overrides)
+    name = job_dirname(overrides, "0123456789ab")
     assert SAFE.fullmatch(name) and name not in (".", "..") and not name.startswith("."), name
     slug, _, digest = name.rpartition("-")
     assert re.fullmatch(r"[0-9a-f]{8}", digest) and len(slug) <= SLUG_CHARS
@@ -41,9 +41,21 @@ def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
 
 
 def test_names_that_sanitise_alike_stay_apart() -> None:
-    a, b = job_dirname("dataset.options.path=/a/b"), job_dirname("dataset.options.path=_a_b")
+    a, b = job_dirname("dataset.options.path=/a/b", "aaaa"), job_dirname("dataset.options.path=_a_b", "bbbb")
     assert a != b and a.rpartition("-")[0] == b.rpartition("-")[0]
-    assert job_dirname("model=sd15") == job_dirname("model=sd15")  # deterministic
+    assert job_dirname("model=sd15", "aaaa") == job_dirname("model=sd15", "aaaa")  # deterministic
+
+
+def test_one_config_one_directory_however_spelled(tmp_path: Path) -> None:
+    """The bare command and the spelled-out defaults (issue 28) are one job: one config hash, one
+    directory; a key given at its default value adds nothing; another value is named and hashed."""
+    common = ["dry_run=true", f"root={tmp_path / 'out'}"]
+    bare = job_line(evaluate(tmp_path, *common).stdout)
+    spelled = job_line(evaluate(tmp_path, *common, "model=gaussian", "dataset=kodak-small", "bitrate=quick",
+                                "metrics=offline", "codec=default", "codec.chunk_bits=null").stdout)
+    other = job_line(evaluate(tmp_path, *common, "model=gaussian", "codec.chunk_bits=6").stdout)
+    assert bare == spelled and Path(bare["dir"]).name == f"defaults-{bare['config_hash'][:8]}", (bare, spelled)
+    assert Path(other["dir"]).name == f"codec.chunk_bits-6-{other['config_hash'][:8]}" != Path(bare["dir"]).name
 
 
 def test_location_keys_are_excluded_from_directory_names() -> None:
@@ -188,3 +200,30 @@ def test_killing_a_joblib_sweep_stops_its_workers(tmp_path: Path) -> None:
     shards = sorted(root.rglob("shards/*.parquet"))
     time.sleep(3)
     assert sorted(root.rglob("shards/*.parquet")) == shards and not list(root.rglob("results.parquet"))
+
+
+def test_ctrl_c_on_a_sweep_is_one_line(tmp_path: Path) -> None:
+    """issue 28: SIGINT (Ctrl-C) during an ``evaluate -m`` sweep prints at most two lines (``error:
+    interrupted``), no traceback, and exits 130; what the sweep printed before is not counted."""
+    import signal
+    import time
+
+    root, log = tmp_path / "out", tmp_path / "output.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", "-m", "model=gaussian",
+                                 "dataset=kodak-small", "dataset.options.size=128", "codec.chunk_bits=6,7",
+                                 "bitrate=quick", f"root={root}", "progress=false"],
+                                cwd=tmp_path, env=ENV, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.rglob("shards/*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(root.rglob("shards/*.parquet")), "the sweep wrote no shard in time"
+        before = len(log.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    after = log.read_text()[before:]
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert len(after.strip().splitlines()) <= 2 and "Traceback" not in after and "error: interrupted" in after, after

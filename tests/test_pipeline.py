@@ -269,11 +269,13 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     out = subprocess.run(evaluate_cmd(["-m", "model=gaussian", "bitrate.stop_timesteps=[0],[700]", *FAST], tmp_path),
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0
-    assert "error: job bitrate.stop_timesteps-_0_" in out.stderr and "Traceback" not in out.stderr
+    assert "error: job bitrate.stop_timesteps-0__" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("error: job bitrate.stop_timesteps-0__")  # ours, last
+    assert "HYDRA_FULL_ERROR" not in out.stderr  # debug=true is our switch
     (bad,) = [p.parent for p in tmp_path.rglob("failed.json")]
     assert "positive timesteps" in json.loads((bad / "failed.json").read_text())["error"]
     (good,) = [p.parent for p in tmp_path.rglob("done.json")]
-    assert "stop_timesteps-_700_" in good.name and len(list((good / "shards").glob("*.parquet"))) == 1
+    assert "stop_timesteps-700__" in good.name and len(list((good / "shards").glob("*.parquet"))) == 1
 
 
 def test_one_metric_list() -> None:

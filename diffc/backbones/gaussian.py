@@ -91,6 +91,7 @@ class GaussianBackbone(Backbone):
             self.var = torch.from_numpy(f["var"]).to(torch.float64)
         if self.mean.shape != (3, BLOCK, BLOCK) or self.var.shape != (3, BLOCK, BLOCK) or not (self.var > 0).all():
             raise ValueError(f"{path}: expected mean/var of shape (3, 8, 8) with var > 0")
+        self.params_path = path  # the prior's file (named by decompress's fingerprint-mismatch error)
         self._params_sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         self._sched_args = dict(beta_start=beta_start, beta_end=beta_end, beta_schedule=beta_schedule)
         self.schedule = NoiseSchedule.ddpm(**self._sched_args)

@@ -1,6 +1,6 @@
 """Fit the Gaussian backbone's prior (mean and variance per colour channel x DCT frequency).
 
-    python -m diffc.backbones.gaussian_fit [images=DIR] [out=diffc/backbones/params/gaussian_kodak.npz]
+    python -m diffc.backbones.gaussian_fit out=FILE.npz [images=DIR]
 
 The command line is ``pipelines.fit_gaussian``'s (a Hydra app like every command of the project;
 the codec core has no command-line framework, so running this module hands over to it). ``images``
