@@ -38,8 +38,6 @@ import html
 import io
 import json
 import math
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +51,7 @@ from diffc.errors import UsageError, one_line_errors
 
 from . import cli
 from .images import ORIGINAL, RECON, point_label, read_png
+from .provenance import git_revision, machine
 from .make_published import figure_protocol, load_published, matching_points
 from .report import METHODS, MIN_OVERLAP, bd_display, bd_table, points_table
 from .results import baseline_points, curve_label, job_dirs, load_results, rate_points, vae_ceiling
@@ -174,8 +173,8 @@ def figures_html(rows: pd.DataFrame, fid: pd.DataFrame, published: pd.DataFrame 
 
 
 # ---- images --------------------------------------------------------------------------------------
-def data_uri(path: Path, max_side: int) -> tuple[str, str]:
-    """(data URI, note) of an image file: as it is when the browser shows its format and it fits
+def data_uri(path: Path, max_side: int) -> tuple[str, str, int]:
+    """(data URI, note, long side in pixels as embedded) of an image file: as it is when the browser shows its format and it fits
     ``max_side``; else decoded (PNG: ``analysis.images.read_png``, others: Pillow), downscaled if
     too large (Lanczos) and written as 8-bit PNG. ``note`` says what was done ('' = nothing)."""
     from PIL import Image
@@ -189,10 +188,10 @@ def data_uri(path: Path, max_side: int) -> tuple[str, str]:
         img = img.convert("RGB").resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))),
                                         Image.Resampling.LANCZOS)
     elif ext in BROWSER_FORMATS and not (ext == "png" and img.mode not in ("RGB", "RGBA", "L")):
-        return f"data:{MIME[ext]};base64,{base64.b64encode(path.read_bytes()).decode()}", note
+        return f"data:{MIME[ext]};base64,{base64.b64encode(path.read_bytes()).decode()}", note, max(img.size)
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG", optimize=True)
-    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}", note
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}", note, max(img.size)
 
 
 def to_8bit(a: np.ndarray) -> np.ndarray:
@@ -228,7 +227,7 @@ def image_entry(img_rows: pd.DataFrame, jobs: list[Job], image_id: str, metrics:
                      if (j.path / RECON / image_id / f"{ORIGINAL}.png").exists()), None)
     if original is None:
         return None
-    src, note = data_uri(original, max_side)
+    src, note, side = data_uri(original, max_side)
     series: list[dict[str, Any]] = []
     codec = img_rows[img_rows["kind"] == "codec"].copy()
     codec["curve"] = curve_label(codec.assign(codec=codec["codec"].fillna("diffc")))
@@ -247,7 +246,7 @@ def image_entry(img_rows: pd.DataFrame, jobs: list[Job], image_id: str, metrics:
             found = sorted(folder.glob(f"{name}-q{int(r['quality'])}.*")) if folder.is_dir() else []
             files.append((r, found[0] if found else folder / f"{name}-q{int(r['quality'])}"))
         series.append(series_entry(str(name), "baseline", kept(files), metrics, max_side, max_points))
-    return {"original": src, "note": note, "series": [s for s in series if s["points"]]}
+    return {"original": src, "note": note, "side": side, "series": [s for s in series if s["points"]]}
 
 
 def kept(files: list[tuple[pd.Series, Path]]) -> list[tuple[pd.Series, Path]]:
@@ -266,7 +265,7 @@ def series_entry(name: str, kind: str, files: list[tuple[pd.Series, Path]], metr
     points = []
     for i in spread(len(files), max_points):
         r, path = files[i]
-        src, note = data_uri(path, max_side)
+        src, note, _ = data_uri(path, max_side)
         label = f"q{int(r['quality'])}" if kind == "baseline" else path.stem
         points.append({"bpp": None if pd.isna(r["bpp"]) else float(r["bpp"]), "label": label, "src": src,
                        "note": note, "metrics": {m: finite(r[m]) for m in metrics}})
@@ -316,18 +315,6 @@ def per_image_html(rows: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def git_revision(path: Path) -> str:
-    """The git revision of the checkout holding ``path`` ('-dirty' when it has local changes), or '-'."""
-    try:
-        rev = subprocess.run(["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "-"
-    return (rev + ("-dirty" if dirty else "")) if rev else "-"
-
-
 def provenance_html(jobs: list[Job], rows: pd.DataFrame) -> str:
     """Per job: where, what (model, dataset, protocol, hash), the run's provenance and its config."""
     table = []
@@ -338,7 +325,7 @@ def provenance_html(jobs: list[Job], rows: pd.DataFrame) -> str:
                       "protocol": j.info.get("protocol"), "config_hash": j.info.get("config_hash"),
                       "images": r["image"].nunique(), "rows": len(r), "finished": j.done.get("finished", "-"),
                       "git": run.get("git", "-"), "host": run.get("host", "-"), "platform": run.get("platform", "-"),
-                      "device": run.get("device", "-"), "torch": run.get("torch", "-"),
+                      "cpus": run.get("cpus", "-"), "device": run.get("device", "-"), "torch": run.get("torch", "-"),
                       "job_wall_s": run.get("wall_s", math.nan),
                       "encode_s_per_image": float(r.loc[r["kind"] == "codec"].groupby("image")["encode_s"].first().mean())
                       if (r["kind"] == "codec").any() else math.nan})
@@ -357,12 +344,12 @@ def render(rows: pd.DataFrame, fid: pd.DataFrame, jobs: list[Job], results: list
     figures = figures_html(rows, fid, published)
     bd = bd_display(bd_table(rows.drop(columns="job"), anchor, method, min_overlap))
     points = points_table(rows.drop(columns="job"))
+    points = points.loc[:, points.notna().any()]  # metrics no row has (not requested) stay out
     browser = browser_data(rows, jobs, images, max_images, max_side, max_points)
     n_pictures = sum(1 + sum(len(s["points"]) for s in e["series"]) for ds in browser.values() for e in ds.values())
-    here = Path(__file__).resolve().parent
-    meta = (f"results: {', '.join(map(str, results))} &middot; {len(jobs)} jobs, {len(rows)} rows &middot; "
-            f"report written {time.strftime('%Y-%m-%d %H:%M:%S')} on {html.escape(platform.node())} "
-            f"by git {git_revision(here)}")
+    meta = (f"results: {html.escape(', '.join(map(str, results)))} &middot; {len(jobs)} jobs, {len(rows)} rows "
+            f"&middot; report written {time.strftime('%Y-%m-%d %H:%M:%S')} on {html.escape(machine()['host'])} "
+            f"by git {git_revision()}")
     no_images = ("" if browser else "<p class=note>No reconstructions were saved by these sweeps "
                  "(run them with <code>save.recon_png=true</code>, and <code>save.baselines=true</code> "
                  "for the classic codecs' files).</p>")
@@ -458,7 +445,9 @@ function rates() { const s = new Set();
   return [...s].sort((a, b) => a - b); }
 function fillImages() { imSel.innerHTML = ''; Object.keys(DATA[dsSel.value]).forEach(i => imSel.add(new Option(i, i))); }
 function fillRates() { const r = rates(); rate.max = Math.max(r.length - 1, 0);
-  rate.value = Math.floor(r.length / 2); }
+  rate.value = Math.floor(r.length / 2);
+  // small images start magnified (nearest neighbour) to about 256 px
+  zoom.value = String([8, 4, 2, 1].find(z => z === 1 || entry().side * z <= 256)); }
 function nearest(points, bpp) { // the point nearest in log bpp (a series without rate: its one point)
   let best = points[0], d = Infinity;
   points.forEach(p => { if (p.bpp === null) return; const e = Math.abs(Math.log(p.bpp) - Math.log(bpp));

@@ -5,6 +5,7 @@ networking blocked), no console errors, figures and pictures laid out, a non-bla
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -104,6 +105,10 @@ def test_report_is_one_self_contained_file(report: Path, sweep: Path) -> None:
     assert text.count("<details><summary>kodak-small / ") == 4  # the per-image tables
     assert "indicative" in text or "bd_rate_pct" in text
     assert len(text) < 8 * 2**20  # plotly.js (4.7 MB) + the data
+    # provenance: the sweep recorded its run in done.json, the report shows it
+    run = json.loads(next(sweep.rglob("done.json")).read_text())["provenance"]
+    assert run["device"] == "cpu" and run["wall_s"] > 0 and run["git"] != ""
+    assert f"<td>{run['git']}</td>" in text and f"<td>{run['torch']}</td>" in text
 
 
 def test_report_in_headless_chromium(report: Path) -> None:
