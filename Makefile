@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export DIFFC_CACHE ?= $(CURDIR)/.cache/diffc
 SHARED_KODAK ?= ../shared/datasets/kodak
 
-.PHONY: install test demo seed-data bench clean
+.PHONY: install test demo seed-data browser bench clean
 
 install: $(STAMP)
 
@@ -28,7 +28,14 @@ seed-data:
 	  echo "seeded $(DIFFC_CACHE)/kodak from $(SHARED_KODAK)"; \
 	fi
 
-test: install seed-data
+# Headless Chromium for tests/test_report_html.py (Debian's package): installed when run as root
+# with apt-get, quietly; never fatal (the test skips and says why when chromium is absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 && echo "installed chromium"; } || \
+	  echo "chromium not installed (needs root and apt-get): tests/test_report_html.py's browser test will skip"
+
+test: install seed-data browser
 	$(BIN)/python -m pytest -q
 
 demo: install seed-data

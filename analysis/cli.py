@@ -1,7 +1,7 @@
 """The command-line convention of every user-facing command: Hydra ``key=value`` overrides.
 
 ``pipelines.compress``, ``decompress``, ``evaluate``, ``demo``, ``fit_gaussian`` and
-``analysis.rd_curves``, ``report`` are Hydra apps (``conf/<command>.yaml``; the analysis
+``analysis.rd_curves``, ``report``, ``report_html`` are Hydra apps (``conf/<command>.yaml``; the analysis
 commands' in ``analysis/conf/``): options are
 ``key=value`` (``--help`` lists them), nothing is written into a Hydra output directory, and
 bad input prints ONE line ``error: ...`` on stderr and exits 2 (``debug=true``: the traceback).

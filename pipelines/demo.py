@@ -5,7 +5,9 @@
    image, real .diffc files decoded and checked, scored; JPEG / WebP / AVIF (Pillow) on the same
    images in the same job (conf/experiment/demo.yaml);
 2. its rate-distortion figures (``analysis.rd_curves``): gaussian DiffC against the three classic
-   codecs. The gaussian backbone's "VAE" is the identity (lossless): no ceiling line;
+   codecs. The gaussian backbone's "VAE" is the identity (lossless): no ceiling line; and its
+   self-contained HTML report (``analysis.report_html``: interactive curves, BD-rates, the image
+   browser over the reconstructions the job kept), ``ROOT/demo/report.html``;
 3. the round-trip check of the random-weight twins (``tiny-sd15`` = SD 1.5's architecture with
    tiny random weights) in a job of their own (``ROOT/demo-twins``): encoded, decoded and checked
    like real backbones, reported in the console only. Their rates and quality are meaningless,
@@ -121,6 +123,7 @@ def demo(cfg: DictConfig) -> None:
     results, twins = Path(root) / "demo", Path(root) / "demo-twins"
     run("pipelines.evaluate", *figure_job(root))
     run("analysis.rd_curves", f"results={results}")
+    run("analysis.report_html", f"results={results}")
     run("pipelines.evaluate", *twins_job(root))
 
     image = results / "cli" / "kodim23.png"
@@ -141,7 +144,8 @@ def demo(cfg: DictConfig) -> None:
     print("\n" + summary(results))
     print("\n" + twins_summary(twins))
     print(f"\nresults (parquet shards): {results}/*/shards (figure), {twins}/*/shards (twins)\n"
-          f"figures: {results}/figures\ncommand-line round trip: {results}/cli")
+          f"figures: {results}/figures\nHTML report (open in a browser): {results / 'report.html'}\n"
+          f"command-line round trip: {results}/cli")
     if not same:
         raise PipelineError(f"the decoded PNG {decoded} differs from the encoder's {reported}")
 

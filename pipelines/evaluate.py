@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from analysis import cli
 from analysis.images import ORIGINAL, encode_png, point_label, recon_png
+from analysis.provenance import git_revision, machine
 from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
                              SHARDS, frame)
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised
@@ -427,7 +428,17 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
         lock.release()
 
 
+def run_provenance(cfg: DictConfig, wall_s: float) -> dict[str, Any]:
+    """What done.json records of the run (analysis.report_html shows it): git revision, machine,
+    device, torch version, the job's wall-clock seconds."""
+    import torch
+
+    return {"git": git_revision(), **machine(), "device": str(resolve_device(cfg.device)),
+            "torch": torch.__version__, "wall_s": round(wall_s, 3)}
+
+
 def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
+    t0 = time.perf_counter()
     (job_dir / FAILED).unlink(missing_ok=True)
     chash = config_hash(cfg)
     done = job_dir / DONE
@@ -460,7 +471,8 @@ def _run_job_locked(cfg: DictConfig, job_dir: Path) -> Path:
     if cfg.metrics.get("fid", False):
         write_table(dataset_fid(cfg, job_dir, data, rows), job_dir / FID_FILE)
     atomic_write(done, json.dumps({"config_hash": chash, "images": len(ids), "rows": len(rows),
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "provenance": run_provenance(cfg, time.perf_counter() - t0)}).encode())
     log.info("job %s done: %d images, %d rows", job_dir, len(ids), len(rows))
     return job_dir
 
