@@ -246,7 +246,10 @@ class TableChain:
     def __init__(self, seed: int):
         self.seed = seed
 
-    def plan(self, step: Step, n_chunks: int) -> ChunkPlan:
+    def coded_entries(self, step: Step, skip: float) -> None:
+        return None  # uniform weights: nothing is skipped (diffc.pfr.coded_entries)
+
+    def plan(self, step: Step, n_chunks: int, coded: None = None) -> ChunkPlan:
         return make_plan(step.x.numel(), n_chunks, stream_key(self.seed, STREAM_PLAN, step.k))
 
     def step_key(self, k: int) -> int:
