@@ -11,6 +11,7 @@ import torch
 
 from diffc import format as fmt
 from diffc.backbones.gaussian import GaussianBackbone
+from diffc.chain import LN2
 from diffc.channels import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
 from diffc.recon import Recon
@@ -22,6 +23,9 @@ CASES = {
     "kodak64-geom12": ("kodak64", CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0, recon="denoise")),
     # odd size (77 wide x 53 high: padded to 80x56 inside, cropped back), K = 2^5
     "odd77x53-linspace8": ("kodak_odd", CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1, seed=3, recon="denoise")),
+    # the lightest entries (5% of each step's expected KL) sent as a prior sample, unsearched
+    "kodak64-geom12-skip": ("kodak64", CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0,
+                                                      recon="denoise", skip_kl=0.05)),
 }
 
 
@@ -313,9 +317,38 @@ def test_codec_params_validation() -> None:
     assert CodecParams.of(chunk_bits=8, padding_bits=2).channel.num_candidates == 1024
     for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9),
                 dict(recon="magic"), dict(recon_steps=0), dict(seed=2**32), dict(split_above=0.5),
-                dict(split_above=2.1), dict(split_above=64.0), dict(split_above=-1.0)):
+                dict(split_above=2.1), dict(split_above=64.0), dict(split_above=-1.0), dict(skip_kl=-0.001),
+                dict(skip_kl=0.256), dict(skip_kl=0.0105)):
         with pytest.raises(ValueError):
             CodecParams.of(**bad)
+
+
+def test_skipped_entries_are_the_prior_sample(gaussian_backbone, kodak64) -> None:
+    """skip_kl: the entries the plan leaves to the prior are x = mu_p + std z with z from the
+    step's prior stream (zero bits, unsearched); the search covers the other entries only; their
+    log q/p is part of ``delivered`` (-KL on average); the file decodes bit-exactly."""
+    from diffc.randomness import normals
+
+    params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise", skip_kl=0.03)
+    c = DiffcCodec(gaussian_backbone, params)
+    x0 = gaussian_backbone.encode(kodak64)
+    chain, channel = c.chain, params.channel.channel(x0.numel())
+    x = chain.start(tuple(x0.shape))
+    step = chain.step(x, 1, None, x0)
+    x1 = channel.send(chain, step)
+    coded = chain.coded_entries(step, 0.03)
+    prior = torch.ones(x0.numel(), dtype=torch.bool)
+    prior[coded] = False
+    z = normals(chain.prior_key(1), torch.zeros(1, dtype=torch.int32), torch.nonzero(prior).flatten().to(torch.int32))
+    want = (step.mu_p.flatten()[prior] + step.std * z).reshape(-1)
+    assert torch.equal(x1.flatten()[prior], want)
+    rec = channel.records[0]
+    assert int(rec.chunk_dims.sum()) < 0.5 * x0.numel()  # the search covers less than half the entries
+    u = step.u.flatten().double()[prior]
+    assert rec.prior_kl_bits == pytest.approx(float((u * u).sum()) / 2 / LN2, rel=1e-9) and rec.prior_kl_bits > 0
+    assert rec.delivered_bits == pytest.approx(float(rec.chunk_delivered_bits.sum()) + rec.prior_delivered_bits)
+    res = c.encode(kodak64, stop_timesteps=[c.timesteps[4]])
+    assert torch.equal(c.decode(res.points[-1].data).x_t, res.points[-1].x_t)
 
 
 def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:

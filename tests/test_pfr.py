@@ -15,7 +15,7 @@ from scipy import stats
 
 import diffc.pfr as pfr
 from diffc.entropy import zipf_probabilities
-from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
+from diffc.pfr import ChunkPlan, chunk_sums, coded_entries, decode_chunks, encode_chunks, make_plan
 from diffc.randomness import normals, uniforms
 
 LN2 = math.log(2.0)
@@ -259,6 +259,47 @@ def test_plan_chunks_are_never_empty(gaussian_backbone) -> None:
     wz[3] = 1.0  # all weight on one entry: it goes out in 5 parts, one per chunk
     pz = make_plan(1000, 5, 1, wz)
     assert pz.n_chunks == 5 and int(torch.bincount(pz.chunk_of).min()) >= 1 and int((pz.src == 3).sum()) == 5
+
+
+def test_coded_entries_drop_the_lightest_whole_ties() -> None:
+    """skip_kl: the entries left to the prior are the lightest, whole ties at a time, carrying at
+    most the fraction ``skip`` of the total weight, and as many as that allows."""
+    w = torch.tensor([5.0, 1.0, 1.0, 0.5, 2.0, 0.5, 10.0])  # total 20
+    assert coded_entries(w, 0.0) is None and coded_entries(None, 0.1) is None  # uniform: nothing skipped
+    assert coded_entries(w, 0.04) is None  # the lightest tie (0.5 + 0.5 = 1.0) is 5% > 4%
+    assert coded_entries(w, 0.05).tolist() == [0, 1, 2, 4, 6]  # the two 0.5s (5%)
+    assert coded_entries(w, 0.16).tolist() == [0, 4, 6]  # the 0.5s and the 1s (15%)
+    assert coded_entries(w, 0.149).tolist() == [0, 1, 2, 4, 6]  # 15% > 14.9%: the 1s stay
+    with pytest.raises(ValueError):
+        coded_entries(w, 1.0)
+
+
+def test_skip_plan_is_a_function_of_decoder_known_data(gaussian_backbone) -> None:
+    """The plan with skipping: coded entries from the backbone's kl_weights (shape and timesteps
+    only), the rest in ``prior``; the same plan on every call; every coded entry's squared part
+    scales sum to 1; at t=1000 -> 972 a 3% skip leaves most entries of the DCT prior unsearched."""
+    shape = (3, 64, 64)
+    w = gaussian_backbone.kl_weights(shape, 1000, 972)
+    coded = coded_entries(w, 0.03)
+    assert torch.equal(coded, coded_entries(gaussian_backbone.kl_weights(shape, 1000, 972), 0.03))
+    d = w.numel()
+    left = torch.ones(d, dtype=torch.bool)
+    left[coded] = False
+    wf, lightest = w.flatten(), w.flatten()[coded].min()
+    next_tie = float(wf[wf == lightest].sum())
+    assert float(wf[left].sum()) <= 0.03 * float(w.sum()) < float(wf[left].sum()) + next_tie  # as many as allowed
+    assert coded.numel() < 0.5 * d
+    p = make_plan(d, 40, key=7, weights=w, coded=coded)
+    q = make_plan(d, 40, key=7, weights=w, coded=coded)
+    assert torch.equal(p.src, q.src) and torch.equal(p.chunk_of, q.chunk_of) and torch.equal(p.prior, q.prior)
+    assert torch.equal(torch.unique(p.src), coded) and torch.equal(p.prior, torch.nonzero(left).flatten())
+    sq = torch.zeros(d).index_add_(0, p.src, (p.scale if p.scale is not None else torch.ones(p.src.numel())) ** 2)
+    assert torch.allclose(sq[coded], torch.ones(coded.numel())) and bool((sq[left] == 0).all())
+    # combine leaves the prior's entries at 0 (the channel fills them from shared randomness)
+    z = p.combine(torch.ones(p.src.numel()), d)
+    assert bool((z[p.prior] == 0).all()) and bool((z[coded] != 0).all())
+    # no skip: the plan is today's
+    assert torch.equal(make_plan(d, 40, key=7, weights=w).src, make_plan(d, 40, key=7, weights=w, coded=None).src)
 
 
 def test_chunk_sums() -> None:
