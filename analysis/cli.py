@@ -190,6 +190,49 @@ def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str]
     preflight(config_name, sys.argv[1:], config_dir)
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def defaults_groups(config_name: str, config_dir: Path) -> list[tuple[str, str]]:
+    """(group, default choice) of the config groups in ``CONFIG_NAME.yaml``'s defaults list (not
+    Hydra's own, not ``_self_``): the groups the command uses."""
+    out = []
+    for entry in OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults") or []:
+        if isinstance(entry, str) or len(entry) != 1:
+            continue
+        (group, choice), = entry.items()
+        group = str(group)
+        if not group.startswith(("override", "hydra")) and (config_dir / group).is_dir():
+            shown = choice if isinstance(choice, str) else "[" + ",".join(map(str, choice or [])) + "]"
+            out.append((group, "none" if choice is None else shown))
+    return out
+
+
+def options_text(config_name: str, config_dir: Path) -> str:
+    """The options of ``CONFIG_NAME.yaml`` as written, with their comments (what each one means):
+    the file without its leading comment block, its defaults list and its ``hydra:`` section."""
+    lines, out, skipping = (config_dir / f"{config_name}.yaml").read_text().splitlines(), [], False
+    for line in lines:
+        top = line[:1] not in (" ", "#", "-", "")
+        if top:
+            skipping = line.startswith(("defaults:", "hydra:"))
+        if skipping or (not out and (line.startswith("#") or not line.strip())):
+            continue
+        out.append(line)
+    return "\n".join(out).strip()
+
+
+def help_text(config_name: str, config_dir: Path = CONF_DIR) -> str:
+    """``--help``: the config's ``hydra.help.template`` with ``$APP_CONFIG_GROUPS`` the groups this
+    command uses (its defaults list: each group's options, the default first) and ``$CONFIG`` its
+    options with their comments (Hydra's own ``--help`` prints the values without the comments,
+    and every config group of conf/, used or not)."""
+    template = str(OmegaConf.load(config_dir / f"{config_name}.yaml").hydra.help.template)
+    groups = "\n".join(f"  {g} (default {c}): {', '.join(config_names(g, config_dir))}"
+                       for g, c in defaults_groups(config_name, config_dir))
+    return template.replace("$APP_CONFIG_GROUPS", groups).replace("$CONFIG", options_text(config_name, config_dir))
+
+
 def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
          config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
     """A command's ``__main__``: ``prepare``, then Hydra runs ``task(cfg)`` on
@@ -202,6 +245,9 @@ def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] =
     ``HYDRA_FULL_ERROR`` hint: ``debug=true`` is this project's switch for the traceback."""
     import hydra
 
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print(help_text(config_name, config_dir))
+        return
     prepare(config_name, verbatim, lists, config_dir, multirun)
     debug = any(a.replace(" ", "").lower() in ("debug=true", "debug=1") for a in sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its hint: reported below

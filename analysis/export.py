@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import baseline_points, rate_points
+from .results import CODEC_NAMES, baseline_points, rate_points
 from .schema import PER_IMAGE_METRICS
 
 #: our column -> CompressAI's key (CompressAI >= 1.2 names the RGB metrics ``*-rgb``)
@@ -40,10 +40,6 @@ def _curve(per_metric: dict[str, pd.DataFrame], key: list[str]) -> dict[str, lis
         values = first[key].merge(per_metric[m][[*key, "value"]], on=key, how="left")["value"]
         out[KEYS.get(m, m)] = values.astype(float).tolist()
     return out
-
-
-#: display names of the diffusion codecs
-CODEC_NAMES = {"diffc": "DiffC", "diffc-sparse-sum": "DiffC (sparse-sum)", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
 
 
 def curves(rows: pd.DataFrame) -> dict[str, dict]:

@@ -1,22 +1,26 @@
 """Rate-distortion figures from a results directory.
 
     python -m analysis.rd_curves results=DIR [metrics=psnr,lpips] [out=DIR/figures] [formats=png,pdf]
-        [reference_points=true] [reference_methods=MS-ILLM,PerCo] [style=paper]
+        [reference_points=true] [reference_methods=MS-ILLM,PerCo] [style=paper] [log_bpp=true]
 
 (a Hydra app: ``analysis/conf/rd_curves.yaml``, ``--help`` lists the options; torch is never imported)
 
 One figure per dataset and metric, ``{out}/{dataset}-rd-{metric}.{png,pdf}`` (``style=paper``: the
 paper's names, ``{dataset}-rd-curves-{Qalign,LPIPS,PSNR,FID,KID}``, and by default its five
-metrics; ``figure_stem``): bits per pixel on
-x, one curve per model (mean over images at each rate point, band = +-1.96 standard errors of the
-mean), and each model's VAE round trip as a dashed horizontal line in the same colour (the
-quality ceiling of its autoencoder; a lossless one, PSNR inf, has no line and no legend entry:
-the CSV keeps its inf). FID/KID come from the dataset-level table (no band).
+metrics; ``figure_stem``); each path written is printed, and a metric with no values is skipped
+quietly unless named in ``metrics=``. Bits per pixel on x (``log_bpp=true``: a log axis, for
+ultra-low rates and published points), one curve per codec and model, named 'DiffC · gaussian'
+in the legend (a random-weight ``tiny-*`` twin '(random weights)'; mean over images at each rate
+point, band = +-1.96 standard errors of the mean), and each model's VAE round trip as a dashed
+horizontal line in the same colour (the quality ceiling of its autoencoder; a lossless one, PSNR
+inf on every image, has no line on any metric: the CSV keeps its value). The title says the image
+size, the protocol and, for MS-SSIM, the number of scales. FID/KID come from the dataset-level
+table (no band).
 Next to each figure, ``{dataset}-rd-{metric}.csv`` holds exactly the plotted points (one row per
 curve point, ``series`` = codec, and one row per VAE ceiling, ``series`` = vae).
 
 Classic codecs of the sweep (``baselines=[jpeg,...]``, rows of kind baseline) are grey dashed
-curves, one per codec, labelled by its name (``series`` = baseline, ``codec``, ``quality``).
+curves with their bands, one per codec, labelled by its name (``series`` = baseline, ``codec``, ``quality``).
 ``reference_points=true`` overlays the published points (``analysis/data/published_points.csv``,
 docs/published.md) whose dataset and protocol are the figure's (``make_published.figure_protocol``:
 the rows' protocol column, e.g. kodak under native or crop512; points of other datasets never) as
@@ -45,7 +49,8 @@ from diffc.errors import UsageError, one_line_errors  # noqa: E402
 from . import cli  # noqa: E402
 from .export import write_curves  # noqa: E402
 from .make_published import figure_protocol, load_published, matching_points  # noqa: E402
-from .results import baseline_points, curve_label, load_results, rate_points, vae_ceiling  # noqa: E402
+from .results import (baseline_points, curve_label, display_name, load_results, random_weights,  # noqa: E402
+                      rate_points, vae_ceiling)
 from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
 Z95 = 1.96
@@ -85,10 +90,14 @@ SIDECAR = ["model", "series", "codec", "quality", "method", "protocol", "source"
 
 
 def plot_baselines(ax: plt.Axes, base: pd.DataFrame) -> None:
-    """Grey dashed curves of the classic codecs (``baseline_points`` of one dataset), one per codec."""
+    """Grey dashed curves of the classic codecs (``baseline_points`` of one dataset), one per codec,
+    each with its band (+-1.96 standard errors of the mean, as the diffusion codecs')."""
     for k, (codec, c) in enumerate(base.groupby("codec", sort=True)):
+        color = GREYS[k % len(GREYS)]
         ax.plot(c["bpp"], c["value"], ls="--", lw=1.2, marker=BASELINE_MARKERS[k % len(BASELINE_MARKERS)],
-                ms=3.5, color=GREYS[k % len(GREYS)], label=str(codec))
+                ms=3.5, color=color, label=str(codec))
+        ax.fill_between(c["bpp"], c["value"] - Z95 * c["sem"], c["value"] + Z95 * c["sem"], color=color,
+                        alpha=0.15, lw=0)
 
 
 def plot_published(ax: plt.Axes, points: pd.DataFrame) -> None:
@@ -117,10 +126,13 @@ def published_sets(published: pd.DataFrame) -> str:
 
 def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: str,
             title: str, baselines: pd.DataFrame | None = None,
-            published: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
+            published: pd.DataFrame | None = None, log_bpp: bool = False) -> dict[str, dict[str, Any]]:
     """Draw one RD plot (and the classic codecs' and published curves, when given); returns per
-    curve (a model's DiffC curve is labelled by the model, a peer's 'model (codec)') what was
-    plotted: model, codec, bpp, value, lo, hi, vae (the model's VAE ceiling, on its DiffC entry)."""
+    curve (keyed by ``curve_label``: a model's DiffC curve by the model, a peer's 'model (codec)')
+    what was plotted: model, codec, bpp, value, lo, hi, vae (the model's VAE ceiling, on its DiffC
+    entry). The legend names codec and backbone (``display_name``: 'DiffC · gaussian'; a
+    random-weight twin '... (random weights)'). A lossless autoencoder (``vae_ceiling``'s
+    ``lossless``) has no ceiling line on any metric. ``log_bpp``: a logarithmic rate axis."""
     plotted: dict[str, dict[str, Any]] = {}
     models = sorted(set(curves["model"]) | set(ceilings["model"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -132,14 +144,16 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
                                      "lo": (c["value"] - Z95 * c["sem"]).to_numpy(),
                                      "hi": (c["value"] + Z95 * c["sem"]).to_numpy(), "vae": None}
             ax.plot(entry["bpp"], entry["value"], marker=CODEC_MARKERS[j % len(CODEC_MARKERS)], ms=4, color=color,
-                    ls=CODEC_STYLES[j % len(CODEC_STYLES)], label=label)
+                    ls=CODEC_STYLES[j % len(CODEC_STYLES)], label=display_name(label, model, entry["codec"]))
             ax.fill_between(entry["bpp"], entry["lo"], entry["hi"], color=color, alpha=0.2, lw=0)
             plotted[label] = entry
         v = ceilings[ceilings["model"] == model]
         if len(v):
             vae = float(v["value"].mean())
-            if not math.isinf(vae):  # a lossless autoencoder (PSNR inf) has no ceiling: no line, no name
-                ax.axhline(vae, ls="--", lw=1.2, color=color, label=f"{model} VAE ceiling")
+            lossless = bool(v.get("lossless", pd.Series([False])).any())
+            if not (math.isinf(vae) or lossless):  # a lossless autoencoder has no ceiling: no line, no name
+                twin = " (random weights)" if random_weights(model) else ""
+                ax.axhline(vae, ls="--", lw=1.2, color=color, label=f"{model}{twin} VAE ceiling")
             plotted.setdefault(model, {"model": model, "codec": "diffc", "bpp": np.array([]), "value": np.array([]),
                                        "lo": np.array([]), "hi": np.array([])})["vae"] = vae
     if baselines is not None and len(baselines):
@@ -149,8 +163,12 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
     better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     ax.set_xlabel("rate (bits per pixel, bpp)")
     ax.set_ylabel(f"{UNITS[metric]} ({better} is better)")
-    ax.set_title(title)
-    ax.set_xlim(left=0)
+    ax.set_title(title, fontsize="medium")
+    if log_bpp:
+        ax.set_xscale("log")
+        ax.set_xlabel("rate (bits per pixel, bpp; log scale)")
+    else:
+        ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     # outside the axes: never hides a curve, however many models
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
@@ -187,11 +205,28 @@ def plotted_points(plotted: dict[str, dict[str, Any]], curves: pd.DataFrame,
     return df
 
 
+def setting(rows: pd.DataFrame, metric: str) -> str:
+    """What a figure's numbers are of: the images' size ('64×64', or the range of sizes), the
+    protocol (conf/protocol) and, for MS-SSIM, its number of scales (fewer than 5 on small images,
+    ``pipelines.metrics.ms_ssim_scales``)."""
+    sizes = sorted({(int(w), int(h)) for w, h in zip(rows["width"], rows["height"]) if pd.notna(w) and pd.notna(h)})
+    size = f"{sizes[0][0]}×{sizes[0][1]}" if len(sizes) == 1 else \
+        (f"{len(sizes)} sizes, {min(w * h for w, h in sizes)}–{max(w * h for w, h in sizes)} px" if sizes else "")
+    protocols = ", ".join(sorted(set(rows["protocol"].dropna().astype(str)))) if "protocol" in rows else ""
+    parts = [size, f"protocol {protocols}" if protocols else ""]
+    if metric == "ms_ssim" and "ms_ssim_scales" in rows:
+        scales = sorted({int(v) for v in rows["ms_ssim_scales"].dropna()})
+        if scales:
+            parts.append(f"MS-SSIM {'/'.join(map(str, scales))} scale{'s' * (scales != [1])}")
+    return ", ".join(p for p in parts if p)
+
+
 def render(results: Path, metrics: list[str], out: Path, formats: list[str], reference_points: bool = False,
            reference_methods: list[str] | None = None,
-           published_csv: str | Path | None = None, style: str = "default") -> dict[tuple[str, str], dict]:
+           published_csv: str | Path | None = None, style: str = "default",
+           log_bpp: bool = False) -> dict[tuple[str, str], dict]:
     """Write every figure (named by ``figure_stem`` in ``style``) and every curve as CompressAI
-    JSON; returns {(dataset, metric): plotted data} of the figures written."""
+    JSON, printing each file written; returns {(dataset, metric): plotted data} of the figures."""
     rows, fid = load_results(results)
     out.mkdir(parents=True, exist_ok=True)
     published = load_published(*([published_csv] if published_csv else [])) if reference_points else None
@@ -207,7 +242,8 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
         else:
             curves, ceilings = rate_points(rows, metric), vae_ceiling(rows, metric)
         for dataset in sorted(set(curves["dataset"])):
-            n_img = rows.loc[(rows["dataset"] == dataset) & (rows["kind"] == "codec"), "image"].nunique()
+            ds_rows = rows[rows["dataset"] == dataset]
+            n_img = ds_rows.loc[ds_rows["kind"] == "codec", "image"].nunique()
             fig, ax = plt.subplots(figsize=(8.0, 4.6))
             band = "" if metric in DATASET_METRICS else ", band: 95% CI of the mean"
             ds_curves = curves[curves["dataset"] == dataset]
@@ -221,8 +257,8 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
                 ds_pub = matching_points(published, protocol, metric, reference_methods, dataset)
                 overlaid[dataset] = (protocol, overlaid.get(dataset, (protocol, 0))[1] + len(ds_pub))
             plotted = plot_rd(ax, ds_curves, ceilings[ceilings["dataset"] == dataset],
-                              metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})",
-                              ds_base, ds_pub)
+                              metric, f"{dataset}: {UNITS[metric]} vs rate ({n_img} images{band})\n"
+                              f"{setting(ds_rows, metric)}", ds_base, ds_pub, log_bpp)
             fig.tight_layout()
             stem = out / figure_stem(dataset, metric, style)
             for fmt in formats:
@@ -230,7 +266,11 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
             plt.close(fig)
             plotted_points(plotted, ds_curves, ds_base, ds_pub).to_csv(f"{stem}.csv", index=False)
             done[(dataset, metric)] = plotted
-    write_curves(rows, out)
+            exts = ",".join([*formats, "csv"])
+            print(f"wrote {stem}.{{{exts}}} ({dataset}, {metric}: {len(plotted)} curve{'s' * (len(plotted) != 1)})")
+    curves_json = write_curves(rows, out)
+    if curves_json:
+        print(f"wrote {out}/*.json ({len(curves_json)} curve{'s' * (len(curves_json) != 1)} in CompressAI's format)")
     for dataset, (protocol, n) in sorted(overlaid.items()):
         if not n:
             which = f" of {', '.join(reference_methods)}" if reference_methods else ""
@@ -256,11 +296,11 @@ def rd_curves(cfg: DictConfig) -> dict[tuple[str, str], dict]:
         raise UsageError("formats must name at least one figure format, e.g. formats=png,pdf")
     results = Path(cfg.results)
     written = render(results, metrics, Path(cfg.out) if cfg.out else results / "figures", formats,
-                     bool(cfg.reference_points), cli.as_list(cfg.reference_methods), style=str(cfg.style))
-    for dataset, metric in written:
-        print(f"{figure_stem(dataset, metric, cfg.style)}: {len(written[dataset, metric])} models")
-    for metric in sorted(set(metrics) - {m for _, m in written}, key=metrics.index):
-        print(f"{metric}: no finite values, no figure")
+                     bool(cfg.reference_points), cli.as_list(cfg.reference_methods), style=str(cfg.style),
+                     log_bpp=bool(cfg.log_bpp))
+    if cfg.metrics is not None:  # asked for by name: say which gave no figure
+        for metric in sorted(set(metrics) - {m for _, m in written}, key=metrics.index):
+            print(f"{metric}: no finite values, no figure")
     return written
 
 

@@ -4,7 +4,9 @@
 
 (a Hydra app: ``analysis/conf/report.yaml``, ``--help`` lists the options; torch is never imported)
 
-Writes ``{out}.md`` (both tables, markdown) and ``{out}-points.csv`` / ``{out}-bdrate.csv``.
+Writes ``{out}.md`` (both tables, markdown; columns without any value, e.g. metrics not computed,
+are left out of it) and ``{out}-points.csv`` / ``{out}-bdrate.csv`` (every column). The summary
+line counts the diffusion codecs' rate points apart from the VAE rows and classic-codec points.
 BD-rate (bjontegaard) of every curve against ``anchor``, per dataset and per-image metric (PSNR,
 MS-SSIM, ... whichever have values), on the mean curves. The curves are the diffusion codecs' (a
 model's DiffC curve is named by the model, a peer's 'model (codec)') and the classic codecs' of the
@@ -223,8 +225,14 @@ def report(cfg: DictConfig) -> Path:
     bd = bd_table(rows, cfg.anchor or None, cfg.method, float(min_overlap))
     points.to_csv(f"{out}-points.csv", index=False)
     bd.to_csv(f"{out}-bdrate.csv", index=False)
-    Path(f"{out}.md").write_text(markdown(points, bd, vae_ceiling(rows, "psnr"), nan_reasons(rows), float(min_overlap)))
-    print(f"{out}.md: {len(points)} rate points, {len(bd)} BD-rate pairs "
+    shown = points.dropna(axis=1, how="all")  # the markdown leaves out columns with no value at all
+    Path(f"{out}.md").write_text(markdown(shown, bd, vae_ceiling(rows, "psnr").drop(columns="lossless"),
+                                          nan_reasons(rows), float(min_overlap)))
+    kinds = points["kind"].value_counts()
+    extra = [f"{kinds.get(k, 0)} {what}" for k, what in (("vae", "VAE rows"), ("baseline", "classic-codec points"))
+             if kinds.get(k, 0)]
+    print(f"{out}.md: {kinds.get('codec', 0)} rate points{' + ' + ', '.join(extra) if extra else ''}, "
+          f"{len(bd)} BD-rate pairs "
           f"({int(bd['bd_rate_pct'].isna().sum())} NaN, {int(bd['indicative'].sum())} indicative: "
           f"overlap < min_overlap={float(min_overlap):g})")
     return Path(f"{out}.md")

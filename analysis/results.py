@@ -6,8 +6,10 @@ shards of the current hash are read, so rows of an older config in the same dir 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from diffc.errors import UsageError
@@ -23,16 +25,35 @@ def job_dirs(results: Path) -> list[Path]:
 
 
 def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, fid) of every job under ``results``; rows has the columns of ``schema.COLUMNS``."""
+    """(rows, fid) of every job under ``results``; rows has the columns of ``schema.COLUMNS``.
+
+    One config hash is one job, however many dirs hold it (a job run under two directory names
+    before they were named by the config, ``pipelines.evaluate.job_dir_name``, or a copied dir):
+    each image of a config hash is read once, from the first such dir (sorted), and a note on
+    stderr names the dirs whose duplicates were left out, so no image is counted twice."""
     rows, fids = [], []
     dirs = job_dirs(Path(results))
+    first: dict[str, Path] = {}
+    seen: set[tuple[str, str]] = set()
+    skipped: dict[str, list[Path]] = {}
     for d in dirs:
         chash = json.loads((d / JOB_JSON).read_text())["config_hash"]
-        rows += [pd.read_parquet(p) for p in sorted((d / SHARDS).glob(f"*.{chash}.parquet"))]
+        for p in sorted((d / SHARDS).glob(f"*.{chash}.parquet")):
+            image = p.name[: -len(f".{chash}.parquet")]
+            if (chash, image) in seen:
+                skipped.setdefault(chash, []).append(d)
+                continue
+            seen.add((chash, image))
+            rows.append(pd.read_parquet(p))
         fid = d / FID_FILE
-        if fid.exists():
+        if fid.exists() and chash not in first:
             df = pd.read_parquet(fid)
             fids.append(df[df["config_hash"] == chash])
+        first.setdefault(chash, d)
+    for chash, dup in skipped.items():
+        names = ", ".join(sorted({x.name for x in dup}))
+        print(f"note: config {chash} has results in several dirs; its images are counted once, from "
+              f"{first[chash].name} (left out: {names})", file=sys.stderr)
     if not rows:
         raise UsageError(f"no result shards under {results} ({len(dirs)} job dirs)")
     out_rows = pd.concat(rows, ignore_index=True)
@@ -76,20 +97,46 @@ def curve_label(points: pd.DataFrame) -> pd.Series:
     return label.where(~several, label + " #" + chash.str[:6])
 
 
+#: how figures name a codec of the ``codec`` column (``display_name``)
+CODEC_NAMES = {"diffc": "DiffC", "diffc-sparse-sum": "DiffC (sparse-sum)", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
+#: model names of the random-weight twins (conf/model/tiny-*.yaml): rates and quality meaningless
+RANDOM_WEIGHT_PREFIX = "tiny-"
+
+
+def random_weights(model: str) -> bool:
+    """Whether ``model`` is a random-weight twin (``tiny-*``): a round-trip test, not a codec to judge."""
+    return str(model).startswith(RANDOM_WEIGHT_PREFIX)
+
+
+def display_name(curve: str, model: str, codec: str) -> str:
+    """A curve's name in a figure legend: codec and backbone, 'DiffC · gaussian', 'DDCM · sd15'
+    (a settings hash kept, 'DiffC · gaussian #826e09'), and '(random weights)' for a ``tiny-*`` twin."""
+    name = f"{CODEC_NAMES.get(codec, str(codec))} · {model}"
+    _, sep, chash = str(curve).partition(" #")
+    return name + (f" #{chash}" if sep else "") + (" (random weights)" if random_weights(model) else "")
+
+
 def vae_ceiling(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean metric of the VAE round trip per (dataset, model): columns dataset, model, value, n.
+    """Mean metric of the VAE round trip per (dataset, model): columns dataset, model, value, n,
+    lossless.
 
     Infinite values (PSNR of a lossless autoencoder, e.g. the Gaussian backbone's identity) are
-    left out of the mean; a model whose every value is infinite gets value inf.
+    left out of the mean; a model whose every value is infinite gets value inf. ``lossless``: every
+    VAE row of the model has PSNR inf (the round trip gives the image back), so it has no ceiling
+    on any metric (its MS-SSIM of 1.0 is the metric's maximum, not a limit of the codec).
     """
     vae = rows[rows["kind"] == "vae"].copy()
+    lossless = vae.groupby(["dataset", "model"])["psnr"].apply(
+        lambda v: bool(len(v)) and bool(np.isinf(v.astype(float)).all())).rename("lossless")
     vae["value"] = vae[metric].astype(float)
     vae = vae[vae["value"].notna()]
     vae["finite"] = vae["value"].where(vae["value"].abs() != float("inf"))
     agg = vae.groupby(["dataset", "model"]).agg(value=("finite", "mean"), inf=("value", "max"),
                                                 n=("value", "size")).reset_index()
     agg["value"] = agg["value"].fillna(agg["inf"])
-    return agg.drop(columns="inf")
+    agg = agg.drop(columns="inf").merge(lossless.reset_index(), on=["dataset", "model"], how="left")
+    agg["lossless"] = agg["lossless"].fillna(False).astype(bool)
+    return agg
 
 
 def baseline_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import format as fmt
 from .backbone import Backbone, fingerprint
@@ -253,17 +254,25 @@ class DiffcCodec:
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
         first = self.header(width, height, 1, caption, provenance)  # the fingerprint, once per encode
-        for step, x in self.chain.run(channel, x, cond, stops[-1], x0=x0, progress=progress):
+        # a rate target ends the chain at an unknown step: the bar counts the file's bits of the budget
+        budget = tqdm(total=math.ceil(max_bits), unit="bit", desc="file bits of the bpp budget", leave=False,
+                      disable=not progress) if max_bits is not None else None
+        for step, x in self.chain.run(channel, x, cond, stops[-1], x0=x0, progress=progress and budget is None):
             k = step.k
             header = replace(first, n_steps=k)
             over = False
             if k in stops or max_bits is not None:
                 payload, cost = channel.stream()
-                over = max_bits is not None and 8 * (fmt.header_size(header) + len(payload)) > max_bits
+                bits = 8 * (fmt.header_size(header) + len(payload))
+                over = max_bits is not None and bits > max_bits
+                if budget is not None:
+                    budget.update(min(bits, budget.total) - budget.n)
                 if k in stops or over:
                     res.points.append(self._point(header, payload, cost, channel.records, x))
             if over:
                 break
+        if budget is not None:
+            budget.close()
         res.records = channel.records
         return res
 

@@ -14,6 +14,7 @@ information, indices and caption included.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -179,6 +180,26 @@ def compress(cfg: DictConfig) -> None:
         print(f"caption (auto): {caption!r}")
     print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; "
           f"encode {result.encode_s:.1f} s (CPU {result.encode_cpu_s:.1f} s)")
+    for note in notes(image, point):
+        print(f"note: {note}", file=sys.stderr)
+
+
+#: above this share of the file, the container (header) dominates an image's bpp
+HEADER_DOMINATES = 0.5
+
+
+def notes(image, point: RatePoint) -> list[str]:
+    """What a user should know about this file beyond its numbers: the decoder's PNG is 8-bit
+    when the input had more precision (16-bit or float samples; README "Compress and decompress"),
+    and on a tiny image the header, not the image, sets the bpp."""
+    out = []
+    if image.dtype != "uint8":
+        out.append("the input has 16-bit or float samples: it is coded at that precision, but decompress "
+                   "writes an 8-bit PNG")
+    if point.bits_header > HEADER_DOMINATES * point.bits_total:
+        out.append(f"the image is {point.width}x{point.height}: the container ({point.bits_header} header bits) is "
+                   f"{point.bits_header / point.bits_total:.0%} of the file, so its bpp says little about the codec")
+    return out
 
 
 if __name__ == "__main__":

@@ -92,6 +92,18 @@ def _size_error(path: str | os.PathLike, size: str, max_pixels: int) -> DatasetE
                         f"the limit with max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)")
 
 
+def _header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the header of an image Pillow's decompression-bomb check refused (its
+    check off for this one header read: no pixel is decoded)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     """Open ``path`` (header only) and refuse it when it holds more than ``max_pixels`` pixels,
     before any pixel is decoded. Pillow's decompression-bomb check (warning above
@@ -102,7 +114,8 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _size_error(path, f"larger than {Image.MAX_IMAGE_PIXELS} pixels", max_pixels) from None
+        w, h = _header_size(path)
+        raise _size_error(path, f"{w}x{h} ({w * h} pixels)", max_pixels) from None
     w, h = im.size
     if w * h > max_pixels:
         im.close()

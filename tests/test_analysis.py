@@ -111,6 +111,9 @@ def test_rd_curves_cli_writes_figures_of_the_data(results: Path) -> None:
     assert not list(figs.glob("*-rd-lpips.*"))
 
 
+LEGEND = {"gaussian": "DiffC · gaussian", "tiny-sd15": "DiffC · tiny-sd15 (random weights)"}
+
+
 def test_plot_draws_the_means_and_dashed_vae_ceilings(results: Path) -> None:
     rows, _ = load_results(results)
     fig, ax = plt.subplots()
@@ -119,31 +122,67 @@ def test_plot_draws_the_means_and_dashed_vae_ceilings(results: Path) -> None:
         lines = {ln.get_label(): ln for ln in ax.get_lines()}
         for model in MODELS:
             want = expected_curve(rows, model, "psnr")
-            x, y = lines[model].get_xydata().T
+            x, y = lines[LEGEND[model]].get_xydata().T  # the legend names codec and backbone (issue 28)
             np.testing.assert_allclose(x, want["bpp"], rtol=1e-12)
             np.testing.assert_allclose(y, want["value"], rtol=1e-12)
             np.testing.assert_allclose(plotted[model]["bpp"], want["bpp"], rtol=1e-12)
         # tiny-sd15's autoencoder is lossy: a dashed horizontal line at its mean PSNR
-        vae = lines["tiny-sd15 VAE ceiling"]
+        vae = lines["tiny-sd15 (random weights) VAE ceiling"]
         assert vae.get_linestyle() == "--"
         ref = rows[(rows["model"] == "tiny-sd15") & (rows["kind"] == "vae")]["psnr"].astype(float).mean()
         np.testing.assert_allclose(vae.get_ydata(), [ref, ref])
-        assert lines["tiny-sd15 VAE ceiling"].get_color() == lines["tiny-sd15"].get_color()
+        assert vae.get_color() == lines[LEGEND["tiny-sd15"]].get_color()
         # the Gaussian backbone's identity "VAE" is lossless (PSNR inf): no line, and so no name in
         # the legend (the plotted data keeps the inf); every name in the legend is a drawn line
         assert math.isinf(plotted["gaussian"]["vae"])
         assert "bpp" in ax.get_xlabel() and "dB" in ax.get_ylabel()
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert sorted(legend) == sorted([*MODELS, "tiny-sd15 VAE ceiling"])
+        assert sorted(legend) == sorted([*LEGEND.values(), "tiny-sd15 (random weights) VAE ceiling"])
         assert all(len(lines[name].get_xydata()) for name in legend)
     finally:
         plt.close(fig)
 
 
+def test_a_lossless_autoencoder_has_no_ceiling_on_any_metric(results: Path) -> None:
+    """issue 28: the gaussian identity autoencoder has PSNR inf and MS-SSIM 1.0; neither draws a
+    ceiling (MS-SSIM 1.0 is the metric's maximum), while the lossy tiny-sd15 VAE keeps its line."""
+    rows, _ = load_results(results)
+    ceilings = vae_ceiling(rows, "ms_ssim")
+    assert ceilings.set_index("model")["lossless"].to_dict() == {"gaussian": True, "tiny-sd15": False}
+    assert ceilings.set_index("model").loc["gaussian", "value"] == pytest.approx(1.0)
+    fig, ax = plt.subplots()
+    try:
+        plot_rd(ax, rate_points(rows, "ms_ssim"), ceilings, "ms_ssim", "t", log_bpp=True)
+        labels = [ln.get_label() for ln in ax.get_lines()]
+        assert not [lb for lb in labels if "gaussian" in lb and "ceiling" in lb], labels
+        assert "tiny-sd15 (random weights) VAE ceiling" in labels and ax.get_xscale() == "log"
+    finally:
+        plt.close(fig)
+
+
+def test_rows_of_one_config_in_two_dirs_count_once(results: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """issue 28: one job under two directory names (the old spelling-named folders) is read once,
+    and the analysis says so on stderr; n and the band are those of the images, not twice them."""
+    import shutil
+
+    once, _ = load_results(results)
+    capsys.readouterr()
+    twice = tmp_path / "twice"
+    for job in (p.parent for p in results.rglob("job.json")):
+        shutil.copytree(job, twice / job.name)
+        shutil.copytree(job, twice / f"copy-{job.name}")
+    rows, _ = load_results(twice)
+    err = capsys.readouterr().err
+    assert len(rows) == len(once) and err.count("note: config ") == len(MODELS), err
+    pd.testing.assert_frame_equal(rate_points(rows, "psnr"), rate_points(once, "psnr"))
+    assert (rate_points(rows, "psnr")["n"] == 2).all()
+
+
 def test_report_cli_tables(results: Path, capsys: pytest.CaptureFixture) -> None:
     # in process (the module's main is this task on this config; the subprocess path is tested below)
     code, out, _ = run_task(report.report, "report", [f"results={results}"], capsys)
-    assert code == 0 and f"{results / 'report'}.md: 8 rate points, 2 BD-rate pairs" in out
+    assert code == 0 and f"{results / 'report'}.md: 6 rate points + 2 VAE rows, 2 BD-rate pairs" in out
     rows, _ = load_results(results)
     points = pd.read_csv(results / "report-points.csv")
     assert len(points) == len(MODELS) * (3 + 1)  # 3 rate points + the vae row per model
@@ -162,6 +201,8 @@ def test_report_cli_tables(results: Path, capsys: pytest.CaptureFixture) -> None
     md = (results / "report.md").read_text()
     assert "## Metrics per rate point" in md and "## BD-rate" in md and "| tiny-sd15 |" in md
     assert "lpips: not requested" in md  # NaN metric cells come with their reason
+    header = next(ln for ln in md.splitlines() if ln.startswith("| dataset | model | kind"))
+    assert "lpips" not in header and "psnr" in header  # columns without any value are left out of the markdown
 
 
 def synthetic(model: str, bpp: list[float], psnr: list[float]) -> list[dict]:
@@ -272,14 +313,16 @@ def test_real_command_lines(results: Path, tmp_path: Path) -> None:
     job = results / "model=gaussian"
     out = tmp_path / "figs, gaussian"  # a path Hydra's grammar would misread
     r = cli("analysis.rd_curves", f"results={job}", "metrics=psnr,ms_ssim", "formats=png", f"out={out}", cwd=tmp_path)
-    assert r.stdout.splitlines() == ["kodak-small-rd-psnr: 1 models", "kodak-small-rd-ms_ssim: 1 models"]
+    assert r.stdout.splitlines() == [f"wrote {out}/kodak-small-rd-psnr.{{png,csv}} (kodak-small, psnr: 1 curve)",
+                                     f"wrote {out}/kodak-small-rd-ms_ssim.{{png,csv}} (kodak-small, ms_ssim: 1 curve)",
+                                     f"wrote {out}/*.json (1 curve in CompressAI's format)"]
     assert sorted(p.name for p in out.iterdir()) == ["kodak-small-gaussian-diffc.json", *(
         f"kodak-small-rd-{m}.{e}" for m in ("ms_ssim", "psnr") for e in ("csv", "png"))]
     side = pd.read_csv(out / "kodak-small-rd-psnr.csv")
     want = expected_curve(load_results(job)[0], "gaussian", "psnr")
     np.testing.assert_allclose(side.loc[side["series"] == "codec", "value"], want["value"], rtol=1e-12)
     r = cli("analysis.report", f"results={job}", f"out={tmp_path / 'rep'}", "method=pchip", cwd=tmp_path)
-    assert r.stdout.startswith(f"{tmp_path / 'rep'}.md: 4 rate points, 0 BD-rate pairs")
+    assert r.stdout.startswith(f"{tmp_path / 'rep'}.md: 3 rate points + 1 VAE rows, 0 BD-rate pairs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figs, gaussian", "rep-bdrate.csv", "rep-points.csv",
                                                           "rep.md"]  # no outputs/, .hydra/, multirun/
     for module in ("analysis.rd_curves", "analysis.report"):
@@ -442,7 +485,7 @@ def test_reference_points_that_match_nothing_say_so_once(results: Path, tmp_path
                                    f"{protocol} (published: {sets}; docs/published.md)"]
     code, out, _ = run_task(rd_curves.rd_curves, "rd_curves", [f"results={results}", "formats=png", f"out={tmp_path}"],
                             capsys)
-    assert code == 0 and "reference_points" not in out
+    assert code == 0 and "reference_points:" not in out
 
 
 def test_demo_figure_is_gaussian_against_the_classic_codecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -474,13 +517,14 @@ def test_demo_figure_is_gaussian_against_the_classic_codecs(tmp_path: Path, monk
         close(fig)
 
     monkeypatch.setattr(plt, "close", keep_legend)
-    done = rd_curves.render(tmp_path / "demo", ["psnr"], tmp_path / "figures", ["png"])
-    assert legends == [["gaussian", "avif", "jpeg", "webp"]]  # no lossless-VAE entry, no twin
+    done = rd_curves.render(tmp_path / "demo", ["psnr", "ms_ssim"], tmp_path / "figures", ["png"])
+    # the legend names DiffC and its backbone; no lossless-VAE entry on either metric (issue 28), no twin
+    assert legends == [["DiffC · gaussian", "avif", "jpeg", "webp"]] * 2
     side = pd.read_csv(tmp_path / "figures" / "kodak-small-rd-psnr.csv")
     assert set(side["model"].dropna()) == {"gaussian"} and not set(side["model"].dropna()) & set(demo.TWINS)
     jpeg = side[(side["series"] == "baseline") & (side["codec"] == "jpeg")]
     assert jpeg["quality"].tolist() == [5, 10, 15, 20, 30] and jpeg["bpp"].is_monotonic_increasing
-    assert list(done) == [("kodak-small", "psnr")]
+    assert list(done) == [("kodak-small", "psnr"), ("kodak-small", "ms_ssim")]
     text = demo.summary(tmp_path / "demo")
     assert "DiffC, gaussian backbone" in text and "ONE progressive encode for all 3 rate points" in text
     assert "lossless (identity autoencoder): no ceiling" in text and "jpeg" in text and "tiny" not in text

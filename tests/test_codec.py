@@ -479,3 +479,28 @@ def test_the_readme_python_snippet_runs_as_written(kodak_odd: torch.Tensor, tmp_
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "out.png").read_bytes()
+
+
+def test_a_bpp_target_shows_the_budget_not_the_schedule(kodak_odd: torch.Tensor, gaussian_backbone,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 28: with ``max_bits`` (compress bpp=B) the chain stops at an unknown step, so the progress
+    bar's total is the budget in bits (ending at the file's size), not the schedule's length."""
+    import diffc.chain
+    import diffc.codec
+
+    bars = []
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        bars.append((kwargs, bar))
+        return bar
+
+    real = diffc.codec.tqdm
+    monkeypatch.setattr(diffc.codec, "tqdm", recording)
+    monkeypatch.setattr(diffc.chain, "tqdm", recording)
+    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1))
+    max_bits = 0.3 * 77 * 53
+    res = codec.encode(kodak_odd, stop_timesteps=codec.timesteps[1:], progress=True, max_bits=max_bits)
+    shown = [(kw, bar) for kw, bar in bars if not kw.get("disable")]
+    assert len(shown) == 1 and shown[0][0]["unit"] == "bit" and shown[0][1].total == math.ceil(max_bits)
+    assert shown[0][1].n == min(8 * len(res.points[-1].data), math.ceil(max_bits))

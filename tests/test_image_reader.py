@@ -95,6 +95,8 @@ def test_16_bit_png_reconstructs_like_its_8_bit_version(tmp_path: Path, channels
         out, recon = tmp_path / f"{name}.diffc", tmp_path / f"{name}.recon.png"
         code, _, err = run_compress([f"input={src}", f"output={out}", "timestep=300", f"recon_output={recon}"], capsys)
         assert code == 0, err
+        # a 16-bit input is told, in one line, that the decoded PNG is 8-bit (README); an 8-bit one is not
+        assert ("writes an 8-bit PNG" in err) == (name != "a8"), err
         files[name] = (out.read_bytes(), np.asarray(Image.open(recon), dtype=np.float64))
     r8, r16 = files["a8"][1], files["a16"][1]
     assert r16.shape == (40, 56, 3)
@@ -233,7 +235,7 @@ def test_a_huge_header_is_one_line_naming_max_pixels(tmp_path: Path) -> None:
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == "" and not out.exists()
     assert len(r.stderr.splitlines()) == 1, r.stderr
-    assert r.stderr.startswith(f"error: image {src} is larger than") and "above max_pixels=16777216" in r.stderr
+    assert r.stderr.startswith(f"error: image {src} is 100000x100000 (10000000000 pixels), above max_pixels=16777216")
 
 
 def test_a_pillow_bomb_warning_is_the_same_size_error_and_prints_nothing(tmp_path: Path) -> None:
@@ -241,7 +243,7 @@ def test_a_pillow_bomb_warning_is_the_same_size_error_and_prints_nothing(tmp_pat
     src.write_bytes(png_header(9800, 9800))  # 96 MP: above Pillow's warning threshold (89.5 MP)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(ds.DatasetError, match=r"is larger than \d+ pixels, above max_pixels=16777216"):
+        with pytest.raises(ds.DatasetError, match=r"is 9800x9800 \(96040000 pixels\), above max_pixels=16777216"):
             ds.read_image(src)
     assert caught == []
 
@@ -300,3 +302,17 @@ def test_max_pixels_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert code == 2 and "is 30x20 (600 pixels), above max_pixels=599" in err and not out.exists()
     code, _, err = run_compress([f"input={src}", f"output={out}", "timestep=300", "max_pixels=0"], capsys)
     assert code == 2 and "max_pixels must be in 1..67108864" in err
+
+
+def test_a_tiny_image_is_told_the_container_dominates_its_bpp(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """issue 28: a 1x1 image codes at ~500 bpp, almost all of it header: compress says so in one note
+    line on stderr (the file is still written: it is a valid file); a 64x64 image of noise, whose
+    payload outweighs the header, gets no note."""
+    rng = np.random.default_rng(5)
+    for shape, noted in [((1, 1, 3), True), ((64, 64, 3), False)]:
+        src, out = tmp_path / f"{shape[0]}.png", tmp_path / f"{shape[0]}.diffc"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(src)
+        code, stdout, err = run_compress([f"input={src}", f"output={out}", "timestep=300"], capsys)
+        assert code == 0 and out.exists(), err
+        assert ("the container" in err) == noted and len(err.splitlines()) == int(noted), err
+
