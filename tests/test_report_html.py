@@ -127,8 +127,12 @@ def test_report_in_headless_chromium(report: Path) -> None:
       const before = caption(); const rate = document.getElementById('rate');
       rate.value = 0; rate.dispatchEvent(new Event('input'));
       const after = caption(); rate.value = rate.max; rate.dispatchEvent(new Event('input'));
+      const table = document.querySelector('#points table.sortable');
+      const th = [...table.querySelectorAll('th')].find(h => h.textContent === 'bpp');
+      const column = () => [...table.tBodies[0].rows].map(r => parseFloat(r.cells[th.cellIndex].dataset.v));
+      th.click(); const up = column(); th.click(); const down = column();
       const urls = [...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || e.getAttribute('href'));
-      return {figs, pics, before, after, urls, tables: document.querySelectorAll('table.sortable').length};
+      return {figs, pics, before, after, urls, up, down, tables: document.querySelectorAll('table.sortable').length};
     })()"""
     run = open_page(report, probe)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,8 @@ def test_report_in_headless_chromium(report: Path) -> None:
     assert len(v["pics"]) == 4 + 2 and all(p["ok"] and min(p["size"]) > 0 for p in v["pics"]), v["pics"]
     assert v["before"] != v["after"] and "t700" in v["after"], (v["before"], v["after"])
     assert v["tables"] >= 3 + 4
+    finite = [b for b in v["up"] if b is not None]  # a click sorts a column (NaN last), a second reverses it
+    assert len(finite) > 3 and finite == sorted(finite) and v["down"][:len(finite)] == sorted(finite, reverse=True)
     img = np.asarray(Image.open(io.BytesIO(run.screenshot)).convert("L"), dtype=float)
     assert img.shape[0] > 1000 and img.std() > 20, img.std()  # text, curves and pictures: not blank
 
