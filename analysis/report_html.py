@@ -1,7 +1,7 @@
 """One self-contained HTML report of a sweep: curves, BD-rates, an image browser, tables, provenance.
 
     python -m analysis.report_html results=DIR [results=[DIR1,DIR2]] [out=DIR/report.html]
-        [reference_points=true] [anchor=jpeg] [max_images=4] [max_side=512] [max_points=5]
+        [reference_points=true] [anchor=jpeg] [max_images=4] [max_side=768] [max_points=5]
 
 (a Hydra app: ``analysis/conf/report_html.yaml``; it reads parquet and PNGs only: no torch, no
 ``pipelines``). The file holds everything it shows: plotly.js (the full bundle, inlined once),
@@ -28,8 +28,8 @@ Sections:
 
 Size cap (documented in the README): at most ``max_images`` images per dataset in the browser
 (the first by name, or ``images=[...]``), at most ``max_points`` rate points per curve (spread
-evenly over its rates, ends kept), and images whose long side exceeds ``max_side`` pixels are
-downscaled (Lanczos, PNG; the browser says so next to them).
+evenly over its rates, ends kept), and images whose long side exceeds ``max_side`` pixels (default
+768: Kodak at its own pixels) are downscaled (Lanczos, PNG; the browser says so next to them).
 """
 from __future__ import annotations
 

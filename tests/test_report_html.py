@@ -169,6 +169,23 @@ def test_report_of_several_folders_and_of_a_sweep_without_pictures(sweep: Path, 
     assert code == 0 and "0 images in the browser" in out and "save.recon_png=true" in (bare / "report.html").read_text()
 
 
+def test_report_downscales_pictures_above_max_side(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The size cap: 64 px pictures with max_side=32 are embedded as 32 px PNGs (the JPEG files
+    too, decoded), and the browser says so; max_images and max_points cut the rest."""
+    import base64
+
+    out = tmp_path / "small.html"
+    code, stdout, err = write_report(capsys, f"results={sweep}", f"out={out}", "max_side=32", "max_images=1",
+                                     "max_points=2")
+    assert code == 0, err
+    assert "1 images in the browser (6 pictures embedded)" in stdout  # original, 2 DiffC points, VAE, 2 JPEG files
+    text = out.read_text()
+    uris = re.findall(r'"(?:src|original)": "data:(image/[a-z]+);base64,([A-Za-z0-9+/=]+)', text)
+    assert len(uris) == 6 and {m for m, _ in uris} == {"image/png"}
+    assert all(Image.open(io.BytesIO(base64.b64decode(b))).size == (32, 32) for _, b in uris)
+    assert text.count("downscaled from 64x64") == 6
+
+
 def test_report_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for overrides, needle in [([f"results={tmp_path / 'nope'}"], "does not exist"),
                               ([f"results={tmp_path}"], "no result shards"),
