@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from analysis.cli import ANALYSIS_CONF_DIR, call
-from analysis.report_html import report_html, spread
+from analysis.report_html import load_jobs, rd_figure, report_html, spread
 
 from headless import chromium, open_page
 
@@ -184,6 +184,35 @@ def test_report_downscales_pictures_above_max_side(sweep: Path, tmp_path: Path, 
     assert len(uris) == 6 and {m for m, _ in uris} == {"image/png"}
     assert all(Image.open(io.BytesIO(base64.b64decode(b))).size == (32, 32) for _, b in uris)
     assert text.count("downscaled from 64x64") == 6
+
+
+def test_report_draws_the_dataset_level_metrics(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """FID/KID (a job's fid.parquet, current config hash only) get figures of their own, with the VAE's."""
+    import math
+
+    import pandas as pd
+
+    from analysis.schema import FID_COLUMNS
+
+    root = tmp_path / "r"
+    shutil.copytree(sweep, root, ignore=shutil.ignore_patterns("report.html"))
+    job = next(root.rglob("job.json")).parent
+    chash = json.loads((job / "job.json").read_text())["config_hash"]
+    recs = [{"model": "gaussian", "dataset": "kodak-small", "protocol": "native", "kind": "codec", "recon_timestep": t,
+             "target_bpp": math.nan, "bpp_mean": b, "fid": f, "kid": f / 1000, "n_patches": 8, "reason": "",
+             "config_hash": chash} for t, b, f in [(700, 0.2, 91.5), (300, 0.5, 60.0), (100, 1.2, 30.0)]]
+    recs.append(recs[0] | {"kind": "vae", "recon_timestep": pd.NA, "bpp_mean": math.nan, "fid": 5.25})
+    recs.append(recs[0] | {"fid": 1e6, "config_hash": "0ldc0nf1g000"})  # an older config's row: ignored
+    df = pd.DataFrame(recs, columns=list(FID_COLUMNS))
+    df["recon_timestep"] = df["recon_timestep"].astype("Int64")
+    df.to_parquet(job / "fid.parquet", index=False)
+    code, out, err = write_report(capsys, f"results={root}")
+    assert code == 0 and "4 figures" in out, err
+    assert 'id="rd-kodak-small-fid"' in (root / "report.html").read_text()
+    rows, fid, _ = load_jobs([root])
+    traces = {t.name: t for t in rd_figure(rows, fid, "kodak-small", "fid", None).data}
+    assert list(traces["gaussian"].y) == [91.5, 60.0, 30.0] and list(traces["gaussian"].x) == [0.2, 0.5, 1.2]
+    assert set(traces["gaussian VAE ceiling"].y) == {5.25}
 
 
 def test_report_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
