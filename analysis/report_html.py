@@ -1,7 +1,7 @@
 """One self-contained HTML report of a sweep: curves, BD-rates, an image browser, tables, provenance.
 
     python -m analysis.report_html results=DIR [results=[DIR1,DIR2]] [out=DIR/report.html]
-        [reference_points=true] [anchor=jpeg] [max_images=4] [max_side=512] [max_points=5]
+        [reference_points=true] [anchor=jpeg] [max_images=4] [max_side=768] [max_points=5]
 
 (a Hydra app: ``analysis/conf/report_html.yaml``; it reads parquet and PNGs only: no torch, no
 ``pipelines``). The file holds everything it shows: plotly.js (the full bundle, inlined once),
@@ -28,8 +28,8 @@ Sections:
 
 Size cap (documented in the README): at most ``max_images`` images per dataset in the browser
 (the first by name, or ``images=[...]``), at most ``max_points`` rate points per curve (spread
-evenly over its rates, ends kept), and images whose long side exceeds ``max_side`` pixels are
-downscaled (Lanczos, PNG; the browser says so next to them).
+evenly over its rates, ends kept), and images whose long side exceeds ``max_side`` pixels (default
+768: Kodak at its own pixels) are downscaled (Lanczos, PNG; the browser says so next to them).
 """
 from __future__ import annotations
 
@@ -289,8 +289,9 @@ def table_html(df: pd.DataFrame, caption: str = "") -> str:
         for v in row:
             if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
                 cells.append('<td data-v="">nan</td>')
-            elif isinstance(v, (float, np.floating)):
-                cells.append(f'<td data-v="{float(v)!r}">{float(v):.4g}</td>')
+            elif isinstance(v, (float, np.floating)):  # data-v: what JavaScript's parseFloat reads back
+                key = repr(float(v)) if math.isfinite(v) else ("Infinity" if v > 0 else "-Infinity")
+                cells.append(f'<td data-v="{key}">{float(v):.4g}</td>')
             elif isinstance(v, (int, np.integer)):
                 cells.append(f'<td data-v="{int(v)}">{int(v)}</td>')
             else:
@@ -430,8 +431,9 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
   const key = r => { const c = r.cells[th.cellIndex]; const v = c.dataset.v;
     return v === undefined ? c.textContent : (v === '' ? NaN : parseFloat(v)); };
   [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
-    const d = (typeof x === 'number' && typeof y === 'number')
-      ? (isNaN(x) - isNaN(y) || x - y) : String(x).localeCompare(String(y));
+    const num = typeof x === 'number' && typeof y === 'number';
+    if (num && (isNaN(x) || isNaN(y))) return isNaN(x) - isNaN(y);  // NaN last either way
+    const d = num ? x - y : String(x).localeCompare(String(y));
     return asc ? d : -d; }).forEach(r => body.appendChild(r));
 }));
 const datasets = Object.keys(DATA);

@@ -107,12 +107,12 @@ def quality_scorer(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def choose_by_quality(codec: DiffcCodec, points: list[RatePoint], quality: tuple[str, float],
-                      ref: np.ndarray, caption: str | None) -> tuple[RatePoint, np.ndarray]:
-    """The smallest point whose decoder's reconstruction reaches ``quality`` (``pipelines.target``
-    bisection; prints how many reconstructions it ran) and that reconstruction. Unreachable: one
-    line naming the best quality reached."""
+                      score: Callable[[np.ndarray, np.ndarray], float], ref: np.ndarray,
+                      caption: str | None) -> tuple[RatePoint, np.ndarray]:
+    """The smallest point whose decoder's reconstruction reaches ``quality`` by ``score`` (the
+    ``pipelines.target`` bisection; prints how many reconstructions it ran) and that
+    reconstruction. Unreachable: one line naming the best quality reached."""
     metric, target = quality
-    score = quality_scorer(metric)
     h, w = ref.shape[:2]
     images: dict[int, np.ndarray] = {}
 
@@ -127,10 +127,11 @@ def choose_by_quality(codec: DiffcCodec, points: list[RatePoint], quality: tuple
     if search.index is None:
         i, value = best(search.scores, metric)
         raise PipelineError(f"{metric}={target:g} is unreachable: the best reconstruction reaches {metric} {value:.4g} "
-                            f"(t={points[i].timestep}, {points[i].bpp:.4f} bpp, the end of the schedule)")
+                            f"(t={points[i].timestep}, {points[i].bpp:.4f} bpp, the highest-rate point)")
     i = search.index
-    print(f"{metric} {search.scores[i]:.4g} at {points[i].bpp:.4f} bpp"
-          + (f" (the point below, {points[i - 1].bpp:.4f} bpp, scored {search.scores[i - 1]:.4g})" if i - 1 in search.scores else ""))
+    below = (f" (the point below, {points[i - 1].bpp:.4f} bpp, scored {search.scores[i - 1]:.4g})"
+             if i - 1 in search.scores else "")
+    print(f"{metric} {search.scores[i]:.4g} at {points[i].bpp:.4f} bpp{below}")
     return points[i], images[i]
 
 
@@ -154,8 +155,7 @@ def compress(cfg: DictConfig) -> None:
     codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
     quality = quality_target(cfg)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp, quality)
-    if quality is not None:
-        quality_scorer(quality[0])  # a missing metric is refused before the encode
+    score = quality_scorer(quality[0]) if quality is not None else None  # refused before the encode if missing
     x = to_tensor(image)
     caption = resolve_caption(cfg.caption, as_uint8(image), cfg.get("captioner")) or None  # auto: a BLIP-2 caption
     try:
@@ -165,7 +165,7 @@ def compress(cfg: DictConfig) -> None:
         raise PipelineError(str(exc)) from exc
     recon: np.ndarray | None = None
     if quality is not None:
-        point, recon = choose_by_quality(codec, result.points, quality, as_uint8(image), caption)
+        point, recon = choose_by_quality(codec, result.points, quality, score, as_uint8(image), caption)
     else:
         point = choose_point(result.points, cfg.bpp)
     recon_png = None

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from analysis.cli import ANALYSIS_CONF_DIR, call
-from analysis.report_html import report_html, spread
+from analysis.report_html import load_jobs, rd_figure, report_html, spread
 
 from headless import chromium, open_page
 
@@ -127,8 +127,12 @@ def test_report_in_headless_chromium(report: Path) -> None:
       const before = caption(); const rate = document.getElementById('rate');
       rate.value = 0; rate.dispatchEvent(new Event('input'));
       const after = caption(); rate.value = rate.max; rate.dispatchEvent(new Event('input'));
+      const table = document.querySelector('#points table.sortable');
+      const th = [...table.querySelectorAll('th')].find(h => h.textContent === 'bpp');
+      const column = () => [...table.tBodies[0].rows].map(r => parseFloat(r.cells[th.cellIndex].dataset.v));
+      th.click(); const up = column(); th.click(); const down = column();
       const urls = [...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || e.getAttribute('href'));
-      return {figs, pics, before, after, urls, tables: document.querySelectorAll('table.sortable').length};
+      return {figs, pics, before, after, urls, up, down, tables: document.querySelectorAll('table.sortable').length};
     })()"""
     run = open_page(report, probe)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,8 @@ def test_report_in_headless_chromium(report: Path) -> None:
     assert len(v["pics"]) == 4 + 2 and all(p["ok"] and min(p["size"]) > 0 for p in v["pics"]), v["pics"]
     assert v["before"] != v["after"] and "t700" in v["after"], (v["before"], v["after"])
     assert v["tables"] >= 3 + 4
+    finite = [b for b in v["up"] if b is not None]  # a click sorts a column (NaN last), a second reverses it
+    assert len(finite) > 3 and finite == sorted(finite) and v["down"][:len(finite)] == sorted(finite, reverse=True)
     img = np.asarray(Image.open(io.BytesIO(run.screenshot)).convert("L"), dtype=float)
     assert img.shape[0] > 1000 and img.std() > 20, img.std()  # text, curves and pictures: not blank
 
@@ -161,6 +167,52 @@ def test_report_of_several_folders_and_of_a_sweep_without_pictures(sweep: Path, 
     assert text.count(": resolved config (job.yaml)</summary>") == 2  # provenance: one entry per job
     code, out, err = write_report(capsys, f"results={bare}")
     assert code == 0 and "0 images in the browser" in out and "save.recon_png=true" in (bare / "report.html").read_text()
+
+
+def test_report_downscales_pictures_above_max_side(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The size cap: 64 px pictures with max_side=32 are embedded as 32 px PNGs (the JPEG files
+    too, decoded), and the browser says so; max_images and max_points cut the rest."""
+    import base64
+
+    out = tmp_path / "small.html"
+    code, stdout, err = write_report(capsys, f"results={sweep}", f"out={out}", "max_side=32", "max_images=1",
+                                     "max_points=2")
+    assert code == 0, err
+    assert "1 images in the browser (6 pictures embedded)" in stdout  # original, 2 DiffC points, VAE, 2 JPEG files
+    text = out.read_text()
+    uris = re.findall(r'"(?:src|original)": "data:(image/[a-z]+);base64,([A-Za-z0-9+/=]+)', text)
+    assert len(uris) == 6 and {m for m, _ in uris} == {"image/png"}
+    assert all(Image.open(io.BytesIO(base64.b64decode(b))).size == (32, 32) for _, b in uris)
+    assert text.count("downscaled from 64x64") == 6
+
+
+def test_report_draws_the_dataset_level_metrics(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """FID/KID (a job's fid.parquet, current config hash only) get figures of their own, with the VAE's."""
+    import math
+
+    import pandas as pd
+
+    from analysis.schema import FID_COLUMNS
+
+    root = tmp_path / "r"
+    shutil.copytree(sweep, root, ignore=shutil.ignore_patterns("report.html"))
+    job = next(root.rglob("job.json")).parent
+    chash = json.loads((job / "job.json").read_text())["config_hash"]
+    recs = [{"model": "gaussian", "dataset": "kodak-small", "protocol": "native", "kind": "codec", "recon_timestep": t,
+             "target_bpp": math.nan, "bpp_mean": b, "fid": f, "kid": f / 1000, "n_patches": 8, "reason": "",
+             "config_hash": chash} for t, b, f in [(700, 0.2, 91.5), (300, 0.5, 60.0), (100, 1.2, 30.0)]]
+    recs.append(recs[0] | {"kind": "vae", "recon_timestep": pd.NA, "bpp_mean": math.nan, "fid": 5.25})
+    recs.append(recs[0] | {"fid": 1e6, "config_hash": "0ldc0nf1g000"})  # an older config's row: ignored
+    df = pd.DataFrame(recs, columns=list(FID_COLUMNS))
+    df["recon_timestep"] = df["recon_timestep"].astype("Int64")
+    df.to_parquet(job / "fid.parquet", index=False)
+    code, out, err = write_report(capsys, f"results={root}")
+    assert code == 0 and "4 figures" in out, err
+    assert 'id="rd-kodak-small-fid"' in (root / "report.html").read_text()
+    rows, fid, _ = load_jobs([root])
+    traces = {t.name: t for t in rd_figure(rows, fid, "kodak-small", "fid", None).data}
+    assert list(traces["gaussian"].y) == [91.5, 60.0, 30.0] and list(traces["gaussian"].x) == [0.2, 0.5, 1.2]
+    assert set(traces["gaussian VAE ceiling"].y) == {5.25}
 
 
 def test_report_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

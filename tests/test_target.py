@@ -69,15 +69,16 @@ def test_compress_psnr_target_writes_the_smallest_file_reaching_it(crop: Path, t
     ref = np.asarray(Image.open(crop).convert("RGB"))
     sizes = {}
     for target in (18, 22):
-        out, png = tmp_path / f"p{target}.diffc", tmp_path / f"p{target}.png"
+        out, png, scored = (tmp_path / f"p{target}.{ext}" for ext in ("diffc", "png", "scored.png"))
         code, stdout, err = run_task(compress, "compress", ["model=gaussian", f"input={crop}", f"output={out}",
-                                                            f"psnr={target}"], capsys)
+                                                            f"psnr={target}", f"recon_output={scored}"], capsys)
         assert code == 0, err
         runs = int(stdout.split(f"psnr={target}: ")[1].split(" reconstruction")[0])
         assert 1 <= runs <= 1 + math.ceil(math.log2(27))  # the gaussian model's 27-step schedule
         code, _, err = run_task(decompress, "decompress", [f"input={out}", f"output={png}"], capsys)
         assert code == 0, err
         assert psnr(ref, np.asarray(Image.open(png).convert("RGB"))) >= target
+        assert png.read_bytes() == scored.read_bytes()  # the image the search scored is the decoder's
         sizes[target] = out.stat().st_size
     assert sizes[22] > sizes[18]
 
