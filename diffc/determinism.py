@@ -144,6 +144,29 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), MAX_THREADS))
 
 
+#: intra-op threads of the candidate search's remaining torch ops on the CPU (arrival times, the
+#: PFR selection, sparse-sum look-ups); the fused kernels (``diffc.fused``) are single-threaded.
+#: Measured (benchmarks/rcc_throughput.py): one thread is as fast as two on an idle 2-core machine
+#: and does not collapse when another process holds a core (each parallel region ends on a
+#: barrier that waits for a time slice). No result depends on it.
+SEARCH_THREADS = 1
+
+
+@contextmanager
+def search_threads(device: torch.device | str) -> Iterator[None]:
+    """SEARCH_THREADS intra-op threads inside when ``device`` is the CPU (restored on exit);
+    nothing changes for an accelerator."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(SEARCH_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 @contextmanager
 def deterministic(threads: int | None) -> Iterator[None]:
     """Deterministic kernels and ``threads`` intra-op threads inside; ``None`` = leave everything

@@ -42,7 +42,8 @@ from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES a
 MAGIC = b"\x89DFC"
 #: 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance;
 #: 6: the channel's spec by name and bytes (candidate generator included), parity
-FORMAT_VERSION = 6
+#: 7: integer-exact normals (diffc/randomness.py inverse-CDF table): candidates bit-identical on every device
+FORMAT_VERSION = 7
 #: named reconstruction grids (the byte in a header), then len(RECON_GRID_NAMES) = an explicit list
 RECON_GRID_NAMES = RECON_GRIDS
 #: the model-config settings a backbone was loaded with (conf/model/*.yaml ``${parity:PROJECT,REFERENCE}``)

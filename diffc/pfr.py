@@ -56,12 +56,17 @@ from typing import Callable
 
 import torch
 
+from . import fused
+from .determinism import search_threads
 from .randomness import column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes
 
-#: candidate-block size target on the CPU: entries generated per block (memory 8 bytes each);
-#: 2^19 measured fastest on CPU (benchmarks/rcc_throughput.py block sweep: ~2x over 2^21,
-#: cache-resident blocks)
+#: candidate-block size target of the torch path on the CPU (``compile=True``): entries generated
+#: per block (memory 8 bytes each); 2^19 measured fastest (cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
+#: candidates per block of the fused CPU kernels (``diffc.fused``), whatever the latent's size:
+#: their loops over a block's candidates vectorise, and a chunk's B running sums stay in L1
+#: (benchmarks/rcc_throughput.py: 64..1024 within 20%)
+FUSED_ROWS = 256
 #: the same on CUDA: blocks of 2^27 entries (1 GiB of workspace) keep a Flux-size step
 #: (2^18 entries x 2^14 candidates) at 32 blocks, i.e. ~10^3 kernel launches per step instead of
 #: ~10^6 (benchmarks/gpu_readiness.py)
@@ -310,7 +315,8 @@ def _workspace(n_positions: int, block: int, device: torch.device | str) -> tupl
 
 def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Candidates of the rows hashed in ``row_h`` ([1, B]) over the columns of ``col_h`` ([D, 1]):
-    float32 [D, B], contiguous, in ``bufs`` (``_workspace``; overwritten) or freshly allocated."""
+    float32 [D, B], contiguous, in ``bufs`` (``_workspace``; overwritten) or freshly allocated
+    (torch ops: the CUDA and ``compile`` path)."""
     if bufs is None:
         return hash_to_normal(entry_hashes(col_h, row_h))
     shape = (col_h.shape[0], row_h.shape[1])
@@ -321,9 +327,28 @@ def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.T
 def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, offsets: torch.Tensor,
               bufs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """z_n . u_c of the block's candidates for every chunk: float32 [C, B], one segment sum over
-    the chunks' contiguous runs of positions (sequential float32 sums in position order)."""
+    the chunks' contiguous runs of positions (sequential float32 sums in position order; torch
+    ops, the same numbers as ``diffc.fused.iid_dots``)."""
     z = _normals_block(col_h, row_h, bufs).mul_(u_col)
     return torch.segment_reduce(z, "sum", offsets=offsets, axis=0, unsafe=True)
+
+
+def scorer(u: torch.Tensor, offsets: torch.Tensor, key: int, num_rows: int, block_entries: int | None = None,
+           compile: bool = False) -> tuple[Callable[[int, int], torch.Tensor], int]:
+    """(dots, rows per block): ``dots(n0, n1)`` = z_n . u_c of rows n0..n1-1 of the stream ``key``
+    over the positions of ``u`` (float32 [P], coding order) for every chunk c of ``offsets``:
+    float32 [C, n1 - n0]. On the CPU (not ``compile``) by the fused kernel in blocks of
+    FUSED_ROWS rows (``block_entries`` // P when given); elsewhere by ``_iid_dots`` in
+    ``block_size`` blocks. The numbers are the same either way and whatever the blocks."""
+    dev, p = u.device, u.numel()
+    col_h, row_h = stream_hashes(key, p, num_rows, dev)
+    u32 = u.to(torch.float32)
+    if dev.type == "cpu" and not compile:
+        rows = min(num_rows, FUSED_ROWS) if block_entries is None else block_size(p, num_rows, block_entries, dev)
+        return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets)), rows
+    block = block_size(p, num_rows, block_entries, dev)
+    fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
+    return (lambda n0, n1: fn(col_h, row_h[:, n0:n1], u32[:, None], offsets, bufs)), block
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,15 +360,22 @@ def compiled(fn: Callable) -> Callable:
 def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu",
                      block_entries: int | None = None):
     """Yield (rows int32 [B], z float32 [D, B]): candidates ``rows`` of the step's stream over its
-    ``n_positions`` columns, in blocks of ~``block_entries`` entries (``block_size``), all written
-    into one workspace (each ``z`` is overwritten by the next block; the caller may modify it)."""
+    ``n_positions`` columns, in blocks (FUSED_ROWS rows on the CPU, ~``block_entries`` entries
+    elsewhere: ``block_size``), all written into one workspace (each ``z`` is overwritten by the
+    next block; the caller may modify it)."""
     col_h, row_h = stream_hashes(key, n_positions, num_candidates, device)
-    block = block_size(n_positions, num_candidates, block_entries, device)
+    cpu = torch.device(device).type == "cpu"
+    block = (min(num_candidates, FUSED_ROWS) if cpu and block_entries is None
+             else block_size(n_positions, num_candidates, block_entries, device))
     bufs = _workspace(n_positions, block, device)
     for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
         n1 = min(n0 + block, num_candidates)
-        yield (torch.arange(n0, n1, dtype=torch.int32, device=device),
-               _normals_block(col_h, row_h[:, n0:n1], bufs))
+        rows = torch.arange(n0, n1, dtype=torch.int32, device=device)
+        if cpu:
+            yield rows, fused.normals_block(col_h, row_h[:, n0:n1], bufs[1][:n_positions * (n1 - n0)].view(
+                torch.float32).view(n_positions, n1 - n0))
+        else:
+            yield rows, _normals_block(col_h, row_h[:, n0:n1], bufs)
 
 
 def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
@@ -366,12 +398,7 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     """
     dev = u.device
     plan = plan.to(dev)
-    p = u.numel()
-    block = block_size(p, num_candidates, block_entries, dev)
-    col_h, row_h = stream_hashes(key, p, num_candidates, dev)
-    u_col, offsets = u.to(torch.float32)[:, None], plan.offsets
-    dots_fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
-    dots = lambda n0, n1: dots_fn(col_h, row_h[:, n0:n1], u_col, offsets, bufs)
+    dots, block = scorer(u, plan.offsets, key, num_candidates, block_entries, compile)
     return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
 
 
@@ -417,16 +444,17 @@ def pfr_search(dots: Callable[[int, int], torch.Tensor], n_chunks: int, num_cand
     step = compiled(_select_block) if compile else _select_block
     sel = min(k, rows_per_block * max(1, SELECT_ENTRIES // max(c * rows_per_block, 1)))
     buf = torch.empty(c, sel, dtype=torch.float32, device=device) if sel > rows_per_block else None
-    for s0 in range(0, k, sel):  # loop over selection *blocks*
-        s1 = min(s0 + sel, k)
-        if buf is None:
-            d = dots(s0, s1)
-        else:
-            d = buf[:, :s1 - s0]
-            for n0 in range(s0, s1, rows_per_block):  # loop over candidate *blocks*
-                n1 = min(n0 + rows_per_block, s1)
-                d[:, n0 - s0:n1 - s0] = dots(n0, n1)
-        state = step(d, col_a, row_a[s0:s1], rows[s0:s1], *state, gaps)
+    with search_threads(device):
+        for s0 in range(0, k, sel):  # loop over selection *blocks*
+            s1 = min(s0 + sel, k)
+            if buf is None:
+                d = dots(s0, s1)
+            else:
+                d = buf[:, :s1 - s0]
+                for n0 in range(s0, s1, rows_per_block):  # loop over candidate *blocks*
+                    n1 = min(n0 + rows_per_block, s1)
+                    d[:, n0 - s0:n1 - s0] = dots(n0, n1)
+            state = step(d, col_a, row_a[s0:s1], rows[s0:s1], *state, gaps)
     return state[1]
 
 
@@ -434,33 +462,33 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
                     compile: bool = False) -> torch.Tensor:
     """<C_n, u> for every code n of a step's codebook (float64 [num_codes] on u's device, no host
     sync): code n = row n of the step's stream over ``n_dims`` columns (the DDCM peers' codebook,
-    ``diffc.channels.CodebookChannel``), K x D candidate entries in blocks of ~``block_entries``
-    (None = the device's default; on the CPU the default is the blocks these scores were always
-    computed in: the float32 matrix products, hence the values, are today's; another block size
-    changes them by float32 rounding, ~1e-5 relative, since a product's summation order depends on
-    its width)."""
+    ``diffc.channels.CodebookChannel``), K x D candidate entries: the i.i.d. scorer with one chunk
+    (``scorer``: a sequential float32 sum in column order, the same on every device, thread count
+    and block size)."""
     dev = u.device
-    col_h, row_h = stream_hashes(key, n_dims, num_codes, dev)
-    block = block_size(n_dims, num_codes, block_entries, dev)
-    u_row = u.flatten().to(torch.float32)[None, :]
-    gen, bufs = (compiled(_normals_block), None) if compile else (_normals_block, _workspace(n_dims, block, dev))
+    offsets = torch.tensor([0, n_dims], dtype=torch.int64, device=dev)
+    dots, block = scorer(u.flatten(), offsets, key, num_codes, block_entries, compile)
     g = torch.empty(num_codes, dtype=torch.float64, device=dev)
-    for n0 in range(0, num_codes, block):  # loop over code *blocks*
-        n1 = min(n0 + block, num_codes)
-        # the float32 matrix product stays eager: compiled, it may become a reduction of another order
-        g[n0:n1] = (u_row @ gen(col_h, row_h[:, n0:n1], bufs))[0].to(torch.float64)
+    with search_threads(dev):
+        for n0 in range(0, num_codes, block):  # loop over code *blocks*
+            n1 = min(n0 + block, num_codes)
+            g[n0:n1] = dots(n0, n1)[0]
     return g
 
 
 def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Regenerate the selected candidates: float32 [P] in coding order (chunk c's entries = z_{N_c}).
 
-    Only the selected rows are generated (random access), one vectorised call for all chunks.
+    Only the selected rows are generated (random access), one vectorised call for all chunks
+    (the fused kernel on the CPU; the same numbers as the torch ops elsewhere).
     """
     d = plan.src.numel()
     cols = torch.arange(d, dtype=torch.int32, device=device)
     rows = indices.to(device)[plan.chunk_of.to(device)].to(torch.int32)
-    return hash_to_normal(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)))
+    col_h, row_h = column_hashes(key, cols), row_hashes(key, rows)
+    if torch.device(device).type == "cpu":
+        return fused.pair_normals(col_h, row_h)
+    return hash_to_normal(entry_hashes(col_h, row_h))
 
 
 def chunk_sums(values: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .pfr import (ArrivalGaps, ChunkPlan, _iid_dots, _workspace, block_size, compiled,
-                  default_block_entries, pfr_search, stream_hashes)
+from .pfr import ArrivalGaps, ChunkPlan, compiled, default_block_entries, pfr_search, scorer
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
 
 #: most atoms per candidate (bounds the per-candidate work and the selection hash's columns)
@@ -97,18 +96,14 @@ class SparseSum:
     def projections(self, u: torch.Tensor, plan: ChunkPlan, key: int, *, block_entries: int | None = None,
                     compile: bool = False) -> torch.Tensor:
         """P_{c,j} = u_c . A_j[I_c]: float32 [n_chunks, K_a], the atom bank in blocks of rows (the
-        i.i.d. candidates' segment-sum scorer, ``diffc.pfr``, on the atom stream)."""
+        i.i.d. candidates' scorer, ``diffc.pfr.scorer``, on the atom stream)."""
         dev = u.device
         plan = plan.to(dev)
-        p = u.numel()
-        block = block_size(p, self.atoms, block_entries, dev)
-        col_h, row_h = stream_hashes(_atom_key(key), p, self.atoms, dev)
-        u_col, offsets = u.to(torch.float32)[:, None], plan.offsets
-        fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
+        dots, block = scorer(u, plan.offsets, _atom_key(key), self.atoms, block_entries, compile)
         out = torch.empty(plan.n_chunks, self.atoms, dtype=torch.float32, device=dev)
         for n0 in range(0, self.atoms, block):  # loop over atom *blocks*
             n1 = min(n0 + block, self.atoms)
-            out[:, n0:n1] = fn(col_h, row_h[:, n0:n1], u_col, offsets, bufs)
+            out[:, n0:n1] = dots(n0, n1)
         return out
 
     def encode_chunks(self, u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,

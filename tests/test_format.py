@@ -136,8 +136,8 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    assert real_files[0][4] == fmt.FORMAT_VERSION == 6
-    for v in (0, 1, 2, 3, 4, 5, 7, 255):
+    assert real_files[0][4] == fmt.FORMAT_VERSION == 7
+    for v in (0, 1, 2, 3, 4, 5, 6, 8, 255):
         data = bytearray(real_files[0])
         data[4] = v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
