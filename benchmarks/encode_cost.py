@@ -20,7 +20,7 @@ decoded by ``pipelines.decompress``, and the decoded PNG must equal the encoder'
 
     python benchmarks/encode_cost.py [--quick] [--baseline REF] [--repeats N] [--timestep T]
 
---quick: a 256 x 256 crop of kodim23 (about 9x less work), one repeat. The last stdout line is one
+--quick: a 256 x 256 crop of kodim23 (about 9x less work), one repeat, the baseline at 1 thread. The last stdout line is one
 JSON object {"bench": "encode_cost", ...}.
 """
 from __future__ import annotations
@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--baseline", default=BASELINE, help="git ref of the baseline")
     ap.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 2, quick 1)")
     ap.add_argument("--timestep", type=int, default=700)
-    ap.add_argument("--baseline-threads", default="1,2",
-                    help="thread counts the baseline runs at (the fastest counts); e.g. 1 on a loaded machine")
+    ap.add_argument("--baseline-threads", default=None,
+                    help="thread counts the baseline runs at, the fastest counts (default 1,2; quick 1)")
     ap.add_argument("--now-threads", type=int, default=None,
                     help="OMP_NUM_THREADS of this checkout's runs (default: not set, what users get)")
     args = ap.parse_args()
@@ -103,9 +103,15 @@ def main() -> None:
             h0, w0 = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
             img = img[h0:h0 + 256, w0:w0 + 256]
         Image.fromarray(img).save(image)
-        base_tree = unpack(args.baseline, tmp)
+        try:
+            base_tree = unpack(args.baseline, tmp)
+        except (subprocess.CalledProcessError, OSError) as exc:  # not a git checkout (an installed wheel)
+            C.log(f"encode_cost: no baseline tree ({exc}): needs a git checkout holding {args.baseline}")
+            C.emit("encode_cost", args, {"skipped": f"no git tree of {args.baseline}"}, t_start)
+            return
         configs = {  # name -> (tree, threads, extra overrides)
-            **{f"baseline_{n}t": (base_tree, n, ()) for n in map(int, args.baseline_threads.split(","))},
+            **{f"baseline_{n}t": (base_tree, n, ())
+               for n in map(int, (args.baseline_threads or ("1" if args.quick else "1,2")).split(","))},
             "now": (C.ROOT, args.now_threads, ()),
             "now_no_skip": (C.ROOT, args.now_threads, ("codec.skip_kl=0",)),
         }

@@ -41,7 +41,7 @@ FAST = ["dataset.options.ids=[kodim05]", "dataset.options.size=32", "codec.chunk
 DESIGN_COLUMNS = ["model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",
                   "bits_payload", "bits_side", "bits_header", "kl_bits", "psnr", "ms_ssim", "lpips", "dists",
                   "qalign", "encode_s", "decode_s", "config_hash"]
-TIMING = ["encode_s", "decode_s"]
+TIMING = ["encode_s", "decode_s", "encode_cpu_s", "decode_cpu_s"]
 KEY = ["model", "dataset", "image", "kind", "recon_timestep"]
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                     "RAY_USAGE_STATS_ENABLED": "0"}
@@ -220,6 +220,27 @@ LAUNCHERS = {
 }
 PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
            "ray": "hydra_plugins.hydra_ray_launcher"}
+
+
+def test_local_launcher_jobs_get_their_share_of_the_cores() -> None:
+    """jobs at once x threads per job <= cores for the local launchers; SLURM jobs take their
+    allocation; the basic launcher leaves torch's default."""
+    from pipelines.evaluate import job_threads
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert job_threads({"_target_": joblib, "n_jobs": 2}, 16, {}) == 8
+    assert job_threads({"_target_": joblib, "n_jobs": 2}, 2, {}) == 1
+    assert job_threads({"_target_": joblib, "n_jobs": -1}, 16, {}) == 1  # joblib's default: a job per core
+    assert job_threads({"_target_": joblib, "n_jobs": -5}, 16, {}) == 1  # 12 jobs at once
+    assert job_threads({"_target_": joblib, "n_jobs": -13}, 16, {}) == 4  # 4 jobs at once
+    assert job_threads({"_target_": joblib, "n_jobs": 64}, 16, {}) == 1
+    assert job_threads({"_target_": local, "cpus_per_task": None}, 16, {}) == 1
+    assert job_threads({"_target_": local, "cpus_per_task": 4}, 16, {}) == 4
+    assert job_threads({"_target_": slurm}, 64, {"SLURM_CPUS_PER_TASK": "8"}) == 8
+    assert job_threads({"_target_": slurm}, 64, {}) is None
+    assert job_threads({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, {}) is None
 
 
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
