@@ -419,7 +419,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
         lock.acquire(timeout=0)
     except Timeout:
         raise JobBusy(f"job {job_dir} is being run by another process (it holds {job_dir / LOCK}); "
-                            "wait for it, or stop it first") from None
+                      "wait for it, or stop it first") from None
     try:
         return _run_job_locked(cfg, job_dir)
     finally:
@@ -479,8 +479,12 @@ def record_failure(cfg: DictConfig, job_dir: Path, message: str) -> None:
     before its first image, too, says why where its results would be (a dry run writes nothing)."""
     if cfg.get("dry_run", False) or not job_dir.is_dir():
         return
+    try:
+        chash = config_hash(cfg)
+    except Exception:  # a config that cannot resolve (the reason of the failure, maybe)
+        chash = None
     with contextlib.suppress(OSError):
-        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
+        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": chash,
                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
 
 
