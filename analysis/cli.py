@@ -262,8 +262,11 @@ def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] =
 
         if debug:
             raise
-        if isinstance(exc, CompactHydraException):
-            fail(first_line(exc).removeprefix("error: "), 1)
+        message = first_line(exc)
+        if isinstance(exc, CompactHydraException) and message.startswith("error: "):
+            fail(message.removeprefix("error: "), 1)  # ours: the end of a sweep with a failed job
+        if isinstance(exc, CompactHydraException):  # a sweep's composition error (unknown key ...)
+            fail(f"{message} (see --help)")
         fail(one_line(exc))
 
 

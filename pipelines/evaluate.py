@@ -103,7 +103,8 @@ _COMPOSED: dict[tuple[str, ...], DictConfig] = {}
 
 
 def job_slug(root: DictConfig) -> str:
-    """What sets a job apart from conf/config.yaml's defaults, as ``k=v,k2=v2`` (sorted), whatever
+    """What sets a job apart from conf/config.yaml's defaults, as ``k=v,k2=v2`` (groups first, each
+    part sorted: the most telling come before the name is cut to :data:`SLUG_CHARS`), whatever
     the command line's spelling: the config groups whose choice is not the default one
     (``model=sd15``; ``baselines=jpeg.webp`` when any), and the keys given on the command line whose
     value differs from the one those choices give (``codec.chunk_bits=12``; ``model=gaussian`` or
@@ -119,13 +120,13 @@ def job_slug(root: DictConfig) -> str:
     is_group = [o.key_or_group in choices or o.key_or_group in ("baselines", "experiment") for o in parsed]
     groups = [o for o, g in zip(parsed, is_group) if g]
     keys = [o for o, g in zip(parsed, is_group) if not g and o.key_or_group not in excluded]
-    parts = []
+    parts, keyed = [], []
     try:
         default = _composed(()).hydra.runtime.choices
         base = _composed(tuple(o.input_line for o in groups))
     except Exception:  # outside a running Hydra app (no config search path): every key as given
         default, base = {}, None
-    parts += [f"{g}={c}" for g, c in choices.items() if c is not None and default.get(g) != c]
+    parts += sorted(f"{g}={c}" for g, c in choices.items() if c is not None and default.get(g) != c)
     if root.get("baselines"):
         parts.append(f"baselines={'.'.join(sorted(root.baselines))}")
     for o in keys:
@@ -134,8 +135,8 @@ def job_slug(root: DictConfig) -> str:
             if isinstance(value, (DictConfig, ListConfig)):
                 value = OmegaConf.to_container(value, resolve=True)
             text = ".".join(map(str, value)) if isinstance(value, list) else value
-            parts.append(f"{o.key_or_group}={text}")
-    return ",".join(sorted(parts))
+            keyed.append(f"{o.key_or_group}={text}")
+    return ",".join(parts + sorted(keyed))
 
 
 def job_dir_name(*, _root_: DictConfig) -> str:
@@ -421,7 +422,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> Path:
         lock.acquire(timeout=0)
     except Timeout:
         raise JobBusy(f"job {job_dir} is being run by another process (it holds {job_dir / LOCK}); "
-                            "wait for it, or stop it first") from None
+                      "wait for it, or stop it first") from None
     try:
         return _run_job_locked(cfg, job_dir)
     finally:
@@ -492,8 +493,12 @@ def record_failure(cfg: DictConfig, job_dir: Path, message: str) -> None:
     before its first image, too, says why where its results would be (a dry run writes nothing)."""
     if cfg.get("dry_run", False) or not job_dir.is_dir():
         return
+    try:
+        chash = config_hash(cfg)
+    except Exception:  # a config that cannot resolve (the reason of the failure, maybe)
+        chash = None
     with contextlib.suppress(OSError):
-        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": config_hash(cfg),
+        atomic_write(job_dir / FAILED, json.dumps({"error": message, "config_hash": chash,
                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
 
 

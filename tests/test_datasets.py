@@ -157,3 +157,37 @@ def test_float_images_to_tensor_and_back_to_uint8() -> None:
     assert np.array_equal(ds.as_uint8(a), np.round(a * 255).astype(np.uint8))
     u = (a * 255).astype(np.uint8)
     assert ds.as_uint8(u) is u
+
+
+def test_the_cache_is_found_as_the_makefile_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 28: without DIFFC_CACHE the checkout's .cache/diffc (what `make seed-data` fills) is the
+    cache when it exists, else pooch's per-user cache; DIFFC_CACHE wins. An offline fetch says in
+    one line how to point the command at the files, cut at a word boundary."""
+    from pipelines import archives
+
+    monkeypatch.delenv("DIFFC_CACHE", raising=False)
+    seeded = tmp_path / "checkout" / ".cache" / "diffc"
+    monkeypatch.setattr(archives, "CHECKOUT_CACHE", seeded)
+    assert archives.cache_dir() != seeded  # not there: the per-user cache
+    seeded.mkdir(parents=True)
+    assert archives.cache_dir() == seeded
+    monkeypatch.setenv("DIFFC_CACHE", str(tmp_path / "mine"))
+    assert archives.cache_dir() == tmp_path / "mine"
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("HTTPSConnectionPool(host='r0k.us', port=443): Max retries exceeded " + "x" * 300)
+
+    monkeypatch.setattr(archives.pooch.Pooch, "fetch", offline)
+    with pytest.raises(ds.DatasetError) as err:
+        archives.fetch_file("kodak", "kodim01.png", "https://r0k.us/graphics/kodak/kodak/", "0" * 64)
+    message = str(err.value)
+    assert "\n" not in message and "DIFFC_CACHE" in message and "make seed-data" in message, message
+    assert "Max retries exceeded…);" in message and "xxx" not in message  # cut between words, never inside one
+
+
+def test_error_lines_are_cut_between_words() -> None:
+    from diffc.errors import first_line, shorten
+
+    assert shorten("Failed to resolve 'r0k.us'", 15) == "Failed to…"
+    assert shorten("short", 15) == "short" and len(shorten("a" * 40, 10)) == 10
+    assert first_line("one two three\nsecond", 9) == "one two…"

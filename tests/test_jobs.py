@@ -227,3 +227,16 @@ def test_ctrl_c_on_a_sweep_is_one_line(tmp_path: Path) -> None:
     after = log.read_text()[before:]
     assert proc.returncode == 130, log.read_text()[-3000:]
     assert len(after.strip().splitlines()) <= 2 and "Traceback" not in after and "error: interrupted" in after, after
+
+
+def test_a_job_failing_before_its_first_image_says_why_in_its_folder(tmp_path: Path) -> None:
+    """issue 28: a single job whose dataset cannot load fails in one line and leaves failed.json (the
+    same line) in the folder Hydra made, not a bare job.lock and .hydra/."""
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "dataset=folder",
+                        f"dataset.options.path={tmp_path / 'missing'}", f"root={tmp_path / 'out'}", "progress=false"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "is not a directory" in r.stderr, r.stderr
+    (failed,) = (tmp_path / "out").rglob("failed.json")
+    assert json.loads(failed.read_text())["error"] == r.stderr.removeprefix("error: ").strip()
