@@ -7,6 +7,7 @@
 ``pipelines``). The file holds everything it shows: plotly.js (the full bundle, inlined once),
 the data as JSON and the images as ``data:`` URIs, so it opens offline, can be mailed or attached
 to a supplement, and fetches nothing (tests/test_report_html.py checks it in headless Chromium).
+The page's skeleton, style sheet and script are ``analysis/templates/report.{html,css,js}``.
 
 Sections:
 
@@ -66,6 +67,8 @@ MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "
 #: formats the browser shows as they are (others, e.g. JPEG XL, are converted to PNG with Pillow)
 BROWSER_FORMATS = ("png", "jpg", "jpeg", "webp", "avif")
 BASELINES = "baselines"
+#: the page: its skeleton (str.format fields), style sheet and script
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass
@@ -354,7 +357,7 @@ def render(rows: pd.DataFrame, fid: pd.DataFrame, jobs: list[Job], results: list
     no_images = ("" if browser else "<p class=note>No reconstructions were saved by these sweeps "
                  "(run them with <code>save.recon_png=true</code>, and <code>save.baselines=true</code> "
                  "for the classic codecs' files).</p>")
-    page = TEMPLATE.format(
+    page = (TEMPLATES / "report.html").read_text().format(
         title="DiffC sweep report", meta=meta, plotly=get_plotlyjs(),
         figures="\n".join(f'<div class="fig">{f}</div>' for f in figures) or "<p>(no finite metric values)</p>",
         bd_note=f"BD-rate of every curve against the anchor per dataset and metric ({method} interpolation; "
@@ -364,7 +367,8 @@ def render(rows: pd.DataFrame, fid: pd.DataFrame, jobs: list[Job], results: list
         provenance=provenance_html(jobs, rows), no_images=no_images,
         cap=f"at most {max_images} images per dataset, {max_points} rate points per curve, long side "
             f"{max_side} px (larger images downscaled)",
-        data=json.dumps(browser).replace("</", "<\\/"), script=SCRIPT, style=STYLE)
+        data=json.dumps(browser).replace("</", "<\\/"), script=(TEMPLATES / "report.js").read_text(),
+        style=(TEMPLATES / "report.css").read_text())
     return page, {"figures": len(figures), "images": sum(map(len, browser.values())), "pictures": n_pictures}
 
 
@@ -394,136 +398,6 @@ def report_html(cfg: DictConfig) -> Path:
     print(f"{out}: {counts['figures']} figures, {counts['images']} images in the browser "
           f"({counts['pictures']} pictures embedded), {out.stat().st_size / 2**20:.1f} MiB, self-contained")
     return out
-
-
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#24292e;color:#fff;padding:10px 20px}header h1{margin:0;font-size:20px}
-header .meta{font-size:12px;opacity:.8}
-nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6px 20px;z-index:5}
-nav a{margin-right:14px;color:#0366d6;text-decoration:none}
-section{padding:8px 20px}h2{border-bottom:1px solid #ddd}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
-.fig{background:#fff;border:1px solid #e3e3e3;min-height:420px}
-table{border-collapse:collapse;font-size:12px;background:#fff;margin:6px 0}
-th,td{border:1px solid #ddd;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
-th{cursor:pointer;background:#f0f0f0;position:sticky;top:0}th.asc:after{content:" \\25B2"}th.desc:after{content:" \\25BC"}
-.note{color:#666;font-size:12px}.controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:6px 0}
-.grid{display:flex;flex-wrap:wrap;gap:10px}
-.card{background:#fff;border:1px solid #ddd;padding:4px;cursor:pointer}.card.a{outline:3px solid #1f77b4}
-.card.b{outline:3px solid #d62728}.card .cap{font-size:12px;max-width:360px}
-.view{overflow:auto;max-width:360px;max-height:360px}
-img.px{image-rendering:pixelated;display:block}
-#compare{position:relative;display:inline-block;overflow:auto;max-width:100%;max-height:720px;border:1px solid #999}
-#compare img{display:block}#cmpB{position:absolute;top:0;left:0}
-pre{background:#fff;border:1px solid #ddd;padding:6px;font-size:11px;max-height:400px;overflow:auto}
-"""
-
-SCRIPT = r"""
-(function(){
-const DATA = JSON.parse(document.getElementById('browser-data').textContent);
-const $ = id => document.getElementById(id);
-// sortable tables: click a header (numbers by data-v, text otherwise)
-document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0], asc = !th.classList.contains('asc');
-  th.parentNode.querySelectorAll('th').forEach(h => h.classList.remove('asc', 'desc'));
-  th.classList.add(asc ? 'asc' : 'desc');
-  const key = r => { const c = r.cells[th.cellIndex]; const v = c.dataset.v;
-    return v === undefined ? c.textContent : (v === '' ? NaN : parseFloat(v)); };
-  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
-    const num = typeof x === 'number' && typeof y === 'number';
-    if (num && (isNaN(x) || isNaN(y))) return isNaN(x) - isNaN(y);  // NaN last either way
-    const d = num ? x - y : String(x).localeCompare(String(y));
-    return asc ? d : -d; }).forEach(r => body.appendChild(r));
-}));
-const datasets = Object.keys(DATA);
-if (!datasets.length) return;
-const dsSel = $('ds'), imSel = $('im'), rate = $('rate'), zoom = $('zoom');
-datasets.forEach(d => dsSel.add(new Option(d, d)));
-let cards = [], pick = {a: 0, b: 1};
-function entry() { return DATA[dsSel.value][imSel.value]; }
-function rates() { const s = new Set();
-  entry().series.forEach(x => x.points.forEach(p => { if (p.bpp !== null) s.add(p.bpp); }));
-  return [...s].sort((a, b) => a - b); }
-function fillImages() { imSel.innerHTML = ''; Object.keys(DATA[dsSel.value]).forEach(i => imSel.add(new Option(i, i))); }
-function fillRates() { const r = rates(); rate.max = Math.max(r.length - 1, 0);
-  rate.value = Math.floor(r.length / 2);
-  // small images start magnified (nearest neighbour) to about 256 px
-  zoom.value = String([8, 4, 2, 1].find(z => z === 1 || entry().side * z <= 256)); }
-function nearest(points, bpp) { // the point nearest in log bpp (a series without rate: its one point)
-  let best = points[0], d = Infinity;
-  points.forEach(p => { if (p.bpp === null) return; const e = Math.abs(Math.log(p.bpp) - Math.log(bpp));
-    if (e < d) { d = e; best = p; } });
-  return best; }
-function fmt(m) { return Object.entries(m).filter(([k, v]) => v !== null)
-  .map(([k, v]) => k + ' ' + (typeof v === 'number' ? v.toPrecision(4) : v)).join(', '); }
-function render() {
-  const e = entry(), r = rates(), bpp = r[+rate.value] || 0, z = +zoom.value;
-  $('ratelabel').textContent = r.length ? bpp.toFixed(4) + ' bpp' : '(no rates)';
-  cards = [{name: 'original', src: e.original, cap: 'original' + (e.note ? ' (' + e.note + ')' : '')}];
-  e.series.forEach(s => { const p = nearest(s.points, bpp);
-    cards.push({name: s.name, src: p.src, cap: s.name + ' ' + p.label +
-      (p.bpp !== null ? ' @ ' + p.bpp.toFixed(4) + ' bpp' : '') + (fmt(p.metrics) ? ': ' + fmt(p.metrics) : '') +
-      (p.note ? ' (' + p.note + ')' : '')}); });
-  pick.a = Math.min(pick.a, cards.length - 1); pick.b = Math.min(pick.b, cards.length - 1);
-  const grid = $('grid'); grid.innerHTML = '';
-  cards.forEach((c, i) => {
-    const card = document.createElement('div'); card.className = 'card' + (i === pick.a ? ' a' : '') + (i === pick.b ? ' b' : '');
-    const view = document.createElement('div'); view.className = 'view';
-    const img = document.createElement('img'); img.className = 'px'; img.src = c.src; img.alt = c.name;
-    img.onload = () => { img.width = img.naturalWidth * z; };
-    view.appendChild(img); card.appendChild(view);
-    const cap = document.createElement('div'); cap.className = 'cap'; cap.textContent = c.cap; card.appendChild(cap);
-    card.title = 'click: left of the slider; shift+click: right';
-    card.addEventListener('click', ev => { if (ev.shiftKey) pick.b = i; else pick.a = i; render(); });
-    view.addEventListener('scroll', () => document.querySelectorAll('#grid .view').forEach(v => {
-      if (v !== view) { v.scrollLeft = view.scrollLeft; v.scrollTop = view.scrollTop; } }));
-    grid.appendChild(card); });
-  const A = $('cmpA'), B = $('cmpB');
-  A.src = cards[pick.a].src; B.src = cards[pick.b].src;
-  A.onload = () => { A.width = A.naturalWidth * z; }; B.onload = () => { B.width = B.naturalWidth * z; };
-  $('cmplabel').textContent = 'left: ' + cards[pick.a].name + ' | right: ' + cards[pick.b].name;
-  split(); }
-function split() { $('cmpB').style.clipPath = 'inset(0 0 0 ' + $('slider').value + '%)'; }
-dsSel.onchange = () => { fillImages(); fillRates(); render(); };
-imSel.onchange = () => { fillRates(); render(); };
-rate.oninput = render; zoom.onchange = render; $('slider').oninput = split;
-fillImages(); fillRates(); render();
-})();
-"""
-
-TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>{style}</style>
-<script>{plotly}</script>
-</head><body>
-<header><h1>{title}</h1><div class="meta">{meta}</div></header>
-<nav><a href="#curves">RD curves</a><a href="#bdrate">BD-rate</a><a href="#browser">Image browser</a>
-<a href="#points">Rate points</a><a href="#images">Per image</a><a href="#provenance">Provenance</a></nav>
-<section id="curves"><h2>Rate-distortion curves</h2>
-<p class="note">Mean over the images per rate point (lines), each image (faint markers; hover names it),
-classic codecs grey dashed, VAE ceilings dashed. Click a legend entry to hide it, double-click to isolate it.</p>
-<div class="figs">{figures}</div></section>
-<section id="bdrate"><h2>BD-rate</h2><p class="note">{bd_note}</p>{bd}</section>
-<section id="browser"><h2>Image browser</h2>{no_images}
-<div class="controls"><label>dataset <select id="ds"></select></label><label>image <select id="im"></select></label>
-<label>rate <input type="range" id="rate" min="0" max="0" step="1"> <span id="ratelabel"></span></label>
-<label>zoom <select id="zoom"><option value="1">1x</option><option value="2">2x</option><option value="4">4x</option>
-<option value="8">8x</option></select></label></div>
-<p class="note">Each reconstruction at the rate nearest the chosen one (log bpp). Click a picture to put it left
-of the slider, shift+click to put it right. Scrolling one zoomed picture scrolls all. Embedded: {cap}.</p>
-<div class="grid" id="grid"></div>
-<h3>Before / after</h3><div class="controls"><input type="range" id="slider" min="0" max="100" value="50">
-<span id="cmplabel"></span></div>
-<div id="compare"><img id="cmpA" class="px" alt="left"><img id="cmpB" class="px" alt="right"></div></section>
-<section id="points"><h2>Metrics per rate point</h2><p class="note">Means over the images (analysis.report).</p>
-{points}</section>
-<section id="images"><h2>Per image</h2>{per_image}</section>
-<section id="provenance"><h2>Provenance</h2>{provenance}</section>
-<script type="application/json" id="browser-data">{data}</script>
-<script>{script}</script>
-</body></html>
-"""
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
@@ -27,6 +27,8 @@ from .common import PipelineError, atomic_write, build_codec, check_writable, on
 from .target import TARGET_METRICS, best, smallest_reaching
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from diffc.codec import DiffcCodec, RatePoint
 
 

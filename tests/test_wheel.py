@@ -36,7 +36,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = (work / "dist").glob("diffc_pipeline-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("diffc_conf/config.yaml", "diffc_conf/model/sd15.yaml", "diffc_conf/hydra/launcher/slurm_gpu.yaml",
-                   "analysis/conf/rd_curves.yaml", "diffc/backbones/params/gaussian_kodak.npz"):
+                   "analysis/conf/rd_curves.yaml", "analysis/templates/report.js",
+                   "diffc/backbones/params/gaussian_kodak.npz"):
         assert needed in names, f"{needed} missing from the wheel"
     target = work / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
@@ -78,4 +79,6 @@ def test_the_installed_package_runs_from_anywhere(installed: Path, tmp_path: Pat
     run(installed, tmp_path, "-m", "analysis.rd_curves", "results=out/wheel")
     assert list((tmp_path / "out" / "wheel" / "figures").glob("*-rd-psnr.png")), \
         sorted(p.name for p in (tmp_path / "out" / "wheel").rglob("*"))
+    run(installed, tmp_path, "-m", "analysis.report_html", "results=out/wheel")
+    assert (tmp_path / "out" / "wheel" / "report.html").stat().st_size > 2**20  # plotly.js and the data
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
