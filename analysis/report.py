@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from diffc.errors import UsageError, describe, one_line_errors
 
 from . import cli
-from .results import baseline_points, load_results, rate_points, vae_ceiling
+from .results import baseline_points, by_rate_point, load_results, rate_points, vae_ceiling
 from .schema import ENCODE_SCOPE, HIGHER_IS_BETTER, PER_IMAGE_METRICS
 
 MIN_POINTS = 2
@@ -55,7 +55,7 @@ def points_table(rows: pd.DataFrame) -> pd.DataFrame:
     image that serves all its rate points (the same seconds on each point, not that point's
     cost), 'point' = that point's own encode (a classic codec's quality)."""
     keys = ["dataset", "model", "kind", "codec", "config_hash", "recon_timestep", "target_bpp", "quality"]
-    df = rows.copy()
+    df = by_rate_point(rows)
     # jobs of one model and codec with other settings stay apart (their config hashes); VAE and
     # classic-codec rows do not depend on the codec's settings
     df["config_hash"] = df["config_hash"].where(df["kind"] == "codec")

@@ -211,6 +211,23 @@ def synthetic(model: str, bpp: list[float], psnr: list[float]) -> list[dict]:
              "width": 8, "height": 8, "metric_errors": ""} for i, (b, q) in enumerate(zip(bpp, psnr))]
 
 
+def test_a_bpp_target_is_one_rate_point_whatever_timesteps_its_images_stopped_at() -> None:
+    """bitrate=bpp: each image's budget picks its own stop timestep; the target's point averages
+    every image (n = 4), it is not split by timestep."""
+    rows = []
+    for i, image in enumerate("abcd"):
+        for target, bpp in ((0.3, 0.25 + 0.01 * i), (0.6, 0.55 + 0.01 * i)):
+            rows.append(synthetic("m", [bpp], [20.0 + i + 10 * target])[0]
+                        | {"image": image, "target_bpp": target, "recon_timestep": 500 - 100 * i - int(target * 100)})
+    points = rate_points(frame(rows), "psnr")
+    assert list(points["target_bpp"]) == [0.3, 0.6] and list(points["n"]) == [4, 4]
+    np.testing.assert_allclose(points["bpp"], [0.265, 0.565])
+    np.testing.assert_allclose(points["value"], [24.5, 27.5])
+    assert points["recon_timestep"].isna().all()
+    table = report.points_table(frame(rows))
+    assert list(table["target_bpp"]) == [0.3, 0.6] and list(table["n"]) == [4, 4]
+
+
 def test_bd_rate_value_and_nan_reasons() -> None:
     bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
     quality = [25.0, 28.0, 31.0, 34.0, 37.0]
