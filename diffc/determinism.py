@@ -16,7 +16,10 @@
 - **Never: desynchronisation.** Nothing the decoder derives to read the stream (chunk counts,
   chunk plans, split parts, candidates) depends on a model output: plans are functions of the
   seed, the step, the latent's shape and ``Backbone.kl_weights(shape, t, t')``; candidates come
-  from counter-based hashing (``diffc.randomness``), exact on every device.
+  from counter-based hashing and an integer-exact normal (``diffc.randomness``): bit-identical on
+  every device type and thread count (format 7), so a CPU file and a CUDA file share their
+  candidates; the device, dtype, library versions and thread count above govern the model's
+  float ops only. The channel itself runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
 
 The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
 another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
