@@ -16,7 +16,7 @@ Units: KL and code lengths in bits; ``delivered`` = log2 q/p(sent sample) in bit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import constriction
@@ -64,7 +64,7 @@ class PfrSpec(ChannelSpec):
     chunk_bits: int = 12
     padding_bits: int = 2
     split_above: float = 2.0
-    skip_kl: float = 0.0
+    skip_kl: float = field(default=0.0, kw_only=True)  # keyword-only: subclasses' positional fields stay put
 
     def __post_init__(self):
         if not 1 <= self.chunk_bits <= MAX_CANDIDATE_BITS or not 0 <= self.padding_bits <= MAX_PADDING_BITS:
@@ -172,7 +172,7 @@ class SparseSumSpec(PfrSpec):
         atoms, sparse_m = r.varint("atom bank", MAX_BANK), r.varint("sparse_m", MAX_M)
         if r.pos != len(data) - PFR_BYTES:
             raise ValueError(f"{len(data) - PFR_BYTES - r.pos} stray bytes after the {cls.name} parameters")
-        return cls(pfr.chunk_bits, pfr.padding_bits, pfr.split_above, pfr.skip_kl, atoms, sparse_m)
+        return cls(pfr.chunk_bits, pfr.padding_bits, pfr.split_above, atoms, sparse_m, skip_kl=pfr.skip_kl)
 
     @property
     def generator(self) -> SparseSum:

@@ -67,7 +67,10 @@ def test_builtin_specs_and_their_bytes() -> None:
     assert {"diffc", "diffc-sparse-sum", "ddcm", "turbo-ddcm"} <= set(channel_names())
     for spec in (PfrSpec(12, 2, 2.0), PfrSpec(4, 0, 0.0), SparseSumSpec(8, 2, 1.25, 256, 4)):
         assert type(spec).from_bytes(spec.to_bytes()) == spec
-    assert PfrSpec(12, 2, 2.0).to_bytes() == bytes([12, 2, 8])
+    assert PfrSpec(12, 2, 2.0).to_bytes() == bytes([12, 2, 8, 0])
+    assert PfrSpec(8, 2, 2.0, skip_kl=0.03).to_bytes() == bytes([8, 2, 8, 30])  # skip_kl in thousandths
+    skip = SparseSumSpec(8, 2, 1.25, 256, 4, skip_kl=0.05)
+    assert SparseSumSpec.from_bytes(skip.to_bytes()) == skip
     assert CodecParams.of(candidates="sparse-sum", atoms=256, sparse_m=4).channel == SparseSumSpec(12, 2, 2.0, 256, 4)
     with pytest.raises(ValueError, match="unknown codec 'jpeg'.*diffc-sparse-sum"):
         channel_spec("jpeg")
