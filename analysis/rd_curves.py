@@ -239,6 +239,8 @@ def render(results: Path, metrics: list[str], out: Path, formats: list[str], ref
     for metric in metrics:
         if metric in DATASET_METRICS:
             curves, ceilings = fid_points(fid, metric)
+            lossless = vae_ceiling(rows, "psnr")[["dataset", "model", "lossless"]]
+            ceilings = ceilings.merge(lossless, on=["dataset", "model"], how="left")  # FID 0 of an identity: no line
         else:
             curves, ceilings = rate_points(rows, metric), vae_ceiling(rows, metric)
         for dataset in sorted(set(curves["dataset"])):
