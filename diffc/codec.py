@@ -178,8 +178,8 @@ class DiffcCodec:
         encoder's, recorded in the file) around encode and decode; False = the speed opt-out
         (decoding is then exact only by luck; see ``diffc.determinism``). ``search``: how the
         encoder's channel runs its search (compiled, block size; never what it finds).
-        ``provenance``: record the device type, dtype and library versions in the files (about
-        9 bytes; a decoder then names what differs from its own setting); the thread count is
+        ``provenance``: record the device type, dtype and library versions in the files (8 bytes
+        when every version part is < 128; a decoder then names what differs from its own setting); the thread count is
         always recorded."""
         self.backbone = backbone
         self.params = params or CodecParams()

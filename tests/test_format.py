@@ -595,7 +595,7 @@ def test_default_header_of_every_shipped_backbone_is_at_most_12_bytes(parity) ->
 def test_shipped_backbones_write_12_byte_headers_and_decode(name) -> None:
     """Real encodes at each backbone's default settings (64 x 64): 12 header bytes (the size takes
     2 bytes, as 768 x 512's), the file decodes to the encoder's x_t, and with ``provenance=True``
-    the information fields come back (9 bytes more)."""
+    the information fields come back (8 bytes more)."""
     from pipelines.common import build_codec, model_config
 
     codec = build_codec(model_config(name), {})
