@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from diffc import format as fmt
-from diffc.codec import CodecParams, DiffcCodec
+from diffc.codec import CodecParams, DiffcCodec, default_params
 from diffc.errors import describe
 from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
@@ -84,31 +84,45 @@ def real_files(codecs) -> list[bytes]:
 
 
 def forge(rng: np.random.Generator, codecs) -> bytes:
+    """A well-formed file (``diffc.format.write``): random codec fields, or 30 % of the time the
+    backbone's default profile (a header without codec fields), often the right fingerprint, a
+    random or degenerate payload of any byte length, provenance recorded half the time."""
     name = str(rng.choice(list(codecs) + ["tiny-flux", "nope"]))
     schedule = str(rng.choice(SCHEDULES))
     cb, pb = int(rng.integers(1, 9)), int(rng.integers(0, 4))
     split = float(rng.choice([0, 1, 2, 2.25, 63.75]))
+    skip = int(rng.choice([0, 30, 255]))
     seed = int(rng.integers(0, 4))
     recon = str(rng.choice(fmt.RECON_MODES))
     recon_steps = int(rng.choice([1, 2, 3, 1000]))
+    parity = str(rng.choice(fmt.PARITIES)) if rng.random() < 0.2 else "project"
     try:
-        params = CodecParams.of(schedule, seed, chunk_bits=cb, padding_bits=pb, split_above=split, recon=recon,
-                                recon_steps=recon_steps)
-        n_max = len(encoding_timesteps(schedule))
+        params = default_params(name, parity) if rng.random() < 0.3 else CodecParams.of(
+            schedule, seed, chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip / 1000, recon=recon,
+            recon_steps=recon_steps, parity=parity)
+        n_max = len(encoding_timesteps(params.schedule))
         fp = DiffcCodec(codecs[name][0].backbone, params).fingerprint() if name in codecs and rng.random() < 0.8 \
-            else bytes(rng.integers(0, 256, 4, dtype=np.uint8))
-    except ValueError:
-        n_max, fp = 8, b"\0\0\0\0"
+            else bytes(rng.integers(0, 256, fmt.FINGERPRINT_BYTES, dtype=np.uint8))
+        channel_params = params.channel.to_bytes()
+    except ValueError:  # invalid parameters: written anyway, the decoder's spec refuses them
+        params = CodecParams(schedule=schedule if schedule in ("paper",) else "paper", seed=seed, parity=parity)
+        n_max, fp, channel_params = 8, b"\0\0", bytes([cb, pb, int(4 * split), skip])
+        schedule_name = schedule
+    else:
+        schedule_name = params.schedule
     kind = rng.integers(0, 3)
-    n_words = int(rng.integers(0, 40))
-    payload = (bytes(rng.integers(0, 256, 4 * n_words, dtype=np.uint8)) if kind == 0
-               else bytes([int(rng.integers(0, 256))]) * (4 * n_words) if kind == 1 else b"")
-    prov = fmt.Provenance(str(rng.choice(fmt.DEVICE_TYPES)), str(rng.choice(fmt.DTYPES)), int(rng.integers(0, 9)),
-                          (2, int(rng.integers(0, 20)), 0), (0, int(rng.integers(0, 50)), 0))
+    n_bytes = int(rng.integers(0, 160))
+    payload = (bytes(rng.integers(0, 256, n_bytes, dtype=np.uint8)) if kind == 0
+               else bytes([int(rng.integers(0, 256))]) * n_bytes if kind == 1 else b"")
+    threads = int(rng.integers(0, 9))
+    prov = fmt.Provenance(str(rng.choice(fmt.DEVICE_TYPES)), str(rng.choice(fmt.DTYPES)), threads,
+                          (2, int(rng.integers(0, 20)), 0), (0, int(rng.integers(0, 50)), 0)) \
+        if rng.random() < 0.5 else fmt.Provenance(threads=threads)
     header = fmt.Header(backbone=name, fingerprint=fp, width=int(rng.integers(1, 48)), height=int(rng.integers(1, 48)),
-                        seed=seed, schedule=schedule, channel="diffc", channel_params=bytes([cb, pb, int(4 * split)]),
-                        n_steps=int(rng.integers(0, n_max + 2)), recon=Recon(recon, recon_steps),
-                        caption=None if rng.random() < 0.5 else "x" * int(rng.integers(1, 30)), provenance=prov)
+                        seed=params.seed, schedule=schedule_name, channel=params.channel.name,
+                        channel_params=channel_params, n_steps=int(rng.integers(0, n_max + 2)), recon=params.recon,
+                        caption=None if rng.random() < 0.5 else "x" * int(rng.integers(1, 30)), provenance=prov,
+                        parity=parity)
     return fmt.write(header, payload)
 
 

@@ -131,6 +131,11 @@ def fingerprint(obj: dict) -> bytes:
 
 # ---- registry -----------------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
+#: the shipped backbones' ids in a .diffc header (``diffc.format``: 5 bits, 1..31; a backbone without
+#: an id is written by name). Part of the format: an id is never reused for another backbone.
+BACKBONE_IDS = {"gaussian": 1, "sd15": 2, "sd21": 3, "sdxl": 4, "flux-dev": 5, "sd35-medium": 6, "ddpm-church": 7,
+                "tiny-sd15": 8, "tiny-sd21": 9, "tiny-sdxl": 10, "tiny-flux": 11, "tiny-sd35-medium": 12,
+                "tiny-ddpm": 13}
 
 
 def register_backbone(*names: str):

@@ -25,7 +25,8 @@ import torch
 
 from . import format as fmt
 from .chain import LN2, Chain, Step
-from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder, sealed_payload
+from .entropy import (PayloadEncoder, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder,
+                      sealed_payload)
 from .pfr import ChunkPlan, chunk_sums, codebook_scores, decode_chunks, encode_chunks, split_parts
 from .plugins import ChannelSpec, Search, StepRecord, register_channel
 from .randomness import normals
@@ -59,6 +60,7 @@ class PfrSpec(ChannelSpec):
     no search (``diffc.pfr.coded_entries``; 0..0.255 in thousandths). Header: 4 bytes."""
 
     name: ClassVar[str] = "diffc"
+    id: ClassVar[int] = 1
     extra_options: ClassVar[tuple[str, ...]] = ("candidates",)
 
     chunk_bits: int = 12
@@ -148,6 +150,7 @@ class SparseSumSpec(PfrSpec):
     per step, ``sparse_m`` = M signed atoms per candidate. Header: the 4 PFR bytes, K_a and M."""
 
     name: ClassVar[str] = "diffc-sparse-sum"
+    id: ClassVar[int] = 2
     extra_options: ClassVar[tuple[str, ...]] = ()
 
     atoms: int = 0
@@ -344,6 +347,7 @@ class DdcmSpec(CodebookSpec):
     """DDCM: one of K codes per step, log2 K bits. Header: codebook_bits (varint)."""
 
     name: ClassVar[str] = "ddcm"
+    id: ClassVar[int] = 3
     extra_options: ClassVar[tuple[str, ...]] = ("atoms",)
 
     @classmethod
@@ -367,6 +371,7 @@ class TurboDdcmSpec(CodebookSpec):
     Header: codebook_bits, atoms (varints)."""
 
     name: ClassVar[str] = "turbo-ddcm"
+    id: ClassVar[int] = 4
 
     atoms: int = 1
 
@@ -427,7 +432,7 @@ class CodebookChannel:
         self.num_codes = spec.num_codes
         self.n_dims = n_dims
         self.records: list[CodebookStepRecord] = []
-        self._enc = constriction.stream.queue.RangeEncoder()
+        self._enc = PayloadEncoder()
         self._bits = 0.0
         self._dec = None
         if payload is not None:

@@ -20,6 +20,7 @@ chunks and their parts) and of the indices;
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -172,25 +173,30 @@ class DiffcCodec:
     files."""
 
     def __init__(self, backbone: Backbone, params: CodecParams | None = None, deterministic: bool = True,
-                 search: Search = Search()):
+                 search: Search = Search(), provenance: bool = False):
         """``deterministic``: deterministic kernels and a fixed intra-op thread count (the
         encoder's, recorded in the file) around encode and decode; False = the speed opt-out
         (decoding is then exact only by luck; see ``diffc.determinism``). ``search``: how the
-        encoder's channel runs its search (compiled, block size; never what it finds)."""
+        encoder's channel runs its search (compiled, block size; never what it finds).
+        ``provenance``: record the device type, dtype and library versions in the files (8 bytes
+        when every version part is < 128; a decoder then names what differs from its own setting); the thread count is
+        always recorded."""
         self.backbone = backbone
         self.params = params or CodecParams()
         self.deterministic = deterministic
         self.search = search
+        self.record_provenance = provenance
         self.chain = Chain(backbone, self.params.schedule, self.params.seed)
         self.timesteps = self.chain.timesteps
 
     # ---- identity -------------------------------------------------------------------------
     def fingerprint(self) -> bytes:
-        """sha256[:4] of the backbone's config and what x_t depends on: schedule, seed, the channel's
-        name and parameters (not the reconstruction, not the parity: the backbone config covers it)."""
+        """sha256[:2] (``fmt.FINGERPRINT_BYTES``) of the backbone's config and what x_t depends on:
+        schedule, seed, the channel's name and parameters (not the reconstruction, not the parity:
+        the backbone config covers it)."""
         p = self.params
         codec = {"schedule": p.schedule, "seed": p.seed, "channel": p.channel.name, **p.channel.fingerprint_fields()}
-        return fingerprint({"backbone": self.backbone.config(), "codec": codec})
+        return fingerprint({"backbone": self.backbone.config(), "codec": codec})[:fmt.FINGERPRINT_BYTES]
 
     def header(self, width: int, height: int, n_steps: int, caption: str | None,
                provenance: fmt.Provenance = fmt.Provenance()) -> fmt.Header:
@@ -204,6 +210,11 @@ class DiffcCodec:
     def provenance(self, threads: int | None) -> fmt.Provenance:
         """This process's setting for the loaded backbone (``threads`` None = not fixed)."""
         return provenance_here(self.backbone.device, getattr(self.backbone, "dtype", torch.float32), threads)
+
+    def file_provenance(self, threads: int | None) -> fmt.Provenance:
+        """What an encode records: the thread count, and the rest with ``provenance=True``."""
+        here = self.provenance(threads)
+        return here if self.record_provenance else here.without_information()
 
     def stop_step_for(self, timestep: int) -> int:
         """Number of coded steps to reach the largest schedule timestep <= ``timestep``."""
@@ -239,7 +250,8 @@ class DiffcCodec:
         self.latent_shape(*image.shape[-2:])
         threads = default_threads() if self.deterministic else None
         with deterministic(threads):
-            res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel, self.provenance(threads))
+            res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel,
+                               self.file_provenance(threads))
         res.encode_s, res.encode_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         return res
 
@@ -447,6 +459,28 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
         raise fmt.CorruptFile(f"corrupt .diffc file: {len(payload) - len(coded)} bytes of trailing data after "
                               f"the {len(coded)}-byte payload")
     raise fmt.CorruptFile("corrupt .diffc file: the payload is not the coded stream of the steps it decodes to")
+
+
+@functools.lru_cache(maxsize=64)
+def default_params(backbone: str, parity: str = "project") -> CodecParams:
+    """The codec parameters a header leaves out (its profile): a shipped backbone's codec defaults
+    (``conf/model/<backbone>.yaml`` ``codec:``, resolved for ``parity``), ``CodecParams()`` for any
+    other backbone. Part of the format: changing a shipped default changes what old files say
+    (the fingerprint refuses those whose x_t changes; docs/format.md)."""
+    from .backbone import BACKBONE_IDS
+
+    if backbone not in BACKBONE_IDS:
+        return CodecParams(parity=parity)
+    from pipelines.common import model_config, plain  # the shipped configs (the diffc_conf package)
+
+    return CodecParams.of(**plain(model_config(backbone, parity).get("codec")), parity=parity)
+
+
+@functools.lru_cache(maxsize=64)
+def default_profile(backbone: str, parity: str = "project") -> fmt.Profile:
+    """``default_params`` as the header fields it stands for (``diffc.format.Profile``)."""
+    p = default_params(backbone, parity)
+    return fmt.Profile(p.seed, p.schedule, p.channel.name, p.channel.to_bytes(), p.recon)
 
 
 def params_from_header(header: fmt.Header) -> CodecParams:

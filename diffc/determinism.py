@@ -21,8 +21,10 @@
   candidates; the device, dtype, library versions and thread count above govern the model's
   float ops only. The channel itself runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
 
-The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
-another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
+The .diffc header records the encoder's thread count (the decoder uses it), and on request
+(``DiffcCodec(provenance=True)``, ``compress provenance=true``) the rest of its
+``diffc.format.Provenance`` as information (not in the fingerprint: another receiver may decode,
+with drift); ``check_provenance`` names what differs, in one line.
 
 What ``deterministic()`` sets, and where each holds:
 
@@ -115,9 +117,10 @@ def provenance_here(device: torch.device | str, dtype: torch.dtype, threads: int
 
 def check_provenance(encoder: Provenance, receiver: Provenance) -> str | None:
     """One line naming what differs between the encoder's setting and the receiver's (None: the
-    same, decoding is bit-exact); logged as a warning by the decoder."""
+    same as far as the file recorded it: the thread count always, the rest with the codec's
+    ``provenance=True``); logged as a warning by the decoder."""
     fields = ("device_type", "dtype", "threads", "torch_version", "diffusers_version")
-    diff = [f for f in fields if getattr(encoder, f) != getattr(receiver, f)]
+    diff = [f for f in fields if getattr(encoder, f) is not None and getattr(encoder, f) != getattr(receiver, f)]
     if not diff:
         return None
     return (f"decoding with {receiver.describe()}, the file was encoded with {encoder.describe()} "

@@ -79,6 +79,9 @@ class ChannelSpec:
 
     #: the codec name in configs (``codec=NAME``) and in headers
     name: ClassVar[str] = ""
+    #: the spec's id in a .diffc header (``diffc.format``; 0 = none: the header names it). The built-ins
+    #: have 1..4; an id is never reused for another channel
+    id: ClassVar[int] = 0
     #: config options the spec reads besides its fields (e.g. a choice between specs)
     extra_options: ClassVar[tuple[str, ...]] = ()
 
@@ -167,8 +170,27 @@ def register_channel(cls: type[ChannelSpec]) -> type[ChannelSpec]:
     other = _REGISTRY.get(cls.name)
     if other is not None and other.__qualname__ != cls.__qualname__:
         raise ValueError(f"channel {cls.name!r} is already registered by {other.__module__}.{other.__qualname__}")
+    same_id = next((c for c in _REGISTRY.values() if cls.id and c.id == cls.id and c.name != cls.name), None)
+    if same_id is not None:
+        raise ValueError(f"channel id {cls.id} of {cls.name!r} is already {same_id.name!r}'s")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def channel_by_id(channel_id: int) -> str:
+    """The name of the channel registered with header id ``channel_id`` (ValueError if none)."""
+    _discover()
+    for cls in _REGISTRY.values():
+        if cls.id == channel_id:
+            return cls.name
+    raise ValueError(f"unknown channel id {channel_id}")
+
+
+def channel_id(name: str) -> int:
+    """The header id of channel ``name`` (0: none, the header names it)."""
+    _discover()
+    cls = _REGISTRY.get(name)
+    return cls.id if cls is not None else 0
 
 
 def _discover() -> None:

@@ -192,6 +192,11 @@ PAPER_TIMESTEPS: tuple[int, ...] = (
 TOP_FRACTION = PAPER_TIMESTEPS[0] / 1000
 
 
+#: the schedule families' ids in a .diffc header (``diffc.format``: 1 + index; the N of linspace-N and
+#: geom-N follows as a varint; 0 = a name). Part of the format: append, never reorder.
+SCHEDULE_FAMILIES = ("paper", "paper-flux", "linspace", "geom")
+
+
 def encoding_timesteps(name: str, num_train_timesteps: int = 1000) -> list[int]:
     """Resolve a named encoding schedule to strictly decreasing timesteps (without the start T).
 

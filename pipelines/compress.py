@@ -155,6 +155,7 @@ def compress(cfg: DictConfig) -> None:
 
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
     codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
+    codec.record_provenance = bool(cfg.provenance)
     quality = quality_target(cfg)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp, quality)
     score = quality_scorer(quality[0]) if quality is not None else None  # refused before the encode if missing

@@ -59,10 +59,16 @@ def test_cross_thread_decode_is_bit_exact(tmp_path: Path, enc_threads: int, dec_
 
 
 def test_provenance_is_recorded_and_compared(gaussian_backbone) -> None:
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0))
-    p = codec.encode(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))).points[-1]
-    prov = fmt.read(p.data)[0].provenance
+    params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0)
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
     here = provenance_here("cpu", torch.float32, torch.get_num_threads())
+    # by default a file records only the thread count (the decoder uses it); provenance=True the rest
+    bare = DiffcCodec(gaussian_backbone, params).encode(image).points[-1]
+    assert fmt.read(bare.data)[0].provenance == fmt.Provenance(threads=here.threads)
+    codec = DiffcCodec(gaussian_backbone, params, provenance=True)
+    p = codec.encode(image).points[-1]
+    assert len(p.data) == len(bare.data) + 8 and p.x_t.equal(bare.x_t)  # 2 bytes + 6 one-byte version parts
+    prov = fmt.read(p.data)[0].provenance
     assert prov == here and check_provenance(prov, here) is None
     assert prov.torch_version[0] >= 2 and prov.device_type == "cpu"
     other = fmt.Provenance("cuda", "float16", 0, (2, 5, 1), prov.diffusers_version)

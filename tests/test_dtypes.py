@@ -35,7 +35,7 @@ def build(name: str, **options):
 def round_trip(name: str, **options):
     """(encoder's point, decoder's result): one file at the 4th of 8 steps, decoded by a codec on a
     freshly built backbone of the same options."""
-    enc = DiffcCodec(build(name, **options), PARAMS)
+    enc = DiffcCodec(build(name, **options), PARAMS, provenance=True)
     point = enc.encode(make_image(H, W), stop_timesteps=[enc.timesteps[4]]).points[-1]
     dec = DiffcCodec(build(name, **options), PARAMS).decode(point.data)
     assert torch.equal(dec.x_t, point.x_t), "decoded latent differs from the encoder's"

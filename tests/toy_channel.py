@@ -11,7 +11,7 @@ import constriction
 import numpy as np
 import torch
 
-from diffc.entropy import StreamCost, payload_decoder, sealed_payload
+from diffc.entropy import PayloadEncoder, StreamCost, payload_decoder, sealed_payload
 from diffc.plugins import ChannelSpec, StepRecord, register_channel
 
 LIMIT = 4.0
@@ -36,7 +36,7 @@ class ToyMeanChannel:
         self.levels = 1 << spec.toy_bits
         self.model = constriction.stream.model.Uniform(self.levels)
         self.records: list[StepRecord] = []
-        self._enc = constriction.stream.queue.RangeEncoder()
+        self._enc = PayloadEncoder()
         self._dec = None if payload is None else payload_decoder(payload)
 
     def _z(self, q: int, like: torch.Tensor) -> torch.Tensor:
