@@ -43,7 +43,11 @@ hashes) are computed once per step, blocks are cut with Python ints, and nothing
 device value back to the host (no host sync). The block size only sets how much work one kernel
 does (``block_entries``; defaults per device type, ``default_block_entries``): it changes no
 result, since every candidate's score is computed alone and the arrival times are one sequential
-cumulative sum whatever the blocks. Opt-in ``compile=True`` runs the per-block functions through
+cumulative sum whatever the blocks. On the CPU the scores come from the fused kernel
+(``diffc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
+candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
+neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
+``compile``) give the same scores. Opt-in ``compile=True`` runs the per-block functions through
 ``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
 decodable whatever rounding the encoder's scores had.
 """
