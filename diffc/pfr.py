@@ -322,27 +322,6 @@ def compiled(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=True)
 
 
-def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu",
-                     block_entries: int | None = None):
-    """Yield (rows int32 [B], z float32 [D, B]): candidates ``rows`` of the step's stream over its
-    ``n_positions`` columns, in blocks (FUSED_ROWS rows on the CPU, ~``block_entries`` entries
-    elsewhere: ``block_size``), all written into one workspace (each ``z`` is overwritten by the
-    next block; the caller may modify it)."""
-    col_h, row_h = stream_hashes(key, n_positions, num_candidates, device)
-    cpu = torch.device(device).type == "cpu"
-    block = (min(num_candidates, FUSED_ROWS) if cpu and block_entries is None
-             else block_size(n_positions, num_candidates, block_entries, device))
-    bufs = _workspace(n_positions, block, device)
-    for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
-        n1 = min(n0 + block, num_candidates)
-        rows = torch.arange(n0, n1, dtype=torch.int32, device=device)
-        if cpu:
-            yield rows, fused.normals_block(col_h, row_h[:, n0:n1], bufs[1][:n_positions * (n1 - n0)].view(
-                torch.float32).view(n_positions, n1 - n0))
-        else:
-            yield rows, _normals_block(col_h, row_h[:, n0:n1], bufs)
-
-
 def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
                   gaps: ArrivalGaps | None = None, block_entries: int | None = None,
                   compile: bool = False) -> torch.Tensor:

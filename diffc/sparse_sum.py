@@ -16,7 +16,7 @@ PFR-selected sample against i.i.d. candidates.
 
 Cost. PFR sees a candidate only through z_{n,c} . u_c = sum_g s P_{c,j} / sqrt(M) with the
 projections P_{c,j} = u_c . A_j[I_c] (float32 [C, K_a]), computed once per step: K_a x P atom
-entries, the same work as K_a i.i.d. candidates (``diffc.pfr.candidate_blocks``). Each candidate
+entries, the same work as K_a i.i.d. candidates (``diffc.pfr.scorer``). Each candidate
 then costs M hashes and M table look-ups per chunk instead of d_c hashed normals. The decoder
 regenerates only the selected candidates: M atom entries per position.
 
