@@ -342,8 +342,9 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     """
     dev = u.device
     plan = plan.to(dev)
-    dots, block = scorer(u, plan.offsets, key, num_candidates, block_entries, compile)
-    return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
+    with search_threads(dev):  # the loop invariants (column and row hashes) too
+        dots, block = scorer(u, plan.offsets, key, num_candidates, block_entries, compile)
+        return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
 
 
 def _select_block(dots: torch.Tensor, col_a: torch.Tensor, row_a: torch.Tensor, rows: torch.Tensor,
@@ -411,9 +412,9 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
     and block size)."""
     dev = u.device
     offsets = torch.tensor([0, n_dims], dtype=torch.int64, device=dev)
-    dots, block = scorer(u.flatten(), offsets, key, num_codes, block_entries, compile)
     g = torch.empty(num_codes, dtype=torch.float64, device=dev)
     with search_threads(dev):
+        dots, block = scorer(u.flatten(), offsets, key, num_codes, block_entries, compile)
         for n0 in range(0, num_codes, block):  # loop over code *blocks*
             n1 = min(n0 + block, num_codes)
             g[n0:n1] = dots(n0, n1)[0]
