@@ -19,7 +19,7 @@
   from counter-based hashing and an integer-exact normal (``diffc.randomness``): bit-identical on
   every device type and thread count (format 7), so a CPU file and a CUDA file share their
   candidates; the device, dtype, library versions and thread count above govern the model's
-  float ops only. The channel itself runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
+  float ops only. The encoder's search runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
 
 The .diffc header records the encoder's thread count (the decoder uses it), and on request
 (``DiffcCodec(provenance=True)``, ``compress provenance=true``) the rest of its

@@ -43,7 +43,11 @@ hashes) are computed once per step, blocks are cut with Python ints, and nothing
 device value back to the host (no host sync). The block size only sets how much work one kernel
 does (``block_entries``; defaults per device type, ``default_block_entries``): it changes no
 result, since every candidate's score is computed alone and the arrival times are one sequential
-cumulative sum whatever the blocks. Opt-in ``compile=True`` runs the per-block functions through
+cumulative sum whatever the blocks. On the CPU the scores come from the fused kernel
+(``diffc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
+candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
+neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
+``compile``) give the same scores. Opt-in ``compile=True`` runs the per-block functions through
 ``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
 decodable whatever rounding the encoder's scores had.
 """
@@ -357,27 +361,6 @@ def compiled(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=True)
 
 
-def candidate_blocks(key: int, n_positions: int, num_candidates: int, device: torch.device | str = "cpu",
-                     block_entries: int | None = None):
-    """Yield (rows int32 [B], z float32 [D, B]): candidates ``rows`` of the step's stream over its
-    ``n_positions`` columns, in blocks (FUSED_ROWS rows on the CPU, ~``block_entries`` entries
-    elsewhere: ``block_size``), all written into one workspace (each ``z`` is overwritten by the
-    next block; the caller may modify it)."""
-    col_h, row_h = stream_hashes(key, n_positions, num_candidates, device)
-    cpu = torch.device(device).type == "cpu"
-    block = (min(num_candidates, FUSED_ROWS) if cpu and block_entries is None
-             else block_size(n_positions, num_candidates, block_entries, device))
-    bufs = _workspace(n_positions, block, device)
-    for n0 in range(0, num_candidates, block):  # loop over candidate *blocks*
-        n1 = min(n0 + block, num_candidates)
-        rows = torch.arange(n0, n1, dtype=torch.int32, device=device)
-        if cpu:
-            yield rows, fused.normals_block(col_h, row_h[:, n0:n1], bufs[1][:n_positions * (n1 - n0)].view(
-                torch.float32).view(n_positions, n1 - n0))
-        else:
-            yield rows, _normals_block(col_h, row_h[:, n0:n1], bufs)
-
-
 def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
                   gaps: ArrivalGaps | None = None, block_entries: int | None = None,
                   compile: bool = False) -> torch.Tensor:
@@ -398,8 +381,9 @@ def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: in
     """
     dev = u.device
     plan = plan.to(dev)
-    dots, block = scorer(u, plan.offsets, key, num_candidates, block_entries, compile)
-    return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
+    with search_threads(dev):  # the loop invariants (column and row hashes) too
+        dots, block = scorer(u, plan.offsets, key, num_candidates, block_entries, compile)
+        return pfr_search(dots, plan.n_chunks, num_candidates, key, dev, block, gaps=gaps, compile=compile)
 
 
 def _select_block(dots: torch.Tensor, col_a: torch.Tensor, row_a: torch.Tensor, rows: torch.Tensor,
@@ -467,9 +451,9 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
     and block size)."""
     dev = u.device
     offsets = torch.tensor([0, n_dims], dtype=torch.int64, device=dev)
-    dots, block = scorer(u.flatten(), offsets, key, num_codes, block_entries, compile)
     g = torch.empty(num_codes, dtype=torch.float64, device=dev)
     with search_threads(dev):
+        dots, block = scorer(u.flatten(), offsets, key, num_codes, block_entries, compile)
         for n0 in range(0, num_codes, block):  # loop over code *blocks*
             n1 = min(n0 + block, num_codes)
             g[n0:n1] = dots(n0, n1)[0]

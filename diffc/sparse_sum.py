@@ -16,7 +16,7 @@ PFR-selected sample against i.i.d. candidates.
 
 Cost. PFR sees a candidate only through z_{n,c} . u_c = sum_g s P_{c,j} / sqrt(M) with the
 projections P_{c,j} = u_c . A_j[I_c] (float32 [C, K_a]), computed once per step: K_a x P atom
-entries, the same work as K_a i.i.d. candidates (``diffc.pfr.candidate_blocks``). Each candidate
+entries, the same work as K_a i.i.d. candidates (``diffc.pfr.scorer``). Each candidate
 then costs M hashes and M table look-ups per chunk instead of d_c hashed normals. The decoder
 regenerates only the selected candidates: M atom entries per position.
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .determinism import search_threads
 from .pfr import ArrivalGaps, ChunkPlan, compiled, default_block_entries, pfr_search, scorer
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
 
@@ -118,6 +119,10 @@ class SparseSum:
         (float32 [C, M, 2, G]): a candidate's score is M look-ups at (c, g, low b + 1 bits of its
         hash) and a sum. Blocks are [C, B, M] (chunk-major), so consecutive look-ups stay in one
         chunk's 8 K_a bytes of the table (cache-resident)."""
+        with search_threads(u.device):  # the projections and the selection's hashes too
+            return self._encode_chunks(u, plan, num_candidates, key, gaps, block_entries, compile)
+
+    def _encode_chunks(self, u, plan, num_candidates, key, gaps, block_entries, compile) -> torch.Tensor:
         dev = u.device
         c, m, grp = plan.n_chunks, self.m, self.group
         proj = self.projections(u, plan, key, block_entries=block_entries, compile=compile).view(c, m, 1, grp)
