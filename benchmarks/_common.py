@@ -136,5 +136,18 @@ def kodak_small(quick: bool, quick_size: int = 32, size: int = 64) -> list[tuple
     return out
 
 
+def kodak_crop(name: str, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` crop of a full Kodak image (e.g. "kodim23") as a [3, H, W]
+    float tensor in [0, 1] (the dataset cache: pipelines.datasets)."""
+    from pipelines.datasets import load_dataset, to_tensor
+
+    for image_id, img in load_dataset("kodak"):
+        if image_id == name:
+            x = to_tensor(img)
+            top, left = (x.shape[1] - size) // 2, (x.shape[2] - size) // 2
+            return x[:, top:top + size, left:left + size].contiguous()
+    raise SystemExit(f"no Kodak image {name!r}")
+
+
 if __name__ == "__main__":  # not a benchmark (make bench runs benchmarks/*.py)
     pass

@@ -372,6 +372,7 @@ def rcc_step(n_dims: int, kl_bits: float, quick: bool, device: torch.device) -> 
     u = torch.randn(n_dims, generator=g)
     u = (u * math.sqrt(2 * kl_bits * math.log(2)) / u.norm()).to(device)
     plan = make_plan(n_dims, n_chunks, 3)
+    encode_chunks(u, plan, 16, 4)  # warm-up: the fused CPU kernels compile (or load) on first use
     idx, enc_s = _timed(lambda: encode_chunks(u, plan, k, 4), device)
     _, dec_s = _timed(lambda: decode_chunks(idx, plan, 4, device), device)
     scale = k_full / k

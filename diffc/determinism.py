@@ -16,7 +16,10 @@
 - **Never: desynchronisation.** Nothing the decoder derives to read the stream (chunk counts,
   chunk plans, split parts, candidates) depends on a model output: plans are functions of the
   seed, the step, the latent's shape and ``Backbone.kl_weights(shape, t, t')``; candidates come
-  from counter-based hashing (``diffc.randomness``), exact on every device.
+  from counter-based hashing and an integer-exact normal (``diffc.randomness``): bit-identical on
+  every device type and thread count (format 7), so a CPU file and a CUDA file share their
+  candidates; the device, dtype, library versions and thread count above govern the model's
+  float ops only. The channel itself runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
 
 The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
 another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
@@ -31,6 +34,11 @@ What ``deterministic()`` sets, and where each holds:
   the contract turns into bounded drift (never a desync: nothing the decoder reads depends on them).
   Measured: an encode and decode of every tiny twin on the CPU runs no op that warns
   (tests/test_determinism.py); on CUDA, ``benchmarks/gpu_check.sh`` records the ops that warn.
+- ``torch.utils.deterministic.fill_uninitialized_memory = False``: ``use_deterministic_algorithms``
+  turns it on, and it then fills every ``torch.empty`` with NaN -- measured +53% CPU seconds on a
+  2-thread encode of a 128x128 crop (the fills are parallel regions), and deterministic mode at
+  0.88-1.06x of ``deterministic=False`` without it. It only matters to code that reads memory it
+  never wrote; the codec does not (the cross-process bit-exactness tests would show it).
 - ``cudnn.benchmark = False`` (cuDNN picks the same algorithm every time).
 - ``CUBLAS_WORKSPACE_CONFIG`` (cuBLAS's deterministic workspace): read once per process, when the
   first cuBLAS workspace is made, so PyTorch's notes ask for it before CUDA starts. Importing this module sets it
@@ -173,7 +181,8 @@ def deterministic(threads: int | None) -> Iterator[None]:
     as it is (the speed opt-out). Restores the previous settings on exit.
 
     Sets ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an op without a
-    deterministic kernel warns instead of raising: the module docstring says why),
+    deterministic kernel warns instead of raising: the module docstring says why) without its
+    ``fill_uninitialized_memory`` (module docstring: measured cost, no use here),
     ``cudnn.benchmark = False``, and checks that cuBLAS's deterministic workspace was set before
     CUDA started (:func:`ensure_cublas_workspace`; one warning per process when too late)."""
     global _warned_late
@@ -188,10 +197,13 @@ def deterministic(threads: int | None) -> Iterator[None]:
                     "environment (now %r; import diffc before any CUDA call, or export it): matrix products may "
                     "round differently run to run (drift, never desync)", CUBLAS_WORKSPACE,
                     os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    fill = torch.utils.deterministic
     prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+            fill.fill_uninitialized_memory)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    fill.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     try:
         yield
@@ -199,3 +211,4 @@ def deterministic(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(prev[0])
         torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
         torch.backends.cudnn.benchmark = prev[3]
+        fill.fill_uninitialized_memory = prev[4]

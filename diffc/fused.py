@@ -104,7 +104,7 @@ def iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u: torch.Tensor, offsets:
     offsets[c]..offsets[c+1]-1 of ``col_h`` int32 [P], ``u`` float32 [P]): float32 [C, B] (into
     ``out``, contiguous, when given). CPU tensors."""
     c, b = offsets.numel() - 1, row_h.numel()
-    out = torch.empty(c, b, dtype=torch.float32) if out is None else out
+    out = torch.empty(c, b, dtype=torch.float32, device="cpu") if out is None else out
     _dots(_u32(col_h), _u32(row_h), u.contiguous().view(-1).numpy(), offsets.contiguous().numpy(),
           normal_table(), out.numpy())
     return out
@@ -114,7 +114,7 @@ def normals_block(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | 
     """Entries (row, col) for the columns hashed in ``col_h`` (int32, D) and the rows in ``row_h``
     (int32, B): float32 [D, B] (into ``out``, contiguous, when given). CPU tensors."""
     d, b = col_h.numel(), row_h.numel()
-    out = torch.empty(d, b, dtype=torch.float32) if out is None else out
+    out = torch.empty(d, b, dtype=torch.float32, device="cpu") if out is None else out
     _normals(_u32(col_h), _u32(row_h), normal_table(), out.numpy())
     return out
 
@@ -122,6 +122,6 @@ def normals_block(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | 
 def pair_normals(col_h: torch.Tensor, row_h: torch.Tensor) -> torch.Tensor:
     """Entry (row i, col i) for every i: float32 [P] from int32 [P] column and row hashes (the
     decoder's selected candidates, one row per position). CPU tensors."""
-    out = torch.empty(col_h.numel(), dtype=torch.float32)
+    out = torch.empty(col_h.numel(), dtype=torch.float32, device="cpu")
     _pairs(_u32(col_h), _u32(row_h), normal_table(), out.numpy())
     return out
