@@ -58,9 +58,10 @@ from diffc.randomness import column_hashes, entry_hashes, hash_to_normal, row_ha
 LATENTS = {"sd15": (4, 64, 96), "sdxl": (4, 128, 128), "flux": (16, 128, 128)}
 KL_BITS = {"sd15": REF_STEP_KL_BITS["sd15"], "sdxl": REF_STEP_KL_BITS["sdxl"], "flux": REF_STEP_KL_BITS["flux-dev"]}
 PLAN_KEY, STEP_KEY = 3, 4  # as benchmarks/backbone_step.py's rcc_step
-#: sha256[:16] of (indices, candidates) of ``step_inputs`` by the pre-fusion code (commit 167a849)
-BEFORE = {10: {"sd15": "690e619059051cfa", "sdxl": "f267b84314d45145", "flux": "d6700e477f4469cb"},
-          14: {"sd15": "300e4c401e325d78", "sdxl": "560d9d78ae02497d", "flux": "9211e7f1cb3e7cc3"}}
+#: sha256[:16] of (indices, candidates) of ``step_inputs``: integer-exact candidates (format 7), the same
+#: from the pre-fusion search below (``reference_step``), the torch search and the fused CPU kernels
+BEFORE = {10: {"sd15": "d4ef2f83ced2845b", "sdxl": "ed3d345ab801c2fe", "flux": "39430806ce489fcb"},
+          14: {"sd15": "55cb6a324de631cf", "sdxl": "dd70c449fd38c6e3", "flux": "ad92aee365136b2d"}}
 #: before the change: the CPU block size served every device
 OLD_BLOCK_ENTRIES = 1 << 19
 

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .determinism import search_threads
 from .pfr import ChunkPlan, coded_entries, make_plan
 from .randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
@@ -151,16 +150,13 @@ class Chain:
     def run(self, channel: Channel, x: torch.Tensor, cond: Any, last: int, x0: torch.Tensor | None = None,
             first: int = 1, progress: bool = False) -> Iterator[tuple[Step, torch.Tensor]]:
         """Walk steps ``first``..``last`` from state ``x`` (= x at timesteps[first-1]); yield each
-        step and the state after it. ``x0`` given: encode (``channel.send``); else decode. The
-        channel (plan, search, regeneration, entropy coding) runs at ``search_threads`` on the CPU
-        on both sides, whatever the file's thread count (which governs the model's float ops)."""
+        step and the state after it. ``x0`` given: encode (``channel.send``); else decode."""
         if not 1 <= first <= last + 1 or last > self.n_steps:
             raise ValueError(f"steps {first}..{last} outside the schedule's 1..{self.n_steps}")
         desc = "encode" if x0 is not None else "decode"
         for k in tqdm(range(first, last + 1), desc=desc, unit="step", disable=not progress, leave=False):
             step = self.step(x, k, cond, x0)
-            with search_threads(x.device):
-                x = channel.send(self, step) if x0 is not None else channel.receive(self, step)
+            x = channel.send(self, step) if x0 is not None else channel.receive(self, step)
             yield step, x
 
 

@@ -19,7 +19,7 @@
   from counter-based hashing and an integer-exact normal (``diffc.randomness``): bit-identical on
   every device type and thread count (format 7), so a CPU file and a CUDA file share their
   candidates; the device, dtype, library versions and thread count above govern the model's
-  float ops only. The channel itself runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
+  float ops only. The encoder's search runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
 
 The .diffc header records the encoder's ``diffc.format.Provenance`` as information (not in the fingerprint:
 another receiver may decode, with drift); ``check_provenance`` names what differs, in one line.
