@@ -5,7 +5,7 @@
 Per image: encode ONCE with all stop timesteps (progressive bitstream), write each rate point's
 real .diffc bytes (bpp = file size x 8 / pixels), decode them (checking the decoder's x_t equals
 the encoder's), reconstruct and score; plus one VAE round-trip row (kind='vae': the ceiling of
-the backbone's autoencoder). Output, in the job directory (named by the job's overrides):
+the backbone's autoencoder). Output, in the job directory (named by its config, ``job_dir_name``):
 
 - ``shards/IMAGE.HASH.parquet``: the rows of one image (written atomically; HASH = config hash),
 - ``job.json`` (identity: config hash, model, dataset) and ``job.yaml`` (resolved config),

@@ -90,7 +90,7 @@ def test_help() -> None:
     r = subprocess.run([sys.executable, "-m", "pipelines.doctor", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "pipelines.doctor" in r.stdout and "timestep: 300" in r.stdout and "metrics:" in r.stdout
+    assert "pipelines.doctor" in r.stdout and "timestep: 300" in r.stdout and "metrics (default none): all, offline" in r.stdout  # the groups it uses
 
 
 # ---- weights found --------------------------------------------------------------------------------

@@ -96,7 +96,9 @@ def test_paper_rd_curves_one_command(results: Path, tmp_path: Path, capsys: pyte
     stdout = capsys.readouterr().out
     assert code == 0
     stems = [f"kodak-small-rd-curves-{name}" for name in PAPER.values()]
-    assert stdout.splitlines() == [f"{s}: {len(MODELS)} models" for s in stems]
+    assert stdout.splitlines()[:-1] == [f"wrote {out / s}.{{png,csv}} (kodak-small, {m}: {len(MODELS)} curves)"
+                                        for s, m in zip(stems, PAPER)]
+    assert stdout.splitlines()[-1].startswith(f"wrote {out}/*.json (")
     assert sorted(p.name for p in out.glob("*-rd-*")) == sorted(f"{s}.{e}" for s in stems for e in ("csv", "png"))
     for stem in stems:
         assert (out / f"{stem}.png").stat().st_size > 10_000
@@ -128,8 +130,9 @@ def test_default_style_names_are_unchanged(results: Path, tmp_path: Path, capsys
     out = tmp_path / "figs"
     code = call(rd_curves.rd_curves, "rd_curves", [f"results={results}", "metrics=[psnr,dists]", "formats=[png]",
                                                    f"out={out}"], ANALYSIS_CONF_DIR)
-    assert code == 0 and capsys.readouterr().out.splitlines() == ["kodak-small-rd-psnr: 3 models",
-                                                                  "dists: no finite values, no figure"]
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0] == f"wrote {out}/kodak-small-rd-psnr.{{png,csv}} (kodak-small, psnr: 3 curves)"
+    assert lines[-1] == "dists: no finite values, no figure"  # named in metrics=: said; others: quiet
     assert sorted(p.name for p in out.glob("*-rd-*")) == ["kodak-small-rd-psnr.csv", "kodak-small-rd-psnr.png"]
 
 
