@@ -225,6 +225,7 @@ class PfrChannel:
         s = settings
         self._encoder = StepEncoder(s.num_candidates, s.chunk_bits, self.max_chunks, s.split_min)
         self._decoder = None
+        self._payload_bytes = 0 if payload is None else len(payload)
         if payload is not None:
             try:
                 self._decoder = StepDecoder(payload, s.num_candidates, s.chunk_bits, s.split_min)
@@ -297,6 +298,8 @@ class PfrChannel:
             idx = torch.from_numpy(dec.next_indices(plan.n_chunks))
             self._encoder.push(StepSymbols(n_chunks, idx.numpy().astype(np.int32),
                                            parts.astype(np.int32) if self.settings.split_min else None))
+            if self._encoder.min_bytes() > self._payload_bytes:
+                raise ValueError(f"the {self._payload_bytes}-byte payload ends before this step")
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
         z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
@@ -435,6 +438,7 @@ class CodebookChannel:
         self._enc = PayloadEncoder()
         self._bits = 0.0
         self._dec = None
+        self._payload_bytes = 0 if payload is None else len(payload)
         if payload is not None:
             try:
                 self._dec = payload_decoder(payload)
@@ -465,6 +469,8 @@ class CodebookChannel:
         except (AssertionError, RuntimeError, ValueError) as e:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
         self._put(symbols, size)  # re-coded: ``stream()`` is the payload of the steps received
+        if self._enc.min_bytes() > self._payload_bytes:
+            raise fmt.CorruptFile(f"corrupt .diffc file: the {self._payload_bytes}-byte payload ends before step {k}")
         return symbols
 
     def stream(self) -> tuple[bytes, StreamCost]:

@@ -185,6 +185,14 @@ class PayloadEncoder:
         self._enc.encode(symbols, model, *params)
         self._calls.append((symbols, model, params))
 
+    def min_bytes(self) -> int:
+        """A lower bound of the sealed payload's length (no sealing): the last word keeps >= 1 byte,
+        and more symbols never shorten it. A decoder that re-codes what it reads refuses a payload
+        shorter than this as soon as it is (``PfrChannel.receive``): a forged header's step count
+        then costs work in proportion to the payload, not to the claim."""
+        words = self._enc.num_words()
+        return 4 * (words - 1) + 1 if words else 0
+
     def _reads_back(self, payload: bytes) -> bool:
         dec = payload_decoder(payload)
         try:
@@ -266,6 +274,10 @@ class StepEncoder:
         self._cost.index_bits += ib
         self._cost.per_step.append((sb, ib))
         self._prev = st
+
+    def min_bytes(self) -> int:
+        """``PayloadEncoder.min_bytes`` of the steps pushed so far."""
+        return self._enc.min_bytes()
 
     def seal(self) -> tuple[bytes, StreamCost]:
         """(bytes, ideal cost split) of the steps pushed so far; the coder keeps running."""

@@ -104,7 +104,7 @@ def test_params_are_normalised_and_validated() -> None:
 
 def test_forged_codec_fields_are_refused() -> None:
     """The spec's bytes are parsed by the spec: out-of-range or stray bytes are corrupt files."""
-    h = fmt.Header(backbone="gaussian", fingerprint=b"\0" * 4, width=8, height=8, seed=0, schedule="geom-12",
+    h = fmt.Header(backbone="gaussian", fingerprint=b"\0" * 2, width=8, height=8, seed=0, schedule="geom-12",
                    channel="turbo-ddcm", channel_params=TurboDdcmSpec(4, 5).to_bytes(), n_steps=1)
     data = fmt.write(h, b"")
     assert fmt.read(data)[0] == h and params_from_header(h).channel == TurboDdcmSpec(4, 5)
