@@ -35,26 +35,13 @@ import diffc.channels as channels
 import diffc.pfr as pfr
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.randomness import column_hashes, row_hashes
-
-_C1, _C2 = 0x7FEB352D, 0x846CA68B - (1 << 32)
-
-
-def _old_hash_(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """lowbias32 in place, as in commit 60420f3 (eager int32 passes)."""
-    for shift, mult in ((16, _C1), (15, _C2), (16, None)):
-        torch.bitwise_right_shift(x, shift, out=t).bitwise_and_((1 << (32 - shift)) - 1)
-        x.bitwise_xor_(t)
-        if mult is not None:
-            x.mul_(mult)
-    return x
-
+from diffc.randomness import column_hashes, hash32_, row_hashes
 
 def _old_dots(col_h, row_h, u_col, offsets, h, t):
     """The old ``pfr._iid_dots``: hash, erfinv normal, multiply, segment sum (in a workspace)."""
     shape = (col_h.shape[0], row_h.shape[1])
     h, t = h[:math.prod(shape)].view(shape), t[:math.prod(shape)].view(shape)
-    x = _old_hash_(torch.bitwise_xor(col_h, row_h, out=h), t)
+    x = hash32_(torch.bitwise_xor(col_h, row_h, out=h), t)  # the hash is unchanged since 60420f3
     k = torch.bitwise_right_shift(x, 8, out=x).bitwise_and_(0xFFFFFF).mul_(2).add_(1 - (1 << 24))
     z = t.view(torch.float32).copy_(k).mul_(1.0 / (1 << 24)).erfinv_().mul_(math.sqrt(2.0))
     return torch.segment_reduce(z.mul_(u_col), "sum", offsets=offsets, axis=0, unsafe=True)
