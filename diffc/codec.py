@@ -39,6 +39,7 @@ from .channels import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
 from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, Search, StepRecord, channel_spec, option_names
+from .profiles import profile_options
 from .recon import OPTION_KEYS as RECON_OPTIONS, Recon
 from .schedule import encoding_timesteps, recon_timesteps
 
@@ -464,16 +465,11 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
 @functools.lru_cache(maxsize=64)
 def default_params(backbone: str, parity: str = "project") -> CodecParams:
     """The codec parameters a header leaves out (its profile): a shipped backbone's codec defaults
-    (``conf/model/<backbone>.yaml`` ``codec:``, resolved for ``parity``), ``CodecParams()`` for any
-    other backbone. Part of the format: changing a shipped default changes what old files say
-    (the fingerprint refuses those whose x_t changes; docs/format.md)."""
-    from .backbone import BACKBONE_IDS
-
-    if backbone not in BACKBONE_IDS:
-        return CodecParams(parity=parity)
-    from pipelines.common import model_config, plain  # the shipped configs (the diffc_conf package)
-
-    return CodecParams.of(**plain(model_config(backbone, parity).get("codec")), parity=parity)
+    (``diffc.profiles``, as ``conf/model/<backbone>.yaml`` ``codec:`` states them for ``parity``),
+    ``CodecParams()`` for any other backbone. Part of the format: changing a shipped default
+    changes what old files say (the fingerprint refuses those whose x_t changes; docs/format.md)."""
+    options = profile_options(backbone, parity)
+    return CodecParams(parity=parity) if options is None else CodecParams.of(**options, parity=parity)
 
 
 @functools.lru_cache(maxsize=64)

@@ -592,6 +592,28 @@ def test_default_header_of_every_shipped_backbone_is_at_most_12_bytes(parity) ->
         assert fmt.read(fmt.write(h, b"\x01"))[0] == h
 
 
+@pytest.mark.parametrize("parity", ["project", "reference"])
+def test_profiles_are_the_shipped_configs_codec_defaults(parity) -> None:
+    """The decoder's profiles (diffc/profiles.py, part of the format) equal what conf/model/NAME.yaml
+    ``codec:`` says for every backbone with an id, so a default-configuration encode writes no codec
+    field; and the core reads them without importing the pipelines' configs."""
+    import subprocess
+    import sys
+
+    from diffc.backbone import BACKBONE_IDS
+    from diffc.codec import CodecParams, default_params
+    from pipelines.common import model_config, plain
+
+    assert set(BACKBONE_IDS) == set(__import__("diffc.profiles").profiles.PROFILES)
+    for name in BACKBONE_IDS:
+        shipped = CodecParams.of(**plain(model_config(name, parity).get("codec")), parity=parity)
+        assert default_params(name, parity) == shipped, name
+    code = ("import sys; from diffc.codec import default_params; default_params('sd15', 'reference'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipelines', 'hydra', 'omegaconf')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 @pytest.mark.parametrize("name", SHIPPED_TWINS)
 def test_shipped_backbones_write_12_byte_headers_and_decode(name) -> None:
     """Real encodes at each backbone's default settings (64 x 64): 12 header bytes (the size takes
