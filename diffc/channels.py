@@ -25,8 +25,7 @@ import torch
 
 from . import format as fmt
 from .chain import LN2, Chain, Step
-from .entropy import (PayloadEncoder, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder,
-                      sealed_payload)
+from .entropy import PayloadEncoder, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder
 from .pfr import ChunkPlan, chunk_sums, codebook_scores, decode_chunks, encode_chunks, split_parts
 from .plugins import ChannelSpec, Search, StepRecord, register_channel
 from .randomness import normals
@@ -248,7 +247,6 @@ class PfrChannel:
             z[plan.prior.to(z.device)] = normals(chain.prior_key(step.k), torch.zeros(1, dtype=torch.int32,
                                                                                       device=z.device), cols)
         return z
-
 
     # ---- encoder ------------------------------------------------------------------------------
     def send(self, chain: Chain, step: Step) -> torch.Tensor:
@@ -475,7 +473,7 @@ class CodebookChannel:
 
     def stream(self) -> tuple[bytes, StreamCost]:
         """The range-coded payload of the steps sent so far (all of it index bits: no side info)."""
-        return sealed_payload(self._enc), StreamCost(0.0, self._bits)
+        return self._enc.sealed(), StreamCost(0.0, self._bits)
 
     # ---- one step ------------------------------------------------------------------------------
     def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:

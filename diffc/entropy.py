@@ -224,11 +224,6 @@ class PayloadEncoder:
         return best
 
 
-def sealed_payload(encoder: PayloadEncoder) -> bytes:
-    """The payload bytes of what ``encoder`` holds (``PayloadEncoder.sealed``); it keeps running."""
-    return encoder.sealed()
-
-
 def payload_decoder(payload: bytes) -> constriction.stream.queue.RangeDecoder:
     """A range decoder over a payload: big-endian 32-bit words, the last one zero-padded when the
     payload is not whole words (``PayloadEncoder.sealed``)."""
@@ -282,7 +277,7 @@ class StepEncoder:
     def seal(self) -> tuple[bytes, StreamCost]:
         """(bytes, ideal cost split) of the steps pushed so far; the coder keeps running."""
         c = self._cost
-        return sealed_payload(self._enc), StreamCost(c.side_bits, c.index_bits, list(c.per_step))
+        return self._enc.sealed(), StreamCost(c.side_bits, c.index_bits, list(c.per_step))
 
 
 class StepDecoder:

@@ -11,7 +11,7 @@ import constriction
 import numpy as np
 import torch
 
-from diffc.entropy import PayloadEncoder, StreamCost, payload_decoder, sealed_payload
+from diffc.entropy import PayloadEncoder, StreamCost, payload_decoder
 from diffc.plugins import ChannelSpec, StepRecord, register_channel
 
 LIMIT = 4.0
@@ -55,4 +55,4 @@ class ToyMeanChannel:
         return step.sample(self._z(q, step.x))
 
     def stream(self) -> tuple[bytes, StreamCost]:
-        return sealed_payload(self._enc), StreamCost(0.0, 0.0)
+        return self._enc.sealed(), StreamCost(0.0, 0.0)
