@@ -11,7 +11,7 @@ tokens for Flux).
 Measured per backbone, each in its own child process (so peak memory is per backbone):
   model_s_per_step  one ``predict_x0`` call at t=500 (SDXL: base UNet for t >= 200 and refiner UNet
                     for t < 200, weighted by the paper schedule's step counts);
-  rcc_s_per_step    ``diffc.pfr.encode_chunks`` + ``decode_chunks`` on a latent-size u with the real
+  rcc_s_per_step    ``diffc.rcc.pfr.encode_chunks`` + ``decode_chunks`` on a latent-size u with the real
                     chunk settings (chunk_bits 12, padding 2: K = 2^14 candidates per chunk; per-step
                     KL = the reference's mean per-step KL table value, which sets the chunk count);
   peak_mem_gb       peak resident set size of the child (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
@@ -362,7 +362,7 @@ def _ram_gb() -> float:
 # ---- RCC per step ---------------------------------------------------------------------------------------
 def rcc_step(n_dims: int, kl_bits: float, quick: bool, device: torch.device) -> dict:
     """encode_chunks + decode_chunks of one step with chunk_bits 12, padding 2 (K = 2^14)."""
-    from diffc.pfr import decode_chunks, encode_chunks, make_plan
+    from diffc.rcc.pfr import decode_chunks, encode_chunks, make_plan
 
     k_full = 1 << (CHUNK_BITS + PADDING_BITS)
     k = (1 << QUICK_RCC_BITS) if quick else k_full

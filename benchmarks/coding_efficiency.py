@@ -2,7 +2,7 @@
 
 Source: kodak-small (Gaussian backbone, schedule geom-30, the full chain: every step coded).
 For each setting (chunk_bits, padding_bits, split_above; K = 2^(chunk_bits + padding_bits) candidates;
-chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``diffc.pfr``):
+chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``diffc.rcc.pfr``):
 
 - bits_over_kl       = bits in the .diffc file / sum KL(q||p)            (what we pay vs the ideal rate)
 - delivered_over_kl  = sum log2 q/p(sent sample) / sum KL                 (how much of q the truncated
@@ -10,7 +10,7 @@ chunks whose real KL exceeds split_above x chunk_bits are split, 0 = never, ``di
 - bits_over_delivered = bits / delivered                                   (the headline: <= 1.15 is the goal)
 
 plus the overhead split (header, side info = chunk counts, index payload; each / sum KL), the
-index code against the best static ZIPF_SCALE of a grid (diffc.entropy; a constant the decoder would share), and the chunk-KL
+index code against the best static ZIPF_SCALE of a grid (diffc.rcc.entropy; a constant the decoder would share), and the chunk-KL
 imbalance: each chunk's real KL against its budget chunk_bits (the plan is made from decoder-side
 weights, so a chunk's realised KL is random; docs/design.md §3).
 
@@ -37,7 +37,7 @@ Frontier (``frontier``; alone with ``--frontier-only``): the real encoder (``Pfr
 splits, search, regeneration; no simulation) on an SD-size latent (4 x 64 x 96 = 24,576 entries)
 whose per-step KL follows the reference's SD 1.5 table (docs/reference/seed-settings.json; a
 stratified sample of its steps, ``frontier_steps``), side by side: today's 12/2 (i.i.d.), the
-reference's 14/2 and sparse-sum candidates (``diffc.sparse_sum``) at bigger chunks. Per setting:
+reference's 14/2 and sparse-sum candidates (``diffc.rcc.sparse_sum``) at bigger chunks. Per setting:
 bits per delivered bit, encode seconds per step and their ratio to 12/2 measured in the same run;
 the best setting at no more time than 12/2, a two-sample KS check of its selected sample against
 i.i.d. PFR at the same N (``frontier_law``), and (full run) the seed spread of it and of 12/2.
@@ -65,14 +65,14 @@ except ImportError:
 import numpy as np
 import torch
 
-from diffc import entropy
+from diffc.rcc import entropy
 from diffc.backbone import load_backbone
 from diffc.chain import STREAM_CANDIDATES, STREAM_PLAN, Step
-from diffc.channels import PfrChannel, PfrSpec, PfrStepRecord, SparseSumSpec
+from diffc.rcc.channel import PfrChannel, PfrSpec, PfrStepRecord, SparseSumSpec
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.entropy import zipf_probabilities
-from diffc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
-from diffc.randomness import stream_key
+from diffc.rcc.entropy import zipf_probabilities
+from diffc.rcc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
+from diffc.rcc.randomness import stream_key
 
 LN2 = math.log(2.0)
 DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
@@ -247,7 +247,7 @@ class TableChain:
         self.seed = seed
 
     def coded_entries(self, step: Step, skip: float) -> None:
-        return None  # uniform weights: nothing is skipped (diffc.pfr.coded_entries)
+        return None  # uniform weights: nothing is skipped (diffc.rcc.pfr.coded_entries)
 
     def plan(self, step: Step, n_chunks: int, coded: None = None) -> ChunkPlan:
         return make_plan(step.x.numel(), n_chunks, stream_key(self.seed, STREAM_PLAN, step.k))
@@ -284,7 +284,7 @@ def frontier_shift(kl_bits: float, k: int, seed: int) -> torch.Tensor:
 def frontier_run(setting: FrontierSetting, steps: list[tuple[int, float, int]], seed: int) -> dict:
     """The codec's PFR channel (plans, splits, indices) on the given steps of an SD-size latent,
     each weighted as in ``frontier_steps``. Bits per step = ideal code lengths of the step's
-    indices and side information (``diffc.entropy.step_bits``; the range coder is within 0.1% of
+    indices and side information (``diffc.rcc.entropy.step_bits``; the range coder is within 0.1% of
     them), the side information costed as if the previous step had the same counts (the sampled
     steps are not consecutive). Also delivered bits, KL, and the channel's seconds per step (plan,
     search, regeneration of the selected candidates). ``bits_over_delivered_table``: the same with

@@ -6,7 +6,7 @@ One encode per image gives every rate point; each point's file is priced twice, 
 - ``old``: the same encode in format 7's container: its header (4-byte magic, version, names in
   ASCII, 4-byte fingerprint, every codec field, 10 provenance bytes; ``v7_header_bytes``) and the
   payload in whole 32-bit words, 4 x ceil(new payload / 4) (format 8 only cuts the last word:
-  ``diffc.entropy.PayloadEncoder``).
+  ``diffc.rcc.entropy.PayloadEncoder``).
 
 The symbols, x_t and reconstructions are the same (format 8 changed no symbol: the golden file's
 x_t did not change), so only the rate axis moves. Reported: the BD-rate (PSNR, akima) of new against old per

@@ -34,7 +34,7 @@ import torch
 from diffc.backbone import load_backbone
 from diffc.backbones.gaussian import from_coefficients
 from diffc.chain import ExactChannel
-from diffc.channels import PfrSpec
+from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 
 LN2 = math.log(2.0)
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--chunk-bits", type=int, default=8)
     ap.add_argument("--padding-bits", type=int, default=2)
     ap.add_argument("--split-above", type=float, default=PfrSpec.split_above)
-    ap.add_argument("--candidates", default="iid", help="PFR candidates: iid | sparse-sum (diffc.sparse_sum)")
+    ap.add_argument("--candidates", default="iid", help="PFR candidates: iid | sparse-sum (diffc.rcc.sparse_sum)")
     ap.add_argument("--atoms", type=int, default=0, help="sparse-sum: K_a atoms per step")
     ap.add_argument("--sparse-m", type=int, default=0, help="sparse-sum: M signed atoms per candidate")
     args = ap.parse_args()

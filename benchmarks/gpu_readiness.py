@@ -10,7 +10,7 @@ Figures per step:
 
 - ``ops_per_step``: aten ops dispatched (a ``TorchDispatchMode`` counter; each is >= 1 kernel
   launch on a GPU), counted at the full K with the CUDA block size
-  (``diffc.pfr.BLOCK_ENTRIES_CUDA``) by running the step on the ``meta`` device: shapes only, no
+  (``diffc.rcc.pfr.BLOCK_ENTRIES_CUDA``) by running the step on the ``meta`` device: shapes only, no
   arithmetic, so a Flux step counts in seconds. ``before``: the pre-fusion search (kept below as
   ``reference_step``: a scatter-add per block of 2^19 entries, per-block row hashes, the plan
   copied to the device by every call) counted the same way; with --quick at K/16 and K/8 and
@@ -51,9 +51,9 @@ except ImportError:
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import diffc.pfr as pfr
-from diffc.pfr import ChunkPlan, _arrival_key, decode_chunks, encode_chunks, make_plan
-from diffc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
+import diffc.rcc.pfr as pfr
+from diffc.rcc.pfr import ChunkPlan, _arrival_key, decode_chunks, encode_chunks, make_plan
+from diffc.rcc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
 
 LATENTS = {"sd15": (4, 64, 96), "sdxl": (4, 128, 128), "flux": (16, 128, 128)}
 KL_BITS = {"sd15": REF_STEP_KL_BITS["sd15"], "sdxl": REF_STEP_KL_BITS["sdxl"], "flux": REF_STEP_KL_BITS["flux-dev"]}
@@ -121,7 +121,7 @@ def fused_step(n: int, c: int, u: torch.Tensor, k: int, block_entries: int | Non
     return (idx if u.device.type == "meta" else idx.cpu()), z  # the entropy coder's one read
 
 
-# ---- the pre-fusion search, kept as the baseline (diffc/pfr.py before this benchmark) -------------
+# ---- the pre-fusion search, kept as the baseline (diffc/rcc/pfr.py before this benchmark) -------------
 def _reference_blocks(key: int, d: int, k: int, device):
     col_h = column_hashes(key, torch.arange(d, dtype=torch.int32, device=device))[:, None]
     block = max(1, min(k, OLD_BLOCK_ENTRIES // max(d, 1)))

@@ -1,13 +1,13 @@
 """A tabulated law of the PFR index per (chunk KL budget, candidate count): an opt-in alternative
-to the truncated Zipf law of ``diffc.entropy`` (not used by the codec; measured by
+to the truncated Zipf law of ``diffc.rcc.entropy`` (not used by the codec; measured by
 benchmarks/coding_efficiency.py's frontier as ideal code lengths). Not a benchmark:
 ``python benchmarks/index_pmf.py`` does nothing.
 
 The law of the index N selected by truncated PFR depends on a chunk only through its KL (its shift
-|u|), on K and on the arrival times (``diffc.pfr.pfr_search``, benchmarks/ordered_arrivals.py). The table is that law for a chunk
+|u|), on K and on the arrival times (``diffc.rcc.pfr.pfr_search``, benchmarks/ordered_arrivals.py). The table is that law for a chunk
 of exactly ``chunk_bits`` of KL, estimated by running the codec's own search on TABLE_CHUNKS
 one-dimensional chunks (shift r = sqrt(2 chunk_bits ln 2); PFR sees any chunk only through z . u,
-``diffc.pfr``) with a fixed stream key, so every run derives the same table.
+``diffc.rcc.pfr``) with a fixed stream key, so every run derives the same table.
 
 Bins: m = N + 1 in 1..K is binned by its octave and its top BIN_BITS bits after the leading one,
 exactly in integers (m < 2^BIN_BITS: one bin per m). Within a bin the law is uniform. The bin
@@ -26,8 +26,8 @@ import math
 import numpy as np
 import torch
 
-from diffc.entropy import zipf_probabilities
-from diffc.pfr import ChunkPlan
+from diffc.rcc.entropy import zipf_probabilities
+from diffc.rcc.pfr import ChunkPlan
 
 try:
     from . import ordered_arrivals  # type: ignore

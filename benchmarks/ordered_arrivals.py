@@ -1,7 +1,7 @@
 """Ordered random coding's arrival times (Theis & Yosri 2022): an opt-in experiment of
 benchmarks/coding_efficiency.py, not the codec's (the codec's arrivals are Poisson).
 
-The core search (``diffc.pfr.pfr_search``) takes an arrival-time hook ``gaps(rows, exps)``: the
+The core search (``diffc.rcc.pfr.pfr_search``) takes an arrival-time hook ``gaps(rows, exps)``: the
 Exp(1) draws E_n of candidates n (one per chunk) -> the gaps S_n - S_{n-1} it sums. Ordered
 arrivals use S_n = sum_{k <= n} E_k / (K - k) with K = the candidate count, i.e. the order
 statistics of K i.i.d. Exp(1) (Renyi's representation), so candidate n gets the n-th smallest of K
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from diffc.pfr import ArrivalGaps, ChunkPlan, encode_chunks
-from diffc.sparse_sum import SparseSum
+from diffc.rcc.pfr import ArrivalGaps, ChunkPlan, encode_chunks
+from diffc.rcc.sparse_sum import SparseSum
 
 #: arrival-time constructions: "poisson" (the codec's) and "ordered"
 ARRIVALS = ("poisson", "ordered")
@@ -39,7 +39,7 @@ def arrival_gaps(arrivals: str, num_candidates: int) -> ArrivalGaps | None:
 
 def encode(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, arrivals: str = "poisson",
            generator: SparseSum | None = None) -> torch.Tensor:
-    """``diffc.pfr.encode_chunks`` (``generator`` None) or ``SparseSum.encode_chunks`` with the
+    """``diffc.rcc.pfr.encode_chunks`` (``generator`` None) or ``SparseSum.encode_chunks`` with the
     given arrival construction: int64 [chunks]."""
     gaps = arrival_gaps(arrivals, num_candidates)
     search = encode_chunks if generator is None else generator.encode_chunks

@@ -3,7 +3,7 @@
 
 Workload: a real encode (Gaussian backbone, a Kodak crop, the codec's own plans, keys and
 channel), stopped at ``--timestep``. The search is timed where the codec calls it
-(``diffc.channels.encode_chunks``, wrapped): a candidate entry = one (candidate, coding position)
+(``diffc.rcc.channel.encode_chunks``, wrapped): a candidate entry = one (candidate, coding position)
 pair, K x P per coded step. Wall and CPU seconds of the search and of the whole encode are both
 reported, so that a loaded machine shows.
 
@@ -31,11 +31,11 @@ except ImportError:
 
 import torch
 
-import diffc.channels as channels
-import diffc.pfr as pfr
+import diffc.rcc.channel as channels
+import diffc.rcc.pfr as pfr
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.randomness import column_hashes, hash32_, row_hashes
+from diffc.rcc.randomness import column_hashes, hash32_, row_hashes
 
 def _old_dots(col_h, row_h, u_col, offsets, h, t):
     """The old ``pfr._iid_dots``: hash, erfinv normal, multiply, segment sum (in a workspace)."""

@@ -10,7 +10,7 @@ t' = timesteps[k] (t' < t). With the posterior q(x_t' | x_t, x0) = N(c0 x0 + ct 
 The chain computes the prior of each step (one network call) and hands the step to a ``Channel``,
 which sends (encoder: knows x0, hence u) or receives (decoder: u is None) the next state x_t'.
 What a channel sends, and how, is its own business: ``ExactChannel`` samples q exactly (an ideal
-channel for theory and benchmarks), ``diffc.channels.PfrChannel`` is the codec's reverse-channel
+channel for theory and benchmarks), ``diffc.rcc.channel.PfrChannel`` is the codec's reverse-channel
 coder. Everything the decoder derives (chunk plans, step keys) comes from ``Chain.plan`` and
 ``Chain.step_key``: functions of the seed, the step and the latent's *shape*, never of model
 outputs, so rounding differences between machines cannot desynchronise a decoder.
@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .pfr import ChunkPlan, coded_entries, make_plan
-from .randomness import noise_like, stream_key
+from .rcc.pfr import ChunkPlan, coded_entries, make_plan
+from .rcc.randomness import noise_like, stream_key
 from .schedule import encoding_timesteps
 
 LN2 = math.log(2.0)
-#: labels of the seed's independent streams (``diffc.randomness.stream_key``)
+#: labels of the seed's independent streams (``diffc.rcc.randomness.stream_key``)
 STREAM_START, STREAM_PLAN, STREAM_CANDIDATES, STREAM_PRIOR = 0, 1, 2, 3
 
 
@@ -127,7 +127,7 @@ class Chain:
 
     def coded_entries(self, step: Step, skip: float) -> torch.Tensor | None:
         """The entries ``step`` codes when the lightest ones, up to a fraction ``skip`` of its
-        expected KL, are sent as a prior sample (``diffc.pfr.coded_entries``; None = all)."""
+        expected KL, are sent as a prior sample (``diffc.rcc.pfr.coded_entries``; None = all)."""
         return coded_entries(self.weights(step), skip)
 
     def plan(self, step: Step, n_chunks: int, coded: torch.Tensor | None = None) -> ChunkPlan:
@@ -138,7 +138,7 @@ class Chain:
                          coded=coded)
 
     def step_key(self, k: int) -> int:
-        """Stream key of step k's candidates (``diffc.randomness``)."""
+        """Stream key of step k's candidates (``diffc.rcc.randomness``)."""
         return stream_key(self.seed, STREAM_CANDIDATES, k)
 
     def prior_key(self, k: int) -> int:

@@ -2,9 +2,9 @@
 
 The chain (``diffc.chain``, docs/design.md §1): x_T = shared noise (0 bits); for each step
 t -> t' of the encoding schedule, q = N(c0 x0 + ct x_t, var), p = the same with the model's x0
-estimate; x_t' is sent by the PFR channel (``diffc.channels``) in chunks of about ``chunk_bits``
+estimate; x_t' is sent by the PFR channel (``diffc.rcc``) in chunks of about ``chunk_bits``
 bits of KL, searching K = 2^(chunk_bits + padding_bits) candidates per chunk; a chunk whose real
-KL exceeds ``split_above`` x chunk_bits is sent in ceil(KL / chunk_bits) parts (``diffc.pfr``).
+KL exceeds ``split_above`` x chunk_bits is sent in ceil(KL / chunk_bits) parts (``diffc.rcc.pfr``).
 The decoder runs the same chain without x0 and rebuilds exactly the encoder's x_t', then
 reconstructs an image by one-step denoising (posterior mean) or the probability-flow ODE
 (DDIM, eta = 0) down to t = 0. This module only packages the chain's output as files.
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain
-from .channels import PfrSpec
+from .rcc.channel import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
 from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, Search, StepRecord, channel_spec, option_names
@@ -131,7 +131,7 @@ class EncodeResult:
     #: CPU seconds of the process over the encode (all threads; time.process_time): next to
     #: ``encode_s`` it shows a loaded machine (cpu / wall well below the threads used)
     encode_cpu_s: float = math.nan
-    #: what the channel did at each step (its own record type, e.g. ``diffc.channels.PfrStepRecord``)
+    #: what the channel did at each step (its own record type, e.g. ``diffc.rcc.channel.PfrStepRecord``)
     records: list[StepRecord] = field(default_factory=list)
 
     @property

@@ -16,7 +16,7 @@
 - **Never: desynchronisation.** Nothing the decoder derives to read the stream (chunk counts,
   chunk plans, split parts, candidates) depends on a model output: plans are functions of the
   seed, the step, the latent's shape and ``Backbone.kl_weights(shape, t, t')``; candidates come
-  from counter-based hashing and an integer-exact normal (``diffc.randomness``): bit-identical on
+  from counter-based hashing and an integer-exact normal (``diffc.rcc.randomness``): bit-identical on
   every device type and thread count (format 7), so a CPU file and a CUDA file share their
   candidates; the device, dtype, library versions and thread count above govern the model's
   float ops only. The encoder's search runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
@@ -156,7 +156,7 @@ def default_threads() -> int:
 
 
 #: intra-op threads of the candidate search's remaining torch ops on the CPU (arrival times, the
-#: PFR selection, sparse-sum look-ups); the fused kernels (``diffc.fused``) are single-threaded.
+#: PFR selection, sparse-sum look-ups); the fused kernels (``diffc.rcc.fused``) are single-threaded.
 #: Measured (benchmarks/rcc_throughput.py): one thread is as fast as two on an idle 2-core machine
 #: and does not collapse when another process holds a core (each parallel region ends on a
 #: barrier that waits for a time slice). No result depends on it.

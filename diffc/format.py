@@ -29,7 +29,7 @@ Layout (integers are unsigned LEB128 varints unless noted; every length is bound
     [provenance]           with bit 7 (information, not in the fingerprint; ``diffc.determinism``):
                device type 1 byte, model dtype 1 byte, torch and diffusers versions 3 varints each
     [caption]              with bit 6: varint length (1..65536) + zlib-compressed UTF-8
-    payload    range-coded stream, byte-granular (``diffc.entropy.PayloadEncoder``)
+    payload    range-coded stream, byte-granular (``diffc.rcc.entropy.PayloadEncoder``)
     crc32      4 bytes little-endian, over everything before it
 
 A default-configuration file of any shipped backbone at Kodak size (768 x 512) has a 12-byte
@@ -55,7 +55,7 @@ from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES a
 MAGIC_NIBBLE = 0xD
 #: 2: split_above byte and split side information; 3: provenance; 4: codec id; 5: recon grid, guidance;
 #: 6: the channel's spec by name and bytes (candidate generator included), parity
-#: 7: integer-exact normals (diffc/randomness.py inverse-CDF table): candidates bit-identical on every device
+#: 7: integer-exact normals (diffc/rcc/randomness.py inverse-CDF table): candidates bit-identical on every device
 #: 8: the compact header (ids, the backbone's default profile, 1-byte magic+version, 2-byte fingerprint,
 #:    provenance optional but the thread count) and byte-granular payloads (big-endian words, cut last word)
 FORMAT_VERSION = 8

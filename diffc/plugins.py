@@ -7,7 +7,7 @@ makes (``channel``) and the records that channel keeps. ``diffc.codec`` and ``di
 ever see a spec's ``name`` and bytes, so adding a channel is one module that registers its spec
 (``register_channel``) plus one ``conf/codec/NAME.yaml``; the codec never branches on names.
 
-Specs are found by name (``channel_spec``): the built-ins of ``diffc.channels``, then the
+Specs are found by name (``channel_spec``): the built-ins (``diffc.rcc.channel``, ``diffc.codebook``), then the
 ``diffc.channels`` entry-point group of installed packages, then the modules named in the
 environment variable ``DIFFC_CHANNELS`` (comma-separated, e.g. ``DIFFC_CHANNELS=mypkg.mychannel``).
 
@@ -48,7 +48,7 @@ class Search:
     """How an encoder runs its search, never what it finds: no field changes a file
     (tests/test_search_device.py). ``compile``: ``torch.compile`` the per-block kernels (opt-in;
     the first step pays the compilation); ``block_entries``: candidate entries per block (None = the
-    device's measured default, ``diffc.pfr.default_block_entries``)."""
+    device's measured default, ``diffc.rcc.pfr.default_block_entries``)."""
 
     compile: bool = False
     block_entries: int | None = None
@@ -70,7 +70,7 @@ class CodingChannel(Channel, Protocol):
     records: list[StepRecord]
 
     def stream(self) -> tuple[bytes, Any]:
-        """(the payload of the steps sent or received so far, its ``diffc.entropy.StreamCost``)."""
+        """(the payload of the steps sent or received so far, its ``diffc.rcc.entropy.StreamCost``)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,8 @@ def _discover() -> None:
     global _DISCOVERED
     if not _DISCOVERED:
         _DISCOVERED = True
-        importlib.import_module("diffc.channels")
+        importlib.import_module("diffc.rcc.channel")
+        importlib.import_module("diffc.codebook")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
     for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):

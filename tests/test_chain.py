@@ -9,7 +9,7 @@ import torch
 
 from diffc import format as fmt
 from diffc.chain import Chain, ExactChannel, Step
-from diffc.channels import PfrChannel, PfrSpec
+from diffc.rcc.channel import PfrChannel, PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 
 PARAMS = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")

@@ -12,10 +12,10 @@ import torch
 from diffc import format as fmt
 from diffc.backbones.gaussian import GaussianBackbone
 from diffc.chain import LN2
-from diffc.channels import PfrSpec
+from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
 from diffc.recon import Recon
-from diffc.entropy import MAX_CHUNKS, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, step_bits
+from diffc.rcc.entropy import MAX_CHUNKS, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, step_bits
 
 CASES = {
     # 64x64 Kodak crop, log-spaced schedule (denser at low noise), K = 2^5 (small K keeps it fast;
@@ -182,7 +182,7 @@ def test_chunk_count_side_info_costs_what_its_model_says() -> None:
 def test_split_side_info_round_trips() -> None:
     """Parts of split chunks (none split, all split, some, the maximum) come back exactly, and the
     stream costs about its ideal length: a few bits per step plus ~H(m / C) per chunk."""
-    from diffc.pfr import MAX_PARTS
+    from diffc.rcc.pfr import MAX_PARTS
     rng = np.random.default_rng(0)
     cases = [np.ones(40), np.full(5, 3), np.where(rng.random(300) < 0.05, rng.integers(3, 9, 300), 1),
              np.array([1, MAX_PARTS, 1, 3]), np.ones(1)]
@@ -327,7 +327,7 @@ def test_skipped_entries_are_the_prior_sample(gaussian_backbone, kodak64) -> Non
     """skip_kl: the entries the plan leaves to the prior are x = mu_p + std z with z from the
     step's prior stream (zero bits, unsearched); the search covers the other entries only; their
     log q/p is part of ``delivered`` (-KL on average); the file decodes bit-exactly."""
-    from diffc.randomness import normals
+    from diffc.rcc.randomness import normals
 
     params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise", skip_kl=0.03)
     c = DiffcCodec(gaussian_backbone, params)

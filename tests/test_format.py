@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffc import format as fmt
-from diffc.channels import PfrSpec
+from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.recon import Recon
 
@@ -632,9 +632,9 @@ def test_shipped_backbones_write_12_byte_headers_and_decode(name) -> None:
 
 def test_payloads_are_byte_granular_and_read_back_exactly(gaussian_backbone) -> None:
     """Across 8 seeds the payloads are not all whole 32-bit words (the final flush cuts the last
-    word: ``diffc.entropy.PayloadEncoder``), never longer than constriction's words, and every file
+    word: ``diffc.rcc.entropy.PayloadEncoder``), never longer than constriction's words, and every file
     decodes to the encoder's x_t (the decoder re-codes what it reads and finds the same bytes)."""
-    from diffc.entropy import PayloadEncoder, payload_decoder
+    from diffc.rcc.entropy import PayloadEncoder, payload_decoder
     import constriction
 
     lengths, saved = [], 0

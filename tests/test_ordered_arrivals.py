@@ -1,5 +1,5 @@
 """Benchmark-only add-ons of the PFR search (benchmarks/ordered_arrivals.py: ordered random
-coding's arrival times through ``diffc.pfr.pfr_search``'s ``gaps`` hook; benchmarks/index_pmf.py:
+coding's arrival times through ``diffc.rcc.pfr.pfr_search``'s ``gaps`` hook; benchmarks/index_pmf.py:
 the tabulated index pmf). Neither is used by the codec; benchmarks/coding_efficiency.py measures
 them. The law checks reuse the helpers of tests/test_sparse_sum.py (fixed seeds, false-alarm
 rate ALPHA per KS test, each with a companion that fails)."""
@@ -19,8 +19,8 @@ import ordered_arrivals  # noqa: E402
 from index_pmf import index_bins, index_log2_table, table_index_bits  # noqa: E402
 from test_sparse_sum import ALPHA, GOOD, LN2, components, ks  # noqa: E402
 
-from diffc.entropy import zipf_probabilities  # noqa: E402
-from diffc.pfr import ChunkPlan  # noqa: E402
+from diffc.rcc.entropy import zipf_probabilities  # noqa: E402
+from diffc.rcc.pfr import ChunkPlan  # noqa: E402
 
 
 def test_arrival_times_increase_in_n_for_both_constructions():

@@ -1,4 +1,4 @@
-"""DDCM and Turbo-DDCM as channels of the same chain (diffc.channels): real .diffc files whose
+"""DDCM and Turbo-DDCM as channels of the same chain (diffc.codebook): real .diffc files whose
 header names the codec, bit-exact decoding, rates that equal their formulas, codebooks from the
 shared randomness, and the command lines."""
 from __future__ import annotations
@@ -16,9 +16,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from diffc import format as fmt
-from diffc.channels import DdcmSpec, PfrSpec, TurboDdcmChannel, TurboDdcmSpec
+from diffc.rcc.channel import PfrSpec
+from diffc.codebook import DdcmSpec, TurboDdcmChannel, TurboDdcmSpec
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_header
-from diffc.randomness import normals
+from diffc.rcc.randomness import normals
 from pipelines.common import CONF_DIR, build_codec, model_config
 
 DDCM = CodecParams.of("geom-12", codec="ddcm", codebook_bits=8, recon="denoise")

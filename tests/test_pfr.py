@@ -1,4 +1,4 @@
-"""PFR (diffc/pfr.py): the law of the sent sample, index code lengths, the bias of a truncated
+"""PFR (diffc/rcc/pfr.py): the law of the sent sample, index code lengths, the bias of a truncated
 search, chunk plans, and encoder/decoder agreement at large candidate index x dimension.
 
 Statistical tests use fixed seeds (deterministic) and a stated false-alarm rate ALPHA per test;
@@ -13,10 +13,10 @@ import pytest
 import torch
 from scipy import stats
 
-import diffc.pfr as pfr
-from diffc.entropy import zipf_probabilities
-from diffc.pfr import ChunkPlan, chunk_sums, coded_entries, decode_chunks, encode_chunks, make_plan
-from diffc.randomness import normals, uniforms
+import diffc.rcc.pfr as pfr
+from diffc.rcc.entropy import zipf_probabilities
+from diffc.rcc.pfr import ChunkPlan, chunk_sums, coded_entries, decode_chunks, encode_chunks, make_plan
+from diffc.rcc.randomness import normals, uniforms
 
 LN2 = math.log(2.0)
 ALPHA = 1e-3  # false-alarm rate of each KS test (seeds are fixed, so the outcome is too)

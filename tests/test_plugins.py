@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffc import backbone as backbone_mod
 from diffc import format as fmt
-from diffc.channels import PfrSpec, SparseSumSpec
+from diffc.rcc.channel import PfrSpec, SparseSumSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.plugins import ChannelSpec, channel_names, channel_spec
 from pipelines.common import CONF_DIR
@@ -197,8 +197,8 @@ def test_compiled_search_writes_the_same_files(gaussian_backbone) -> None:
 def test_the_largest_candidate_count_is_coded() -> None:
     """2^23 candidates per chunk (MAX_CANDIDATE_BITS) range-code; 2^24 cannot (the index model's
     24-bit probabilities), so it is refused as a parameter."""
-    from diffc.channels import MAX_CANDIDATE_BITS
-    from diffc.entropy import StepDecoder, StepEncoder, StepSymbols
+    from diffc.rcc.channel import MAX_CANDIDATE_BITS
+    from diffc.rcc.entropy import StepDecoder, StepEncoder, StepSymbols
 
     k = 1 << MAX_CANDIDATE_BITS
     enc = StepEncoder(k, 16, 100, 0)

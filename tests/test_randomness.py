@@ -1,7 +1,7 @@
-"""Counter-based shared randomness (diffc/randomness.py): an independent pure-Python reference of
+"""Counter-based shared randomness (diffc/rcc/randomness.py): an independent pure-Python reference of
 the hash construction (no int32 overflow at high rows/columns) and of the integer-exact normal,
 the shipped inverse-CDF table against its definition, its accuracy against scipy, the fused CPU
-kernels (diffc/fused.py) bit-equal to the torch ops, random access, distribution, independence,
+kernels (diffc/rcc/fused.py) bit-equal to the torch ops, random access, distribution, independence,
 and invariance to thread count and call shape."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import special, stats
 
-from diffc import fused, randomness as rnd
+from diffc.rcc import fused, randomness as rnd
 
 M32 = 0xFFFFFFFF
 
@@ -35,7 +35,7 @@ def ref_entry_bits(key: int, row: int, col: int) -> int:
 
 
 def ref_hash_normal(x: int) -> float:
-    """The integer-exact normal of a 32-bit hash (diffc/randomness.py docstring) on Python ints:
+    """The integer-exact normal of a 32-bit hash (diffc/rcc/randomness.py docstring) on Python ints:
     sign = top bit, v = the other 31 bits, bit length by int.bit_length, interpolation exact then
     rounded half up, one float32 rounding (numpy) of the integer."""
     table = rnd.normal_table()
@@ -50,7 +50,7 @@ def ref_normal(key: int, row: int, col: int) -> float:
     return ref_hash_normal(ref_entry_bits(key, row, col))
 
 
-#: sha256 of diffc/data/normal_icdf.i32 (6,145 int32, little-endian): the table is part of the format
+#: sha256 of diffc/rcc/data/normal_icdf.i32 (6,145 int32, little-endian): the table is part of the format
 TABLE_SHA256 = "db7e27cd9b51ec7247d9a10b576f2ac0f0b27a5d66c0104ffc0c2a175eaf52d2"
 
 

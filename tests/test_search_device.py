@@ -1,4 +1,4 @@
-"""The device-sized search (diffc/pfr.py, diffc/sparse_sum.py): today's indices pinned, block sizes
+"""The device-sized search (diffc/rcc/pfr.py, diffc/rcc/sparse_sum.py): today's indices pinned, block sizes
 that change nothing, no host read inside the search (it runs on the meta device, where any read
 of a value raises), sync-free ``ChunkPlan.combine`` equal to the scatter-add it replaced, and the
 opt-in ``torch.compile`` path bit-equal to eager on the CPU."""
@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-import diffc.pfr as pfr
-from diffc.pfr import ChunkPlan, codebook_scores, decode_chunks, encode_chunks, make_plan
-from diffc.sparse_sum import SparseSum
+import diffc.rcc.pfr as pfr
+from diffc.rcc.pfr import ChunkPlan, codebook_scores, decode_chunks, encode_chunks, make_plan
+from diffc.rcc.sparse_sum import SparseSum
 
 
 def sha(*ts: torch.Tensor) -> str:
@@ -42,7 +42,7 @@ def split_case(n: int, kl_bits: float) -> tuple[torch.Tensor, ChunkPlan]:
 
 
 #: sha256 (16 hex digits) of the indices, candidates and combined latent of ``split_case``,
-#: computed with the integer-exact generator (format 7; diffc/randomness.py)
+#: computed with the integer-exact generator (format 7; diffc/rcc/randomness.py)
 BEFORE = {"iid": "971d3ad80ce2fd72", "sparse": "4ce42cb99462736e", "codebook": "185123b1bb4cca62"}
 
 

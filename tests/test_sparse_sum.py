@@ -1,4 +1,4 @@
-"""Sparse-sum PFR candidates (diffc/sparse_sum.py): the law of the PFR-selected sample against
+"""Sparse-sum PFR candidates (diffc/rcc/sparse_sum.py): the law of the PFR-selected sample against
 truncated PFR with i.i.d. candidates at the same candidate count, plain and split chunks; the
 encoder's scores are the decoder's candidates; the codec round trip.
 
@@ -17,8 +17,8 @@ from scipy import stats
 
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.pfr import ArrivalGaps, ChunkPlan, chunk_sums, decode_chunks, encode_chunks
-from diffc.sparse_sum import SparseSum
+from diffc.rcc.pfr import ArrivalGaps, ChunkPlan, chunk_sums, decode_chunks, encode_chunks
+from diffc.rcc.sparse_sum import SparseSum
 
 LN2 = math.log(2.0)
 ALPHA = 1e-3
@@ -44,7 +44,7 @@ def directions(dims: int, kl_bits: float, key: int) -> tuple[torch.Tensor, torch
 def selected(gen: SparseSum | None, plan: ChunkPlan, u_coded: torch.Tensor, num_candidates: int,
              key: int, gaps: ArrivalGaps | None = None) -> torch.Tensor:
     """The PFR-selected candidates (float32 [positions]) with i.i.d. (``gen`` None) or sparse-sum
-    candidates, and the given arrival-time hook (``diffc.pfr.pfr_search``; None = Poisson)."""
+    candidates, and the given arrival-time hook (``diffc.rcc.pfr.pfr_search``; None = Poisson)."""
     u32 = u_coded.to(torch.float32)
     if gen is None:
         return decode_chunks(encode_chunks(u32, plan, num_candidates, key, gaps=gaps), plan, key)

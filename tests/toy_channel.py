@@ -11,7 +11,7 @@ import constriction
 import numpy as np
 import torch
 
-from diffc.entropy import PayloadEncoder, StreamCost, payload_decoder
+from diffc.rcc.entropy import PayloadEncoder, StreamCost, payload_decoder
 from diffc.plugins import ChannelSpec, StepRecord, register_channel
 
 LIMIT = 4.0

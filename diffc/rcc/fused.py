@@ -1,13 +1,13 @@
 """Fused CPU kernels of the candidate search (numba): hash -> normal -> score in one pass.
 
-The same numbers as ``diffc.randomness`` (lowbias32 entry hashes, the integer-exact inverse-CDF
+The same numbers as ``diffc.rcc.randomness`` (lowbias32 entry hashes, the integer-exact inverse-CDF
 normal), bit for bit, without a temporary: each kernel is one single-threaded loop nest that a
 busy neighbour process cannot stall (torch's eager path runs ~12 integer passes per block, each an
 OpenMP parallel region that ends on a barrier). Compiled on first use and cached on disk
 (``cache=True``); ``nogil``: callers may run them from several Python threads.
 
 Inputs are numpy views of the torch tensors (no copy): hashes as uint32, ``u`` float32, the
-normal table int64 (``diffc.randomness.normal_table``).
+normal table int64 (``diffc.rcc.randomness.normal_table``).
 
 Summation order (scores, not candidates: the decoder never recomputes a score): a chunk's score
 z_n . u_c is one sequential float32 sum over the chunk's positions in coding order, each term
@@ -40,7 +40,7 @@ def _hash32(x):
 
 @njit(inline="always")
 def _row(p, row_h, table, work, z):
-    """z[n] = ``diffc.randomness.hash_to_normal`` of h(p ^ row_h[n]) for every n (p, the column's
+    """z[n] = ``diffc.rcc.randomness.hash_to_normal`` of h(p ^ row_h[n]) for every n (p, the column's
     hash, uint64 < 2^32; ``work`` int64 [6, >= B] scratch): three loops so that the two without a
     table look-up vectorise (hash, bit length, index; then the interpolation), the look-ups alone
     in the middle (measured 2.1x over one loop, which the gather keeps scalar)."""

@@ -1,7 +1,7 @@
 """Sparse-sum PFR candidates: cheap candidates from a shared bank of Gaussian atoms.
 
 Per step, a bank of K_a atoms A_j in R^P (j = 0..K_a-1, P = positions of the step's coding
-order, ``diffc.pfr.ChunkPlan``) is row j of the step's atom stream (``diffc.randomness``: atom =
+order, ``diffc.rcc.pfr.ChunkPlan``) is row j of the step's atom stream (``diffc.rcc.randomness``: atom =
 row, position = column), so A_j[p] ~ N(0, 1) i.i.d. The bank is stratified into M groups of
 G = K_a / M atoms. Candidate n of chunk c (positions I_c) takes one signed atom per group,
 
@@ -16,7 +16,7 @@ PFR-selected sample against i.i.d. candidates.
 
 Cost. PFR sees a candidate only through z_{n,c} . u_c = sum_g s P_{c,j} / sqrt(M) with the
 projections P_{c,j} = u_c . A_j[I_c] (float32 [C, K_a]), computed once per step: K_a x P atom
-entries, the same work as K_a i.i.d. candidates (``diffc.pfr.scorer``). Each candidate
+entries, the same work as K_a i.i.d. candidates (``diffc.rcc.pfr.scorer``). Each candidate
 then costs M hashes and M table look-ups per chunk instead of d_c hashed normals. The decoder
 regenerates only the selected candidates: M atom entries per position.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .determinism import search_threads
+from ..determinism import search_threads
 from .pfr import ArrivalGaps, ChunkPlan, compiled, default_block_entries, pfr_search, scorer
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
 
@@ -38,7 +38,7 @@ MAX_M = 64
 #: largest atom bank (rows of the atom stream; the projection table is 4 x C x K_a bytes)
 MAX_ATOMS = 1 << 20
 #: (candidate, chunk, atom) triples per encoder block, per entry of the device's candidate block
-#: (``diffc.pfr.default_block_entries``): 2^20 triples on the CPU (~8 MiB of int32 hashes and
+#: (``diffc.rcc.pfr.default_block_entries``): 2^20 triples on the CPU (~8 MiB of int32 hashes and
 #: scratch, cache-friendly), 2^28 on CUDA
 TRIPLES_PER_ENTRY = 2
 
@@ -97,7 +97,7 @@ class SparseSum:
     def projections(self, u: torch.Tensor, plan: ChunkPlan, key: int, *, block_entries: int | None = None,
                     compile: bool = False) -> torch.Tensor:
         """P_{c,j} = u_c . A_j[I_c]: float32 [n_chunks, K_a], the atom bank in blocks of rows (the
-        i.i.d. candidates' scorer, ``diffc.pfr.scorer``, on the atom stream)."""
+        i.i.d. candidates' scorer, ``diffc.rcc.pfr.scorer``, on the atom stream)."""
         dev = u.device
         plan = plan.to(dev)
         dots, block = scorer(u, plan.offsets, _atom_key(key), self.atoms, block_entries, compile)
@@ -111,7 +111,7 @@ class SparseSum:
                       gaps: ArrivalGaps | None = None, block_entries: int | None = None,
                       compile: bool = False) -> torch.Tensor:
         """PFR-select one candidate index per chunk among ``num_candidates`` sparse-sum candidates
-        (arguments and result as ``diffc.pfr.encode_chunks``; ``block_entries`` sizes the atom
+        (arguments and result as ``diffc.rcc.pfr.encode_chunks``; ``block_entries`` sizes the atom
         blocks, and the candidate blocks hold TRIPLES_PER_ENTRY x as many triples; neither changes
         the result).
 
@@ -144,7 +144,7 @@ class SparseSum:
 
     def decode_chunks(self, indices: torch.Tensor, plan: ChunkPlan, key: int,
                       device: torch.device | str = "cpu") -> torch.Tensor:
-        """The selected candidates, float32 [P] in coding order (as ``diffc.pfr.decode_chunks``):
+        """The selected candidates, float32 [P] in coding order (as ``diffc.rcc.pfr.decode_chunks``):
         for each position, its chunk's M signed atom entries, summed in group order, / sqrt(M)."""
         chunk_of = plan.chunk_of.to(device)
         rows = indices.to(device)[chunk_of].to(torch.int32)

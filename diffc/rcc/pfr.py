@@ -3,7 +3,7 @@
 Setting (per step): q = N(mu_q, var I), p = N(mu_p, var I), u = (mu_q - mu_p) / std, so
 KL(q || p) = ||u||^2 / 2 nats. The latent entries are split into chunks (``ChunkPlan``); for a
 chunk c with shift u_c, candidates z_n ~ N(0, I) (n = 0..K-1) come from shared randomness
-(``diffc.randomness``: candidate = row n, latent entry = column) and arrival times
+(``diffc.rcc.randomness``: candidate = row n, latent entry = column) and arrival times
 S_n = E_0 + ... + E_n, E ~ Exp(1). The encoder sends
 
     N_c = argmin_n [ log S_n - log q/p(z_n) ] = argmin_n [ log S_n - z_n . u_c ]
@@ -26,7 +26,7 @@ Splitting heavy chunks (encoder-driven): the plan's weights are predictions, and
 KL is heavy-tailed (edges of a real image). A chunk whose real KL exceeds ``split_above`` x
 chunk_bits is sent as s = ceil(KL_c / chunk_bits) parts by the same construction applied to the
 whole chunk: s chunks over the same entries, each with shift u_c / sqrt(s) (KL_c / s each), summed
-and scaled by 1/sqrt(s). The encoder sends s (side information, ``diffc.entropy``); the decoder
+and scaled by 1/sqrt(s). The encoder sends s (side information, ``diffc.rcc.entropy``); the decoder
 rebuilds the same plan with ``ChunkPlan.split_chunks``.
 
 The encoder is vectorised over all chunks and candidates of a step: one pass over blocks of
@@ -34,7 +34,7 @@ candidates computes every chunk's scores with one segment sum (chunks are contig
 coding order: ``torch.segment_reduce`` over ``ChunkPlan.offsets``, a sequential float32 sum per
 chunk in position order, the same sum as the scatter-add it replaced); no Python loop over chunks.
 The PFR choice from the scores (``pfr_search``: arrival times, running argmin) is shared with the
-sparse-sum candidates of ``diffc.sparse_sum``, which score a candidate from a table instead, and
+sparse-sum candidates of ``diffc.rcc.sparse_sum``, which score a candidate from a table instead, and
 the codebook scorer of the DDCM peers (``codebook_scores``) uses the same candidate blocks.
 
 Device residency. The search of a step is a pure function of device tensors (the plan, ``u``) and
@@ -44,7 +44,7 @@ device value back to the host (no host sync). The block size only sets how much 
 does (``block_entries``; defaults per device type, ``default_block_entries``): it changes no
 result, since every candidate's score is computed alone and the arrival times are one sequential
 cumulative sum whatever the blocks. On the CPU the scores come from the fused kernel
-(``diffc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
+(``diffc.rcc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
 candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
 neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
 ``compile``) give the same scores. Opt-in ``compile=True`` runs the per-block functions through
@@ -61,13 +61,13 @@ from typing import Callable
 import torch
 
 from . import fused
-from .determinism import search_threads
+from ..determinism import search_threads
 from .randomness import column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes
 
 #: candidate-block size target of the torch path on the CPU (``compile=True``): entries generated
 #: per block (memory 8 bytes each); 2^19 measured fastest (cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
-#: candidates per block of the fused CPU kernels (``diffc.fused``), whatever the latent's size:
+#: candidates per block of the fused CPU kernels (``diffc.rcc.fused``), whatever the latent's size:
 #: their loops over a block's candidates vectorise, and a chunk's B running sums stay in L1
 #: (benchmarks/rcc_throughput.py: 64..1024 within 20%)
 FUSED_ROWS = 256
@@ -304,7 +304,7 @@ def block_size(n_positions: int, num_candidates: int, block_entries: int | None 
 
 def stream_hashes(key: int, n_cols: int, n_rows: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """The loop invariants of a step's stream: (P[col] int32 [n_cols, 1], R[row] int32 [1, n_rows])
-    for columns 0..n_cols-1 and rows 0..n_rows-1 (``diffc.randomness``), computed once per step."""
+    for columns 0..n_cols-1 and rows 0..n_rows-1 (``diffc.rcc.randomness``), computed once per step."""
     cols = torch.arange(n_cols, dtype=torch.int32, device=device)
     rows = torch.arange(n_rows, dtype=torch.int32, device=device)
     return column_hashes(key, cols)[:, None], row_hashes(key, rows)[None, :]
@@ -332,7 +332,7 @@ def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, off
               bufs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """z_n . u_c of the block's candidates for every chunk: float32 [C, B], one segment sum over
     the chunks' contiguous runs of positions (sequential float32 sums in position order; torch
-    ops, the same numbers as ``diffc.fused.iid_dots``)."""
+    ops, the same numbers as ``diffc.rcc.fused.iid_dots``)."""
     z = _normals_block(col_h, row_h, bufs).mul_(u_col)
     return torch.segment_reduce(z, "sum", offsets=offsets, axis=0, unsafe=True)
 
@@ -446,7 +446,7 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
                     compile: bool = False) -> torch.Tensor:
     """<C_n, u> for every code n of a step's codebook (float64 [num_codes] on u's device, no host
     sync): code n = row n of the step's stream over ``n_dims`` columns (the DDCM peers' codebook,
-    ``diffc.channels.CodebookChannel``), K x D candidate entries: the i.i.d. scorer with one chunk
+    ``diffc.codebook.CodebookChannel``), K x D candidate entries: the i.i.d. scorer with one chunk
     (``scorer``: a sequential float32 sum in column order, the same on every device, thread count
     and block size)."""
     dev = u.device

@@ -3,7 +3,7 @@
 Per coded step the stream holds
 1. side information: the step's chunk count n (an integer >= 1), under a quantized Laplace
    centred on the previous step's count (scale COUNT_SCALE_MIN + n_prev / COUNT_SCALE_DIVISOR);
-2. when heavy chunks may be split (``split_min`` > 0, ``diffc.pfr.split_parts``): the number m
+2. when heavy chunks may be split (``split_min`` > 0, ``diffc.rcc.pfr.split_parts``): the number m
    of split chunks among the plan's C (quantized Laplace centred on the previous step's m), a
    flag per chunk under Bernoulli(m / C) (skipped when m is 0 or C), and each split chunk's
    parts s - split_min under a Zipf law ~ (e + 1)^-PARTS_ZIPF;
@@ -35,7 +35,7 @@ MIN_ZIPF_LAMBDA = 1e-3
 #: so a support above 2^24 symbols cannot give every symbol a nonzero quantum
 MAX_CHUNKS = (1 << 24) - 1
 #: chunk counts per latent entry that ``count_bound`` allows (entries are split into parts beyond
-#: one chunk's share, ``diffc.pfr.make_plan``)
+#: one chunk's share, ``diffc.rcc.pfr.make_plan``)
 CHUNKS_PER_ENTRY = 64
 #: cap of ``count_bound`` (2^20): far enough below MAX_CHUNKS that the 24-bit count model stays sharp
 MAX_COUNT_BOUND = 1 << 20
@@ -73,7 +73,7 @@ def _index_model(num_candidates: int, chunk_bits: float):
 def count_bound(n_dims: int) -> int:
     """Largest chunk count of a step on a latent of ``n_dims`` entries (the count model's support,
     known to the decoder): CHUNKS_PER_ENTRY (64) chunks per entry (entries are split into parts
-    beyond one chunk's share, ``diffc.pfr.make_plan``), at most MAX_COUNT_BOUND (2^20) so the 24-bit
+    beyond one chunk's share, ``diffc.rcc.pfr.make_plan``), at most MAX_COUNT_BOUND (2^20) so the 24-bit
     quantized model stays sharp; at least 2 (constriction's smallest support)."""
     return max(2, min(MAX_COUNT_BOUND, CHUNKS_PER_ENTRY * n_dims))
 

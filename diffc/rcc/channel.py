@@ -1,14 +1,14 @@
-"""The built-in channels (``diffc.plugins``): DiffC's reverse-channel coder with i.i.d. or
-sparse-sum candidates, and the DDCM peers. Each is a ``ChannelSpec`` (parameters, validation,
-header bytes) and the channel it makes.
+"""DiffC's reverse-channel coder as a channel (``diffc.plugins``), with i.i.d. or sparse-sum
+candidates: each is a ``ChannelSpec`` (parameters, validation, header bytes) and the channel it
+makes. The DDCM peers are ``diffc.codebook``.
 
 ``PfrChannel`` is the codec's coder (docs/design.md §1): the step's KL sets a chunk count
 n = ceil(KL / chunk_bits) (side information); the decoder-side plan (``Chain.plan``) cuts the
 latent into n chunks; a chunk whose real KL exceeds ``split_above`` x chunk_bits is sent in
-ceil(KL_c / chunk_bits) parts (``diffc.pfr``); each chunk's PFR index among
+ceil(KL_c / chunk_bits) parts (``diffc.rcc.pfr``); each chunk's PFR index among
 K = 2^(chunk_bits + padding_bits) candidates (i.i.d. hashed normals, ``PfrSpec``, or sparse sums of
-a per-step atom bank, ``SparseSumSpec`` and ``diffc.sparse_sum``) is range-coded
-(``diffc.entropy``). Both sides set x_t' = mu_p + std z with z regenerated from the indices by the
+a per-step atom bank, ``SparseSumSpec`` and ``diffc.rcc.sparse_sum``) is range-coded
+(``diffc.rcc.entropy``). Both sides set x_t' = mu_p + std z with z regenerated from the indices by the
 same function, so the decoder's state is bit-identical to the encoder's on the same platform.
 
 Units: KL and code lengths in bits; ``delivered`` = log2 q/p(sent sample) in bits.
@@ -19,15 +19,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
-import constriction
 import numpy as np
 import torch
 
-from . import format as fmt
-from .chain import LN2, Chain, Step
-from .entropy import PayloadEncoder, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, payload_decoder
-from .pfr import ChunkPlan, chunk_sums, codebook_scores, decode_chunks, encode_chunks, split_parts
-from .plugins import ChannelSpec, Search, StepRecord, register_channel
+from .. import format as fmt
+from ..chain import LN2, Chain, Step
+from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound
+from .pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, split_parts
+from ..plugins import ChannelSpec, Search, StepRecord, register_channel
 from .randomness import normals
 from .sparse_sum import MAX_ATOMS as MAX_BANK, MAX_M, SparseSum
 
@@ -56,7 +55,7 @@ class PfrSpec(ChannelSpec):
     ``split_above`` x chunk_bits (0 = never; 1..63.75 in quarters). ``skip_kl``: the lightest
     entries of a step, carrying at most this fraction of its expected KL (the backbone's
     ``kl_weights``; none skipped where those are uniform), are sent as a prior sample: zero bits,
-    no search (``diffc.pfr.coded_entries``; 0..0.255 in thousandths). Header: 4 bytes."""
+    no search (``diffc.rcc.pfr.coded_entries``; 0..0.255 in thousandths). Header: 4 bytes."""
 
     name: ClassVar[str] = "diffc"
     id: ClassVar[int] = 1
@@ -125,12 +124,12 @@ class PfrSpec(ChannelSpec):
 
     def chunk_count(self, kl_bits: float, n_dims: int) -> int:
         """Chunks of a step carrying ``kl_bits`` of KL: ceil(KL / chunk_bits), within the count
-        model's support (``diffc.entropy.count_bound``)."""
+        model's support (``diffc.rcc.entropy.count_bound``)."""
         return int(min(max(1, math.ceil(kl_bits / self.chunk_bits)), count_bound(n_dims)))
 
     def split(self, plan: ChunkPlan, u: torch.Tensor) -> tuple[torch.Tensor, ChunkPlan]:
         """The encoder's split of heavy chunks: (parts per chunk of ``plan``, the split plan on u's
-        device), from each chunk's real KL = |u_c|^2 / 2 (``diffc.pfr.split_parts``). ``plan`` is on
+        device), from each chunk's real KL = |u_c|^2 / 2 (``diffc.rcc.pfr.split_parts``). ``plan`` is on
         the CPU, as ``Chain.plan`` makes it: it is copied to the device once (twice when chunks
         split: the split is made on the CPU), and the one host read is the chunks' KL."""
         on_device = plan.to(u.device)
@@ -145,7 +144,7 @@ class PfrSpec(ChannelSpec):
 @register_channel
 @dataclass(frozen=True)
 class SparseSumSpec(PfrSpec):
-    """PFR with sparse-sum candidates (``diffc.sparse_sum``): a bank of ``atoms`` = K_a Gaussian atoms
+    """PFR with sparse-sum candidates (``diffc.rcc.sparse_sum``): a bank of ``atoms`` = K_a Gaussian atoms
     per step, ``sparse_m`` = M signed atoms per candidate. Header: the 4 PFR bytes, K_a and M."""
 
     name: ClassVar[str] = "diffc-sparse-sum"
@@ -302,252 +301,3 @@ class PfrChannel:
             raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
         z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
         return step.sample(self._z(chain, step, plan, z))
-
-
-# ---- the peers: per-step Gaussian codebooks (docs/peers.md) -----------------------------------------
-#: largest codebook: K = 2^MAX_CODEBOOK_BITS noises per step
-MAX_CODEBOOK_BITS = 24
-#: most atoms Turbo-DDCM sends per step
-MAX_ATOMS = 4096
-#: digits of a combinatorial rank are range-coded 16 bits at a time (constriction's uniform law
-#: takes at most 2^24 symbols)
-RANK_DIGIT_BITS = 16
-
-
-def rank_bits(num_codes: int, atoms: int) -> int:
-    """Bits of the rank of an M-subset of K codes: ceil(log2 C(K, M)) (at least 1)."""
-    return max(1, (math.comb(num_codes, atoms) - 1).bit_length())
-
-
-@dataclass(frozen=True)
-class CodebookSpec(ChannelSpec):
-    """Base of the codebook channels: K = 2^codebook_bits shared noises per step. ``atoms``,
-    ``candidates`` and ``sparse_m`` of a config apply to other channels: given with another value
-    than a codebook channel's, they are refused."""
-
-    codebook_bits: int = 10
-
-    def __post_init__(self):
-        if not 1 <= self.codebook_bits <= MAX_CODEBOOK_BITS:
-            raise ValueError(f"codebook_bits must be in 1..{MAX_CODEBOOK_BITS} for {self.name}")
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        if (options.get("candidates") or "iid") != "iid" or options.get("sparse_m"):
-            raise ValueError(f"candidates / sparse_m apply to codec=diffc only, not {cls.name}")
-        return cls.from_fields(options)
-
-    @property
-    def num_codes(self) -> int:
-        return 1 << self.codebook_bits
-
-
-@register_channel
-@dataclass(frozen=True)
-class DdcmSpec(CodebookSpec):
-    """DDCM: one of K codes per step, log2 K bits. Header: codebook_bits (varint)."""
-
-    name: ClassVar[str] = "ddcm"
-    id: ClassVar[int] = 3
-    extra_options: ClassVar[tuple[str, ...]] = ("atoms",)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        if options.get("atoms") not in (None, 0, 1):
-            raise ValueError("ddcm sends one codebook index per step: atoms must be 1 (or 0)")
-        return super().from_options(options)
-
-    @property
-    def step_bits(self) -> float:
-        return float(self.codebook_bits)
-
-    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "DdcmChannel":
-        return DdcmChannel(self, n_dims, payload, search)
-
-
-@register_channel
-@dataclass(frozen=True)
-class TurboDdcmSpec(CodebookSpec):
-    """Turbo-DDCM: M = ``atoms`` signed codes of K per step, ceil(log2 C(K, M)) + M bits.
-    Header: codebook_bits, atoms (varints)."""
-
-    name: ClassVar[str] = "turbo-ddcm"
-    id: ClassVar[int] = 4
-
-    atoms: int = 1
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not 1 <= self.atoms <= min(MAX_ATOMS, self.num_codes):
-            raise ValueError(f"atoms must be in 1..min({MAX_ATOMS}, 2^codebook_bits) for turbo-ddcm, got {self.atoms}")
-
-    @property
-    def step_bits(self) -> float:
-        return float(rank_bits(self.num_codes, self.atoms) + self.atoms)
-
-    def decode_entries(self, n_dims: int) -> int:
-        return self.atoms * n_dims  # the M codes [D, M] regenerated per step
-
-    def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> "TurboDdcmChannel":
-        return TurboDdcmChannel(self, n_dims, payload, search)
-
-
-@dataclass
-class CodebookStepRecord(StepRecord):
-    """What a codebook channel did at one step (bits)."""
-
-    index_bits: float  # ideal bits of the step's symbols
-
-
-def combination_rank(subset: list[int]) -> int:
-    """Rank of an ascending subset of 0..K-1 in the combinatorial number system:
-    sum_i C(s_i, i + 1), in 0..C(K, M) - 1."""
-    return sum(math.comb(s, i + 1) for i, s in enumerate(subset))
-
-
-def combination_unrank(rank: int, m: int) -> list[int]:
-    """The ascending M-subset of ``combination_rank`` ``rank`` (greedy, binary search per element)."""
-    out = []
-    for i in range(m, 0, -1):
-        lo, hi = i - 1, max(i - 1, 1)
-        while math.comb(hi, i) <= rank:
-            hi *= 2
-        while hi - lo > 1:  # largest c with C(c, i) <= rank: in [lo, hi)
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if math.comb(mid, i) <= rank else (lo, mid)
-        out.append(lo)
-        rank -= math.comb(lo, i)
-    return out[::-1]
-
-
-class CodebookChannel:
-    """Base of DDCM-style channels: step k's codebook is K = 2^codebook_bits vectors C_n ~ N(0, I)
-    over the whole latent, rows of the step's shared-randomness stream (``Chain.step_key``; not
-    device ``randn``, so files decode on any device). A channel picks a noise z from the codebook
-    using u (x_t' = mu_p + std z, DDIM with eta = 1 = the DDPM posterior step) and sends its
-    choice with uniform codes. The chain no longer samples q exactly; every step costs a fixed rate."""
-
-    def __init__(self, spec: CodebookSpec, n_dims: int, payload: bytes | None = None, search: Search = Search()):
-        self.spec = spec
-        self.options = search
-        self.num_codes = spec.num_codes
-        self.n_dims = n_dims
-        self.records: list[CodebookStepRecord] = []
-        self._enc = PayloadEncoder()
-        self._bits = 0.0
-        self._dec = None
-        self._payload_bytes = 0 if payload is None else len(payload)
-        if payload is not None:
-            try:
-                self._dec = payload_decoder(payload)
-            except ValueError as e:
-                raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
-
-    # ---- the codebook ------------------------------------------------------------------------
-    def scores(self, u: torch.Tensor, key: int) -> torch.Tensor:
-        """<C_n, u> for every code n (float64 [K] on u's device): K x D candidate entries, in blocks."""
-        return codebook_scores(u, key, self.num_codes, self.n_dims, block_entries=self.options.block_entries,
-                               compile=self.options.compile)
-
-    def codes(self, key: int, idx: list[int], device: torch.device) -> torch.Tensor:
-        """Codes ``idx`` of the step (float32 [D, len(idx)]), regenerated alone."""
-        cols = torch.arange(self.n_dims, dtype=torch.int32, device=device)[:, None]
-        return normals(key, torch.tensor(idx, dtype=torch.int32, device=device)[None, :], cols)
-
-    # ---- symbols -------------------------------------------------------------------------------
-    def _put(self, symbols: list[int], size: int) -> None:
-        self._enc.encode(np.asarray(symbols, dtype=np.int32), constriction.stream.model.Uniform(size))
-        self._bits += len(symbols) * math.log2(size)
-
-    def _get(self, n: int, size: int, k: int) -> list[int]:
-        if self._dec is None:
-            raise TypeError("this channel was made for encoding (no payload)")
-        try:
-            symbols = [int(v) for v in self._dec.decode(constriction.stream.model.Uniform(size), n)]
-        except (AssertionError, RuntimeError, ValueError) as e:
-            raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
-        self._put(symbols, size)  # re-coded: ``stream()`` is the payload of the steps received
-        if self._enc.min_bytes() > self._payload_bytes:
-            raise fmt.CorruptFile(f"corrupt .diffc file: the {self._payload_bytes}-byte payload ends before step {k}")
-        return symbols
-
-    def stream(self) -> tuple[bytes, StreamCost]:
-        """The range-coded payload of the steps sent so far (all of it index bits: no side info)."""
-        return self._enc.sealed(), StreamCost(0.0, self._bits)
-
-    # ---- one step ------------------------------------------------------------------------------
-    def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:
-        """Encoder: pick and transmit the step's noise z (float32 [D])."""
-        raise NotImplementedError
-
-    def read(self, key: int, k: int, device: torch.device) -> torch.Tensor:
-        """Decoder: the same z from the transmitted symbols."""
-        raise NotImplementedError
-
-    def send(self, chain: Chain, step: Step) -> torch.Tensor:
-        bits0 = self._bits
-        z = self.choose(step.u, chain.step_key(step.k))
-        u = step.u.flatten().double()
-        delivered = float((z.double() * u).sum() - 0.5 * (u * u).sum()) / LN2
-        self.records.append(CodebookStepRecord(step.kl_bits, delivered, self._bits - bits0))
-        return step.sample(z)
-
-    def receive(self, chain: Chain, step: Step) -> torch.Tensor:
-        return step.sample(self.read(chain.step_key(step.k), step.k, step.x.device))  # symbols before the prior
-
-
-class DdcmChannel(CodebookChannel):
-    """DDCM (Ohayon et al. 2025): z = C_n*, n* = argmax_n <C_n, x0 - x0_hat> (= argmax <C_n, u>);
-    log2 K bits per step."""
-
-    def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:
-        n = int(torch.argmax(self.scores(u, key)))
-        self._put([n], self.num_codes)
-        return self.codes(key, [n], u.device)[:, 0]
-
-    def read(self, key: int, k: int, device: torch.device) -> torch.Tensor:
-        return self.codes(key, self._get(1, self.num_codes, k), device)[:, 0]
-
-
-class TurboDdcmChannel(CodebookChannel):
-    """Turbo-DDCM (Vaisman et al. 2025): g = <C_n, u> for all n; S = the M codes of largest |g|;
-    z = sum_{n in S} sign(g_n) C_n, scaled to unit standard deviation. Bits per step
-    (``TurboDdcmSpec.step_bits``): ``rank_bits`` for the rank of S plus M sign bits."""
-
-    def __init__(self, spec: TurboDdcmSpec, n_dims: int, payload: bytes | None = None, search: Search = Search()):
-        super().__init__(spec, n_dims, payload, search)
-        self.atoms = spec.atoms
-        self.n_subsets = math.comb(self.num_codes, self.atoms)
-
-    def _digits(self) -> list[int]:
-        """Sizes of the range-coded digits of a subset's rank (16 bits each, the last one smaller)."""
-        nbits = rank_bits(self.num_codes, self.atoms)
-        sizes = [1 << RANK_DIGIT_BITS] * (nbits // RANK_DIGIT_BITS)
-        return sizes + ([1 << (nbits % RANK_DIGIT_BITS)] if nbits % RANK_DIGIT_BITS else [])
-
-    def _noise(self, key: int, subset: list[int], signs: list[int], device: torch.device) -> torch.Tensor:
-        """sum of the signed codes, unit standard deviation (the same function on both sides)."""
-        sign = torch.tensor(signs, dtype=torch.float32, device=device) * 2 - 1
-        z = (self.codes(key, subset, device) * sign[None, :]).sum(1)
-        return z / z.std()
-
-    def choose(self, u: torch.Tensor, key: int) -> torch.Tensor:
-        g = self.scores(u, key)
-        top = torch.sort(torch.topk(g.abs(), self.atoms).indices).values
-        subset, signs = torch.stack([top, (g[top] > 0).long()]).tolist()  # the step's one host sync
-        rank = combination_rank(subset)
-        for size in self._digits():
-            self._put([rank % size], size)
-            rank //= size
-        self._put(signs, 2)
-        return self._noise(key, subset, signs, u.device)
-
-    def read(self, key: int, k: int, device: torch.device) -> torch.Tensor:
-        rank, scale = 0, 1
-        for size in self._digits():
-            rank += self._get(1, size, k)[0] * scale
-            scale *= size
-        if rank >= self.n_subsets:
-            raise fmt.CorruptFile(f"corrupt .diffc file: codebook subset rank out of range at step {k}")
-        subset = combination_unrank(rank, self.atoms)
-        return self._noise(key, subset, self._get(self.atoms, 2, k), device)

@@ -26,11 +26,11 @@ interpolation in integers:
 i.e. octaves of p (v in [2^e, 2^(e+1))) cut into 256 equal sub-intervals, whose end points are
 the table's 6,145 nodes; T[i] = round(2^28 Phi^-1(1 - (node + 1/2) / 2^32)), computed once with
 mpmath at 40 digits (``build_normal_table``) and shipped as package data
-(``diffc/data/normal_icdf.i32``, sha256 pinned in tests/test_randomness.py). The bit length is
+(``diffc/rcc/data/normal_icdf.i32``, sha256 pinned in tests/test_randomness.py). The bit length is
 read from the exponent of float32(v >> 9) (exact: below 2^24); the sign is applied to the
 integer; the one rounding is int32 -> float32 (round to nearest even, IEEE, the same on every
 CPU and GPU), then an exact scaling by 2^-28. So a normal's bits are the same on the CPU and
-CUDA, in torch and in the fused CPU kernels (``diffc.fused``), whatever the thread count, and
+CUDA, in torch and in the fused CPU kernels (``diffc.rcc.fused``), whatever the thread count, and
 files are portable between device types: candidates are bit-identical everywhere (the backbone's
 float ops are what still differ, ``diffc.determinism``). Accuracy: |z - Phi^-1| <= 1e-6
 (linear interpolation; measured 8.7e-7), |z| <= 6.35 (the 2^-33 tail is cut).
