@@ -560,8 +560,7 @@ def main() -> None:
     rows, by_key = [], {}
     for cb, pb, split in settings:
         skip = DEFAULT_SKIP_KL if (cb, pb, split) == DEFAULT else 0.0  # the gaussian model's default skips
-        params = CodecParams.of(schedule=args.schedule, chunk_bits=cb, padding_bits=pb, seed=args.seed, recon="denoise",
-                             split_above=split, skip_kl=skip)
+        params = CodecParams(args.schedule, seed=args.seed, channel=PfrSpec(chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip), recon=Recon(mode="denoise"))
         codec = DiffcCodec(backbone, params)
         paths = (["codec"] if (cb, pb, split) in codec_settings else []) + ["sim"]
         for path in paths:

@@ -97,9 +97,7 @@ def forge(rng: np.random.Generator, codecs) -> bytes:
     recon_steps = int(rng.choice([1, 2, 3, 1000]))
     parity = str(rng.choice(fmt.PARITIES)) if rng.random() < 0.2 else "project"
     try:
-        params = default_params(name, parity) if rng.random() < 0.3 else CodecParams.of(
-            schedule, seed, chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip / 1000, recon=recon,
-            recon_steps=recon_steps, parity=parity)
+        params = default_params(name, parity) if rng.random() < 0.3 else CodecParams(schedule, seed=seed, channel=PfrSpec(chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip / 1000), recon=Recon(mode=recon, steps=recon_steps), parity=parity)
         n_max = len(encoding_timesteps(params.schedule))
         fp = DiffcCodec(codecs[name][0].backbone, params).fingerprint() if name in codecs and rng.random() < 0.8 \
             else bytes(rng.integers(0, 256, fmt.FINGERPRINT_BYTES, dtype=np.uint8))

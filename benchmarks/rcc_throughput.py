@@ -122,8 +122,7 @@ def main() -> None:
     size = args.size or (128 if args.quick else 256)
     stop = args.timestep or (700 if args.quick else 300)
     image = C.kodak_crop(args.image, size)
-    codec = DiffcCodec(load_backbone("gaussian"), CodecParams.of(schedule="geom-30", chunk_bits=8, padding_bits=2,
-                                                                 seed=args.seed, recon="denoise"))
+    codec = DiffcCodec(load_backbone("gaussian"), CodecParams("geom-30", seed=args.seed, channel=PfrSpec(chunk_bits=8, padding_bits=2), recon=Recon(mode="denoise")))
     for old in (False, True):  # compile the fused kernels, warm both paths
         with generator(old):
             codec.encode(image[:, :32, :32], stop_timesteps=[stop])

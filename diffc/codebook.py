@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 import constriction
 import numpy as np
@@ -37,21 +37,13 @@ def rank_bits(num_codes: int, atoms: int) -> int:
 
 @dataclass(frozen=True)
 class CodebookSpec(ChannelSpec):
-    """Base of the codebook channels: K = 2^codebook_bits shared noises per step. ``atoms``,
-    ``candidates`` and ``sparse_m`` of a config apply to other channels: given with another value
-    than a codebook channel's, they are refused."""
+    """Base of the codebook channels: K = 2^codebook_bits shared noises per step."""
 
     codebook_bits: int = 10
 
     def __post_init__(self):
         if not 1 <= self.codebook_bits <= MAX_CODEBOOK_BITS:
             raise ValueError(f"codebook_bits must be in 1..{MAX_CODEBOOK_BITS} for {self.name}")
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        if (options.get("candidates") or "iid") != "iid" or options.get("sparse_m"):
-            raise ValueError(f"candidates / sparse_m apply to codec=diffc only, not {cls.name}")
-        return cls.from_fields(options)
 
     @property
     def num_codes(self) -> int:
@@ -65,13 +57,6 @@ class DdcmSpec(CodebookSpec):
 
     name: ClassVar[str] = "ddcm"
     id: ClassVar[int] = 3
-    extra_options: ClassVar[tuple[str, ...]] = ("atoms",)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        if options.get("atoms") not in (None, 0, 1):
-            raise ValueError("ddcm sends one codebook index per step: atoms must be 1 (or 0)")
-        return super().from_options(options)
 
     @property
     def step_bits(self) -> float:

@@ -35,12 +35,12 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain
-from .rcc.channel import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
-from .plugins import MAX_STEP_ENTRIES, ChannelSpec, CodingChannel, Search, StepRecord, channel_spec, option_names
-from .profiles import profile_options
-from .recon import OPTION_KEYS as RECON_OPTIONS, Recon
+from .params import CodecParams
+from .plugins import MAX_STEP_ENTRIES, CodingChannel, Search, StepRecord, channel_spec
+from .profiles import profile_params
+from .recon import Recon
 from .schedule import encoding_timesteps, recon_timesteps
 
 log = logging.getLogger("diffc")
@@ -48,55 +48,6 @@ log = logging.getLogger("diffc")
 
 class UnknownChannel(fmt.DiffcFormatError):
     """The file names a channel that is not installed here."""
-
-
-@dataclass(frozen=True)
-class CodecParams:
-    """Everything besides the backbone that the decoder needs (all of it goes in the header).
-
-    The chain's: ``schedule`` (encoding timesteps) and ``seed`` (shared randomness). ``channel``:
-    the spec of every step's channel (``diffc.plugins``; PFR by default). ``recon``: how the decoder
-    reconstructs an image (``diffc.recon``; in the header, not the fingerprint). ``parity``: which
-    of the model config's settings the backbone was loaded with (``project`` | ``reference``), so a
-    decoder loads the same ones (in the header, not the fingerprint: the backbone's config is)."""
-
-    schedule: str = "paper"
-    seed: int = 0
-    channel: ChannelSpec = PfrSpec()
-    recon: Recon = Recon()
-    parity: str = "project"
-
-    def __post_init__(self):
-        if not 0 <= self.seed < 2**32:
-            raise ValueError("seed must be in 0..2^32-1")
-        if self.parity not in fmt.PARITIES:
-            raise ValueError(f"parity must be one of {fmt.PARITIES}, got {self.parity!r}")
-        if not isinstance(self.channel, ChannelSpec) or not isinstance(self.recon, Recon):
-            raise TypeError("channel must be a ChannelSpec and recon a Recon (flat options: CodecParams.of)")
-
-    @classmethod
-    def of(cls, schedule: str = "paper", seed: int = 0, codec: str = "diffc", parity: str = "project",
-           **options: Any) -> "CodecParams":
-        """From a config's flat options (None = the default): the reconstruction's (``recon``,
-        ``recon_steps``, ``recon_grid``, ``recon_guidance``) and the channel's (``codec`` names the
-        spec, which takes its own options and ignores other channels')."""
-        recon = Recon.of(**{k: options.pop(k) for k in list(options) if k in RECON_OPTIONS})
-        unknown = sorted(set(options) - option_names())
-        if unknown:
-            raise ValueError(f"unknown codec parameters {unknown} (known: {', '.join(sorted(option_names_all()))})")
-        spec = channel_spec(codec or "diffc").from_options(options)
-        return cls(schedule or "paper", 0 if seed is None else seed, spec, recon, parity or "project")
-
-    def options(self) -> dict[str, Any]:
-        """The flat options of ``of`` that give these parameters back."""
-        recon = {k: getattr(self.recon, f) for k, f in RECON_OPTIONS.items()}
-        return {"schedule": self.schedule, "seed": self.seed, "codec": self.channel.name, "parity": self.parity,
-                **recon, **self.channel.fingerprint_fields()}
-
-
-def option_names_all() -> set[str]:
-    """Every flat codec option ``CodecParams.of`` takes."""
-    return option_names() | set(RECON_OPTIONS) | {"schedule", "seed", "codec", "parity"}
 
 
 @dataclass
@@ -195,8 +146,7 @@ class DiffcCodec:
         """sha256[:2] (``fmt.FINGERPRINT_BYTES``) of the backbone's config and what x_t depends on:
         schedule, seed, the channel's name and parameters (not the reconstruction, not the parity:
         the backbone config covers it)."""
-        p = self.params
-        codec = {"schedule": p.schedule, "seed": p.seed, "channel": p.channel.name, **p.channel.fingerprint_fields()}
+        codec = self.params.fingerprint_fields()
         return fingerprint({"backbone": self.backbone.config(), "codec": codec})[:fmt.FINGERPRINT_BYTES]
 
     def header(self, width: int, height: int, n_steps: int, caption: str | None,
@@ -463,19 +413,12 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def default_params(backbone: str, parity: str = "project") -> CodecParams:
-    """The codec parameters a header leaves out (its profile): a shipped backbone's codec defaults
-    (``diffc.profiles``, as ``conf/model/<backbone>.yaml`` ``codec:`` states them for ``parity``),
-    ``CodecParams()`` for any other backbone. Part of the format: changing a shipped default
-    changes what old files say (the fingerprint refuses those whose x_t changes; docs/format.md)."""
-    options = profile_options(backbone, parity)
-    return CodecParams(parity=parity) if options is None else CodecParams.of(**options, parity=parity)
-
-
-@functools.lru_cache(maxsize=64)
 def default_profile(backbone: str, parity: str = "project") -> fmt.Profile:
-    """``default_params`` as the header fields it stands for (``diffc.format.Profile``)."""
-    p = default_params(backbone, parity)
+    """The codec parameters a header leaves out (``diffc.profiles.profile_params``: a shipped
+    backbone's codec defaults, ``CodecParams()`` for any other) as the header fields they stand for
+    (``diffc.format.Profile``). Part of the format: changing a shipped default changes what old files
+    say (the fingerprint refuses those whose x_t changes; docs/format.md)."""
+    p = profile_params(backbone, parity)
     return fmt.Profile(p.seed, p.schedule, p.channel.name, p.channel.to_bytes(), p.recon)
 
 

@@ -1,8 +1,8 @@
-"""The .diffc container (format version 8: a compact header for ultra-low rates).
+"""The .diffc container (format version 9: a compact header for ultra-low rates).
 
 Layout (integers are unsigned LEB128 varints unless noted; every length is bounded):
 
-    magic+version 1 byte  0xD8: high nibble 0xD = .diffc, low nibble = FORMAT_VERSION (8)
+    magic+version 1 byte  0xD9: high nibble 0xD = .diffc, low nibble = FORMAT_VERSION (9)
     backbone+flags 1 byte bits 0-4: the backbone's id (``diffc.backbone.BACKBONE_IDS``, 1..31; 0 = its
                name follows: u8 length + ASCII, <= 64); bit 5: codec fields follow (the configuration
                differs from the backbone's shipped defaults); bit 6: caption; bit 7: provenance
@@ -58,7 +58,9 @@ MAGIC_NIBBLE = 0xD
 #: 7: integer-exact normals (diffc/rcc/randomness.py inverse-CDF table): candidates bit-identical on every device
 #: 8: the compact header (ids, the backbone's default profile, 1-byte magic+version, 2-byte fingerprint,
 #:    provenance optional but the thread count) and byte-granular payloads (big-endian words, cut last word)
-FORMAT_VERSION = 8
+#: 9: one name per channel (pfr, sparse-sum, ddcm, turbo-ddcm; was diffc, diffc-sparse-sum): the
+#:    fingerprint hashes the name, so a version-8 file is refused by version, not by fingerprint
+FORMAT_VERSION = 9
 MAGIC = bytes([MAGIC_NIBBLE << 4 | FORMAT_VERSION])
 #: the magic of format versions 1..7 (then a version byte): refused by version
 OLD_MAGIC = b"\x89DFC"
@@ -160,7 +162,7 @@ class Profile:
 
     seed: int = 0
     schedule: str = "paper"
-    channel: str = "diffc"
+    channel: str = "pfr"
     channel_params: bytes = b""
     recon: Recon = Recon()
 

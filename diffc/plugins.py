@@ -5,7 +5,9 @@ parameters, is a ``ChannelSpec``: a small frozen dataclass that owns its paramet
 validation (``__post_init__``), their header bytes (``to_bytes`` / ``from_bytes``), the channel it
 makes (``channel``) and the records that channel keeps. ``diffc.codec`` and ``diffc.format`` only
 ever see a spec's ``name`` and bytes, so adding a channel is one module that registers its spec
-(``register_channel``) plus one ``conf/codec/NAME.yaml``; the codec never branches on names.
+(``register_channel``) plus one ``conf/codec/NAME.yaml`` that picks its typed config (the spec's
+fields, registered as a Hydra structured config by ``pipelines.codec_config``); the codec never
+branches on names.
 
 Specs are found by name (``channel_spec``): the built-ins (``diffc.rcc.channel``, ``diffc.codebook``), then the
 ``diffc.channels`` entry-point group of installed packages, then the modules named in the
@@ -27,9 +29,7 @@ import os
 import struct
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Mapping, Protocol
-
-import torch
+from typing import Any, ClassVar, Protocol
 
 from . import format as fmt
 from .chain import Channel
@@ -77,13 +77,11 @@ class CodingChannel(Channel, Protocol):
 class ChannelSpec:
     """Base of channel specs: subclasses are frozen dataclasses with a ``name`` (see the module docstring)."""
 
-    #: the codec name in configs (``codec=NAME``) and in headers
+    #: the channel's one name: in configs (``codec=NAME``, ``codec.channel.name``), headers and records
     name: ClassVar[str] = ""
     #: the spec's id in a .diffc header (``diffc.format``; 0 = none: the header names it). The built-ins
     #: have 1..4; an id is never reused for another channel
     id: ClassVar[int] = 0
-    #: config options the spec reads besides its fields (e.g. a choice between specs)
-    extra_options: ClassVar[tuple[str, ...]] = ()
 
     def channel(self, n_dims: int, payload: bytes | None = None, search: Search = Search()) -> CodingChannel:
         """The channel for a latent of ``n_dims`` entries: encoding (``payload`` None) or decoding;
@@ -102,21 +100,6 @@ class ChannelSpec:
     def fingerprint_fields(self) -> dict[str, Any]:
         """What the file fingerprint covers of this spec (its fields)."""
         return dataclasses.asdict(self)
-
-    # ---- configs ------------------------------------------------------------------------------
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)} | set(cls.extra_options)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "ChannelSpec":
-        """The spec of a config's flat codec options: its fields among ``options`` (None = default);
-        options of other channels are ignored (a model's defaults name every channel's)."""
-        return cls.from_fields(options)
-
-    @classmethod
-    def from_fields(cls, options: Mapping[str, Any]) -> "ChannelSpec":
-        return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls) if options.get(f.name) is not None})
 
     # ---- header bytes ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -224,8 +207,3 @@ def channel_spec(name: str) -> type[ChannelSpec]:
         raise ValueError(f"unknown codec {name!r}; known: {', '.join(sorted(_REGISTRY))} (a plug-in registers "
                          f"itself: entry point group {ENTRY_POINT_GROUP!r} or ${ENV_MODULES}=module)") from None
 
-
-def option_names() -> set[str]:
-    """Every registered spec's config options."""
-    _discover()
-    return set().union(*(cls.option_names() for cls in _REGISTRY.values()))

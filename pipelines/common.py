@@ -4,9 +4,8 @@ The command-line glue (argument normalization, one-line Hydra errors, ``require`
 ``analysis.cli``'s and the error reporting ``diffc.errors``': one convention for every command.
 
 A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name), ``options``
-(keyword arguments of ``diffc.backbone.load_backbone``) and ``codec`` (the backbone's defaults of
-``diffc.codec.CodecParams``). ``conf/codec/default.yaml`` holds user overrides of those defaults
-(``null`` = keep the model's).
+(keyword arguments of ``diffc.backbone.load_backbone``) and, in its defaults list, its codec profile
+(``conf/codec/profile/``). The composed ``codec`` node is the spec tree of ``pipelines.codec_config``.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import os
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +23,8 @@ from analysis.cli import CONF_DIR, config_names, require  # noqa: F401  (re-expo
 from diffc import errors
 from diffc import format as fmt
 from diffc.format import DiffcFormatError
+
+from .codec_config import codec_params
 
 #: failures reported by their message alone (no type name, no traceback hint), besides
 #: ``diffc.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``)
@@ -66,12 +67,19 @@ def model_config(name: str, parity: str = "project") -> DictConfig:
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         raise PipelineError(f"unknown model {name!r}; available: {', '.join(config_names('model'))}")
-    return OmegaConf.merge({"parity": parity}, OmegaConf.load(path))
+    model = OmegaConf.load(path)
+    model.pop("defaults", None)  # its codec profile: the codec's business (pipelines/codec_config.py)
+    return OmegaConf.merge({"parity": parity}, model)
 
 
-def _given(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The codec overrides that were set (null = keep the model's value)."""
-    return {k: v for k, v in plain(overrides).items() if v is not None}
+def compose(config_name: str = "compress", overrides: Sequence[str] = ()) -> DictConfig:
+    """A command's config (``conf/CONFIG_NAME.yaml``) composed with Hydra ``overrides``, outside a
+    running Hydra app (benchmarks, tests, notebooks): ``build_codec(compose(overrides=["model=sd15",
+    "codec.channel.chunk_bits=10"]))``."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def given_options(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -82,40 +90,36 @@ def given_options(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(overrides or {})
 
 
-def build_codec(model: DictConfig | Mapping[str, Any], codec_overrides: Mapping[str, Any] | None = None,
-                option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True,
-                parity: str | None = None):
-    """Backbone + ``DiffcCodec`` from a model config, with the non-null codec overrides and the given
-    option overrides (``given_options``: null included) applied. An option the model does not
-    have, or a codec option no channel takes, is refused. ``deterministic`` False: the codec's speed
-    opt-out (``diffc.determinism``). ``parity``: the settings the model config was resolved with
-    (written in the file, so the decoder loads the same; None = the config's ``parity``, else project).
-
-    Loading errors (missing weights, bad option values) become a one-line ``PipelineError``.
-    """
+def load_model(model: DictConfig | Mapping[str, Any], option_overrides: Mapping[str, Any] | None = None):
+    """The backbone of a model config, with the given option overrides (``given_options``: null
+    included) applied; an option the model does not have is refused, and loading errors (missing
+    weights, bad option values) become a one-line ``PipelineError``."""
     from diffc.backbone import load_backbone
-    from diffc.codec import CodecParams, DiffcCodec
-    from diffc.plugins import Search
 
     model = OmegaConf.create(plain(model)) if not isinstance(model, DictConfig) else model
-    fields = plain(model.get("codec")) | _given(codec_overrides)
-    search = Search(bool(fields.pop("compile", False)), fields.pop("block_entries", None))
     options, extra = plain(model.get("options")), given_options(option_overrides)
     foreign = sorted(set(extra) - set(options))
     if foreign:
         raise PipelineError(f"model {model.name} has no option {', '.join(foreign)} "
                             f"(its options: {', '.join(options) or 'none'})")
-    options |= extra
     try:
-        parity = parity or fields.pop("parity", None) or model.get("parity") or "project"
-        params = CodecParams.of(parity=parity, **fields)
-    except (TypeError, ValueError) as exc:
-        raise PipelineError(f"codec parameters: {exc}") from exc
-    try:
-        backbone = load_backbone(model.name, **options)
+        return load_backbone(model.name, **(options | extra))
     except Exception as exc:  # missing weights, bad option values: one line for the user
         raise PipelineError(f"model {model.name}: {errors.describe(exc)}") from exc
-    return DiffcCodec(backbone, params, deterministic=bool(deterministic), search=search)
+
+
+def build_codec(cfg: DictConfig, option_overrides: Mapping[str, Any] | None = None, deterministic: bool = True):
+    """Backbone + ``DiffcCodec`` of a command's composed config: ``cfg.model`` (with the given
+    loading-option overrides) and ``cfg.codec`` (``pipelines.codec_config.codec_params``), the
+    backbone's config resolved for ``cfg.parity`` (written in the file, so the decoder loads the
+    same). ``deterministic`` False: the codec's speed opt-out (``diffc.determinism``)."""
+    from diffc.codec import DiffcCodec
+
+    try:
+        params, search = codec_params(cfg.codec, cfg.get("parity") or "project")
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"codec: {exc}") from exc
+    return DiffcCodec(load_model(cfg.model, option_overrides), params, deterministic=bool(deterministic), search=search)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -154,7 +154,7 @@ def compress(cfg: DictConfig) -> None:
     from .datasets import as_uint8, read_image, to_tensor
 
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
-    codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
+    codec = build_codec(cfg, deterministic=cfg.deterministic)
     codec.record_provenance = bool(cfg.provenance)
     quality = quality_target(cfg)
     stops = stop_timesteps(codec, cfg.timestep, cfg.bpp, quality)

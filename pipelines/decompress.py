@@ -35,7 +35,7 @@ from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
 from diffc.errors import describe
 
-from .common import (PARITY, PipelineError, atomic_write, build_codec, check_writable, given_options, model_config,
+from .common import (PARITY, PipelineError, atomic_write, check_writable, given_options, load_model, model_config,
                      one_line_errors, plain, png_bytes, require)
 from .datasets import read_image, to_tensor, to_uint8
 
@@ -51,16 +51,18 @@ def decompress_keys(message: str) -> str:
 
 
 def matching_codec(model: DictConfig, header: fmt.Header, cfg: DictConfig) -> DiffcCodec:
-    """The codec of ``model`` with the command's options and the file's parameters; for SDXL with a
-    refiner, loaded without it first and with it (``attach_refiner``) only when the base alone does
-    not match the file's fingerprint. The caller checks the final fingerprint."""
-    codec_options = params_from_header(header).options()
+    """The codec of ``model`` with the command's options and the file's parameters (the header's, as
+    one object); for SDXL with a refiner, loaded without it first and with it (``attach_refiner``)
+    only when the base alone does not match the file's fingerprint. The caller checks the final
+    fingerprint."""
+    params = params_from_header(header)
     options = plain(model.options) | given_options(cfg.options)
     present = [k for k in DEFERRED if k in options]
     deferred = {DEFERRED[k]: options[k] for k in present}
     if deferred.get("hub_id") is None:  # no refiner: the options as given (the loader refuses a stray path)
-        return build_codec(model, codec_options, options, cfg.deterministic)
-    codec = build_codec(model, codec_options, options | dict.fromkeys(present), cfg.deterministic)
+        return DiffcCodec(load_model(model, options), params, deterministic=bool(cfg.deterministic))
+    codec = DiffcCodec(load_model(model, options | dict.fromkeys(present)), params,
+                       deterministic=bool(cfg.deterministic))
     if codec.fingerprint() != header.fingerprint:
         try:
             codec.backbone.attach_refiner(**deferred, compile=bool(options.get("compile")))

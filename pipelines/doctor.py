@@ -448,7 +448,7 @@ def round_trip(cfg: DictConfig) -> RoundTrip:
     """Encode the test image to ``cfg.timestep`` with the chosen model, decode the file with a codec
     rebuilt from its header (the loaded backbone reused, as pipelines/decompress.py builds it from
     the header), and compare the decoder's x_t and image with the encoder's (``DiffcCodec.drift``)."""
-    codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
+    codec = build_codec(cfg, deterministic=cfg.deterministic)
     backbone = codec.backbone
     device = torch.device(getattr(backbone, "device", "cpu"))
     if device.type == "cuda":

@@ -115,7 +115,9 @@ def job_slug(root: DictConfig) -> str:
 
     hc = root.hydra
     excluded = set(hc.job.config.override_dirname.exclude_keys)
-    choices = {g: c for g, c in hc.runtime.choices.items() if not g.startswith("hydra/") and g not in excluded}
+    # the groups a user picks are top-level (model, codec, ...); nested ones follow from them (hydra/*,
+    # the codec's schema, profile and tune files: pipelines/codec_config.py)
+    choices = {g: c for g, c in hc.runtime.choices.items() if "/" not in g and g not in excluded}
     parsed = OverridesParser.create().parse_overrides(list(hc.overrides.task))
     is_group = [o.key_or_group in choices or o.key_or_group in ("baselines", "experiment") for o in parsed]
     groups = [o for o, g in zip(parsed, is_group) if g]
@@ -255,7 +257,7 @@ class Job:
             self.metrics = MetricSet(list(cfg.metrics.names), self.device)
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
-        self.codec = build_codec(cfg.model, cfg.codec, deterministic=cfg.deterministic, parity=cfg.get("parity"))
+        self.codec = build_codec(cfg, deterministic=cfg.deterministic)
         self.baselines = classic.from_config(cfg.get("baselines"))  # classic codecs (pipelines.baselines)
         try:
             for t in self.plan.stop_timesteps:
@@ -393,7 +395,7 @@ def describe_job(cfg: DictConfig, job_dir: Path) -> str:
     state = "done" if done.exists() and json.loads(done.read_text()).get("config_hash") == config_hash(cfg) else "todo"
     if state == "todo" and (job_dir / FAILED).exists():
         state = "failed-before"
-    codec = cfg.codec.get("codec") or "diffc"
+    codec = cfg.codec.channel.name
     baselines = sorted(cfg.get("baselines") or [])
     archives = "".join(f" archive={a.fname}:sha256={a.sha256}:bytes={a.size}"
                        for a in dataset_archives(cfg.dataset.name, **plain(cfg.dataset.get("options"))))

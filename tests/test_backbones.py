@@ -37,7 +37,7 @@ def model_yaml(name: str, parity: str = "project") -> dict:
 TINY = sorted(p.stem for p in MODEL_CONF.glob("tiny-*.yaml"))
 REAL = sorted(p.stem for p in MODEL_CONF.glob("*.yaml") if "hub_id" in (model_yaml(p.stem).get("options") or {}))
 #: The small codec setting the tiny twins are tested with (8 coded steps, 4 ODE steps).
-PARAMS = CodecParams.of(schedule="linspace-8", chunk_bits=8, padding_bits=2, recon="ode", recon_steps=4)
+PARAMS = CodecParams("linspace-8", channel=PfrSpec(chunk_bits=8, padding_bits=2), recon=Recon(mode="ode", steps=4))
 
 ODD_H, ODD_W = 53, 77  # not a multiple of 4, 8 or 16: every twin pads
 
@@ -127,7 +127,7 @@ def test_tiny_file_roundtrip_bit_exact(name: str, tmp_path: Path):
         path = tmp_path / f"{name}-{point.timestep}.diffc"
         path.write_bytes(point.data)
         # a fresh codec (decoder side), parameters from the file's header
-        dec = DiffcCodec(tiny(name), CodecParams.of()).decode(path.read_bytes())
+        dec = DiffcCodec(tiny(name), CodecParams()).decode(path.read_bytes())
         assert torch.equal(dec.x_t, point.x_t), "decoded latent differs from the encoder's"
         assert dec.timestep == point.timestep
         enc_image = codec.reconstruct(point.x_t, point.timestep, ODD_H, ODD_W)  # what the encoder reports

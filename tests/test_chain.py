@@ -12,7 +12,7 @@ from diffc.chain import Chain, ExactChannel, Step
 from diffc.rcc.channel import PfrChannel, PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 
-PARAMS = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")
+PARAMS = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="denoise"))
 
 
 class PriorMeanChannel:

@@ -20,12 +20,11 @@ from diffc.rcc.entropy import MAX_CHUNKS, StepDecoder, StepEncoder, StepSymbols,
 CASES = {
     # 64x64 Kodak crop, log-spaced schedule (denser at low noise), K = 2^5 (small K keeps it fast;
     # exactness does not depend on K, see test_roundtrip_paper_like_settings for K = 2^10)
-    "kodak64-geom12": ("kodak64", CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0, recon="denoise")),
+    "kodak64-geom12": ("kodak64", CodecParams("geom-12", seed=0, channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="denoise"))),
     # odd size (77 wide x 53 high: padded to 80x56 inside, cropped back), K = 2^5
-    "odd77x53-linspace8": ("kodak_odd", CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1, seed=3, recon="denoise")),
+    "odd77x53-linspace8": ("kodak_odd", CodecParams("linspace-8", seed=3, channel=PfrSpec(chunk_bits=4, padding_bits=1), recon=Recon(mode="denoise"))),
     # the lightest entries (5% of each step's expected KL) sent as a prior sample, unsearched
-    "kodak64-geom12-skip": ("kodak64", CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, seed=0,
-                                                      recon="denoise", skip_kl=0.05)),
+    "kodak64-geom12-skip": ("kodak64", CodecParams("geom-12", seed=0, channel=PfrSpec(chunk_bits=5, padding_bits=0, skip_kl=0.05), recon=Recon(mode="denoise"))),
 }
 
 
@@ -209,7 +208,7 @@ def test_split_side_info_round_trips() -> None:
 def test_int_and_float_parameters_give_one_fingerprint(gaussian_backbone) -> None:
     """Hydra passes split_above=0 as an int; the header stores quarters: the decoder must rebuild
     the same parameters (and fingerprint) from the file."""
-    p_int = CodecParams.of(schedule="linspace-3", chunk_bits=4, padding_bits=0, recon="denoise", split_above=0)
+    p_int = CodecParams("linspace-3", channel=PfrSpec(chunk_bits=4, padding_bits=0, split_above=0), recon=Recon(mode="denoise"))
     assert p_int.channel == PfrSpec(4, 0, 0.0) and isinstance(p_int.channel.split_above, float)
     codec = DiffcCodec(gaussian_backbone, p_int)
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -249,8 +248,7 @@ def test_encode_is_deterministic_and_stop_subset_matches(enc: Encoded) -> None:
 
 def test_params_come_from_the_header(enc: Encoded, gaussian_backbone) -> None:
     """A codec built with other parameters decodes the file exactly (it uses the header's)."""
-    other = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-3", chunk_bits=3, padding_bits=0,
-                                                      seed=enc.codec.params.seed + 11, recon="ode"))
+    other = DiffcCodec(gaussian_backbone, CodecParams("linspace-3", seed=enc.codec.params.seed + 11, channel=PfrSpec(chunk_bits=3, padding_bits=0), recon=Recon(mode="ode")))
     p, ref = enc.result.points[2], enc.decoded[2]
     d = other.decode(p.data)
     assert d.header.seed == enc.codec.params.seed
@@ -292,9 +290,9 @@ def test_fingerprint_mismatch_forged_header(enc: Encoded) -> None:
 
 
 def test_fingerprint_ignores_decode_time_choices(gaussian_backbone) -> None:
-    a = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", recon="ode", recon_steps=50))
-    b = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", recon="denoise", recon_steps=3))
-    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-13"))
+    a = DiffcCodec(gaussian_backbone, CodecParams("geom-12", recon=Recon(mode="ode", steps=50)))
+    b = DiffcCodec(gaussian_backbone, CodecParams("geom-12", recon=Recon(mode="denoise", steps=3)))
+    c = DiffcCodec(gaussian_backbone, CodecParams("geom-13"))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
@@ -306,7 +304,7 @@ def test_step_count_beyond_schedule_is_corrupt(enc: Encoded) -> None:
 
 
 def test_bad_images_are_rejected(gaussian_backbone) -> None:
-    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-2", chunk_bits=2, padding_bits=0))
+    c = DiffcCodec(gaussian_backbone, CodecParams("linspace-2", channel=PfrSpec(chunk_bits=2, padding_bits=0)))
     with pytest.raises(ValueError, match="3, H, W"):
         c.encode(torch.zeros(1, 16, 16))
     with pytest.raises(ValueError, match="3, H, W"):
@@ -314,7 +312,7 @@ def test_bad_images_are_rejected(gaussian_backbone) -> None:
 
 
 def test_codec_params_validation() -> None:
-    assert CodecParams.of(chunk_bits=8, padding_bits=2).channel.num_candidates == 1024
+    assert CodecParams(channel=PfrSpec(chunk_bits=8, padding_bits=2)).channel.num_candidates == 1024
     for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9),
                 dict(recon="magic"), dict(recon_steps=0), dict(seed=2**32), dict(split_above=0.5),
                 dict(split_above=2.1), dict(split_above=64.0), dict(split_above=-1.0), dict(skip_kl=-0.001),
@@ -329,7 +327,7 @@ def test_skipped_entries_are_the_prior_sample(gaussian_backbone, kodak64) -> Non
     log q/p is part of ``delivered`` (-KL on average); the file decodes bit-exactly."""
     from diffc.rcc.randomness import normals
 
-    params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise", skip_kl=0.03)
+    params = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0, skip_kl=0.03), recon=Recon(mode="denoise"))
     c = DiffcCodec(gaussian_backbone, params)
     x0 = gaussian_backbone.encode(kodak64)
     chain, channel = c.chain, params.channel.channel(x0.numel())
@@ -356,8 +354,7 @@ def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:
     on entries the decoder-side weights cannot single out (edges of a real image). Chunks that
     carry far more KL than their 2^(chunk_bits+padding) candidates can deliver are split (the
     encoder sends the parts), so every step delivers a good share of its KL."""
-    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1, recon="denoise",
-                                                  split_above=2.0))
+    c = DiffcCodec(gaussian_backbone, CodecParams("linspace-8", channel=PfrSpec(chunk_bits=4, padding_bits=1, split_above=2.0), recon=Recon(mode="denoise")))
     res = c.encode(kodak_odd, stop_timesteps=[c.timesteps[-1]])
     steps = list(zip(res.step_kl_bits, res.step_delivered_bits))
     assert all(d > 0.25 * kl for kl, d in steps), steps
@@ -368,7 +365,7 @@ def test_every_step_delivers_information(gaussian_backbone, kodak_odd) -> None:
 @pytest.mark.slow
 def test_roundtrip_paper_like_settings(gaussian_backbone, kodak64) -> None:
     """K = 2^10 candidates per chunk, 30 steps: the last point decodes bit-exactly."""
-    c = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-30", chunk_bits=8, padding_bits=2, recon="denoise"))
+    c = DiffcCodec(gaussian_backbone, CodecParams("geom-30", channel=PfrSpec(chunk_bits=8, padding_bits=2), recon=Recon(mode="denoise")))
     stops = [c.timesteps[10], c.timesteps[-1]]
     res = c.encode(kodak64, stop_timesteps=stops)
     for p in res.points:
@@ -415,8 +412,7 @@ def _counting(codec: DiffcCodec) -> list[int]:
     (100, "uniform", [100, 80, 60, 40, 20, 0]),  # 5 even steps, then x0 at t = 0
 ])
 def test_recon_grid_visits_its_timesteps(kodak64, t: int, grid, expected: list[int]) -> None:
-    codec = DiffcCodec(GaussianBackbone(), CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0,
-                                                              recon="ode", recon_steps=5, recon_grid=grid))
+    codec = DiffcCodec(GaussianBackbone(), CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="ode", steps=5, grid=grid)))
     calls = _counting(codec)
     x0 = codec.backbone.encode(kodak64)
     a, s = codec.backbone.schedule.a_s(t)
@@ -431,7 +427,7 @@ def test_recon_grid_visits_its_timesteps(kodak64, t: int, grid, expected: list[i
 def test_encode_takes_only_float_images_in_the_unit_range(kodak_odd: torch.Tensor, gaussian_backbone) -> None:
     """issue 28: a uint8 tensor or 0..255 floats are refused in one line naming the dtype and the range
     (never coded as a 14,801 bpp file); a [1, 3, H, W] batch of one is its image, the same file."""
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1))
+    codec = DiffcCodec(gaussian_backbone, CodecParams("linspace-8", channel=PfrSpec(chunk_bits=4, padding_bits=1)))
     as_uint8 = (kodak_odd * 255).round().to(torch.uint8)
     for bad, words in [(as_uint8, ["torch.uint8", "float() / 255"]), (as_uint8.float(), ["[0, 255]", "float32"]),
                        (kodak_odd - 0.5, ["[-0.5", "divide by 255"]),
@@ -498,7 +494,7 @@ def test_a_bpp_target_shows_the_budget_not_the_schedule(kodak_odd: torch.Tensor,
     real = diffc.codec.tqdm
     monkeypatch.setattr(diffc.codec, "tqdm", recording)
     monkeypatch.setattr(diffc.chain, "tqdm", recording)
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-8", chunk_bits=4, padding_bits=1))
+    codec = DiffcCodec(gaussian_backbone, CodecParams("linspace-8", channel=PfrSpec(chunk_bits=4, padding_bits=1)))
     max_bits = 0.3 * 77 * 53
     res = codec.encode(kodak_odd, stop_timesteps=codec.timesteps[1:], progress=True, max_bits=max_bits)
     shown = [(kw, bar) for kw, bar in bars if not kw.get("disable")]

@@ -59,7 +59,7 @@ def test_cross_thread_decode_is_bit_exact(tmp_path: Path, enc_threads: int, dec_
 
 
 def test_provenance_is_recorded_and_compared(gaussian_backbone) -> None:
-    params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0)
+    params = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0))
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
     here = provenance_here("cpu", torch.float32, torch.get_num_threads())
     # by default a file records only the thread count (the decoder uses it); provenance=True the rest
@@ -120,7 +120,7 @@ def test_drift_is_measured_and_told_from_desync(gaussian_backbone) -> None:
     from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
     from diffc.backbones.gaussian import GaussianBackbone
 
-    params = CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0, recon="denoise")
+    params = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="denoise"))
     img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
     enc = DiffcCodec(gaussian_backbone, params)
     p = enc.encode(img).points[-1]
@@ -146,7 +146,7 @@ def test_drift_is_measured_and_told_from_desync(gaussian_backbone) -> None:
 def test_header_thread_count_is_capped_at_the_machine(gaussian_backbone, monkeypatch: pytest.MonkeyPatch) -> None:
     """A forged ``threads=256`` is a hint the receiver caps at its CPUs (here made 1): every model
     call of the decode runs with 1 thread, x_t is unchanged, and the provenance line names threads."""
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-12", chunk_bits=5, padding_bits=0))
+    codec = DiffcCodec(gaussian_backbone, CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0)))
     p = codec.encode(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))).points[-1]
     header, payload = fmt.read(p.data)
     forged = fmt.write(dataclasses.replace(header, provenance=dataclasses.replace(header.provenance, threads=256)),

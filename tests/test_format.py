@@ -108,8 +108,7 @@ def read_peak(data: bytes) -> tuple[BaseException | None, int]:
 
 @pytest.fixture(scope="module")
 def tiny_codec(gaussian_backbone) -> DiffcCodec:
-    return DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-6", chunk_bits=4, padding_bits=1,
-                                                     seed=1234, recon="denoise"))
+    return DiffcCodec(gaussian_backbone, CodecParams("linspace-6", seed=1234, channel=PfrSpec(chunk_bits=4, padding_bits=1), recon=Recon(mode="denoise")))
 
 
 def tiny_image(height: int = 12, width: int = 20) -> torch.Tensor:
@@ -335,7 +334,7 @@ def test_garbage_payload_with_valid_header(payload, refused_at) -> None:
     """A valid header (right fingerprint) over a garbage payload. Garbage the range decoder rejects,
     or whose symbols are out of range, is refused with CorruptFile naming the step; garbage it
     accepts decodes, but is not what its symbols code to (the decoder re-codes them): refused too."""
-    codec = DiffcCodec(_fuzz_backbone(), CodecParams.of(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams("linspace-3", channel=PfrSpec(chunk_bits=2, padding_bits=0)))
     data = raw_file(fp=codec.fingerprint(), width=16, height=16, schedule=b"linspace-3",
                     channel_params=codec.params.channel.to_bytes(), n_steps=3, payload=payload)
     match = ("trailing data|not the coded stream|payload ends before" if refused_at is None
@@ -393,8 +392,7 @@ def forged_files(draw) -> bytes:
     fp = b"\0\0"
     if good_fp:
         try:
-            params = CodecParams.of(schedule, seed, chunk_bits=chunk_bits, padding_bits=padding_bits,
-                                    split_above=split_q / 4, recon="denoise", recon_steps=1)
+            params = CodecParams(schedule, seed=seed, channel=PfrSpec(chunk_bits=chunk_bits, padding_bits=padding_bits, split_above=split_q / 4), recon=Recon(mode="denoise", steps=1))
             fp = _fingerprints(params)
         except ValueError:
             pass
@@ -477,7 +475,7 @@ def test_fuzz_mutated_real_files(real_files, tiny_codec, ops, which, fix_crc) ->
 @FUZZ
 @given(data=forged_files())
 def test_fuzz_decode_forged_files(data: bytes) -> None:
-    codec = DiffcCodec(_fuzz_backbone(), CodecParams.of(schedule="linspace-3", chunk_bits=2, padding_bits=0))
+    codec = DiffcCodec(_fuzz_backbone(), CodecParams("linspace-3", channel=PfrSpec(chunk_bits=2, padding_bits=0)))
     try:
         res = codec.decode(data, reconstruct=True)
     except fmt.DiffcFormatError as e:
@@ -639,8 +637,7 @@ def test_payloads_are_byte_granular_and_read_back_exactly(gaussian_backbone) -> 
 
     lengths, saved = [], 0
     for seed in range(8):
-        codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-6", chunk_bits=4, padding_bits=1,
-                                                          seed=seed, recon="denoise"))
+        codec = DiffcCodec(gaussian_backbone, CodecParams("linspace-6", seed=seed, channel=PfrSpec(chunk_bits=4, padding_bits=1), recon=Recon(mode="denoise")))
         for point in codec.encode(tiny_image(), stop_timesteps=codec.timesteps[1:]).points:
             payload = fmt.read(point.data)[1]
             lengths.append(len(payload))

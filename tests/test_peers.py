@@ -22,8 +22,8 @@ from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_hea
 from diffc.rcc.randomness import normals
 from pipelines.common import CONF_DIR, build_codec, model_config
 
-DDCM = CodecParams.of("geom-12", codec="ddcm", codebook_bits=8, recon="denoise")
-TURBO = CodecParams.of("geom-12", codec="turbo-ddcm", codebook_bits=10, atoms=12, recon="denoise")
+DDCM = CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8), recon=Recon(mode="denoise"))
+TURBO = CodecParams("geom-12", channel=TurboDdcmSpec(codebook_bits=10, atoms=12), recon=Recon(mode="denoise"))
 TINY = sorted(p.stem for p in (CONF_DIR / "model").glob("tiny-*.yaml"))
 
 
@@ -59,7 +59,7 @@ def test_round_trip_and_rate_formula(gaussian_backbone, kodak64, params: CodecPa
 def test_step_bits_formulas() -> None:
     assert DDCM.channel.step_bits == 8
     assert TURBO.channel.step_bits == math.ceil(math.log2(math.comb(1024, 12))) + 12
-    v1 = CodecParams.of("paper", codec="turbo-ddcm", codebook_bits=14, atoms=45)
+    v1 = CodecParams("paper", channel=TurboDdcmSpec(codebook_bits=14, atoms=45))
     assert v1.channel.step_bits == 444 + 45
     assert 16 * v1.channel.step_bits / 512**2 == pytest.approx(0.030, abs=5e-4)  # the published M = 45 point: 0.030 bpp
 
@@ -92,10 +92,10 @@ def test_turbo_noise_is_signed_atoms_at_unit_std(gaussian_backbone) -> None:
 
 
 def test_params_are_normalised_and_validated() -> None:
-    a = CodecParams.of("geom-12", chunk_bits=8, padding_bits=2, codec="ddcm", codebook_bits=8)
-    assert a == CodecParams.of("geom-12", chunk_bits=14, codec="ddcm", codebook_bits=8, atoms=1)  # one fingerprint
+    a = CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8))
+    assert a == CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8))  # one fingerprint
     assert a.channel == DdcmSpec(8) and a.channel.to_bytes() == b"\x08"
-    assert CodecParams.of(codebook_bits=7, atoms=3).channel == PfrSpec()  # diffc ignores them
+    assert CodecParams().channel == PfrSpec()  # diffc ignores them
     for bad in (dict(codec="jpeg"), dict(codec="ddcm", codebook_bits=0), dict(codec="ddcm", codebook_bits=8, atoms=2),
                 dict(codec="turbo-ddcm", codebook_bits=4, atoms=17), dict(codec="turbo-ddcm", codebook_bits=25),
                 dict(codec="ddcm", codebook_bits=8, candidates="sparse-sum"), dict(chunk_bit=3)):

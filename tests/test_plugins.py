@@ -71,7 +71,7 @@ def test_builtin_specs_and_their_bytes() -> None:
     assert PfrSpec(8, 2, 2.0, skip_kl=0.03).to_bytes() == bytes([8, 2, 8, 30])  # skip_kl in thousandths
     skip = SparseSumSpec(8, 2, 1.25, 256, 4, skip_kl=0.05)
     assert SparseSumSpec.from_bytes(skip.to_bytes()) == skip
-    assert CodecParams.of(candidates="sparse-sum", atoms=256, sparse_m=4).channel == SparseSumSpec(12, 2, 2.0, 256, 4)
+    assert CodecParams(channel=SparseSumSpec(atoms=256, sparse_m=4)).channel == SparseSumSpec(12, 2, 2.0, 256, 4)
     with pytest.raises(ValueError, match="unknown codec 'jpeg'.*diffc-sparse-sum"):
         channel_spec("jpeg")
 
@@ -151,14 +151,14 @@ def test_the_parity_in_the_header_is_what_the_decoder_loads(tmp_path: Path, gaus
 def test_forged_size_and_work_are_refused_before_allocation(gaussian_backbone) -> None:
     """max_pixels (default 2^24) is checked from the header; a spec whose decode would materialise
     more than MAX_STEP_ENTRIES floats per step is refused before the chain starts."""
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-6", chunk_bits=4, padding_bits=0))
+    codec = DiffcCodec(gaussian_backbone, CodecParams("geom-6", channel=PfrSpec(chunk_bits=4, padding_bits=0)))
     good = codec.encode(torch.rand(3, 16, 16)).points[-1].data
     header, payload = fmt.read(good)
 
     big = fmt.write(replace(header, width=8192, height=8192), payload)
     with pytest.raises(fmt.TooLarge, match="8192x8192.*max_pixels=16777216"):
         codec.decode(big)
-    turbo = CodecParams.of(schedule="geom-6", codec="turbo-ddcm", codebook_bits=12, atoms=4096)
+    turbo = CodecParams("geom-6", channel=TurboDdcmSpec(codebook_bits=12, atoms=4096))
     with pytest.raises(fmt.TooLarge, match="floats per step"):
         DiffcCodec(gaussian_backbone, turbo).encode(torch.zeros(3, 1, 1).expand(3, 4096, 4096))  # no pixel allocated
 
@@ -166,8 +166,8 @@ def test_forged_size_and_work_are_refused_before_allocation(gaussian_backbone) -
 def test_a_garbage_payload_is_refused_before_the_model_runs(gaussian_backbone, monkeypatch) -> None:
     """The decoder reads a step's symbols before its prior (``diffc.chain.Step``): a payload the
     range decoder refuses costs no network call, whatever size the header claims."""
-    for params in (CodecParams.of(schedule="geom-6", chunk_bits=4, padding_bits=0),
-                   CodecParams.of(schedule="geom-6", codec="ddcm", codebook_bits=6)):
+    for params in (CodecParams("geom-6", channel=PfrSpec(chunk_bits=4, padding_bits=0)),
+                   CodecParams("geom-6", channel=DdcmSpec(codebook_bits=6))):
         codec = DiffcCodec(gaussian_backbone, params)
         header, _ = fmt.read(codec.encode(torch.rand(3, 16, 16)).points[-1].data)
         forged = fmt.write(replace(header, width=4096, height=4096), b"\xff" * 8)

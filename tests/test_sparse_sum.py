@@ -145,11 +145,11 @@ def test_bad_banks_are_refused():
     with pytest.raises(ValueError):
         SparseSum(atoms=100, m=8)  # not a multiple
     with pytest.raises(ValueError):
-        CodecParams.of(candidates="sparse-sum", atoms=0, sparse_m=4)
+        CodecParams(channel=SparseSumSpec(atoms=0, sparse_m=4))
     with pytest.raises(ValueError):
-        CodecParams.of(candidates="dense")
+        CodecParams()
     with pytest.raises(ValueError):
-        CodecParams.of(codec="ddcm", codebook_bits=8, candidates="sparse-sum", atoms=64, sparse_m=4)
+        CodecParams(channel=DdcmSpec(codebook_bits=8))
 
 
 def test_codec_round_trip_is_bit_identical(gaussian_backbone):

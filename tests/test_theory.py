@@ -40,7 +40,7 @@ def ideal_chain(gaussian_backbone):
     """Run the codec's chain once with the ideal channel (exact q samples): realised and expected
     KL per step, MSE per stop."""
     bb = gaussian_backbone
-    codec = DiffcCodec(bb, CodecParams.of(schedule="linspace-20"))
+    codec = DiffcCodec(bb, CodecParams("linspace-20"))
     chain = codec.chain
     g = torch.Generator().manual_seed(2024)
     x0 = bb.sample_prior(*SOURCE_HW, generator=g).double()

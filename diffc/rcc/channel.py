@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,8 +31,6 @@ from .randomness import normals
 from .sparse_sum import MAX_ATOMS as MAX_BANK, MAX_M, SparseSum
 
 
-#: PFR candidate generators (the ``candidates`` option of ``codec=diffc``)
-CANDIDATES = ("iid", "sparse-sum")
 #: most candidates per chunk: 2^(chunk_bits + padding_bits) <= 2^MAX_CANDIDATE_BITS. The index model is a
 #: constriction categorical with 24-bit probabilities: 2^24 symbols leave no room for their Zipf shape (it
 #: refuses to build), 2^23 code (benchmarks/fuzz_format.py limit case)
@@ -57,9 +55,8 @@ class PfrSpec(ChannelSpec):
     ``kl_weights``; none skipped where those are uniform), are sent as a prior sample: zero bits,
     no search (``diffc.rcc.pfr.coded_entries``; 0..0.255 in thousandths). Header: 4 bytes."""
 
-    name: ClassVar[str] = "diffc"
+    name: ClassVar[str] = "pfr"
     id: ClassVar[int] = 1
-    extra_options: ClassVar[tuple[str, ...]] = ("candidates",)
 
     chunk_bits: int = 12
     padding_bits: int = 2
@@ -79,14 +76,6 @@ class PfrSpec(ChannelSpec):
         if not 0 <= self.skip_kl <= MAX_SKIP_KL or abs(q - round(q)) > 1e-6:
             raise ValueError(f"skip_kl must be in 0..{MAX_SKIP_KL} in steps of {1 / SKIP_KL_UNIT}")
         object.__setattr__(self, "skip_kl", round(q) / SKIP_KL_UNIT)
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        """``candidates`` (iid | sparse-sum) picks this spec or ``SparseSumSpec``."""
-        candidates = options.get("candidates") or "iid"
-        if candidates not in CANDIDATES:
-            raise ValueError(f"candidates must be one of {CANDIDATES}, got {candidates!r}")
-        return (PfrSpec if candidates == "iid" else SparseSumSpec).from_fields(options)
 
     def to_bytes(self) -> bytes:
         return bytes([self.chunk_bits, self.padding_bits, int(4 * self.split_above),
@@ -147,16 +136,11 @@ class SparseSumSpec(PfrSpec):
     """PFR with sparse-sum candidates (``diffc.rcc.sparse_sum``): a bank of ``atoms`` = K_a Gaussian atoms
     per step, ``sparse_m`` = M signed atoms per candidate. Header: the 4 PFR bytes, K_a and M."""
 
-    name: ClassVar[str] = "diffc-sparse-sum"
+    name: ClassVar[str] = "sparse-sum"
     id: ClassVar[int] = 2
-    extra_options: ClassVar[tuple[str, ...]] = ()
 
-    atoms: int = 0
-    sparse_m: int = 0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ChannelSpec:
-        return cls.from_fields(options)
+    atoms: int = 256
+    sparse_m: int = 8
 
     def __post_init__(self):
         super().__post_init__()
