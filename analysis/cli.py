@@ -19,6 +19,7 @@ Before Hydra sees the command line, ``prepare``:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -115,7 +116,10 @@ def _explain(exc: BaseException, config_name: str, config_dir: Path) -> str:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         return f"unknown {group} {name!r}; available: {', '.join(exc.options or config_names(group, config_dir))}"
     if isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)) and exc.__cause__.full_key:
-        key = exc.__cause__.full_key
+        key, typed = exc.__cause__.full_key, exc.__cause__.object_type
+        if dataclasses.is_dataclass(typed):  # a structured config (e.g. a channel's: its keys are its spec's)
+            fields = ", ".join(f.name for f in dataclasses.fields(typed))
+            return f"unknown option {key!r}: {typed.__name__!r} has no {key.rpartition('.')[2]!r} (its keys: {fields})"
         near = [k for k in known_keys(config_name, config_dir) if k.endswith("." + key.rpartition(".")[2])]
         hint = f"did you mean {' or '.join(near[:3])}? " if near else ""
         return f"unknown option {key!r} ({hint}see --help; +KEY=VALUE adds a new key)"

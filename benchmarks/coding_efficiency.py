@@ -47,6 +47,7 @@ same run's indices under the tabulated index pmf of benchmarks/index_pmf.py inst
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -69,14 +70,18 @@ from diffc.rcc import entropy
 from diffc.backbone import load_backbone
 from diffc.chain import STREAM_CANDIDATES, STREAM_PLAN, Step
 from diffc.rcc.channel import PfrChannel, PfrSpec, PfrStepRecord, SparseSumSpec
+from diffc.profiles import profile_params
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rcc.entropy import zipf_probabilities
 from diffc.rcc.pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, make_plan
 from diffc.rcc.randomness import stream_key
+from diffc.recon import Recon
 
 LN2 = math.log(2.0)
-DEFAULT = (8, 2, 2.0)  # conf/model/gaussian.yaml, PfrSpec.split_above
-DEFAULT_SKIP_KL = 0.03  # conf/model/gaussian.yaml codec.skip_kl
+#: the Gaussian backbone's default PFR setting (its profile, diffc/profiles.py = conf/codec/tune/gaussian-pfr.yaml)
+GAUSSIAN_PFR = profile_params("gaussian").channel
+DEFAULT = (GAUSSIAN_PFR.chunk_bits, GAUSSIAN_PFR.padding_bits, GAUSSIAN_PFR.split_above)
+DEFAULT_SKIP_KL = GAUSSIAN_PFR.skip_kl
 SKIP_VALUES = [0.01, 0.03, 0.05, 0.1]  # skip_kl values of the quality check (skip_rd)
 CROP_IDS = ("kodim23", "kodim05", "kodim15", "kodim19", "kodim03", "kodim13", "kodim08", "kodim21")  # its crops
 BASELINE = (14, 2, 0.0)  # the reference's 2^16 candidates, 2 bits of padding, no splitting
@@ -414,7 +419,7 @@ def bd_against(backbone, images: list, args, field: str, values: list, gen_seed:
 
     curves = {}
     for v in values:
-        codec = DiffcCodec(backbone, CodecParams.of(**{**default_options(args), field: v}))
+        codec = DiffcCodec(backbone, default_params(args, **{field: v}))
         gen = None if gen_seed is None else torch.Generator().manual_seed(gen_seed)
         curves[v] = pd.DataFrame(dict(zip(("bpp", "value"), rd_curve(codec, images, gen))))
     out = {f"{field}_{v:g}": {"bpp": c["bpp"].round(4).tolist(), "psnr": c["value"].round(3).tolist()}
@@ -512,10 +517,11 @@ def merge(recs: list[Recorder]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([a[k] for a in arrs]) for k in arrs[0]}
 
 
-def default_options(args) -> dict:
-    """The flat codec options of the default setting (conf/model/gaussian.yaml's, with args' schedule and seed)."""
-    return dict(schedule=args.schedule, chunk_bits=DEFAULT[0], padding_bits=DEFAULT[1], split_above=DEFAULT[2],
-                skip_kl=DEFAULT_SKIP_KL, seed=args.seed, recon="denoise")
+def default_params(args, seed: int | None = None, **channel) -> CodecParams:
+    """The default setting (the Gaussian backbone's profile, diffc/profiles.py) with args' schedule and
+    seed (``seed`` given: that one) and the given channel fields replaced."""
+    return CodecParams(args.schedule, seed=args.seed if seed is None else seed,
+                       channel=dataclasses.replace(GAUSSIAN_PFR, **channel), recon=Recon("denoise"))
 
 
 def main() -> None:
@@ -609,7 +615,7 @@ def main() -> None:
     # simulation): the scale against which the sim-codec difference and setting gaps are read
     spread_vals = [by_key[(*DEFAULT, "sim")]["bits_over_delivered"]]
     for j in range(1, 4 if args.quick else 6):
-        codec = DiffcCodec(backbone, CodecParams.of(**{**default_options(args), "seed": args.seed + j}))
+        codec = DiffcCodec(backbone, default_params(args, args.seed + j))
         gen = torch.Generator().manual_seed(args.seed + j)
         outs = [run_codec(codec, img, gen) for _, img in images]
         summ = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
@@ -618,11 +624,11 @@ def main() -> None:
     C.log(f"default setting, sim over {spread['seeds']} seeds: bits_over_delivered {spread['mean']:.3f} "
           f"+- {spread['std']:.3f} (std)")
     # the default without skipping, same images (codec): what the skip changes in the coder's figures
-    outs = [run_codec(DiffcCodec(backbone, CodecParams.of(**{**default_options(args), "skip_kl": 0.0})), img)
+    outs = [run_codec(DiffcCodec(backbone, default_params(args, skip_kl=0.0)), img)
             for _, img in images]
     no_skip = summarize([o[0] for o in outs], merge([o[1] for o in outs]), *DEFAULT)
     recs = [r for o in outs for r in o[1].records]
-    d_recs = [r for _, img in images for r in run_codec(DiffcCodec(backbone, CodecParams.of(**default_options(args))),
+    d_recs = [r for _, img in images for r in run_codec(DiffcCodec(backbone, default_params(args)),
                                                          img)[1].records]
     skipped = {"skip_kl": DEFAULT_SKIP_KL,
                "skipped_real_kl_share": sum(r.prior_kl_bits for r in d_recs) / sum(r.kl_bits for r in d_recs),

@@ -35,7 +35,7 @@ import torch
 from analysis.report import bd_rate
 from diffc import format as fmt
 from diffc.determinism import provenance_here
-from pipelines.common import build_codec, model_config
+from pipelines.common import build_codec, compose
 from pipelines.datasets import load_kodak, to_tensor
 
 SHIPPED = ("gaussian", "tiny-sd15", "tiny-sdxl", "tiny-flux", "tiny-sd35-medium", "tiny-ddpm")
@@ -79,7 +79,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def rd_rows(image_ids, bpp_range: tuple[float, float], schedule: str) -> list[dict]:
     """Every rate point of the gaussian backbone (default settings but ``schedule``) up to
     bpp_range[1] x 1.5, per image."""
-    codec = build_codec(model_config("gaussian"), {"schedule": schedule})
+    codec = build_codec(compose("compress", ["model=gaussian", f"codec.schedule={schedule}"]))
     prov = provenance_here("cpu", torch.float32, torch.get_num_threads())
     rows = []
     for image_id, img in load_kodak(list(image_ids)):
@@ -115,7 +115,7 @@ def smallest_files(image_id: str) -> list[dict]:
     prov = provenance_here("cpu", torch.float32, torch.get_num_threads())
     out = []
     for name in SHIPPED:
-        codec = build_codec(model_config(name), {})
+        codec = build_codec(compose("compress", [f"model={name}"]))
         image = x
         try:
             p = codec.encode(image, stop_timesteps=[codec.timesteps[0]]).points[0]

@@ -37,7 +37,7 @@ import torch
 
 from diffc.codec import DiffcCodec
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
-from pipelines.common import build_codec, model_config
+from pipelines.common import build_codec, compose, model_config
 
 BACKBONES = {"gaussian": "paper", "tiny-sd15": "paper", "tiny-flux": "paper-flux"}
 STOP_T = 10
@@ -46,7 +46,7 @@ PERTURBATION = 1e-3
 
 
 def codec_for(name: str, schedule: str, deterministic: bool = True, options: dict | None = None) -> DiffcCodec:
-    codec = build_codec(model_config(name), {"schedule": schedule}, options)
+    codec = build_codec(compose("compress", [f"model={name}", f"codec.schedule={schedule}"]), options)
     codec.deterministic = deterministic
     return codec
 
@@ -98,8 +98,7 @@ def measure(enc: DiffcCodec, point, image: torch.Tensor, dec: DiffcCodec, thread
 def full_size_round_trip(kind: str, device: str, stop_t: int) -> dict:
     """Encode + decode one image on ``device`` with the SD 1.5 architecture (``sd15-arch``) or
     tiny-sd15 (``tiny``); seconds and bit-exactness (module docstring)."""
-    from diffc.codec import CodecParams
-    from pipelines.common import plain
+    from diffc.profiles import profile_params
 
     if kind == "tiny":
         enc = codec_for("tiny-sd15", "paper", options={"device": device})
@@ -110,7 +109,7 @@ def full_size_round_trip(kind: str, device: str, stop_t: int) -> dict:
         dev = torch.device(device)
         backbone = bs._sd_backbone("sd15", bs.SD15_UNET, [(768, None)], bs.SD_VAE, "epsilon", dev,
                                    bs.model_dtype("sd15", dev, "auto"))
-        enc = DiffcCodec(backbone, CodecParams.of(**{**plain(model_config("sd15").codec), "schedule": "paper"}))
+        enc = DiffcCodec(backbone, profile_params("sd15"))  # the paper schedule
         image, source = bs._kodak_image()
     dec = DiffcCodec(enc.backbone, enc.params)
     t0 = time.perf_counter()

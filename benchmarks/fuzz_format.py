@@ -40,11 +40,13 @@ import numpy as np
 import torch
 
 from diffc import format as fmt
-from diffc.codec import CodecParams, DiffcCodec, default_params
+from diffc.codec import CodecParams, DiffcCodec
+from diffc.profiles import profile_params
 from diffc.errors import describe
 from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
-from pipelines.common import build_codec, model_config
+from diffc.rcc.channel import PfrSpec
+from pipelines.common import build_codec, compose
 
 #: reconstructions run at most this many ODE steps (the same code as 1000 steps, a fraction of the work)
 MAX_RECON_STEPS = 8
@@ -67,10 +69,9 @@ def with_crc(body: bytes) -> bytes:
 def base_codecs() -> dict[str, tuple[DiffcCodec, torch.Tensor]]:
     """The codecs under test and an image for each."""
     g = torch.Generator().manual_seed(0)
-    gauss = build_codec(model_config("gaussian"), {"schedule": "linspace-6", "chunk_bits": 4, "padding_bits": 1,
-                                                   "recon": "denoise"})
-    sd = build_codec(model_config("tiny-sd15"), {"schedule": "linspace-6", "chunk_bits": 4, "padding_bits": 1,
-                                                 "recon": "ode", "recon_steps": 3})
+    small = ["codec.schedule=linspace-6", "codec.channel.chunk_bits=4", "codec.channel.padding_bits=1"]
+    gauss = build_codec(compose("compress", ["model=gaussian", *small, "codec.recon.mode=denoise"]))
+    sd = build_codec(compose("compress", ["model=tiny-sd15", *small, "codec.recon.mode=ode", "codec.recon.steps=3"]))
     return {"gaussian": (gauss, torch.rand(3, 12, 20, generator=g)), "tiny-sd15": (sd, torch.rand(3, 16, 16, generator=g))}
 
 
@@ -97,7 +98,7 @@ def forge(rng: np.random.Generator, codecs) -> bytes:
     recon_steps = int(rng.choice([1, 2, 3, 1000]))
     parity = str(rng.choice(fmt.PARITIES)) if rng.random() < 0.2 else "project"
     try:
-        params = default_params(name, parity) if rng.random() < 0.3 else CodecParams(schedule, seed=seed, channel=PfrSpec(chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip / 1000), recon=Recon(mode=recon, steps=recon_steps), parity=parity)
+        params = profile_params(name, parity) if rng.random() < 0.3 else CodecParams(schedule, seed=seed, channel=PfrSpec(chunk_bits=cb, padding_bits=pb, split_above=split, skip_kl=skip / 1000), recon=Recon(mode=recon, steps=recon_steps), parity=parity)
         n_max = len(encoding_timesteps(params.schedule))
         fp = DiffcCodec(codecs[name][0].backbone, params).fingerprint() if name in codecs and rng.random() < 0.8 \
             else bytes(rng.integers(0, 256, fmt.FINGERPRINT_BYTES, dtype=np.uint8))
@@ -210,7 +211,7 @@ def limit_file(case: str) -> tuple[DiffcCodec, bytes]:
     range decoder refuses at step 1: what it costs is the work before the first payload byte."""
     name, w, h, n_steps, opts = LIMIT_CASES[case]
     schedule = "geom-12"
-    codec = build_codec(model_config(name), {"schedule": schedule, **opts})
+    codec = build_codec(compose("compress", [f"model={name}", f"codec.schedule={schedule}", *opts]))
     header = codec.header(w, h, min(n_steps, codec.chain.n_steps), None)
     return codec, fmt.write(header, b"\xff" * 8)
 
@@ -259,15 +260,16 @@ def limit_cases(hang_s: float) -> list[dict]:
 #: max_pixels (2^24) refuses the 8192^2 claims from the header; the 4096^2 claims decode up to the
 #: payload's first symbols; turbo-ddcm's M x D entries per step are bounded (diffc.plugins.MAX_STEP_ENTRIES)
 LIMIT_CASES = {
-    "gaussian-8192x8192": ("gaussian", 8192, 8192, 12, {}),
-    "tiny-sd15-8192x8192": ("tiny-sd15", 8192, 8192, 12, {}),
-    "tiny-sdxl-8192x8192": ("tiny-sdxl", 8192, 8192, 12, {}),
-    "tiny-sd15-4096x4096": ("tiny-sd15", 4096, 4096, 12, {}),
-    "gaussian-2^23-candidates": ("gaussian", 64, 64, 12, {"chunk_bits": 16, "padding_bits": 7}),
-    "gaussian-turbo-M4096-2048x2048": ("gaussian", 2048, 2048, 12, {"codec": "turbo-ddcm", "codebook_bits": 12,
-                                                                     "atoms": 4096}),
-    "gaussian-sparse-sum-2^20-atoms": ("gaussian", 64, 64, 12, {"candidates": "sparse-sum", "atoms": 1 << 20,
-                                                                "sparse_m": 64}),
+    "gaussian-8192x8192": ("gaussian", 8192, 8192, 12, []),
+    "tiny-sd15-8192x8192": ("tiny-sd15", 8192, 8192, 12, []),
+    "tiny-sdxl-8192x8192": ("tiny-sdxl", 8192, 8192, 12, []),
+    "tiny-sd15-4096x4096": ("tiny-sd15", 4096, 4096, 12, []),
+    "gaussian-2^23-candidates": ("gaussian", 64, 64, 12, ["codec.channel.chunk_bits=16",
+                                                          "codec.channel.padding_bits=7"]),
+    "gaussian-turbo-M4096-2048x2048": ("gaussian", 2048, 2048, 12, ["codec=turbo-ddcm", "codec.channel.codebook_bits=12",
+                                                                     "codec.channel.atoms=4096"]),
+    "gaussian-sparse-sum-2^20-atoms": ("gaussian", 64, 64, 12, ["codec=sparse-sum", f"codec.channel.atoms={1 << 20}",
+                                                                "codec.channel.sparse_m=64"]),
 }
 
 

@@ -34,8 +34,9 @@ import torch
 from diffc.backbone import load_backbone
 from diffc.backbones.gaussian import from_coefficients
 from diffc.chain import ExactChannel
-from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.rcc.channel import PfrSpec, SparseSumSpec
+from diffc.recon import Recon
 
 LN2 = math.log(2.0)
 MAX_HEADER_SHARE = 0.1  # headline medians use the rate points where the header is at most this share
@@ -101,9 +102,10 @@ def main() -> None:
     C.setup(args)
     t_start = time.perf_counter()
     backbone = load_backbone("gaussian", device=args.device)
-    params = CodecParams.of(schedule=args.schedule, chunk_bits=args.chunk_bits, padding_bits=args.padding_bits,
-                         split_above=args.split_above, candidates=args.candidates, atoms=args.atoms,
-                         sparse_m=args.sparse_m, seed=args.seed, recon="denoise")
+    pfr = dict(chunk_bits=args.chunk_bits, padding_bits=args.padding_bits, split_above=args.split_above)
+    channel = (PfrSpec(**pfr) if args.candidates == "iid" else
+               SparseSumSpec(**pfr, atoms=args.atoms, sparse_m=args.sparse_m))
+    params = CodecParams(args.schedule, seed=args.seed, channel=channel, recon=Recon("denoise"))
     codec = DiffcCodec(backbone, params)
     ts = codec.timesteps
     gen = torch.Generator().manual_seed(args.seed)

@@ -45,7 +45,7 @@ import _common as C  # noqa: I001  (puts the repo on sys.path)
 import torch
 from omegaconf import OmegaConf
 
-from pipelines.common import CONF_DIR, build_codec, model_config
+from pipelines.common import CONF_DIR, build_codec, compose
 
 
 def counted(obj: Any, name: str, counter: dict[str, int]) -> None:
@@ -65,8 +65,8 @@ def paper_evals(x: torch.Tensor, counter: dict[str, int], schedule: str = "paper
 
     Counts do not depend on the chunk size or the image size: the codec's own chunking is used on
     a 16 x 16 crop (the paper's 14-bit chunks only slow the count down)."""
-    model = model_config("gaussian", parity="reference")
-    codec = build_codec(model, {"schedule": schedule, "recon": "ode"})
+    codec = build_codec(compose("config", ["model=gaussian", "parity=reference", f"codec.schedule={schedule}",
+                                           "codec.recon.mode=ode"]))
     assert codec.params.recon.grid == "reference", "parity=reference sets the reference grid"
     counted(codec.backbone, "predict_x0", counter)
     stops = sorted({int(t) for t in OmegaConf.load(CONF_DIR / "bitrate" / "paper.yaml").stop_timesteps}, reverse=True)
@@ -97,10 +97,8 @@ def main() -> None:
     C.setup(args)
     started = time.perf_counter()
 
-    model = model_config(args.model)
-    if args.model != "gaussian":
-        model.options.device = args.device
-    codec = build_codec(model)
+    codec = build_codec(compose("config", [f"model={args.model}"]),
+                        None if args.model == "gaussian" else {"device": args.device})
     backbone = codec.backbone
     counter = {"predict_x0": 0, "network": 0}
     counted(backbone, "predict_x0", counter)

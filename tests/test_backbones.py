@@ -23,6 +23,8 @@ from omegaconf import OmegaConf
 from diffc import format as fmt
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec, pad_to
+from diffc.rcc.channel import PfrSpec
+from diffc.recon import Recon
 from pipelines.common import model_config
 
 REPO = Path(__file__).resolve().parents[1]

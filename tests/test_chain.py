@@ -11,6 +11,7 @@ from diffc import format as fmt
 from diffc.chain import Chain, ExactChannel, Step
 from diffc.rcc.channel import PfrChannel, PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.recon import Recon
 
 PARAMS = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="denoise"))
 

@@ -252,6 +252,11 @@ def test_decompress_bad_recon_steps_is_one_line(encoded: dict[str, Path], tmp_pa
     (["--cfg", "nope", "input=x", "output=y"], "error: argument --cfg/-c: invalid choice: 'nope'"),
     (["-m", "input=x", "output=y", "timestep=1,2"], "error: -m/--multirun is for sweeps"),
     (["input=x", "output=y", "recon=ode"], "error: unknown option 'recon' (did you mean codec.recon"),
+    # a key the chosen channel does not have is refused at composition (issue 25)
+    (["codec=ddcm", "codec.channel.chunk_bits=8", "input=x", "output=y"],
+     "error: unknown option 'codec.channel.chunk_bits': 'ddcm' has no 'chunk_bits' (its keys: name, codebook_bits)"),
+    (["codec.channel.codebook_bits=8", "input=x", "output=y"], "error: unknown option 'codec.channel.codebook_bits': 'pfr'"),
+    (["codec.channel.chunk_bits=x", "input=x", "output=y"], "error: "),
 ])
 def test_real_cli_hydra_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
     r = cli("pipelines.compress", *args, cwd=tmp_path)
@@ -272,10 +277,10 @@ def test_compress_timestep_must_be_an_integer(odd_image: Path, tmp_path: Path, c
 
 
 def test_the_documented_reconstruction_keys_work(odd_image: Path, tmp_path: Path) -> None:
-    """README: codec.recon / codec.recon_steps on compress (stored in the file), recon= on decompress."""
+    """README: codec.recon.mode / codec.recon.steps on compress (stored in the file), recon= on decompress."""
     f = tmp_path / "a.diffc"
     r = cli("pipelines.compress", "model=gaussian", f"input={odd_image}", f"output={f}", "timestep=300",
-            "codec.recon=ode", "codec.recon_steps=3", f"recon_output={tmp_path / 'enc.png'}")
+            "codec.recon.mode=ode", "codec.recon.steps=3", f"recon_output={tmp_path / 'enc.png'}")
     assert r.returncode == 0, r.stderr
     assert fmt.read(f.read_bytes())[0].recon.mode == "ode"
     r = cli("pipelines.decompress", f"input={f}", f"output={tmp_path / 'dec.png'}", "recon=denoise")

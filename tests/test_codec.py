@@ -313,12 +313,17 @@ def test_bad_images_are_rejected(gaussian_backbone) -> None:
 
 def test_codec_params_validation() -> None:
     assert CodecParams(channel=PfrSpec(chunk_bits=8, padding_bits=2)).channel.num_candidates == 1024
-    for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9),
-                dict(recon="magic"), dict(recon_steps=0), dict(seed=2**32), dict(split_above=0.5),
+    for bad in (dict(chunk_bits=0), dict(chunk_bits=20, padding_bits=5), dict(padding_bits=9), dict(split_above=0.5),
                 dict(split_above=2.1), dict(split_above=64.0), dict(split_above=-1.0), dict(skip_kl=-0.001),
                 dict(skip_kl=0.256), dict(skip_kl=0.0105)):
         with pytest.raises(ValueError):
-            CodecParams.of(**bad)
+            PfrSpec(**bad)
+    for bad in (dict(mode="magic"), dict(steps=0)):
+        with pytest.raises(ValueError):
+            Recon(**bad)
+    for bad in (2**32, -1, True, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            CodecParams(seed=bad)
 
 
 def test_skipped_entries_are_the_prior_sample(gaussian_backbone, kodak64) -> None:

@@ -24,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.codec_config import codec_params
 from pipelines.common import CONF_DIR, build_codec
 from pipelines.evaluate import RatePlan, config_hash
 
@@ -42,22 +43,22 @@ class Intended:
     models: list[str]  # one job per model, in this order
     bitrate: str  # the conf/bitrate option whose rate points every job uses
     metrics: str  # the conf/metrics option
-    codec: dict  # the codec overrides it sets (conf/codec keys that are not null)
+    codec: dict  # what it sets in the codec node: dotted key (in ``codec``) -> value
     recon_png: bool  # reconstructions kept as PNG (FID needs them)
     multirun: bool  # launches a sweep without -m
-    codecs: tuple[str, ...] = ()  # one job per codec (conf/codec option) and model, in this order
+    codecs: tuple[str, ...] = ()  # one job per channel (conf/codec option) and model, in this order
     baselines: tuple[str, ...] = ()  # classic codecs scored in every job
 
 
-PAPER_CODEC = {"chunk_bits": 14, "padding_bits": 2}  # the reference's 2^16 candidates, 2 bits padding
+PAPER_CODEC = {"channel.chunk_bits": 14, "channel.padding_bits": 2}  # the reference's 2^16 candidates, 2 bits padding
 EXPERIMENTS = {
     "paper_kodak": Intended("kodak", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
     "paper_div2k": Intended("div2k", REAL_MODELS, "paper", "all", PAPER_CODEC, True, True),
-    "paper_prompt": Intended("kodak", ["sd15"], "paper", "all", {**PAPER_CODEC, "recon_guidance": 5.0}, True, False),
+    "paper_prompt": Intended("kodak", ["sd15"], "paper", "all", {**PAPER_CODEC, "recon.guidance": 5.0}, True, False),
     "compare_backbones": Intended("kodak-small", OFFLINE_MODELS, "quick", "offline", {}, False, True),
     "demo": Intended("kodak-small", ["gaussian"], "quick", "offline", {}, True, False, baselines=("avif", "jpeg", "webp")),
     "compare_codecs": Intended("kodak", ["gaussian"], "quick", "offline", {}, False, True,
-                               ("diffc", "ddcm", "turbo-ddcm"), ("avif", "jpeg", "webp")),
+                               ("pfr", "ddcm", "turbo-ddcm"), ("avif", "jpeg", "webp")),
 }
 #: options with a job whose rows are the default job's (they change only result-neutral keys)
 SAME_ROWS_AS_DEFAULT = {
@@ -111,7 +112,16 @@ def default_job(hydra_conf) -> tuple[dict, str]:
 
 
 def codec_overrides(cfg: DictConfig) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(cfg.codec).items() if v is not None}
+    """The keys of ``cfg.codec`` whose value differs from the default composition for the same model
+    and channel (dotted, in ``codec``)."""
+    base = compose("config", overrides=[f"model={cfg.model.name}", f"codec={cfg.codec.channel.name}",
+                                        f"parity={cfg.parity}"]).codec
+
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    want, got = dict(flat(OmegaConf.to_container(base, resolve=True))), flat(OmegaConf.to_container(cfg.codec, resolve=True))
+    return {k: v for k, v in got if want.get(k) != v}
 
 
 def test_every_group_has_options() -> None:
@@ -128,9 +138,13 @@ def test_option_composes(group: str, option: str, default_job: tuple[dict, str])
     # everything but the deliberately required folder path resolves
     if not (group == "dataset" and option == "folder"):
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    if group in ("model", "codec"):  # the codec node builds the core's typed parameters
+        params, _ = codec_params(cfg.codec)
+        assert params.channel.name == cfg.codec.channel.name
     if group == "model":
         assert cfg.model.name == option  # registry name == file stem
-        assert set(cfg.model.codec) >= {"schedule", "chunk_bits", "padding_bits", "recon", "recon_steps"}
+    if group == "codec":
+        assert cfg.codec.channel.name == option  # one name: config option = spec name = header name
     if group == "dataset":
         assert cfg.dataset.name == option
     if group == "bitrate":
@@ -168,9 +182,9 @@ def test_result_neutral_keys_do_not_change_the_hash(override: str) -> None:
 
 @pytest.mark.parametrize("override", [
     # every codec parameter (conf/codec) and the model's own codec defaults and options
-    "codec.schedule=geom-10", "codec.chunk_bits=6", "codec.padding_bits=3", "codec.split_above=3",
-    "codec.seed=7", "codec.recon=ode", "codec.recon_steps=5", "model.codec.chunk_bits=6",
-    "model.codec.schedule=linspace-30", "model.options.params_path=/other/fit.npz",
+    "codec.schedule=geom-10", "codec.channel.chunk_bits=6", "codec.channel.padding_bits=3",
+    "codec.channel.split_above=3", "codec.channel.skip_kl=0.01", "codec.seed=7", "codec.recon.mode=ode",
+    "codec.recon.steps=5", "codec=ddcm", "model.options.params_path=/other/fit.npz",
     # the data, the rate points and the metrics
     "dataset.options.size=32", "dataset.options.ids=[kodim01]", "bitrate.stop_timesteps=[700,300]",
     "metrics.names=[psnr]", "metrics.fid=true", "caption=photo",
@@ -188,8 +202,9 @@ def test_hash_is_a_function_of_the_resolved_values() -> None:
     reordered = OmegaConf.create({k: cfg[k] for k in reversed(list(cfg))})
     assert list(reordered) != list(cfg)
     assert config_hash(reordered) == config_hash(OmegaConf.create(cfg))
-    chunk = cfg["model"]["codec"]["chunk_bits"]
-    interp = OmegaConf.create(cfg | {"bits": chunk, "model": cfg["model"] | {"codec": cfg["model"]["codec"] | {"chunk_bits": "${bits}"}}})
+    chunk = cfg["codec"]["channel"]["chunk_bits"]
+    codec = cfg["codec"] | {"channel": cfg["codec"]["channel"] | {"chunk_bits": "${bits}"}}
+    interp = OmegaConf.create(cfg | {"bits": chunk, "codec": codec})
     plain = OmegaConf.create(cfg | {"bits": chunk})
     assert config_hash(interp) == config_hash(plain)
     assert config_hash(interp) != config_hash(OmegaConf.create(cfg | {"bits": chunk + 1}))
@@ -206,14 +221,15 @@ def test_experiment_sweep_lists_intended_jobs(experiment: str) -> None:
     bitrate = compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
     metrics = compose("config", overrides=[f"metrics={want.metrics}"]).metrics
     if want.codecs:
-        assert [j.codec.codec for j in jobs] == list(want.codecs) * len(want.models)
+        assert [j.codec.channel.name for j in jobs] == list(want.codecs) * len(want.models)
     for j in jobs:
         assert j.dataset.name == want.dataset
         assert j.name == experiment  # results under ${root}/<experiment>/<overrides>
         assert j.bitrate == bitrate and j.metrics == metrics
         assert sorted(j.get("baselines") or []) == list(want.baselines)
-        if not want.codecs:
-            assert codec_overrides(j) == want.codec
+        if not want.codecs:  # what it sets, and nothing else differs from the model's defaults
+            assert {k: OmegaConf.select(j.codec, k) for k in want.codec} == want.codec
+            assert set(codec_overrides(j)) <= set(want.codec)
         assert j.save.recon_png == want.recon_png
         assert not j.metrics.fid or j.save.recon_png  # FID reads the saved reconstructions
         OmegaConf.to_container(j, resolve=True, throw_on_missing=True)
@@ -233,15 +249,12 @@ def test_experiment_composes_with_offline_backbones(experiment: str) -> None:
             OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
             assert (job.dataset.name, job.name, job.save.recon_png) == (want.dataset, experiment, want.recon_png)
             if not want.codecs:
-                assert codec_overrides(job) == want.codec
+                assert {k: OmegaConf.select(job.codec, k) for k in want.codec} == want.codec
             assert job.bitrate == compose("config", overrides=[f"bitrate={want.bitrate}"]).bitrate
             if model == "gaussian":
-                codec = build_codec(job.model, job.codec)
+                codec = build_codec(job)
                 assert codec.backbone.name == "gaussian"
-                assert codec.params.channel.name == (job.codec.codec or "diffc")
-                options = codec.params.options()
-                for key, value in want.codec.items():
-                    assert options[key] == value
+                assert codec.params.channel.name == job.codec.channel.name
                 steps = [codec.stop_step_for(t) for t in RatePlan.from_config(job.bitrate).stop_timesteps]
                 assert steps == sorted(steps)  # lower timestep = later step (more bits)
 
@@ -258,17 +271,17 @@ def test_paper_experiments_use_reference_settings(experiment: str) -> None:
         r = ref[by_model[job.model.name]]
         plan = RatePlan.from_config(job.bitrate)
         assert plan.targets is None and plan.stop_timesteps == r["recon_timesteps"]
-        assert job.codec.chunk_bits + job.codec.padding_bits == r["candidate_bits_per_chunk"]
-        assert job.codec.padding_bits == r["padding_bits_per_chunk"]
-        schedule = job.codec.schedule or job.model.codec.schedule
-        assert encoding_timesteps(schedule, 1000) == r["encoding_timesteps"], job.model.name
+        params, _ = codec_params(job.codec, job.parity)
+        assert params.channel.chunk_bits + params.channel.padding_bits == r["candidate_bits_per_chunk"]
+        assert params.channel.padding_bits == r["padding_bits_per_chunk"]
+        assert encoding_timesteps(params.schedule, 1000) == r["encoding_timesteps"], job.model.name
         assert list(job.metrics.names) == ["psnr", "ms_ssim", "lpips", "dists", "qalign"] and job.metrics.fid
         assert bool(job.model.options.get("refiner_hub_id")) == r["use_refiner"] or job.model.name == "flux-dev"
         # the reference's settings wherever they differ (README "Paper parity")
         resolved = OmegaConf.to_container(job, resolve=True)
         assert resolved["parity"] == "reference"
         assert resolved["model"]["options"]["timestep_labels"] == "reference"
-        assert resolved["model"]["codec"]["recon_grid"] == "reference"
+        assert resolved["codec"]["recon"]["grid"] == "reference"
         assert resolved["model"]["options"].get("guidance") in (0.0, 1.0)  # Flux: embedding 0; SD: no CFG
         if job.model.name == "flux-dev":
             assert (resolved["model"]["options"]["shift"], resolved["model"]["options"]["guidance"]) == (1.0, 0.0)
@@ -285,11 +298,11 @@ def test_project_defaults_outside_paper_experiments(model: str) -> None:
     resolved = OmegaConf.to_container(compose("config", overrides=[f"model={model}"]), resolve=True)
     assert resolved["parity"] == "project"
     assert resolved["model"]["options"]["timestep_labels"] == "project"
-    assert resolved["model"]["codec"]["recon_grid"] == "uniform"
+    assert resolved["codec"]["recon"]["grid"] == "uniform"
     if model == "flux-dev":
         assert (resolved["model"]["options"]["shift"], resolved["model"]["options"]["guidance"]) == (None, 1.0)
     flipped = OmegaConf.to_container(compose("config", overrides=[f"model={model}", "parity=reference"]), resolve=True)
-    assert flipped["model"]["codec"]["recon_grid"] == "reference"
+    assert flipped["codec"]["recon"]["grid"] == "reference"
 
 
 def test_command_line_sweep_expands() -> None:
@@ -307,7 +320,7 @@ def test_command_line_sweep_expands() -> None:
 @pytest.mark.parametrize("model", ["gaussian"])  # tiny-sd15: built by test_pipeline
 def test_offline_models_build(model: str) -> None:
     cfg = compose("config", overrides=[f"model={model}"])
-    codec = build_codec(cfg.model, cfg.codec)
+    codec = build_codec(cfg)
     assert codec.backbone.name == model
     for t in RatePlan.from_config(cfg.bitrate).stop_timesteps:
         codec.stop_step_for(t)
@@ -347,7 +360,7 @@ def test_dry_run_lists_the_same_jobs(experiment: str, tmp_path: Path) -> None:
     assert printed == [(j.model.name, config_hash(j)) for j in sweep([f"experiment={experiment}"])]
     assert all(f"dataset={EXPERIMENTS[experiment].dataset} " in ln and "state=todo" in ln for ln in lines)
     assert [re.search(r"\bcodec=(\S+)", ln)[1] for ln in lines] == \
-        [j.codec.codec or "diffc" for j in sweep([f"experiment={experiment}"])]
+        [j.codec.channel.name for j in sweep([f"experiment={experiment}"])]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".parquet", ".diffc", ".png", ".json"}]
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffc import format as fmt
+from diffc.codebook import TurboDdcmSpec
 from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.recon import Recon
@@ -343,15 +344,14 @@ def test_garbage_payload_with_valid_header(payload, refused_at) -> None:
         codec.decode(data)
 
 
-@pytest.mark.parametrize("codec_name", ["diffc", "turbo-ddcm"])
+@pytest.mark.parametrize("codec_name", ["pfr", "turbo-ddcm"])
 def test_trailing_data_after_the_payload_is_refused(gaussian_backbone, codec_name: str) -> None:
     """Data after a file's coded steps is refused, from one 32-bit word up (the decoder re-codes
     what it reads: the payload must be exactly that stream), whether its CRC was forged to match or
     the data follows the CRC; every rate point of a progressive encode is a file of its own and
     decodes (a prefix of the stream plus a header of its step count)."""
-    extra = {"codebook_bits": 6, "atoms": 3} if codec_name != "diffc" else {}
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="linspace-6", chunk_bits=4, padding_bits=1,
-                                                      codec=codec_name, **extra))
+    spec = PfrSpec(4, 1) if codec_name == "pfr" else TurboDdcmSpec(6, 3)
+    codec = DiffcCodec(gaussian_backbone, CodecParams("linspace-6", channel=spec))
     res = codec.encode(tiny_image(), stop_timesteps=codec.timesteps[1:])
     for point in res.points:
         assert torch.equal(codec.decode(point.data, reconstruct=False).x_t, point.x_t)
@@ -497,7 +497,8 @@ def _portable(data: bytes) -> tuple[bytes, bytes]:
 def _golden_now(codec: DiffcCodec) -> dict:
     res = codec.encode(tiny_image(), stop_timesteps=[codec.timesteps[3], codec.timesteps[-1]], caption="a golden test")
     return {
-        "params": codec.params.options(),
+        "params": {**dataclasses.asdict(codec.params), "channel": {"name": codec.params.channel.name,
+                                                                   **dataclasses.asdict(codec.params.channel)}},
         "image": "tests/test_format.py::tiny_image(12, 20)",
         "caption": "a golden test",
         "format_version": fmt.FORMAT_VERSION,
@@ -592,21 +593,22 @@ def test_default_header_of_every_shipped_backbone_is_at_most_12_bytes(parity) ->
 
 @pytest.mark.parametrize("parity", ["project", "reference"])
 def test_profiles_are_the_shipped_configs_codec_defaults(parity) -> None:
-    """The decoder's profiles (diffc/profiles.py, part of the format) equal what conf/model/NAME.yaml
-    ``codec:`` says for every backbone with an id, so a default-configuration encode writes no codec
+    """The decoder's profiles (diffc/profiles.py, part of the format) equal the ``codec`` that
+    ``compress model=NAME`` composes for every backbone with an id, so a default-configuration encode writes no codec
     field; and the core reads them without importing the pipelines' configs."""
     import subprocess
     import sys
 
     from diffc.backbone import BACKBONE_IDS
-    from diffc.codec import CodecParams, default_params
-    from pipelines.common import model_config, plain
+    from diffc.profiles import PROFILES, profile_params
+    from pipelines.common import compose
+    from pipelines.codec_config import codec_params
 
-    assert set(BACKBONE_IDS) == set(__import__("diffc.profiles").profiles.PROFILES)
+    assert set(BACKBONE_IDS) == set(PROFILES)
     for name in BACKBONE_IDS:
-        shipped = CodecParams.of(**plain(model_config(name, parity).get("codec")), parity=parity)
-        assert default_params(name, parity) == shipped, name
-    code = ("import sys; from diffc.codec import default_params; default_params('sd15', 'reference'); "
+        shipped, _ = codec_params(compose("compress", [f"model={name}", f"parity={parity}"]).codec, parity)
+        assert profile_params(name, parity) == shipped, name
+    code = ("import sys; from diffc.codec import default_profile; default_profile('sd15', 'reference'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipelines', 'hydra', 'omegaconf')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
@@ -617,9 +619,9 @@ def test_shipped_backbones_write_12_byte_headers_and_decode(name) -> None:
     """Real encodes at each backbone's default settings (64 x 64): 12 header bytes (the size takes
     2 bytes, as 768 x 512's), the file decodes to the encoder's x_t, and with ``provenance=True``
     the information fields come back (8 bytes more)."""
-    from pipelines.common import build_codec, model_config
+    from pipelines.common import build_codec, compose
 
-    codec = build_codec(model_config(name), {})
+    codec = build_codec(compose("compress", [f"model={name}"]))
     point = codec.encode(tiny_image(64, 64), stop_timesteps=[700]).points[0]
     assert point.bits_header == 8 * 12
     assert torch.equal(codec.decode(point.data, reconstruct=False).x_t, point.x_t)

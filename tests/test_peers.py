@@ -20,6 +20,7 @@ from diffc.rcc.channel import PfrSpec
 from diffc.codebook import DdcmSpec, TurboDdcmChannel, TurboDdcmSpec
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_header
 from diffc.rcc.randomness import normals
+from diffc.recon import Recon
 from pipelines.common import CONF_DIR, build_codec, model_config
 
 DDCM = CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8), recon=Recon(mode="denoise"))
@@ -95,12 +96,13 @@ def test_params_are_normalised_and_validated() -> None:
     a = CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8))
     assert a == CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8))  # one fingerprint
     assert a.channel == DdcmSpec(8) and a.channel.to_bytes() == b"\x08"
-    assert CodecParams().channel == PfrSpec()  # diffc ignores them
-    for bad in (dict(codec="jpeg"), dict(codec="ddcm", codebook_bits=0), dict(codec="ddcm", codebook_bits=8, atoms=2),
-                dict(codec="turbo-ddcm", codebook_bits=4, atoms=17), dict(codec="turbo-ddcm", codebook_bits=25),
-                dict(codec="ddcm", codebook_bits=8, candidates="sparse-sum"), dict(chunk_bit=3)):
+    for make in (lambda: DdcmSpec(codebook_bits=0), lambda: TurboDdcmSpec(codebook_bits=4, atoms=17),
+                 lambda: TurboDdcmSpec(codebook_bits=25)):
         with pytest.raises(ValueError):
-            CodecParams.of(**bad)
+            make()
+    for bad in (dict(atoms=2), dict(chunk_bits=8), dict(candidates="sparse-sum")):  # another channel's options
+        with pytest.raises(TypeError):
+            DdcmSpec(codebook_bits=8, **bad)
 
 
 def test_forged_codec_fields_are_refused() -> None:

@@ -21,6 +21,7 @@ from diffc import format as fmt
 from diffc.rcc.channel import PfrSpec, SparseSumSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.plugins import ChannelSpec, channel_names, channel_spec
+from diffc.codebook import DdcmSpec, TurboDdcmSpec
 from pipelines.common import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

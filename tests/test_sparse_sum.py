@@ -19,6 +19,8 @@ from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rcc.pfr import ArrivalGaps, ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 from diffc.rcc.sparse_sum import SparseSum
+from diffc.codebook import DdcmSpec
+from diffc.rcc.channel import SparseSumSpec
 
 LN2 = math.log(2.0)
 ALPHA = 1e-3
@@ -147,9 +149,9 @@ def test_bad_banks_are_refused():
     with pytest.raises(ValueError):
         CodecParams(channel=SparseSumSpec(atoms=0, sparse_m=4))
     with pytest.raises(ValueError):
-        CodecParams()
-    with pytest.raises(ValueError):
-        CodecParams(channel=DdcmSpec(codebook_bits=8))
+        SparseSumSpec(atoms=256, sparse_m=0)
+    with pytest.raises(TypeError):  # DDCM has no atom bank
+        DdcmSpec(codebook_bits=8, atoms=64, sparse_m=4)
 
 
 def test_codec_round_trip_is_bit_identical(gaussian_backbone):
@@ -157,9 +159,9 @@ def test_codec_round_trip_is_bit_identical(gaussian_backbone):
     at every stop; the header names the generator, so a codec built for i.i.d. candidates decodes
     the file too, and the sparse-sum codec an i.i.d. file."""
     img = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(0))
-    common = dict(schedule="linspace-6", chunk_bits=6, padding_bits=2, seed=9, recon="denoise")
-    sparse = DiffcCodec(gaussian_backbone, CodecParams.of(**common, candidates="sparse-sum", atoms=256, sparse_m=4))
-    iid = DiffcCodec(gaussian_backbone, CodecParams.of(**common))
+    common = dict(schedule="linspace-6", seed=9, recon=Recon("denoise"))
+    sparse = DiffcCodec(gaussian_backbone, CodecParams(**common, channel=SparseSumSpec(6, 2, atoms=256, sparse_m=4)))
+    iid = DiffcCodec(gaussian_backbone, CodecParams(**common, channel=PfrSpec(6, 2)))
     res = sparse.encode(img, stop_timesteps=[sparse.timesteps[3], sparse.timesteps[-1]])
     assert len(res.points) == 2 and res.points[-1].delivered_bits > 0.3 * res.points[-1].kl_bits
     for p in res.points:
