@@ -97,7 +97,7 @@ def curve_label(points: pd.DataFrame) -> pd.Series:
     """One curve per (model, codec): the model's name for DiffC, 'model (codec)' for the peers.
 
     Jobs of one model and codec with other settings (config hashes: a sweep over
-    ``codec.chunk_bits``, say) are separate curves, never averaged together: each label then ends
+    ``codec.channel.chunk_bits``, say) are separate curves, never averaged together: each label then ends
     in its hash, 'gaussian #826e09' (the job dir's job.json holds it)."""
     codec = points["codec"].fillna("diffc").astype(str)
     label = points["model"].astype(str).where(codec == "diffc", points["model"].astype(str) + " (" + codec + ")")

@@ -6,7 +6,7 @@ this checkout and in a baseline commit (default 60420f3, before the skip and the
 both run from the same venv. The baseline's tree is a ``git archive`` of the commit unpacked in a
 temporary directory and run with ``PYTHONPATH`` pointing at it; it runs at 1 and at 2 threads
 (``OMP_NUM_THREADS``) and the faster counts. This checkout runs at its default threads, and also
-with ``codec.skip_kl=0`` (no entries left to the prior), so the two factors show apart:
+with ``codec.channel.skip_kl=0`` (no entries left to the prior), so the two factors show apart:
 
   speedup       = baseline / this checkout (the headline, goal >= 4)
   skip_factor   = this checkout without skipping / with it
@@ -124,7 +124,7 @@ def main() -> None:
             **{f"baseline_{n}t": (base_tree, n, ())
                for n in map(int, (args.baseline_threads or ("1" if args.quick else "1,2")).split(","))},
             "now": (C.ROOT, args.now_threads, ()),
-            "now_no_skip": (C.ROOT, args.now_threads, ("codec.skip_kl=0",)),
+            "now_no_skip": (C.ROOT, args.now_threads, ("codec.channel.skip_kl=0",)),
         }
         times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in configs}
         C.log(f"encode_cost: kodim23 {img.shape[1]}x{img.shape[0]} to t={args.timestep}, baseline {args.baseline}, "

@@ -107,8 +107,8 @@ def job_slug(root: DictConfig) -> str:
     part sorted: the most telling come before the name is cut to :data:`SLUG_CHARS`), whatever
     the command line's spelling: the config groups whose choice is not the default one
     (``model=sd15``; ``baselines=jpeg.webp`` when any), and the keys given on the command line whose
-    value differs from the one those choices give (``codec.chunk_bits=12``; ``model=gaussian`` or
-    ``codec.chunk_bits=null`` spelled out add nothing). Keys of conf/config.yaml's ``exclude_keys``
+    value differs from the one those choices give (``codec.channel.chunk_bits=12``; ``model=gaussian`` or
+    ``codec.channel.chunk_bits=null`` spelled out add nothing). Keys of conf/config.yaml's ``exclude_keys``
     (:data:`VOLATILE_KEYS`, :data:`LOCATION_KEYS`) never count. ``root``: the job's config with
     its hydra node (as Hydra resolves ``hydra.run.dir``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

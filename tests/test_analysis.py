@@ -34,7 +34,7 @@ from diffc.errors import UsageError  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gaussian", "tiny-sd15"]
 FAST = ["dataset=kodak-small", "bitrate=quick", "metrics=offline", "dataset.options.ids=[kodim01,kodim05]",
-        "dataset.options.size=32", "codec.chunk_bits=4", "codec.padding_bits=1", "progress=false"]
+        "dataset.options.size=32", "codec.channel.chunk_bits=4", "codec.channel.padding_bits=1", "progress=false"]
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -281,7 +281,7 @@ def test_bd_rate_against_a_classic_codec_on_psnr_and_ms_ssim() -> None:
 
 
 def test_jobs_with_other_codec_settings_are_separate_curves() -> None:
-    """Two jobs of one model and codec (a sweep over codec.chunk_bits, say: other config hashes)
+    """Two jobs of one model and codec (a sweep over codec.channel.chunk_bits, say: other config hashes)
     are two curves labelled by their hashes, never averaged into one; the BD table compares them."""
     bpp = [0.1, 0.2, 0.4, 0.8, 1.6]
     psnr = [25.0, 28.0, 31.0, 34.0, 37.0]

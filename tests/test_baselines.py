@@ -23,7 +23,7 @@ from pipelines.datasets import load_dataset
 from pipelines.evaluate import config_hash, run_job
 
 FAST = ["dataset=kodak-small", "bitrate=quick", "metrics=offline", "dataset.options.ids=[kodim01,kodim05]",
-        "dataset.options.size=32", "codec.chunk_bits=4", "codec.padding_bits=1", "progress=false"]
+        "dataset.options.size=32", "codec.channel.chunk_bits=4", "codec.channel.padding_bits=1", "progress=false"]
 GRIDS = ["baselines.jpeg.quality=[10,50,90]", "baselines.webp.quality=[10,80]", "baselines.avif.quality=[30]",
          "baselines.jxl.quality=[50]"]
 EXT = {"jpeg": "jpg", "webp": "webp", "avif": "avif", "jxl": "jxl"}

@@ -216,8 +216,8 @@ def test_evaluate_rows_carry_the_auto_caption(tmp_path: Path) -> None:
     Image.fromarray(img).save(images / "a.png")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny-sd15", "dataset=folder", f"dataset.options.path={images}",
-                                           "bitrate.stop_timesteps=[300]", "codec.chunk_bits=4",
-                                           "codec.padding_bits=1", "caption=auto", "captioner=tiny-blip2",
+                                           "bitrate.stop_timesteps=[300]", "codec.channel.chunk_bits=4",
+                                           "codec.channel.padding_bits=1", "caption=auto", "captioner=tiny-blip2",
                                            "captioner.options.device=cpu", "progress=false"])
     job = tmp_path / "job"
     run_job(cfg, job)

@@ -144,7 +144,7 @@ def test_reference_parity_files_decode_with_the_header_parity(odd_image: Path, t
     encoder's PNG; told parity=project, the fingerprint refuses it in one line."""
     f, rep, dec = tmp_path / "r.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
     code, _, err = run_task(compress, "compress", ["model=tiny-sd15", "parity=reference", f"input={odd_image}",
-                                                   f"output={f}", "timestep=500", "codec.recon=ode",
+                                                   f"output={f}", "timestep=500", "codec.recon.mode=ode",
                                                    f"recon_output={rep}"], capsys)
     assert code == 0, err
     header = fmt.read(f.read_bytes())[0]
@@ -191,7 +191,7 @@ def test_decompress_bad_file_one_line_no_output(case: str, encoded: dict[str, Pa
     (["input=IMG", "output=OUT", "timestep=0"], "below the last encoding timestep"),
     (["input=IMG", "output=OUT", "bpp=0.001"], "no rate point within"),
     (["input=IMG", "timestep=300"], "missing required option"),
-    (["input=IMG", "output=OUT", "timestep=300", "codec.chunk_bits=40"], "chunk_bits"),
+    (["input=IMG", "output=OUT", "timestep=300", "codec.channel.chunk_bits=40"], "chunk_bits"),
     (["input=IMG", "output=OUT", "timestep=300", "model.options.params_path=/nope.npz"], "not found"),
 ])
 def test_compress_bad_input_one_line_no_output(overrides: list[str], needle: str, odd_image: Path, tmp_path: Path,

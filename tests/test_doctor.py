@@ -26,7 +26,7 @@ from test_hub_cache import use_cache
 ROOT = Path(__file__).resolve().parents[1]
 SD15_ID = plain(model_config("sd15")["options"])["hub_id"]
 #: a quick round trip through a real config's tiny twin (12 steps, 2^10 candidates per chunk)
-QUICK = ["model.options.device=cpu", "codec.chunk_bits=8"]
+QUICK = ["model.options.device=cpu", "codec.channel.chunk_bits=8"]
 
 
 def doctor_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:

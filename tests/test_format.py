@@ -43,7 +43,7 @@ def varint(v: int) -> bytes:
             return bytes(out)
 
 
-CHANNEL_IDS = {b"diffc": 1, b"diffc-sparse-sum": 2, b"ddcm": 3, b"turbo-ddcm": 4}
+CHANNEL_IDS = {b"pfr": 1, b"sparse-sum": 2, b"ddcm": 3, b"turbo-ddcm": 4}
 SCHEDULE_IDS = {"paper": 1, "paper-flux": 2, "linspace": 3, "geom": 4}
 
 
@@ -68,7 +68,7 @@ def raw_file(backbone=None, fp=b"\0\0", width=64, height=64, seed=0, schedule=b"
              chunk_bits=8, padding_bits=2, split_q=0, recon=0, recon_steps=50, n_steps=1, caption=b"",
              caption_len=None, payload=b"", version=fmt.FORMAT_VERSION, crc=True, threads=2,
              provenance=(0, 0, 2, 13, 0, 0, 36, 0), grid=b"\x00", guidance=b"\x00", parity=0,
-             channel=b"diffc", channel_params=None, params_len=None, skip_m=0, mask=0x1F, size=None) -> bytes:
+             channel=b"pfr", channel_params=None, params_len=None, skip_m=0, mask=0x1F, size=None) -> bytes:
     """The documented layout, written independently of diffc.format.write (fields unchecked): every
     codec field present (``mask``), the backbone by id 1 (gaussian) or, given ``backbone``, by name.
     ``channel_params`` None = the diffc spec's 4 bytes (chunk_bits, padding_bits, split_q, skip_m:
@@ -134,7 +134,7 @@ def real_files(tiny_codec) -> list[bytes]:
 def test_write_read_roundtrip(caption) -> None:
     prov = fmt.Provenance("cuda", "bfloat16", 8, (2, 5, 1), (0, 31, 300))
     h = fmt.Header(backbone="gaussian", fingerprint=b"\x01\x02", width=77, height=53, seed=2**32 - 1,
-                   schedule="geom-12", channel="diffc", channel_params=PfrSpec(8, 2, 2.75).to_bytes(), n_steps=12,
+                   schedule="geom-12", channel="pfr", channel_params=PfrSpec(8, 2, 2.75).to_bytes(), n_steps=12,
                    recon=Recon("ode", 50), caption=caption, provenance=prov, parity="reference")
     payload = bytes(range(16))
     data = fmt.write(h, payload)
@@ -304,7 +304,7 @@ def test_caption_zip_bomb_is_refused_without_inflating() -> None:
     (dict(channel_params=b"\x08\x02\x00"), "4 bytes"),
     (dict(channel_params=b"\x08\x02\x00\x00\x00"), "stray"),
     (dict(params_len=200), "ends inside"),
-    (dict(channel=b"diffc-sparse-sum", channel_params=b"\x08\x02\x00\x00\x03\x04"), "atoms must be"),
+    (dict(channel=b"sparse-sum", channel_params=b"\x08\x02\x00\x00\x03\x04"), "atoms must be"),
 ])
 def test_bad_channel_parameters_are_refused_by_their_spec(tiny_codec, fields, match) -> None:
     """The container reads a spec's bytes without interpreting them; the spec refuses them: one line."""
@@ -551,7 +551,7 @@ def test_recon_grid_and_guidance_layout(grid, guidance, grid_bytes, guidance_byt
     """Since version 5: the reconstruction grid (name byte, or 2 + count + timesteps) and guidance
     (0 = the encoder's, else 1 + 16 x scale) sit after recon_steps, as documented."""
     h = fmt.Header(backbone="gaussian", fingerprint=b"\0\0", width=64, height=64, seed=1, schedule="geom-12",
-                   channel="diffc", channel_params=b"\x08\x02\x00\x00", n_steps=1, recon=Recon("denoise", 50, grid, guidance),
+                   channel="pfr", channel_params=b"\x08\x02\x00\x00", n_steps=1, recon=Recon("denoise", 50, grid, guidance),
                    provenance=fmt.Provenance("cpu", "float32", 2, (2, 13, 0), (0, 36, 0)), parity="reference")
     data = fmt.write(h, b"")
     assert data == raw_file(grid=grid_bytes, guidance=guidance_bytes, seed=1, parity=1)

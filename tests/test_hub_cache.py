@@ -30,7 +30,7 @@ from pipelines.common import plain, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a short run of each real config: 12 steps (geom-12), 4 ODE steps
-FAST = ["codec.schedule=geom-12", "codec.chunk_bits=8", "codec.recon_steps=4", "model.options.device=cpu"]
+FAST = ["codec.schedule=geom-12", "codec.channel.chunk_bits=8", "codec.recon.steps=4", "model.options.device=cpu"]
 #: stop timesteps: below the SDXL refiner's t < 200 (both UNets code), 520 in pixel space (12288
 #: entries: the low-noise steps cost the most KL), 278 elsewhere
 STOP = {"sdxl": 100, "ddpm-church": 520}

@@ -31,7 +31,7 @@ def evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("overrides", [
     "", "model=sd15", "dataset.options.path=/a/b/c", "dataset.options.path=../../x,model=gaussian",
-    "caption=a cat\\, sleeping/on a mat,model=sd15", "metrics.names=[psnr,lpips]", "codec.chunk_bits=8" * 40])
+    "caption=a cat\\, sleeping/on a mat,model=sd15", "metrics.names=[psnr,lpips]", "codec.channel.chunk_bits=8" * 40])
 def test_job_dirnames_are_one_safe_component(overrides: str) -> None:
     name = job_dirname(overrides, "0123456789ab")
     assert SAFE.fullmatch(name) and name not in (".", "..") and not name.startswith("."), name
@@ -52,10 +52,10 @@ def test_one_config_one_directory_however_spelled(tmp_path: Path) -> None:
     common = ["dry_run=true", f"root={tmp_path / 'out'}"]
     bare = job_line(evaluate(tmp_path, *common).stdout)
     spelled = job_line(evaluate(tmp_path, *common, "model=gaussian", "dataset=kodak-small", "bitrate=quick",
-                                "metrics=offline", "codec=default", "codec.chunk_bits=null").stdout)
-    other = job_line(evaluate(tmp_path, *common, "model=gaussian", "codec.chunk_bits=6").stdout)
+                                "metrics=offline", "codec=pfr", "codec.channel.chunk_bits=8").stdout)
+    other = job_line(evaluate(tmp_path, *common, "model=gaussian", "codec.channel.chunk_bits=6").stdout)
     assert bare == spelled and Path(bare["dir"]).name == f"defaults-{bare['config_hash'][:8]}", (bare, spelled)
-    assert Path(other["dir"]).name == f"codec.chunk_bits-6-{other['config_hash'][:8]}" != Path(bare["dir"]).name
+    assert Path(other["dir"]).name == f"codec.channel.chunk_bits-6-{other['config_hash'][:8]}" != Path(bare["dir"]).name
 
 
 def test_location_keys_are_excluded_from_directory_names() -> None:
@@ -90,7 +90,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(images / f"{name}.png")
-    evaluate(cwd, "-m", "model=gaussian", "codec.chunk_bits=6,8", "dataset=folder",
+    evaluate(cwd, "-m", "model=gaussian", "codec.channel.chunk_bits=6,8", "dataset=folder",
              f"dataset.options.path={images}", "bitrate=quick", "metrics=offline", "root=outputs",
              "name=paper_kodak")
     return cwd
@@ -181,7 +181,7 @@ def test_killing_a_joblib_sweep_stops_its_workers(tmp_path: Path) -> None:
 
     root = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", "-m", "model=gaussian", "dataset=kodak-small",
-                             "dataset.options.size=128", "codec.chunk_bits=6,7", "bitrate=quick",
+                             "dataset.options.size=128", "codec.channel.chunk_bits=6,7", "bitrate=quick",
                              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"root={root}", "progress=false"],
                             cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -211,7 +211,7 @@ def test_ctrl_c_on_a_sweep_is_one_line(tmp_path: Path) -> None:
     root, log = tmp_path / "out", tmp_path / "output.txt"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", "-m", "model=gaussian",
-                                 "dataset=kodak-small", "dataset.options.size=128", "codec.chunk_bits=6,7",
+                                 "dataset=kodak-small", "dataset.options.size=128", "codec.channel.chunk_bits=6,7",
                                  "bitrate=quick", f"root={root}", "progress=false"],
                                 cwd=tmp_path, env=ENV, stdout=out, stderr=out)
     try:

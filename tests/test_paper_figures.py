@@ -41,7 +41,7 @@ MODELS = ["tiny-flux", "tiny-sd15", "tiny-sd21"]
 IMAGES = ["kodim01", "kodim23"]
 SWEEP = ["experiment=paper_kodak", "dataset=kodak-small", f"dataset.options.ids=[{','.join(IMAGES)}]",
          "dataset.options.size=32", "bitrate=quick", "metrics.names=[psnr,lpips,qalign]", "metrics.fid_patch=16",
-         "codec.chunk_bits=4", "codec.padding_bits=1", "progress=false"]
+         "codec.channel.chunk_bits=4", "codec.channel.padding_bits=1", "progress=false"]
 PAPER = {"qalign": "Qalign", "lpips": "LPIPS", "psnr": "PSNR", "fid": "FID", "kid": "KID"}
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 

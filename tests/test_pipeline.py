@@ -35,7 +35,7 @@ STOPS = [700, 300, 100]  # conf/bitrate/quick.yaml
 ISSUE = ["dataset=kodak-small", "bitrate=quick", "metrics=offline", "progress=false"]
 SWEEP = ["-m", f"model={','.join(MODELS)}", *ISSUE]
 #: cheaper still, for the single-purpose tests: 1 image of 32 px, 2^5 candidates per chunk
-FAST = ["dataset.options.ids=[kodim05]", "dataset.options.size=32", "codec.chunk_bits=4", "codec.padding_bits=1",
+FAST = ["dataset.options.ids=[kodim05]", "dataset.options.size=32", "codec.channel.chunk_bits=4", "codec.channel.padding_bits=1",
         "progress=false"]
 #: docs/design.md §2
 DESIGN_COLUMNS = ["model", "dataset", "image", "kind", "recon_timestep", "step_index", "bpp", "bits_total",

@@ -109,9 +109,9 @@ def count_loads(monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("model, overrides, channel, parity", [
-    ("gaussian", ["codec.candidates=sparse-sum", "codec.atoms=256", "codec.sparse_m=4", "codec.chunk_bits=6",
-                  "codec.padding_bits=0"], "diffc-sparse-sum", "project"),
-    ("tiny-sd15", ["parity=reference", "codec.chunk_bits=6", "codec.padding_bits=0"], "diffc", "reference"),
+    ("gaussian", ["codec=sparse-sum", "codec.channel.atoms=256", "codec.channel.sparse_m=4", "codec.channel.chunk_bits=6",
+                  "codec.channel.padding_bits=0"], "sparse-sum", "project"),
+    ("tiny-sd15", ["parity=reference", "codec.channel.chunk_bits=6", "codec.channel.padding_bits=0"], "pfr", "reference"),
 ], ids=["sparse-sum", "parity-reference"])
 def test_decompress_loads_the_backbone_once(tmp_path: Path, count_loads, model, overrides, channel, parity) -> None:
     """A sparse-sum file and a parity=reference file decode through pipelines.decompress with no
@@ -182,7 +182,7 @@ def test_a_garbage_payload_is_refused_before_the_model_runs(gaussian_backbone, m
 
 @pytest.mark.slow
 def test_compiled_search_writes_the_same_files(gaussian_backbone) -> None:
-    """codec.compile=true (``Search(compile=True)``: torch.compile of the search kernels) writes the
+    """codec.search.compile=true (``Search(compile=True)``: torch.compile of the search kernels) writes the
     eager search's files byte for byte, for i.i.d. and sparse-sum candidates (about a minute of
     compilation on a 2-core CPU)."""
     from diffc.plugins import Search
