@@ -21,7 +21,7 @@ from diffc.codebook import DdcmSpec, TurboDdcmChannel, TurboDdcmSpec
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_header
 from diffc.rcc.randomness import normals
 from diffc.recon import Recon
-from pipelines.common import CONF_DIR, build_codec, model_config
+from pipelines.common import CONF_DIR, build_codec, compose as compose_config
 
 DDCM = CodecParams("geom-12", channel=DdcmSpec(codebook_bits=8), recon=Recon(mode="denoise"))
 TURBO = CodecParams("geom-12", channel=TurboDdcmSpec(codebook_bits=10, atoms=12), recon=Recon(mode="denoise"))
@@ -122,7 +122,8 @@ def test_forged_codec_fields_are_refused() -> None:
 @pytest.mark.parametrize("name", TINY)
 def test_every_tiny_backbone_round_trips(name: str) -> None:
     for codec_name, extra in (("ddcm", {"codebook_bits": 6}), ("turbo-ddcm", {"codebook_bits": 8, "atoms": 4})):
-        codec = build_codec(model_config(name), {"codec": codec_name, "schedule": "linspace-4", **extra})
+        codec = build_codec(compose_config("compress", [f"model={name}", f"codec={codec_name}", "codec.schedule=linspace-4",
+                                                 *(f"codec.channel.{k}={v}" for k, v in extra.items())]))
         p = codec.encode(image(), stop_timesteps=[codec.timesteps[2]]).points[-1]
         d = codec.decode(p.data)
         assert torch.equal(d.x_t, p.x_t) and d.image.shape == (3, 24, 40) and bool(torch.isfinite(d.image).all())

@@ -47,7 +47,7 @@ def test_toy_channel_round_trips_through_the_commands(tmp_path: Path) -> None:
     png = write_png(tmp_path / "in.png")
     f, rep, dec = tmp_path / "x.diffc", tmp_path / "rep.png", tmp_path / "dec.png"
     c = run("pipelines.compress", f"hydra.searchpath=[file://{TOY_CONF}]", "model=gaussian", "codec=toy-mean",
-            "codec.toy_bits=5", "codec.schedule=geom-12", "timestep=1", f"input={png}", f"output={f}", f"recon_output={rep}",
+            "codec.channel.toy_bits=5", "codec.schedule=geom-12", "timestep=1", f"input={png}", f"output={f}", f"recon_output={rep}",
             "progress=false")
     assert c.returncode == 0, c.stderr
     header, payload = fmt.read(f.read_bytes())
@@ -65,7 +65,7 @@ def test_toy_channel_round_trips_through_the_commands(tmp_path: Path) -> None:
 
 
 def test_builtin_specs_and_their_bytes() -> None:
-    assert {"diffc", "diffc-sparse-sum", "ddcm", "turbo-ddcm"} <= set(channel_names())
+    assert {"pfr", "sparse-sum", "ddcm", "turbo-ddcm"} <= set(channel_names())
     for spec in (PfrSpec(12, 2, 2.0), PfrSpec(4, 0, 0.0), SparseSumSpec(8, 2, 1.25, 256, 4)):
         assert type(spec).from_bytes(spec.to_bytes()) == spec
     assert PfrSpec(12, 2, 2.0).to_bytes() == bytes([12, 2, 8, 0])
@@ -73,7 +73,7 @@ def test_builtin_specs_and_their_bytes() -> None:
     skip = SparseSumSpec(8, 2, 1.25, 256, 4, skip_kl=0.05)
     assert SparseSumSpec.from_bytes(skip.to_bytes()) == skip
     assert CodecParams(channel=SparseSumSpec(atoms=256, sparse_m=4)).channel == SparseSumSpec(12, 2, 2.0, 256, 4)
-    with pytest.raises(ValueError, match="unknown codec 'jpeg'.*diffc-sparse-sum"):
+    with pytest.raises(ValueError, match="unknown codec 'jpeg'.*sparse-sum"):
         channel_spec("jpeg")
 
 
@@ -135,11 +135,11 @@ def test_decompress_loads_the_backbone_once(tmp_path: Path, count_loads, model, 
 def test_the_parity_in_the_header_is_what_the_decoder_loads(tmp_path: Path, gaussian_backbone) -> None:
     """A file whose parity byte was changed (CRC recomputed) loads the other settings and is refused
     by its fingerprint in one line (tiny-sd15's timestep labels differ between the settings)."""
-    from pipelines.common import build_codec, model_config
+    from pipelines.common import build_codec, compose
     from pipelines.decompress import load_codec
     from omegaconf import OmegaConf
 
-    codec = build_codec(model_config("tiny-sd15", "reference"), {"schedule": "geom-6"}, parity="reference")
+    codec = build_codec(compose("compress", ["model=tiny-sd15", "parity=reference", "codec.schedule=geom-6"]))
     data = codec.encode(torch.rand(3, 16, 16)).points[-1].data
     header, payload = fmt.read(data)
     cfg = OmegaConf.create({"input": "x.diffc", "parity": None, "options": {}, "deterministic": True})

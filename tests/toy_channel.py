@@ -1,6 +1,6 @@
 """A toy channel, the proof of the plug-in (``diffc.plugins``): each step sends the mean of u,
 rounded to a uniform grid of 2^bits levels over [-LIMIT, LIMIT], and sets x_t' = mu_p + std
-(mean + 0 noise) on both sides. One module and conf/codec/toy-mean.yaml (tests/conf), nothing else:
+(mean + 0 noise) on both sides. One module and a two-line conf/codec/toy-mean.yaml (tests/conf), nothing else:
 ``DIFFC_CHANNELS=tests.toy_channel`` makes it findable by name."""
 from __future__ import annotations
 
