@@ -64,7 +64,7 @@ def test_default_sweep_has_no_baselines_key() -> None:
 def test_rows_are_the_files_of_pillow(job: tuple[Path, pd.DataFrame]) -> None:
     d, rows = job
     base = rows[rows["kind"] == "baseline"]
-    assert set(rows.loc[rows["kind"] == "codec", "codec"]) == {"diffc"}
+    assert set(rows.loc[rows["kind"] == "codec", "codec"]) == {"pfr"}
     assert set(rows.loc[rows["kind"] == "vae", "codec"]) == {"vae"}
     grid = {"jpeg": [10, 50, 90], "webp": [10, 80], "avif": [30], "jxl": [50]}
     assert len(base) == 2 * sum(map(len, grid.values()))

@@ -168,7 +168,7 @@ def test_codec_round_trip_is_bit_identical(gaussian_backbone):
     for p in res.points:
         d = sparse.decode(p.data, reconstruct=False)
         assert torch.equal(d.x_t, p.x_t)
-    assert fmt.read(res.points[-1].data)[0].channel == "diffc-sparse-sum"
+    assert fmt.read(res.points[-1].data)[0].channel == "sparse-sum"
     assert torch.equal(iid.decode(res.points[-1].data, reconstruct=False).x_t, res.points[-1].x_t)
     p_iid = iid.encode(img).points[-1]
     assert not torch.equal(p_iid.x_t, res.points[-1].x_t)  # another generator, another chain
