@@ -39,9 +39,9 @@ except ImportError:
 import numpy as np
 import torch
 
+from analysis.errors import describe
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec, default_params
-from diffc.errors import describe
 from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
 from pipelines.common import build_codec, model_config
