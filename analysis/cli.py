@@ -8,7 +8,9 @@ bad input prints ONE line ``error: ...`` on stderr and exits 2 (``debug=true``: 
 Benchmarks are the one exception (argparse ``--quick``, fixed by the benchmark contract).
 
 This module is the torch-free glue every entry point shares (hydra and omegaconf only), so
-``import analysis.rd_curves`` stays light; ``pipelines`` imports it (never the reverse).
+``import analysis.rd_curves`` stays light; ``pipelines`` imports it (never the reverse). It knows
+no app's configs: every function takes the config directory (``ANALYSIS_CONF_DIR`` here,
+``pipelines.common.CONF_DIR`` for the pipelines' conf/).
 Before Hydra sees the command line, ``prepare``:
 
 - quotes verbatim options (paths and captions: ``results=out/model=sdxl``, ``input=a,b.png``,
@@ -28,29 +30,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import ListConfig, OmegaConf
 
-from diffc.errors import UsageError, fail, first_line, one_line
+from .errors import UsageError, fail, first_line, one_line
 
-def _pipeline_conf_dir() -> Path:
-    """The pipelines' Hydra configs: the installed package ``diffc_conf`` (a wheel's
-    site-packages/diffc_conf, or the checkout's conf/ under an editable install); the checkout's
-    conf/ when the package is not installed at all (sources on PYTHONPATH)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("diffc_conf")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations))).resolve()
-    return Path(__file__).resolve().parents[1] / "conf"
-
-
-CONF_DIR = _pipeline_conf_dir()
 #: the analysis commands' configs: a config dir of their own, so that their ``metrics=`` option is
 #: not read as the pipelines' ``metrics`` config group (and the pipelines' --help lists no analysis)
 ANALYSIS_CONF_DIR = Path(__file__).resolve().parent / "conf"
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def config_names(group: str, config_dir: Path = CONF_DIR) -> list[str]:
-    """Names of the options of a config group (``conf/GROUP/*.yaml``)."""
+def config_names(group: str, config_dir: Path) -> list[str]:
+    """Names of the options of a config group (``CONFIG_DIR/GROUP/*.yaml``)."""
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
@@ -127,7 +116,7 @@ def _explain(exc: BaseException, config_name: str, config_dir: Path) -> str:
     return f"{first_line(exc)}{cause} (see --help)"
 
 
-def preflight(config_name: str, argv: Sequence[str], config_dir: Path = CONF_DIR) -> None:
+def preflight(config_name: str, argv: Sequence[str], config_dir: Path) -> None:
     """Compose ``CONFIG_DIR/CONFIG_NAME.yaml`` with the overrides of ``argv`` (in multirun: those that
     are not sweeps); any error exits with one line. Command lines with other flags (``--help``,
     ``--cfg``, ``-cn`` ...) are left to Hydra."""
@@ -186,8 +175,8 @@ def check_flags(argv: Sequence[str], multirun: bool) -> None:
         fail(f"unknown flag {flags[0]!r}: options are key=value (see --help)")
 
 
-def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
-            config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
+def prepare(config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (), *,
+            config_dir: Path, multirun: bool = False) -> None:
     """Before ``hydra.main``: normalize ``sys.argv`` in place and fail early in one line."""
     check_flags(sys.argv[1:], multirun)
     sys.argv[1:] = resolved_cfg(normalize(sys.argv[1:], verbatim, lists))
@@ -226,7 +215,7 @@ def options_text(config_name: str, config_dir: Path) -> str:
     return "\n".join(out).strip()
 
 
-def help_text(config_name: str, config_dir: Path = CONF_DIR) -> str:
+def help_text(config_name: str, config_dir: Path) -> str:
     """``--help``: the config's ``hydra.help.template`` with ``$APP_CONFIG_GROUPS`` the groups this
     command uses (its defaults list: each group's options, the default first) and ``$CONFIG`` its
     options with their comments (Hydra's own ``--help`` prints the values without the comments,
@@ -237,8 +226,8 @@ def help_text(config_name: str, config_dir: Path = CONF_DIR) -> str:
     return template.replace("$APP_CONFIG_GROUPS", groups).replace("$CONFIG", options_text(config_name, config_dir))
 
 
-def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (),
-         config_dir: Path = CONF_DIR, multirun: bool = False) -> None:
+def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] = (), lists: Iterable[str] = (), *,
+         config_dir: Path, multirun: bool = False) -> None:
     """A command's ``__main__``: ``prepare``, then Hydra runs ``task(cfg)`` on
     ``CONFIG_DIR/CONFIG_NAME.yaml`` + the command line (or answers --help, --cfg ...).
     ``multirun``: the command accepts ``-m`` (sweeps).
@@ -252,7 +241,7 @@ def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] =
     if any(a in HELP_FLAGS for a in sys.argv[1:]):
         print(help_text(config_name, config_dir))
         return
-    prepare(config_name, verbatim, lists, config_dir, multirun)
+    prepare(config_name, verbatim, lists, config_dir=config_dir, multirun=multirun)
     debug = any(a.replace(" ", "").lower() in ("debug=true", "debug=1") for a in sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its hint: reported below
     try:
@@ -274,8 +263,7 @@ def main(task: Callable[[Any], Any], config_name: str, verbatim: Iterable[str] =
         fail(one_line(exc))
 
 
-def call(task: Callable[[Any], Any], config_name: str, overrides: Sequence[str] = (),
-         config_dir: Path = CONF_DIR) -> int:
+def call(task: Callable[[Any], Any], config_name: str, overrides: Sequence[str], config_dir: Path) -> int:
     """Run a command in process as its command line would (compose the config with ``overrides``,
     call ``task``): its exit status (0, or the status of its one-line error)."""
     from hydra import compose, initialize_config_dir

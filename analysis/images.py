@@ -16,7 +16,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 
-from diffc.errors import UsageError, describe
+from .errors import UsageError, describe
 
 #: a job dir's folder of saved PNGs (``save.recon_png``)
 RECON = "recon"

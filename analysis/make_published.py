@@ -25,9 +25,8 @@ from typing import Any, Iterable
 import pandas as pd
 from omegaconf import DictConfig
 
-from diffc.errors import UsageError, one_line_errors
-
 from . import cli
+from .errors import UsageError, one_line_errors
 
 COLUMNS = ("method", "dataset", "protocol", "setting", "bpp", "psnr", "ms_ssim", "lpips", "dists", "fid",
            "kid", "source")

@@ -44,9 +44,8 @@ import pandas as pd  # noqa: E402
 
 from omegaconf import DictConfig  # noqa: E402
 
-from diffc.errors import UsageError, one_line_errors  # noqa: E402
-
 from . import cli  # noqa: E402
+from .errors import UsageError, one_line_errors  # noqa: E402
 from .export import write_curves  # noqa: E402
 from .make_published import figure_protocol, load_published, matching_points  # noqa: E402
 from .results import (baseline_points, curve_label, display_name, load_results, random_weights,  # noqa: E402

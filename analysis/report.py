@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from diffc.errors import UsageError, describe, one_line_errors
-
 from . import cli
+from .errors import UsageError, describe, one_line_errors
 from .results import baseline_points, by_rate_point, load_results, rate_points, vae_ceiling
 from .schema import ENCODE_SCOPE, HIGHER_IS_BETTER, PER_IMAGE_METRICS
 

@@ -48,9 +48,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from diffc.errors import UsageError, one_line_errors
-
 from . import cli
+from .errors import UsageError, one_line_errors
 from .images import ORIGINAL, RECON, point_label, read_png
 from .provenance import git_revision, machine
 from .make_published import figure_protocol, load_published, matching_points

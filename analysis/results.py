@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffc.errors import UsageError
-
+from .errors import UsageError
 from .schema import FID_COLUMNS, FID_FILE, JOB_JSON, SHARDS, frame
 
 

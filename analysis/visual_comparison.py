@@ -43,9 +43,8 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from diffc.errors import UsageError, one_line_errors  # noqa: E402
-
 from . import cli  # noqa: E402
+from .errors import UsageError, one_line_errors  # noqa: E402
 from .images import ORIGINAL, point_label, read_png, recon_png  # noqa: E402
 from .results import job_dirs, load_results  # noqa: E402
 from .schema import DONE, JOB_JSON  # noqa: E402

@@ -58,7 +58,7 @@ def unpack(ref: str, dest: Path) -> Path:
 def tree_env(tree: Path, shim: Path) -> dict[str, str]:
     """The environment that runs ``tree``'s sources with ``tree``'s configs: its root on PYTHONPATH, and
     a ``diffc_conf`` link to its conf/ in ``shim`` before any installed ``diffc_conf`` (an editable
-    install of another checkout would otherwise lend its configs, analysis/cli.py _pipeline_conf_dir)."""
+    install of another checkout would otherwise lend its configs, pipelines/common.py _conf_dir)."""
     shim.mkdir(parents=True, exist_ok=True)
     link = shim / "diffc_conf"
     if not link.exists():

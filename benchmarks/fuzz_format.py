@@ -39,10 +39,10 @@ except ImportError:
 import numpy as np
 import torch
 
+from analysis.errors import describe
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.profiles import profile_params
-from diffc.errors import describe
 from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
 from diffc.rcc.channel import PfrSpec

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import pooch
 from filelock import FileLock
 
-from diffc.errors import UsageError, describe, shorten
+from analysis.errors import UsageError, describe, shorten
 
 #: the ETH Zurich Computer Vision Lab server of DIV2K and CLIC (the archives' canonical URLs)
 ETHZ_URL = "https://data.vision.ee.ethz.ch/cvl/"

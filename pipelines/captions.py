@@ -39,10 +39,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from analysis.errors import describe
 from diffc.backbones.diffusers_common import (BackboneLoadError, WeightsSource, default_path, hub_cli,
                                               path_env_var, resolve_dtype)
 from diffc.device import resolve_device
-from diffc.errors import describe
 
 from .common import PipelineError, atomic_write, plain
 from .datasets import cache_dir

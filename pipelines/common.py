@@ -1,7 +1,8 @@
 """Pieces shared by the Hydra entry points: model configs -> codec, atomic files, one-line errors.
 
 The command-line glue (argument normalization, one-line Hydra errors, ``require``) is
-``analysis.cli``'s and the error reporting ``diffc.errors``': one convention for every command.
+``analysis.cli``'s and the error reporting ``analysis.errors``': one convention for every command
+(``pipelines`` imports ``analysis``, never the reverse). The pipelines' configs are ``CONF_DIR``.
 
 A model config is ``conf/model/NAME.yaml``: ``name`` (the backbone registry name), ``options``
 (keyword arguments of ``diffc.backbone.load_backbone``) and, in its defaults list, its codec profile
@@ -19,20 +20,41 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from analysis.cli import CONF_DIR, config_names, require  # noqa: F401  (re-exported for the entry points)
-from diffc import errors
+from analysis import cli, errors
+from analysis.cli import require  # noqa: F401  (re-exported for the entry points)
 from diffc import format as fmt
 from diffc.format import DiffcFormatError
 
 from .codec_config import codec_params
 
 #: failures reported by their message alone (no type name, no traceback hint), besides
-#: ``diffc.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``)
+#: ``analysis.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``)
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DiffcFormatError, OSError)
 
 
 class PipelineError(errors.UsageError):
     """Bad input or an unusable setup: reported as one line, non-zero exit."""
+
+
+def _conf_dir() -> Path:
+    """The pipelines' Hydra configs: the installed package ``diffc_conf`` (a wheel's
+    site-packages/diffc_conf, or the checkout's conf/ under an editable install); the checkout's
+    conf/ when the package is not installed at all (sources on PYTHONPATH)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("diffc_conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+#: the pipelines' configs (conf/ in the checkout); the analysis commands' are analysis/conf/
+CONF_DIR = _conf_dir()
+
+
+def config_names(group: str) -> list[str]:
+    """Names of the options of the pipelines' config group ``conf/GROUP/*.yaml``."""
+    return cli.config_names(group, CONF_DIR)
 
 
 #: ``parity`` settings: ours (the better-justified defaults) or the reference implementation's

@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 
 from analysis import cli
 
-from .common import PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes, require
+from .common import (CONF_DIR, PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes,
+                     require)
 from .target import TARGET_METRICS, best, smallest_reaching
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def quality_scorer(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
     try:
         return REGISTRY[metric]("cpu")
     except Exception as exc:  # ImportError, weights not downloadable
-        from diffc.errors import describe as why
+        from analysis.errors import describe as why
 
         raise PipelineError(f"{metric}=X needs the {metric} metric, which cannot be loaded here: {why(exc, 160)} "
                             f"(pip install -e '.[metrics]' and its weights)") from None
@@ -207,4 +208,5 @@ def notes(image, point: RatePoint) -> list[str]:
 
 if __name__ == "__main__":
     cli.main(compress, "compress", verbatim=("input", "output", "recon_output", "caption", "model.options.path",
-                                            "model.options.params_path", "captioner.options.path"))
+                                            "model.options.params_path", "captioner.options.path"),
+             config_dir=CONF_DIR)

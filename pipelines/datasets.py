@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from analysis.errors import describe
 from diffc import format as fmt
-from diffc.errors import describe
 
 from .archives import ARCHIVES, ETHZ_URL, Archive, DatasetError, archive_files, fetch_file
 from .archives import cache_dir  # noqa: F401  (the cache root, re-exported: pipelines/captions.py, fit_gaussian.py)

@@ -30,13 +30,13 @@ import torch
 from omegaconf import DictConfig
 
 from analysis import cli
+from analysis.errors import describe
 from diffc import format as fmt
 from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised, drift_psnr_db
-from diffc.errors import describe
 
-from .common import (PARITY, PipelineError, atomic_write, check_writable, given_options, load_model, model_config,
-                     one_line_errors, plain, png_bytes, require)
+from .common import (CONF_DIR, PARITY, PipelineError, atomic_write, check_writable, given_options, load_model,
+                     model_config, one_line_errors, plain, png_bytes, require)
 from .datasets import read_image, to_tensor, to_uint8
 
 
@@ -146,4 +146,5 @@ def decompress(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     cli.main(decompress, "decompress", verbatim=("input", "output", "latent_output", "recon_reference", "options.path",
-                                                "options.refiner_path", "options.vae_path", "options.params_path"))
+                                                "options.refiner_path", "options.vae_path", "options.params_path"),
+             config_dir=CONF_DIR)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from analysis import cli
 
-from .common import PipelineError, one_line_errors
+from .common import CONF_DIR, PipelineError, one_line_errors
 
 #: random-weight twins: round-trip checks, never plotted
 TWINS = ("tiny-sd15",)
@@ -151,4 +151,4 @@ def demo(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli.main(demo, "demo", verbatim=("root",))
+    cli.main(demo, "demo", verbatim=("root",), config_dir=CONF_DIR)

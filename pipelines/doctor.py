@@ -53,7 +53,7 @@ from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import desynchronised
 from diffc.device import resolve_device
 
-from .common import build_codec, config_names, model_config, one_line_errors, plain
+from .common import CONF_DIR, build_codec, config_names, model_config, one_line_errors, plain
 from .compress import stop_timesteps
 from .datasets import to_tensor
 
@@ -518,4 +518,5 @@ def doctor(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     cli.main(doctor, "doctor", verbatim=("model.options.path", "model.options.params_path",
                                         "model.options.refiner_path", "model.options.vae_path",
-                                        "captioner.options.path"))
+                                        "captioner.options.path"),
+             config_dir=CONF_DIR)

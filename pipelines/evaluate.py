@@ -48,17 +48,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from analysis import cli
+from analysis.errors import one_line
 from analysis.images import ORIGINAL, encode_png, point_label, recon_png
 from analysis.provenance import git_revision, machine
 from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
                              SHARDS, frame)
 from diffc.determinism import DESYNC_PSNR_DB, desynchronised
 from diffc.device import resolve_device
-from diffc.errors import one_line
 
 from . import baselines as classic
-from .common import (EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, check_writable, one_line_errors,
-                     plain, png_bytes)
+from .common import (CONF_DIR, EXPECTED_ERRORS, PipelineError, atomic_write, build_codec, check_writable,
+                     one_line_errors, plain, png_bytes)
 from .captions import resolve_caption
 from .datasets import DatasetError, as_uint8, dataset_archives, load_dataset, to_tensor, to_uint8
 from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
@@ -628,4 +628,5 @@ if __name__ == "__main__":
     os.environ[SWEEP_PID_ENV] = str(os.getpid())
     sys.argv[1:] = dry_run_argv(sys.argv[1:])
     cli.main(main, "config", verbatim=("root", "caption", "dataset.options.path", "model.options.path",
-                                       "model.options.params_path", "captioner.options.path"), multirun=True)
+                                       "model.options.params_path", "captioner.options.path"),
+             config_dir=CONF_DIR, multirun=True)

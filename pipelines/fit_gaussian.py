@@ -23,7 +23,7 @@ from analysis import cli
 from diffc.backbones.gaussian import DEFAULT_PARAMS
 from diffc.backbones.gaussian_fit import fit
 
-from .common import PipelineError, atomic_write, check_writable, one_line_errors, require
+from .common import CONF_DIR, PipelineError, atomic_write, check_writable, one_line_errors, require
 from .datasets import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,4 +54,4 @@ def fit_gaussian(cfg: DictConfig) -> Path:
 
 
 if __name__ == "__main__":
-    cli.main(fit_gaussian, "fit_gaussian", verbatim=("images", "out"))
+    cli.main(fit_gaussian, "fit_gaussian", verbatim=("images", "out"), config_dir=CONF_DIR)

@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from analysis.errors import describe
 from analysis.schema import PER_IMAGE_METRICS
-from diffc.errors import describe
 
 log = logging.getLogger(__name__)
 

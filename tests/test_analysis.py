@@ -26,10 +26,10 @@ from PIL import Image  # noqa: E402
 
 from analysis import images, report, visual_comparison  # noqa: E402
 from analysis.cli import ANALYSIS_CONF_DIR, call  # noqa: E402
+from analysis.errors import UsageError  # noqa: E402
 from analysis.rd_curves import plot_rd  # noqa: E402
 from analysis.results import load_results, rate_points, vae_ceiling  # noqa: E402
 from analysis.schema import FID_COLUMNS, frame  # noqa: E402
-from diffc.errors import UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gaussian", "tiny-sd15"]

@@ -22,7 +22,7 @@ from PIL import Image
 from analysis.cli import call, normalize
 from diffc import format as fmt
 from pipelines import captions as pc
-from pipelines.common import PipelineError
+from pipelines.common import CONF_DIR, PipelineError
 from pipelines.compress import compress
 
 TINY = {"name": "tiny-blip2", "options": {"seed": 0, "device": "cpu"}, "max_length": 75}
@@ -166,7 +166,8 @@ def test_missing_weights_are_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def run_compress(image: Path, out: Path, *extra: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     args = ["model=tiny-sd15", f"input={image}", f"output={out}", "timestep=500", "progress=false", *extra]
-    code = call(compress, "compress", normalize(args, verbatim=("caption",)))  # quoted as the command line does
+    # quoted as the command line does
+    code = call(compress, "compress", normalize(args, verbatim=("caption",)), CONF_DIR)
     stdout, stderr = capsys.readouterr()
     return code, stdout, stderr
 

@@ -39,7 +39,7 @@ def run_task(task, config: str, overrides: list[str], capsys: pytest.CaptureFixt
              progress: bool = False) -> tuple[int, str, str]:
     """Run a command in process (``analysis.cli.call``: compose ``conf/CONFIG.yaml`` + ``overrides``, and
     ``progress=false`` unless the command has no progress bar): (exit status, stdout, stderr)."""
-    code = call(task, config, overrides + ([] if progress else ["progress=false"]))
+    code = call(task, config, overrides + ([] if progress else ["progress=false"]), CONF_DIR)
     out, err = capsys.readouterr()
     return code, out, err
 

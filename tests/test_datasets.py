@@ -186,7 +186,7 @@ def test_the_cache_is_found_as_the_makefile_finds_it(tmp_path: Path, monkeypatch
 
 
 def test_error_lines_are_cut_between_words() -> None:
-    from diffc.errors import first_line, shorten
+    from analysis.errors import first_line, shorten
 
     assert shorten("Failed to resolve 'r0k.us'", 15) == "Failed to…"
     assert shorten("short", 15) == "short" and len(shorten("a" * 40, 10)) == 10

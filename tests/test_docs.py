@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis.cli import ANALYSIS_CONF_DIR, CONF_DIR, help_text, options_text
+from analysis.cli import ANALYSIS_CONF_DIR, help_text, options_text
+from pipelines.common import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ("Lossy Compression with Gaussian Diffusion", "Lossy Compression with Pretrained Diffusion Models")
@@ -46,7 +47,7 @@ def test_help_says_what_each_option_means(config: str, config_dir: Path) -> None
 def test_compress_help_lists_only_the_groups_it_uses() -> None:
     r = subprocess.run([sys.executable, "-m", "pipelines.compress", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == help_text("compress").strip()
+    assert r.returncode == 0 and r.stdout.strip() == help_text("compress", CONF_DIR).strip()
     groups = re.findall(r"^  ([a-z]+) \(default ", r.stdout, re.M)
     assert groups == ["model", "codec", "captioner"], groups
     assert "input: ???" in r.stdout and "# image file" in r.stdout

@@ -20,7 +20,7 @@ import pytest
 from analysis.cli import call
 from hub_twins import REAL_MODELS, build_hub_cache, build_pipeline, install_in_cache, revision_of
 from pipelines import doctor as dr
-from pipelines.common import model_config, plain
+from pipelines.common import CONF_DIR, model_config, plain
 from test_hub_cache import use_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def doctor_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 
 def run(capsys: pytest.CaptureFixture, *overrides: str) -> tuple[int, str, str]:
     """The doctor in process: (exit status, stdout, stderr)."""
-    code = call(dr.doctor, "doctor", list(overrides))
+    code = call(dr.doctor, "doctor", list(overrides), CONF_DIR)
     out, err = capsys.readouterr()
     return code, out, err
 

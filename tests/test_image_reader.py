@@ -19,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from analysis.cli import call
 from diffc import format as fmt
 from pipelines import datasets as ds
+from pipelines.common import CONF_DIR
 from pipelines.compress import compress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def smooth(h: int, w: int, channels: int, seed: int = 0) -> np.ndarray:
 
 def run_compress(overrides: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """pipelines.compress in process on the gaussian backbone: (exit status, stdout, stderr)."""
-    code = call(compress, "compress", ["model=gaussian", "progress=false", *overrides])
+    code = call(compress, "compress", ["model=gaussian", "progress=false", *overrides], CONF_DIR)
     out, err = capsys.readouterr()
     return code, out, err
 

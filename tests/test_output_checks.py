@@ -56,7 +56,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def diffc_file(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("enc") / "i.diffc"
     assert call(compress, "compress", ["model=gaussian", f"input={image}", f"output={out}", "timestep=300",
-                                       "progress=false"]) == 0
+                                       "progress=false"], CONF_DIR) == 0
     return out
 
 
@@ -83,7 +83,7 @@ def test_compress_checks_its_outputs_before_loading_the_backbone(kind: str, key:
     target = bad_output(kind, tmp_path, "diffc" if key == "output" else "png")
     outputs = {"output": str(tmp_path / "ok.diffc"), "recon_output": str(tmp_path / "ok.png"), key: target}
     code = call(compress, "compress", ["model=gaussian", f"input={image}", "timestep=300", "progress=false",
-                                       *(f"{k}={v}" for k, v in outputs.items())])
+                                       *(f"{k}={v}" for k, v in outputs.items())], CONF_DIR)
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and line.startswith(f"error: {key} {target}")
     assert ("is a directory" if kind == "directory" else "is a file" if kind == "file-in-the-way"
@@ -95,7 +95,8 @@ def test_compress_with_real_weights_missing_names_the_output_not_the_weights(ima
                                                                             capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "blocker").write_text("")
     code = call(compress, "compress", ["model=sd15", "model.options.path=/nonexistent/weights", f"input={image}",
-                                       f"output={tmp_path}/blocker/x.diffc", "timestep=300", "progress=false"])
+                                       f"output={tmp_path}/blocker/x.diffc", "timestep=300", "progress=false"],
+                CONF_DIR)
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and "output" in line and "is a file" in line and "weights" not in line
 
@@ -105,7 +106,7 @@ def test_decompress_checks_its_output_before_loading_the_backbone(kind: str, dif
                                                                   no_backbone: list[str],
                                                                   capsys: pytest.CaptureFixture) -> None:
     target = bad_output(kind, tmp_path, "png")
-    code = call(decompress, "decompress", [f"input={diffc_file}", f"output={target}", "progress=false"])
+    code = call(decompress, "decompress", [f"input={diffc_file}", f"output={target}", "progress=false"], CONF_DIR)
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and line.startswith(f"error: output {target}") and no_backbone == []
 
@@ -140,10 +141,10 @@ def test_decompress_refuses_trailing_junk(diffc_file: Path, tmp_path: Path, caps
     junk = tmp_path / "junk.diffc"
     junk.write_bytes(fmt.write(header, payload + bytes(8 << 20)))
     out = tmp_path / "out.png"
-    code = call(decompress, "decompress", [f"input={junk}", f"output={out}", "progress=false"])
+    code = call(decompress, "decompress", [f"input={junk}", f"output={out}", "progress=false"], CONF_DIR)
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and f"{8 << 20} bytes of trailing data" in line and not out.exists()
-    assert call(decompress, "decompress", [f"input={diffc_file}", f"output={out}", "progress=false"]) == 0
+    assert call(decompress, "decompress", [f"input={diffc_file}", f"output={out}", "progress=false"], CONF_DIR) == 0
     assert out.exists()
 
 

@@ -2,7 +2,7 @@
 and run from a temporary directory as a user's ``pip install`` would.
 
 The configs (conf/) must ship inside the package (``diffc_conf``, found through the installed package,
-analysis.cli.CONF_DIR), and so must every data file the commands read (the Gaussian prior, the
+pipelines.common.CONF_DIR), and so must every data file the commands read (the Gaussian prior, the
 analysis configs). The dependencies come from this venv; the project's own code only from the target.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_installed_package_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
-    r = run(installed, tmp_path, "-c", "import diffc, pipelines.compress, analysis.cli as c; "
+    r = run(installed, tmp_path, "-c", "import diffc, pipelines.compress, pipelines.common as c; "
                                        "print(diffc.__file__); print(c.CONF_DIR)")
     code_file, conf_dir = r.stdout.split()
     assert Path(code_file).is_relative_to(installed) and Path(conf_dir).is_relative_to(installed), r.stdout

@@ -43,7 +43,6 @@ import torch
 
 from ..backbone import Backbone
 from ..device import resolve_device
-from ..errors import describe
 from ..prediction import flow_sigma
 from ..schedule import NoiseSchedule, check_labels
 
@@ -56,6 +55,13 @@ _DTYPES: dict[str, torch.dtype] = {
 
 class BackboneLoadError(RuntimeError):
     """A backbone's weights (or config) could not be loaded; the message says where we looked."""
+
+
+def _cause(err: BaseException) -> str:
+    """``TypeName: first line of its message``: the failure under a load error, kept to one line
+    (the core raises one-line messages; the command lines' convention is analysis/errors.py's)."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 # ---- device / dtype -----------------------------------------------------------------------------
@@ -168,7 +174,7 @@ class WeightsSource:
         and how to fix it, naming the options of this source (``model.options.[PART_]path``)."""
         from huggingface_hub import constants
 
-        cause = describe(err)
+        cause = _cause(err)
         if self.path is not None:
             return (f"{self.label}: could not load {where} from the local copy {self._path_given()} "
                     f"(expected a diffusers-format copy of {self.hub_id!r} with {where}). Cause: {cause}")

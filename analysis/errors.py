@@ -1,6 +1,10 @@
-"""One-line error reporting, shared by every command line (standard library only: importing it
-loads neither torch nor Hydra, so ``analysis``, ``pipelines``, ``benchmarks`` and the codec core
-can all use it).
+"""One-line error reporting, THE convention of every command line (standard library only:
+importing it loads neither torch nor Hydra).
+
+It lives in ``analysis``, the lowest layer that has command lines: ``analysis`` uses it, and
+``pipelines`` and ``benchmarks`` import it from here (``pipelines`` -> ``analysis`` is the one arrow
+between the two apps). The codec core (``diffc``) has no command line: it raises its own exception
+types (``diffc.format.DiffcFormatError`` ...) and never imports this module.
 
 Convention: a command that fails on bad input or an unusable setup prints ONE line
 ``error: <message>`` on stderr and exits with status 2; ``debug=true`` re-raises instead (full
