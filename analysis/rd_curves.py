@@ -48,7 +48,7 @@ from . import cli  # noqa: E402
 from .errors import UsageError, one_line_errors  # noqa: E402
 from .export import write_curves  # noqa: E402
 from .make_published import figure_protocol, load_published, matching_points  # noqa: E402
-from .results import (baseline_points, curve_label, display_name, load_results, random_weights,  # noqa: E402
+from .results import (DIFFC, baseline_points, curve_label, display_name, load_results, random_weights,  # noqa: E402
                       rate_points, vae_ceiling)
 from .schema import DATASET_METRICS, HIGHER_IS_BETTER, METRICS, UNITS  # noqa: E402
 
@@ -72,7 +72,7 @@ def fid_points(fid: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFra
     ok["value"], ok["sem"], ok["n"] = ok[metric].astype(float), 0.0, ok["n_patches"]
     codec = ok[ok["kind"] == "codec"].rename(columns={"bpp_mean": "bpp"})
     if "codec" not in codec:
-        codec["codec"] = "diffc"
+        codec["codec"] = DIFFC
     codec["curve"] = curve_label(codec)
     codec = codec[["dataset", "model", "codec", "curve", "recon_timestep", "target_bpp", "bpp", "value", "n", "sem"]]
     return codec.sort_values(["dataset", "model", "codec", "bpp"], ignore_index=True), ok[ok["kind"] == "vae"]
@@ -153,7 +153,7 @@ def plot_rd(ax: plt.Axes, curves: pd.DataFrame, ceilings: pd.DataFrame, metric: 
             if not (math.isinf(vae) or lossless):  # a lossless autoencoder has no ceiling: no line, no name
                 twin = " (random weights)" if random_weights(model) else ""
                 ax.axhline(vae, ls="--", lw=1.2, color=color, label=f"{model}{twin} VAE ceiling")
-            plotted.setdefault(model, {"model": model, "codec": "diffc", "bpp": np.array([]), "value": np.array([]),
+            plotted.setdefault(model, {"model": model, "codec": DIFFC, "bpp": np.array([]), "value": np.array([]),
                                        "lo": np.array([]), "hi": np.array([])})["vae"] = vae
     if baselines is not None and len(baselines):
         plot_baselines(ax, baselines)

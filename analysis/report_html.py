@@ -54,7 +54,7 @@ from .images import ORIGINAL, RECON, point_label, read_png
 from .provenance import git_revision, machine
 from .make_published import figure_protocol, load_published, matching_points
 from .report import METHODS, MIN_OVERLAP, bd_display, bd_table, points_table
-from .results import baseline_points, curve_label, job_dirs, load_results, rate_points, vae_ceiling
+from .results import DIFFC, baseline_points, curve_label, job_dirs, load_results, rate_points, vae_ceiling
 from .schema import DATASET_METRICS, DONE, HIGHER_IS_BETTER, JOB_JSON, JOB_YAML, METRICS, PER_IMAGE_METRICS, UNITS
 
 #: plotly's modebar without the link to plotly's site (nothing in the file points outside it)
@@ -119,7 +119,7 @@ def rd_figure(rows: pd.DataFrame, fid: pd.DataFrame, dataset: str, metric: str,
         per_image["value"] = per_image[metric].astype(float)
         per_image = per_image[np.isfinite(per_image["value"])]
         if len(per_image):
-            per_image["curve"] = curve_label(per_image.assign(codec=per_image["codec"].fillna("diffc")))
+            per_image["curve"] = curve_label(per_image.assign(codec=per_image["codec"].fillna(DIFFC)))
     if not len(curves) and not len(base):
         return None
     fig = go.Figure()
@@ -232,7 +232,7 @@ def image_entry(img_rows: pd.DataFrame, jobs: list[Job], image_id: str, metrics:
     src, note, side = data_uri(original, max_side)
     series: list[dict[str, Any]] = []
     codec = img_rows[img_rows["kind"] == "codec"].copy()
-    codec["curve"] = curve_label(codec.assign(codec=codec["codec"].fillna("diffc")))
+    codec["curve"] = curve_label(codec.assign(codec=codec["codec"].fillna(DIFFC)))
     for label, c in codec.sort_values("bpp").groupby("curve", sort=True):
         files = [(r, jobs[int(r["job"])].path / RECON / image_id /
                   f"{point_label(None if pd.isna(r['recon_timestep']) else int(r['recon_timestep']), float(r['target_bpp']))}.png")

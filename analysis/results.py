@@ -15,6 +15,11 @@ import pandas as pd
 from .errors import UsageError
 from .schema import FID_COLUMNS, FID_FILE, JOB_JSON, SHARDS, frame
 
+#: the ``codec`` of DiffC's own rows: the channel name of its reverse-channel coder (the header's)
+DIFFC = "pfr"
+#: channel names written before format 9 (rows of older sweeps) -> today's
+LEGACY_CODECS = {"diffc": DIFFC, "diffc-sparse-sum": "sparse-sum"}
+
 
 def job_dirs(results: Path) -> list[Path]:
     """Every job dir under ``results`` (itself included), sorted."""
@@ -58,9 +63,11 @@ def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     out_rows = pd.concat(rows, ignore_index=True)
     out_fid = pd.concat(fids, ignore_index=True) if fids else pd.DataFrame(columns=list(FID_COLUMNS))
     out = frame(out_rows.to_dict("records"))
-    # shards written before the codec column: their codec and vae rows are DiffC's and the VAE's
+    # shards written before the codec column: their codec and vae rows are DiffC's and the VAE's;
+    # before format 9 the channels had other names
     old = out["codec"].isna()
-    out.loc[old, "codec"] = out.loc[old, "kind"].map({"codec": "diffc", "vae": "vae"})
+    out.loc[old, "codec"] = out.loc[old, "kind"].map({"codec": DIFFC, "vae": "vae"})
+    out["codec"] = out["codec"].replace(LEGACY_CODECS)
     return out, out_fid
 
 
@@ -98,8 +105,8 @@ def curve_label(points: pd.DataFrame) -> pd.Series:
     Jobs of one model and codec with other settings (config hashes: a sweep over
     ``codec.channel.chunk_bits``, say) are separate curves, never averaged together: each label then ends
     in its hash, 'gaussian #826e09' (the job dir's job.json holds it)."""
-    codec = points["codec"].fillna("diffc").astype(str)
-    label = points["model"].astype(str).where(codec == "diffc", points["model"].astype(str) + " (" + codec + ")")
+    codec = points["codec"].fillna(DIFFC).astype(str)
+    label = points["model"].astype(str).where(codec == DIFFC, points["model"].astype(str) + " (" + codec + ")")
     if "config_hash" not in points or not len(points):
         return label
     chash = points["config_hash"].astype(str)
@@ -108,7 +115,7 @@ def curve_label(points: pd.DataFrame) -> pd.Series:
 
 
 #: how figures name a codec of the ``codec`` column (``display_name``)
-CODEC_NAMES = {"diffc": "DiffC", "diffc-sparse-sum": "DiffC (sparse-sum)", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
+CODEC_NAMES = {DIFFC: "DiffC", "sparse-sum": "DiffC (sparse-sum)", "ddcm": "DDCM", "turbo-ddcm": "Turbo-DDCM"}
 #: model names of the random-weight twins (conf/model/tiny-*.yaml): rates and quality meaningless
 RANDOM_WEIGHT_PREFIX = "tiny-"
 

@@ -42,10 +42,11 @@ UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
 
 #: the results table, in order (docs/design.md §2 first). ``kind``: codec (a rate point of a
 #: diffusion codec), vae (the backbone's autoencoder round trip: the ceiling, no rate) or baseline
-#: (a classic codec, pipelines/baselines.py). ``codec`` names what made the reconstruction: 'diffc'
-#: for codec rows, 'vae' for vae rows, the baseline's name ('jpeg', 'webp', 'avif', 'jxl') for
+#: (a classic codec, pipelines/baselines.py). ``codec`` names what made the reconstruction: the
+#: channel for codec rows ('pfr' = DiffC's coder, 'sparse-sum', 'ddcm', 'turbo-ddcm'; rows written
+#: before format 9 say 'diffc' / 'diffc-sparse-sum' and read as today's names), 'vae' for vae rows, the baseline's name ('jpeg', 'webp', 'avif', 'jxl') for
 #: baseline rows (whose ``quality`` is the codec's quality setting and which do not depend on
-#: ``model``, the job's). Shards written before the column existed read as 'diffc' / 'vae'.
+#: ``model``, the job's). Shards written before the column existed read as 'pfr' / 'vae'.
 #: ``caption``: the text prompt the codec rows were encoded with (in the file, counted in bpp;
 #: ``caption=auto`` = a BLIP-2 caption, pipelines/captions.py), null when unconditional.
 #: ``protocol``: what the dataset's images became before coding and scoring (conf/protocol:

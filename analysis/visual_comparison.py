@@ -46,7 +46,7 @@ from PIL import Image  # noqa: E402
 from . import cli  # noqa: E402
 from .errors import UsageError, one_line_errors  # noqa: E402
 from .images import ORIGINAL, point_label, read_png, recon_png  # noqa: E402
-from .results import job_dirs, load_results  # noqa: E402
+from .results import DIFFC, job_dirs, load_results  # noqa: E402
 from .schema import DONE, JOB_JSON  # noqa: E402
 
 #: (x, y, width, height) of a crop, in pixels of the original image
@@ -160,7 +160,7 @@ def draw(shown: pd.DataFrame, refs: dict[str, np.ndarray], models: list[str], im
 
 def render(results: Path, out: Path, name: str, formats: list[str], images: list[str] | None = None,
            models: list[str] | None = None, bpp: float | None = None, crop: list[int] | None = None,
-           crop_size: int = 256, n_images: int = 3, codec: str = "diffc",
+           crop_size: int = 256, n_images: int = 3, codec: str = DIFFC,
            dataset: str | None = None) -> pd.DataFrame:
     """Write ``{out}/{name}.{formats}`` and ``{out}/{name}.csv``; returns the sidecar table."""
     rows, _ = load_results(results)

@@ -260,7 +260,7 @@ def test_bd_rate_against_a_classic_codec_on_psnr_and_ms_ssim() -> None:
                  "width": 8, "height": 8, "metric_errors": ""}
                 for i, (b, q, s) in enumerate(zip(bpp, psnr, ms_ssim))]
 
-    diffc = [r | {"codec": "diffc", "ms_ssim": s, "encode_s": 30.0, "decode_s": 3.0}
+    diffc = [r | {"codec": "pfr", "ms_ssim": s, "encode_s": 30.0, "decode_s": 3.0}
              for r, s in zip(synthetic("m", [2 * b for b in bpp], psnr), ms_ssim)]
     ddcm = [r | {"codec": "ddcm", "ms_ssim": s} for r, s in zip(synthetic("m", [b / 2 for b in bpp], psnr), ms_ssim)]
     rows = frame(diffc + ddcm + classic("jpeg", 1.0) + classic("webp", 0.75))
@@ -277,7 +277,7 @@ def test_bd_rate_against_a_classic_codec_on_psnr_and_ms_ssim() -> None:
     jpeg = points[points["codec"] == "jpeg"].sort_values("bpp")
     np.testing.assert_allclose(jpeg["bpp"], bpp)
     np.testing.assert_allclose(jpeg["ms_ssim"], ms_ssim)
-    assert (jpeg["encode_s"] == 0.5).all() and (points.loc[points["codec"] == "diffc", "encode_s"] == 30.0).all()
+    assert (jpeg["encode_s"] == 0.5).all() and (points.loc[points["codec"] == "pfr", "encode_s"] == 30.0).all()
 
 
 def test_jobs_with_other_codec_settings_are_separate_curves() -> None:
@@ -333,7 +333,7 @@ def test_real_command_lines(results: Path, tmp_path: Path) -> None:
     assert r.stdout.splitlines() == [f"wrote {out}/kodak-small-rd-psnr.{{png,csv}} (kodak-small, psnr: 1 curve)",
                                      f"wrote {out}/kodak-small-rd-ms_ssim.{{png,csv}} (kodak-small, ms_ssim: 1 curve)",
                                      f"wrote {out}/*.json (1 curve in CompressAI's format)"]
-    assert sorted(p.name for p in out.iterdir()) == ["kodak-small-gaussian-diffc.json", *(
+    assert sorted(p.name for p in out.iterdir()) == ["kodak-small-gaussian-pfr.json", *(
         f"kodak-small-rd-{m}.{e}" for m in ("ms_ssim", "psnr") for e in ("csv", "png"))]
     side = pd.read_csv(out / "kodak-small-rd-psnr.csv")
     want = expected_curve(load_results(job)[0], "gaussian", "psnr")
@@ -599,7 +599,7 @@ def test_the_visual_comparison_runs_without_the_pipelines_or_torch(tmp_path: Pat
         np.save(tmp_path / f"{image}.npy", ref)
         for t, bpp in ((700, 0.2), (300, 0.6)):
             Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(job / "recon" / image / f"t{t}.png")
-            rows.append({"model": "m", "dataset": "d", "image": image, "kind": "codec", "codec": "diffc",
+            rows.append({"model": "m", "dataset": "d", "image": image, "kind": "codec", "codec": "pfr",
                          "recon_timestep": t, "target_bpp": math.nan, "bpp": bpp, "psnr": 20 + bpp,
                          "config_hash": "h", "width": 24, "height": 20})
     (job / "shards").mkdir()
@@ -644,3 +644,22 @@ def test_the_sweep_saves_each_original_as_coded(tmp_path: Path) -> None:
     run_job(cfg, d)
     np.testing.assert_array_equal(images.read_png(images.recon_png(d, "kodim05", images.ORIGINAL)), coded["kodim05"])
     assert {p: p.stat().st_mtime_ns for p in (d / "shards").glob("*.parquet")} == shards and len(shards) == 2
+
+
+def test_rows_written_before_format_9_read_with_todays_channel_names(tmp_path: Path) -> None:
+    """Shards of older sweeps name DiffC's channel 'diffc' (and 'diffc-sparse-sum'), or hold no codec
+    column at all: they read as 'pfr' / 'sparse-sum', one curve with today's rows of the same model."""
+    job = tmp_path / "job"
+    (job / "shards").mkdir(parents=True)
+    base = {"model": "m", "dataset": "d", "kind": "codec", "target_bpp": math.nan, "config_hash": "h",
+            "width": 8, "height": 8}
+    rows = [base | {"image": "a", "codec": "diffc", "recon_timestep": 700, "bpp": 0.1, "psnr": 20.0},
+            base | {"image": "b", "codec": "pfr", "recon_timestep": 700, "bpp": 0.3, "psnr": 22.0},
+            base | {"image": "a", "codec": "diffc-sparse-sum", "recon_timestep": 300, "bpp": 0.2, "psnr": 21.0}]
+    frame(rows).to_parquet(job / "shards" / "all.h.parquet")
+    (job / "job.json").write_text('{"config_hash": "h"}')
+    out, _ = load_results(tmp_path)
+    assert sorted(out["codec"]) == ["pfr", "pfr", "sparse-sum"]
+    curve = rate_points(out, "psnr")
+    assert sorted(curve["curve"]) == ["m", "m (sparse-sum)"]
+    assert curve.loc[curve["curve"] == "m", "bpp"].item() == pytest.approx(0.2)  # both images, one point

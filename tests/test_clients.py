@@ -57,7 +57,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Path:
         base = {"model": "gaussian", "dataset": "kodak", "image": image, "config_hash": "abc", "width": 768,
                 "height": 512}
         for j, t in enumerate([700, 300, 100]):
-            rows.append(base | {"kind": "codec", "codec": "diffc", "recon_timestep": t, "target_bpp": math.nan,
+            rows.append(base | {"kind": "codec", "codec": "pfr", "recon_timestep": t, "target_bpp": math.nan,
                                 "bpp": 0.1 * (j + 1) + 0.02 * k, "psnr": 24.0 + 3 * j + k,
                                 "ms_ssim": 0.80 + 0.05 * j + 0.01 * k})
         rows.append(base | {"kind": "vae", "codec": "vae", "psnr": math.inf, "ms_ssim": 1.0})
@@ -93,7 +93,7 @@ def test_our_json_has_the_structure_and_keys_of_compressais(ours: Path) -> None:
     the plotted means, lists as long as bpp, bpp increasing; no key CompressAI 1.2.8 refuses."""
     ref = shipped()["compressai-kodak-jpeg.json"]
     files = {p.name: json.loads(p.read_text()) for p in sorted(ours.glob("*.json"))}
-    assert sorted(files) == ["kodak-baseline-jpeg.json", "kodak-gaussian-diffc.json"]
+    assert sorted(files) == ["kodak-baseline-jpeg.json", "kodak-gaussian-pfr.json"]
     for name, data in files.items():
         assert set(data) == set(ref), name
         assert isinstance(data["name"], str) and isinstance(data["description"], str)
@@ -102,7 +102,7 @@ def test_our_json_has_the_structure_and_keys_of_compressais(ours: Path) -> None:
         assert set(res) <= set(ref["results"])  # every key of ours is one of CompressAI's
         assert all(len(v) == len(res["bpp"]) and all(isinstance(x, float) for x in v) for v in res.values())
         assert np.all(np.diff(res["bpp"]) > 0)
-    diffc = files["kodak-gaussian-diffc.json"]["results"]
+    diffc = files["kodak-gaussian-pfr.json"]["results"]
     for metric, key in (("psnr", "psnr-rgb"), ("ms_ssim", "ms-ssim-rgb")):
         side = pd.read_csv(ours / f"kodak-rd-{metric}.csv")
         codec = side[side["series"] == "codec"]
@@ -143,7 +143,7 @@ def load_plot() -> ModuleType:
 def test_compressai_plot_tool_draws_our_files(metric: str, ours: Path, tmp_path: Path) -> None:
     """CompressAI's plot command on our two files and its own JPEG file: exit 0 and a figure."""
     png = tmp_path / f"rd-{metric}.png"
-    files = [str(ours / "kodak-gaussian-diffc.json"), str(ours / "kodak-baseline-jpeg.json"),
+    files = [str(ours / "kodak-gaussian-pfr.json"), str(ours / "kodak-baseline-jpeg.json"),
              str(ROOT / "analysis" / "data" / "compressai-kodak-jpeg.json")]
     r = subprocess.run([sys.executable, str(compressai_plot()), "-f", *files, "-m", metric, "-o", str(png)],
                        env=os.environ | {"MPLBACKEND": "Agg"}, capture_output=True, text=True, timeout=120)
@@ -155,12 +155,12 @@ def test_compressai_plot_tool_draws_our_files(metric: str, ours: Path, tmp_path:
 def test_compressai_reader_gets_our_values(ours: Path) -> None:
     """CompressAI's own reader (``parse_json_file``) returns our bpp and values (MS-SSIM in its dB)."""
     plot = load_plot()
-    data = json.loads((ours / "kodak-gaussian-diffc.json").read_text())["results"]
-    psnr = plot.parse_json_file(ours / "kodak-gaussian-diffc.json", "psnr")
+    data = json.loads((ours / "kodak-gaussian-pfr.json").read_text())["results"]
+    psnr = plot.parse_json_file(ours / "kodak-gaussian-pfr.json", "psnr")
     assert psnr["name"] == "DiffC (gaussian)"
     np.testing.assert_allclose(psnr["xs"], data["bpp"])
     np.testing.assert_allclose(psnr["ys"], data["psnr-rgb"])
-    ms = plot.parse_json_file(ours / "kodak-gaussian-diffc.json", "ms-ssim")
+    ms = plot.parse_json_file(ours / "kodak-gaussian-pfr.json", "ms-ssim")
     np.testing.assert_allclose(ms["ys"], -10 * np.log10(1 - np.array(data["ms-ssim-rgb"])))
     # the old key names, which our files used before, are what it refuses
     old = ours.parent / "old.json"

@@ -86,7 +86,7 @@ def synthetic_results(root: Path, dataset: str, w: int, h: int) -> pd.DataFrame:
         base = {"model": "fake", "dataset": dataset, "image": image, "config_hash": "abc", "width": w,
                 "height": h}
         for j, t in enumerate([700, 300, 100]):
-            rows.append(base | {"kind": "codec", "codec": "diffc", "recon_timestep": t, "target_bpp": math.nan,
+            rows.append(base | {"kind": "codec", "codec": "pfr", "recon_timestep": t, "target_bpp": math.nan,
                                 "bpp": 0.05 * (j + 1) + 0.01 * k, "psnr": 22.0 + 2 * j + k,
                                 "lpips": 0.3 - 0.05 * j - 0.01 * k})
         rows.append(base | {"kind": "vae", "codec": "vae", "psnr": 30.0 + k, "lpips": 0.02})
@@ -123,7 +123,7 @@ def test_kodak_figure_overlays_illm_and_exports_compressai_json(tmp_path: Path) 
     np.testing.assert_allclose(codec["bpp"], [0.055, 0.105, 0.155])
     np.testing.assert_allclose(codec["value"], [22.5, 24.5, 26.5])
     # CompressAI JSON: the plotted means, in CompressAI's format
-    data = json.loads((out / "kodak-fake-diffc.json").read_text())
+    data = json.loads((out / "kodak-fake-pfr.json").read_text())
     assert set(data) == {"name", "description", "results"}  # CompressAI's keys: tests/test_clients.py
     assert set(data["results"]) == {"bpp", "psnr-rgb", "lpips"}
     np.testing.assert_allclose(data["results"]["bpp"], codec["bpp"])
