@@ -24,6 +24,7 @@ from diffc import format as fmt
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec, pad_to
 from diffc.rcc.channel import PfrSpec
+from diffc.profiles import profile_params
 from diffc.recon import Recon
 from pipelines.common import model_config
 
@@ -114,7 +115,6 @@ def test_every_config_is_registered_and_tested():
     for name in TINY + REAL:
         cfg = model_yaml(name)
         assert cfg["name"] == name
-        assert set(cfg["codec"]) >= {"schedule", "chunk_bits", "padding_bits", "recon", "recon_steps"}
 
 
 # ---- tiny twins: compress -> file -> decompress ----------------------------------------------------
@@ -333,7 +333,7 @@ def test_real_backbone_kodak_roundtrip(name: str, tmp_path: Path):
             pytest.skip(f"no weights for {name}: {hub_id} is not in the HF cache and {env} is unset")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     b = load_backbone(name, **options)
-    codec = DiffcCodec(b, CodecParams.of(**cfg["codec"]))
+    codec = DiffcCodec(b, profile_params(name))  # the model's codec defaults
     _, img = load_dataset("kodak", ids=["kodim23"])[0]
     image = to_tensor(img)
     res = codec.encode(image, stop_timesteps=[500], caption="two parrots")

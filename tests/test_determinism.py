@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 # One process: encode (or decode) a 128x128 image with tiny-sd15, torch threads from the command line.
 SCRIPT = r"""
 import sys, torch
-from pipelines.common import build_codec, model_config
+from pipelines.common import build_codec, compose
 mode, threads, path, det = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 torch.set_num_threads(threads)
-codec = build_codec(model_config("tiny-sd15"), {"schedule": "linspace-20"})
+codec = build_codec(compose("compress", ["model=tiny-sd15", "codec.schedule=linspace-20"]))
 codec.deterministic = det
 if mode == "encode":
     g = torch.Generator().manual_seed(0)
@@ -106,13 +106,13 @@ def test_deterministic_mode_restores_settings() -> None:
 def test_fingerprint_ignores_device_and_dtype() -> None:
     """A file encoded in fp16 on a GPU must decode in fp32 on a CPU (with drift): the fingerprint
     names the network's function (weights, schedule, options), not the dtype it ran in."""
-    from pipelines.common import build_codec, model_config
+    from pipelines.common import build_codec, compose
 
-    codec = build_codec(model_config("tiny-sd15"), {})
+    codec = build_codec(compose("compress", ["model=tiny-sd15"]))
     fp = codec.fingerprint()
     codec.backbone.dtype = torch.float16
     assert codec.fingerprint() == fp
-    other = build_codec(model_config("tiny-sd15"), {}, {"seed": 1})  # other random weights
+    other = build_codec(compose("compress", ["model=tiny-sd15"]), {"seed": 1})  # other random weights
     assert other.fingerprint() != fp
 
 

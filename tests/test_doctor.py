@@ -113,7 +113,7 @@ def test_found_in_hub_cache(hub_cache: Path, monkeypatch: pytest.MonkeyPatch, ca
 def test_missing_file_is_what_the_loader_misses(hub_cache: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache without sd15's UNet weights: doctor names the file, and the loader indeed fails."""
-    from pipelines.common import PipelineError, build_codec
+    from pipelines.common import PipelineError, build_codec, compose
 
     root = tmp_path / "hf"
     shutil.copytree(hub_cache / f"models--{SD15_ID.replace('/', '--')}",
@@ -127,7 +127,7 @@ def test_missing_file_is_what_the_loader_misses(hub_cache: Path, tmp_path: Path,
     assert check.detail == (f"{SD15_ID}@main: unet/diffusion_pytorch_model.safetensors (or its .bin / sharded form) "
                             "not in the HF cache")
     with pytest.raises(PipelineError, match="unet"):
-        build_codec(model_config("sd15"), option_overrides={"device": "cpu"})
+        build_codec(compose("compress", ["model=sd15"]), option_overrides={"device": "cpu"})
 
 
 def repo_options() -> dict:

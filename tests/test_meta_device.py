@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffc.codebook import DdcmSpec, TurboDdcmSpec
 from diffc.codec import DiffcCodec
+from diffc.rcc.channel import PfrSpec, SparseSumSpec
 from test_backbones import PARAMS, TINY, _one_thread, make_image, tiny  # noqa: F401 (autouse fixture)
 
 
@@ -30,13 +32,13 @@ def test_encode_decode_make_no_device_less_tensor(name: str):
     assert dec.image.device.type == "cpu" and dec.image.shape == (3, 20, 28)
 
 
-@pytest.mark.parametrize("options", [dict(candidates="sparse-sum", atoms=64, sparse_m=4), dict(split_above=1.0),
-                                     dict(codec="ddcm", codebook_bits=6), dict(codec="turbo-ddcm", codebook_bits=6, atoms=3)],
+@pytest.mark.parametrize("channel", [SparseSumSpec(4, 1, atoms=64, sparse_m=4), PfrSpec(4, 1, split_above=1.0),
+                                     DdcmSpec(6), TurboDdcmSpec(6, 3)],
                          ids=["sparse-sum", "split", "ddcm", "turbo-ddcm"])
-def test_every_channel_makes_no_device_less_tensor(gaussian_backbone, options: dict):
+def test_every_channel_makes_no_device_less_tensor(gaussian_backbone, channel):
     from diffc.codec import CodecParams
 
-    codec = DiffcCodec(gaussian_backbone, CodecParams.of(schedule="geom-6", chunk_bits=4, padding_bits=1, **options))
+    codec = DiffcCodec(gaussian_backbone, CodecParams("geom-6", channel=channel))
     image = make_image(20, 28)
     torch.set_default_device("meta")
     try:

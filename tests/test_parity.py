@@ -28,7 +28,8 @@ import torch
 
 from diffc.backbone import Backbone
 from diffc.chain import Chain
-from diffc.codec import CodecParams, DiffcCodec
+from diffc.codec import DiffcCodec
+from diffc.profiles import profile_params
 from diffc.schedule import encoding_timesteps, recon_timesteps
 from parity_oracle import ReferenceOracle, denoising_timesteps, reference_settings, sd_abar
 from test_backbones import TINY, _one_thread, make_image, model_yaml, tiny  # noqa: F401 (autouse fixture)
@@ -206,7 +207,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
     oracle's DDIM over the reference's denoising timesteps, with as many network calls; the decoded
     image of ``reconstruct`` = the VAE decode of the oracle's latent."""
     b, oracle, x0, eps, cond = load_twin(name)
-    params = CodecParams.of(**model_yaml(name, "reference")["codec"])
+    params = profile_params(name, "reference")
     assert params.recon.grid == "reference" and params.recon.mode == "ode"
     codec = DiffcCodec(b, params)
     calls: list[int] = []  # the labels the project's reconstruction evaluates its network at
@@ -237,7 +238,7 @@ def test_reconstructions_match_reference(name: str, monkeypatch: pytest.MonkeyPa
 def test_reconstructions_diverge_on_the_uniform_grid(name: str):
     """The project's default reconstruction (uniform grid, 4 steps for the twins) is another image."""
     b, oracle, x0, eps, cond = load_twin(name)
-    codec = DiffcCodec(b, CodecParams.of(**model_yaml(name, "project")["codec"]))
+    codec = DiffcCodec(b, profile_params(name, "project"))
     assert codec.params.recon.grid == "uniform"
     worst = 0.0
     for t in RECON_LABELS:

@@ -188,8 +188,8 @@ def test_compiled_search_writes_the_same_files(gaussian_backbone) -> None:
     from diffc.plugins import Search
 
     img = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(1))
-    for options in (dict(), dict(candidates="sparse-sum", atoms=64, sparse_m=4)):
-        params = CodecParams.of(schedule="geom-6", chunk_bits=6, padding_bits=1, **options)
+    for channel in (PfrSpec(6, 1), SparseSumSpec(6, 1, atoms=64, sparse_m=4)):
+        params = CodecParams("geom-6", channel=channel)
         eager = DiffcCodec(gaussian_backbone, params).encode(img)
         compiled = DiffcCodec(gaussian_backbone, params, search=Search(compile=True)).encode(img)
         assert [p.data for p in compiled.points] == [p.data for p in eager.points]

@@ -102,7 +102,7 @@ class WeightsSource:
     hint: str | None = None
 
     @classmethod
-    def from_options(cls, backbone: str, hub_id: str, revision: str | None, path: str | None,
+    def resolve(cls, backbone: str, hub_id: str, revision: str | None, path: str | None,
                      part: str | None = None, hint: str | None = None) -> "WeightsSource":
         """The source the options name: ``path`` if given, else ``$DIFFC_<NAME>[_<PART>]_PATH`` if set,
         else the hub id (the HF cache first)."""
@@ -266,7 +266,7 @@ def open_weights(name: str, hub_id: str, revision: str | None, path: str | None,
     """What every ``from_pretrained`` starts with: the weights source (``path`` or ``DIFFC_<NAME>_PATH``
     over ``hub_id``), the resolved device and model dtype."""
     dev = resolve_device(device)
-    return WeightsSource.from_options(name, hub_id, revision, path), dev, resolve_dtype(dtype, dev)
+    return WeightsSource.resolve(name, hub_id, revision, path), dev, resolve_dtype(dtype, dev)
 
 
 _HUB_REACHABLE: dict[str, bool] = {}

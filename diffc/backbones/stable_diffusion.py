@@ -175,7 +175,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
         if vae_hub_id is None:
             vae = src.load(AutoencoderKL, "vae", torch_dtype=dt)
         else:
-            vsrc = WeightsSource.from_options(name, vae_hub_id, vae_revision, vae_path, part="vae")
+            vsrc = WeightsSource.resolve(name, vae_hub_id, vae_revision, vae_path, part="vae")
             vae = vsrc.load(AutoencoderKL, (None, "vae"), torch_dtype=dt)
             identity["vae_weights"] = vsrc.identity()
         xl = unet.config.addition_embed_type == "text_time"
@@ -203,7 +203,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
         (pipelines/decompress.py)."""
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
-        rsrc = WeightsSource.from_options(self.name, hub_id, revision, path, part="refiner",
+        rsrc = WeightsSource.resolve(self.name, hub_id, revision, path, part="refiner",
                                           hint="model.options.refiner_hub_id=null: the base UNet at every step")
         rsched = rsrc.load_config(DDPMScheduler, "scheduler")
         if rsched.get("prediction_type", "epsilon") != self.prediction_type:
