@@ -396,3 +396,73 @@ def test_environment_files_name_real_extras(env_file: str) -> None:
     assert named and named <= extras, (named, extras)
     if "cuda" in env_file:
         assert "metrics" in named and re.search(r"^\s*- torch", text, re.M)
+
+
+# ---- the spec tree (issue 25): every config composes and builds the core's typed parameters --------
+ANALYSIS_CONF = ROOT / "analysis" / "conf"
+#: the options a command's config cannot compose without (``???`` in it)
+REQUIRED = {"compress": ["input=x.png", "output=x.diffc"], "decompress": ["input=x.diffc", "output=x.png"],
+            "fit_gaussian": ["out=x.npz"]}
+
+
+@pytest.mark.parametrize("config_dir, name", [(CONF_DIR, p.stem) for p in sorted(CONF_DIR.glob("*.yaml"))]
+                         + [(ANALYSIS_CONF, p.stem) for p in sorted(ANALYSIS_CONF.glob("*.yaml"))])
+def test_every_command_config_composes(config_dir: Path, name: str) -> None:
+    """Every command's config (conf/*.yaml, analysis/conf/*.yaml) composes and resolves, and one
+    with a ``codec`` node builds the core's ``CodecParams`` from it in one call."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(name, overrides=REQUIRED.get(name, []))
+    finally:
+        GlobalHydra.instance().clear()
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3").__enter__()  # the module's
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(resolved.get("codec"), dict):  # (analysis.visual_comparison's is a channel name)
+        params, _ = codec_params(cfg.codec, resolved.get("parity") or "project")
+        assert params.channel.name == resolved["codec"]["channel"]["name"] == "pfr"
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_builds_every_channel(model: str) -> None:
+    """Each model with each channel of conf/codec: the composed node is that channel's spec, typed
+    (its own keys only), with the model's profile values where the channel has them."""
+    from diffc.profiles import PROFILES, profile_params
+
+    for channel in options("codec"):
+        cfg = compose("config", overrides=[f"model={model}", f"codec={channel}"])
+        params, search = codec_params(cfg.codec)
+        assert params.channel.name == channel and set(cfg.codec.channel) == {
+            "name", *(f.name for f in dataclasses.fields(params.channel))}
+        assert search.compile is False and search.block_entries is None
+        if model in PROFILES and channel != "turbo-ddcm":  # Turbo-DDCM sets its own 20-step schedule
+            assert (params.schedule, params.recon) == (profile_params(model).schedule, profile_params(model).recon)
+        if model in PROFILES and channel in ("pfr", "sparse-sum"):
+            assert params.channel.chunk_bits == profile_params(model).channel.chunk_bits
+
+
+def test_tune_files_name_a_profile_and_a_channel() -> None:
+    """conf/codec/tune/PROFILE-CHANNEL.yaml: PROFILE is a conf/codec/profile option and CHANNEL a
+    conf/codec option (a misspelt name would be silently skipped: the defaults entry is optional)."""
+    profiles, channels = options("codec/profile"), options("codec")
+    tunes = options("codec/tune")
+    assert tunes
+    for tune in tunes:
+        assert any(tune == f"{p}-{c}" for p in profiles for c in channels), tune
+    picked = {OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").defaults[0]["/codec/profile@_global_.codec"]
+              for m in options("model")}
+    assert picked == set(profiles)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["codec=ddcm", "codec.channel.chunk_bits=8"], "chunk_bits"),
+    (["codec=turbo-ddcm", "codec.channel.candidates=iid"], "candidates"),
+    (["codec=pfr", "codec.channel.atoms=64"], "atoms"),
+    (["codec.chunk_bits=8"], "chunk_bits"),  # the flat spelling of before
+])
+def test_a_key_of_another_channel_is_refused_at_composition(overrides: list[str], key: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as ei:
+        compose("compress", overrides=["input=x", "output=y", *overrides])
+    assert key in str(ei.value.__cause__ or ei.value)
