@@ -24,7 +24,7 @@ MAX_STEPS = 1000
 MAX_GRID = 1000
 #: largest guidance scale, in steps of 1/16 (the format stores 16 x scale)
 MAX_GUIDANCE = 64.0
-#: the flat option names of configs and decode overrides -> Recon fields
+#: the option names of decode-time overrides (``decompress recon=... recon_steps=...``) -> Recon fields
 OPTION_KEYS = {"recon": "mode", "recon_steps": "steps", "recon_grid": "grid", "recon_guidance": "guidance"}
 
 
@@ -55,12 +55,6 @@ class Recon:
         g = self.guidance
         if g is not None and not (0 <= g <= MAX_GUIDANCE and (16 * g) % 1 == 0):
             raise ValueError(f"recon_guidance must be in 0..{MAX_GUIDANCE:g} in steps of 1/16, got {g}")
-
-    @classmethod
-    def of(cls, **options: Any) -> "Recon":
-        """From the flat option names (``recon``, ``recon_steps``, ``recon_grid``, ``recon_guidance``);
-        None = the default."""
-        return cls().override(**options)
 
     def override(self, **options: Any) -> "Recon":
         """This choice with the given flat options replaced (None = keep)."""
