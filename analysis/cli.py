@@ -190,7 +190,8 @@ def defaults_groups(config_name: str, config_dir: Path) -> list[tuple[str, str]]
     """(group, default choice) of the config groups in ``CONFIG_NAME.yaml``'s defaults list (not
     Hydra's own, not ``_self_``): the groups the command uses."""
     out = []
-    for entry in OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults") or []:
+    conf = OmegaConf.to_container(OmegaConf.load(config_dir / f"{config_name}.yaml"))  # unresolved: defaults
+    for entry in conf.get("defaults") or []:  # may interpolate other groups' choices
         if isinstance(entry, str) or len(entry) != 1:
             continue
         (group, choice), = entry.items()
