@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from . import format as fmt
 from .backbone import Backbone, fingerprint
 from .chain import Chain
+from .checks import checked_int
 from .rcc.channel import PfrSpec
 from .determinism import (check_provenance, default_threads, deterministic, drift_psnr_db, machine_threads,
                           provenance_here)
@@ -48,6 +49,8 @@ log = logging.getLogger("diffc")
 
 class UnknownChannel(fmt.DiffcFormatError):
     """The file names a channel that is not installed here."""
+
+    prefix = ".diffc file uses a channel that is not installed here: "
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,7 @@ class CodecParams:
     parity: str = "project"
 
     def __post_init__(self):
-        if not 0 <= self.seed < 2**32:
-            raise ValueError("seed must be in 0..2^32-1")
+        checked_int("seed", self.seed, 0, 2**32 - 1)
         if self.parity not in fmt.PARITIES:
             raise ValueError(f"parity must be one of {fmt.PARITIES}, got {self.parity!r}")
         if not isinstance(self.channel, ChannelSpec) or not isinstance(self.recon, Recon):
@@ -304,11 +306,11 @@ class DiffcCodec:
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""
         if header.backbone != self.backbone.name:
-            raise fmt.FingerprintMismatch(
-                f"file was written with backbone {header.backbone!r}, but {self.backbone.name!r} is loaded")
+            raise fmt.FingerprintMismatch(f"written with backbone {header.backbone!r}, but {self.backbone.name!r} "
+                                          "is loaded")
         if header.fingerprint != self.fingerprint():
             raise fmt.FingerprintMismatch(
-                f"file fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
+                f"its fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
                 f"config/weights with the file's codec parameters ({self.fingerprint().hex()}): the file was "
                 f"encoded with other weights or model options")
 
@@ -345,7 +347,7 @@ class DiffcCodec:
             return
         self.check_header(header)
         if header.n_steps > self.chain.n_steps:
-            raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
+            raise fmt.CorruptFile(f"{header.n_steps} steps but the schedule has {self.chain.n_steps}")
         counts = sorted(set([header.n_steps] if step_counts is None else step_counts))
         if not counts or counts[0] < 0 or counts[-1] > header.n_steps:
             raise ValueError(f"step counts must be in 0..{header.n_steps} (the file's), got {counts}")
@@ -457,9 +459,9 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
     if coded == payload:
         return
     if len(payload) > len(coded) and payload.startswith(coded):
-        raise fmt.CorruptFile(f"corrupt .diffc file: {len(payload) - len(coded)} bytes of trailing data after "
+        raise fmt.CorruptFile(f"{len(payload) - len(coded)} bytes of trailing data after "
                               f"the {len(coded)}-byte payload")
-    raise fmt.CorruptFile("corrupt .diffc file: the payload is not the coded stream of the steps it decodes to")
+    raise fmt.CorruptFile("the payload is not the coded stream of the steps it decodes to")
 
 
 @functools.lru_cache(maxsize=64)
@@ -485,14 +487,13 @@ def params_from_header(header: fmt.Header) -> CodecParams:
     try:
         spec_cls = channel_spec(header.channel)
     except ValueError as e:
-        raise UnknownChannel(f".diffc file uses a channel that is not installed here: {e}") from None
+        raise UnknownChannel(e) from None
     try:
         encoding_timesteps(header.schedule)
         return CodecParams(header.schedule, header.seed, spec_cls.from_bytes(header.channel_params), header.recon,
                            header.parity)
     except (ValueError, fmt.DiffcFormatError) as e:
-        msg = str(e).removeprefix("corrupt .diffc file: ")
-        raise fmt.CorruptFile(f"corrupt .diffc file: {msg}") from None
+        raise fmt.CorruptFile(e) from None
 
 
 def _check_image(image: torch.Tensor) -> torch.Tensor:
