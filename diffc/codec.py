@@ -500,13 +500,18 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
     """``image`` as the [3, H, W] float tensor in [0, 1] the codec codes (a [1, 3, H, W] batch of one
     is taken as its image); anything else is refused in one line naming what it got: another shape,
     an integer dtype (uint8 images: ``x.float() / 255``), values outside [0, 1] (0..255 floats) or
-    non-finite values. Nothing is rescaled silently: a wrong range would code a wrong image."""
+    non-finite values, a size no file can hold (sides over MAX_SIDE; pixels: ``fmt.check_pixels`` at
+    MAX_PIXELS, before any value is read). Nothing is rescaled silently: a wrong range would code a
+    wrong image."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor [3, H, W] in [0, 1], got {type(image).__name__}")
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W] or [1, 3, H, W], got shape {tuple(image.shape)}")
+    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE:
+        raise ValueError(f"image is {image.shape[2]}x{image.shape[1]}: sides must be <= {fmt.MAX_SIDE}")
+    fmt.check_pixels(image.shape[2], image.shape[1], fmt.MAX_PIXELS, "the image")  # what a file can hold
     if not image.is_floating_point():
         hint = " (convert with image.float() / 255)" if image.dtype == torch.uint8 else ""
         raise ValueError(f"image must be a float tensor in [0, 1], got dtype {image.dtype}{hint}")
@@ -515,7 +520,4 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
         if not (0.0 <= lo and hi <= 1.0):  # NaN fails too
             raise ValueError(f"image values must lie in [0, 1], got [{lo:g}, {hi:g}] ({image.dtype}; "
                              f"0..255 floats: divide by 255)")
-    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE or image.shape[1] * image.shape[2] > fmt.MAX_PIXELS:
-        raise ValueError(f"image is {image.shape[2]}x{image.shape[1]}: sides must be <= {fmt.MAX_SIDE} and "
-                         f"pixels <= {fmt.MAX_PIXELS}")
     return image

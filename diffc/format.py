@@ -411,14 +411,17 @@ def pixel_limit(max_pixels: int) -> int:
 def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     """The one ``max_pixels`` rule, applied to a size read from a header before any pixel is
     decoded or allocated (compress: the input image's header, ``pipelines.datasets.read_image``;
-    decompress and ``DiffcCodec.decode``: the file's, ``read``): more than ``max_pixels`` =
+    decompress and ``DiffcCodec.decode``: the file's, ``read``; ``DiffcCodec.encode``: its input
+    tensor, at the format's limit MAX_PIXELS): more than ``max_pixels`` =
     ``pixel_limit(max_pixels)`` pixels raises ``TooLarge``, naming ``what`` and the option. A guard
     against decompression bombs (a forged header, a tiny PNG of 8192 x 8192): like PIL's
     ``Image.MAX_IMAGE_PIXELS`` but tighter, a diffusion decode costing hundreds of bytes per pixel."""
     limit = pixel_limit(max_pixels)
     if width * height > limit:
-        raise TooLarge(f"{what} is {width}x{height} ({width * height} pixels), above max_pixels={limit} "
-                       f"(raise the limit with max_pixels=N, at most {MAX_PIXELS}, the .diffc format's limit)")
+        fix = "the .diffc format's limit"
+        if limit < MAX_PIXELS:
+            fix = f"raise the limit with max_pixels=N, at most {MAX_PIXELS}, {fix}"
+        raise TooLarge(f"{what} is {width}x{height} ({width * height} pixels), above max_pixels={limit} ({fix})")
 
 
 def _read_fields(r: Reader) -> dict:

@@ -135,3 +135,12 @@ def test_max_pixels_is_one_rule_for_an_image_a_file_and_the_api(codec, file, tmp
             with pytest.raises(InvalidValue, match=re.escape(f"max_pixels must be an integer in 1..{fmt.MAX_PIXELS}, "
                                                              f"got {bad!r}")):
                 read(bad)
+
+
+def test_the_api_refuses_an_image_no_file_can_hold_by_the_same_check(codec) -> None:
+    """``DiffcCodec.encode``'s input: the format's limit (2^26 pixels) through the same check, from
+    the shape alone (an expanded view: no pixel allocated, none read)."""
+    with pytest.raises(fmt.TooLarge) as err:
+        codec.encode(torch.zeros(3, 1, 1).expand(3, 8193, 8192))
+    assert str(err.value) == (f"the image is 8192x8193 ({8192 * 8193} pixels), above max_pixels={fmt.MAX_PIXELS} "
+                              "(the .diffc format's limit)")
