@@ -459,8 +459,7 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
     if coded == payload:
         return
     if len(payload) > len(coded) and payload.startswith(coded):
-        raise fmt.CorruptFile(f"{len(payload) - len(coded)} bytes of trailing data after "
-                              f"the {len(coded)}-byte payload")
+        raise fmt.CorruptFile(f"{len(payload) - len(coded)} bytes of trailing data after the {len(coded)}-byte payload")
     raise fmt.CorruptFile("the payload is not the coded stream of the steps it decodes to")
 
 
