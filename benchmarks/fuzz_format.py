@@ -14,8 +14,9 @@ Every case goes through ``diffc.format.read`` and, if that accepts it, ``DiffcCo
 refuses it by name). Outcomes: ``refused`` (a ``DiffcFormatError`` subclass whose message is one
 line with its kind's prefix once, ``refusal_message``), ``decoded`` (finite pixels of the declared
 size), ``crash`` (anything else, another message, non-finite pixels, or a wrong size) and
-``hang`` (over ``--hang-s`` seconds; SIGALRM). Goal: 0 crashes, 0 hangs. A file's decoding work is bounded by its header (at most the schedule's steps plus 1000 ODE reconstruction
-steps at the declared size, with the declared thread count): a forged tiny-sd15 file asking for
+``hang`` (over ``--hang-s`` seconds; SIGALRM). Goal: 0 crashes, 0 hangs. A file's decoding work
+is bounded by its header (at most the schedule's steps plus 1000 ODE reconstruction steps at the
+declared size, with the declared thread count): a forged tiny-sd15 file asking for
 1000 ODE steps with 8 threads takes ~25 s on 2 busy cores, which is work, not a hang. So the
 campaign reconstructs with at most ``MAX_RECON_STEPS`` ODE steps (the same code path), and a case
 over 120 s is a hang.
