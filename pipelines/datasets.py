@@ -213,7 +213,8 @@ def read_image(path: str | os.PathLike, alpha: str | None = None, frame: int | N
     (16-bit samples / 65535, float samples as they are), upright by its EXIF orientation.
 
     Palette, gray, CMYK... become RGB through Pillow. Refused in one line (``DatasetError``; a
-    ``frame`` or ``max_pixels`` that is not an integer in range: ``diffc.checks.InvalidValue``): more than ``max_pixels`` pixels (from the header, before any pixel is decoded; default
+    ``frame`` or ``max_pixels`` that is not an integer in range: ``diffc.checks.InvalidValue``):
+    more than ``max_pixels`` pixels (from the header, before any pixel is decoded; default
     ``fmt.DEFAULT_MAX_PIXELS`` = 4096^2, at most ``fmt.MAX_PIXELS`` = 8192^2: a decoded pixel
     costs 12 bytes as float32 RGB here and hundreds in the codec, so the default keeps an
     8192^2 input from taking gigabytes before the size is said); transparent
