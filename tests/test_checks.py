@@ -13,12 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from analysis.cli import call
 from diffc import format as fmt
 from diffc.checks import InvalidValue, checked_int
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel
 from diffc.errors import UsageError
 from diffc.rcc.channel import PfrSpec
+from pipelines.compress import compress
 from pipelines.datasets import DatasetError, read_image
+from pipelines.decompress import decompress
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = (fmt.NotADiffcFile, fmt.UnsupportedVersion, fmt.TruncatedFile, fmt.CorruptFile, fmt.FingerprintMismatch,
@@ -144,3 +147,21 @@ def test_the_api_refuses_an_image_no_file_can_hold_by_the_same_check(codec) -> N
         codec.encode(torch.zeros(3, 1, 1).expand(3, 8193, 8192))
     assert str(err.value) == (f"the image is 8192x8193 ({8192 * 8193} pixels), above max_pixels={fmt.MAX_PIXELS} "
                               "(the .diffc format's limit)")
+
+
+def test_compress_and_decompress_refuse_in_the_same_words(file, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The commands: the one check's line, or the option's, exit 2, nothing written."""
+    png, diffc = tmp_path / "a.png", tmp_path / "a.diffc"
+    Image.new("RGB", (24, 16)).save(png)
+    diffc.write_bytes(file)
+    runs = [(compress, "compress", ["model=gaussian", f"input={png}", f"output={tmp_path / 'o.diffc'}",
+                                    "timestep=300"], f"image {png}"),
+            (decompress, "decompress", [f"input={diffc}", f"output={tmp_path / 'o.png'}"], "the image of a .diffc file")]
+    for task, config, args, what in runs:
+        for limit, said in [(383, f"{what} is 24x16 (384 pixels), above max_pixels=383 (raise the limit with "
+                                  f"max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)"),
+                            (0, f"max_pixels must be an integer in 1..{fmt.MAX_PIXELS}, got 0")]:
+            code = call(task, config, [*args, f"max_pixels={limit}", "progress=false"])
+            _, err = capsys.readouterr()
+            assert (code, err) == (2, f"error: {said}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.diffc", "a.png"]
