@@ -156,7 +156,8 @@ def test_compress_and_decompress_refuse_in_the_same_words(file, tmp_path: Path, 
     diffc.write_bytes(file)
     runs = [(compress, "compress", ["model=gaussian", f"input={png}", f"output={tmp_path / 'o.diffc'}",
                                     "timestep=300"], f"image {png}"),
-            (decompress, "decompress", [f"input={diffc}", f"output={tmp_path / 'o.png'}"], "the image of a .diffc file")]
+            (decompress, "decompress", [f"input={diffc}", f"output={tmp_path / 'o.png'}"],
+             "the image of a .diffc file")]
     for task, config, args, what in runs:
         for limit, said in [(383, f"{what} is 24x16 (384 pixels), above max_pixels=383 (raise the limit with "
                                   f"max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)"),
