@@ -11,11 +11,12 @@ Real files come from two tiny codecs (the gaussian backbone on a 12x20 image and
   fingerprint for its random codec parameters, and a random or degenerate payload.
 Every case goes through ``diffc.format.read`` and, if that accepts it, ``DiffcCodec.decode``
 (with reconstruction) on the codec of the backbone it names (gaussian for any other name, which
-refuses it by name). Outcomes: ``refused`` (a ``DiffcFormatError`` subclass), ``decoded``
-(finite pixels of the declared size), ``crash`` (anything else, non-finite pixels, or a wrong
-size) and ``hang`` (over ``--hang-s`` seconds; SIGALRM). Goal: 0 crashes, 0 hangs. A file's
-decoding work is bounded by its header (at most the schedule's steps plus 1000 ODE reconstruction
-steps at the declared size, with the declared thread count): a forged tiny-sd15 file asking for
+refuses it by name). Outcomes: ``refused`` (a ``DiffcFormatError`` subclass whose message is one
+line with its kind's prefix once, ``refusal_message``), ``decoded`` (finite pixels of the declared
+size), ``crash`` (anything else, another message, non-finite pixels, or a wrong size) and
+``hang`` (over ``--hang-s`` seconds; SIGALRM). Goal: 0 crashes, 0 hangs. A file's decoding work
+is bounded by its header (at most the schedule's steps plus 1000 ODE reconstruction steps at the
+declared size, with the declared thread count): a forged tiny-sd15 file asking for
 1000 ODE steps with 8 threads takes ~25 s on 2 busy cores, which is work, not a hang. So the
 campaign reconstructs with at most ``MAX_RECON_STEPS`` ODE steps (the same code path), and a case
 over 120 s is a hang.
@@ -155,6 +156,19 @@ def make_case(rng: np.random.Generator, files: list[bytes], codecs) -> tuple[str
     return kind, forge(rng, codecs)
 
 
+def refusal_message(e: fmt.DiffcFormatError) -> str | None:
+    """What is wrong with a refusal's message, or None: it must be one line that starts with its
+    kind's prefix and holds no other (``diffc.format.DiffcFormatError``: one prefix per kind)."""
+    said, kinds, prefixes = str(e), [fmt.DiffcFormatError], set()
+    while kinds:
+        kind = kinds.pop()
+        prefixes.add(kind.prefix)
+        kinds += kind.__subclasses__()
+    if "\n" in said or not said.startswith(e.prefix) or sum(said.count(p) for p in prefixes if p) != bool(e.prefix):
+        return f"{type(e).__name__} message {said!r}"
+    return None
+
+
 def run_case(data: bytes, codecs, hang_s: float) -> tuple[str, str]:
     """(outcome, detail) of one file."""
     signal.setitimer(signal.ITIMER_REAL, hang_s)
@@ -166,7 +180,8 @@ def run_case(data: bytes, codecs, hang_s: float) -> tuple[str, str]:
             and bool(torch.isfinite(res.image).all()) and bool(torch.isfinite(res.x_t).all())
         return ("decoded", "") if ok else ("crash", "non-finite or wrong-size image")
     except fmt.DiffcFormatError as e:
-        return "refused", type(e).__name__
+        wrong = refusal_message(e)
+        return ("crash", wrong) if wrong else ("refused", type(e).__name__)
     except Hang:
         return "hang", ""
     except Exception as e:  # noqa: BLE001 (the point: anything else is a crash)

@@ -14,6 +14,7 @@ import torch
 
 from . import format as fmt
 from .chain import LN2, Chain, Step
+from .checks import checked_int
 from .plugins import ChannelSpec, Search, StepRecord, register_channel
 from .rcc.entropy import PayloadEncoder, StreamCost, payload_decoder
 from .rcc.pfr import codebook_scores
@@ -42,8 +43,7 @@ class CodebookSpec(ChannelSpec):
     codebook_bits: int = 10
 
     def __post_init__(self):
-        if not 1 <= self.codebook_bits <= MAX_CODEBOOK_BITS:
-            raise ValueError(f"codebook_bits must be in 1..{MAX_CODEBOOK_BITS} for {self.name}")
+        checked_int(f"{self.name}.codebook_bits", self.codebook_bits, 1, MAX_CODEBOOK_BITS)
 
     @property
     def num_codes(self) -> int:
@@ -79,8 +79,7 @@ class TurboDdcmSpec(CodebookSpec):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 1 <= self.atoms <= min(MAX_ATOMS, self.num_codes):
-            raise ValueError(f"atoms must be in 1..min({MAX_ATOMS}, 2^codebook_bits) for turbo-ddcm, got {self.atoms}")
+        checked_int("turbo-ddcm.atoms", self.atoms, 1, min(MAX_ATOMS, self.num_codes))
 
     @property
     def step_bits(self) -> float:
@@ -142,7 +141,7 @@ class CodebookChannel:
             try:
                 self._dec = payload_decoder(payload)
             except ValueError as e:
-                raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
+                raise fmt.CorruptFile(e) from None
 
     # ---- the codebook ------------------------------------------------------------------------
     def scores(self, u: torch.Tensor, key: int) -> torch.Tensor:
@@ -166,10 +165,10 @@ class CodebookChannel:
         try:
             symbols = [int(v) for v in self._dec.decode(constriction.stream.model.Uniform(size), n)]
         except (AssertionError, RuntimeError, ValueError) as e:
-            raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {k} ({e})") from None
+            raise fmt.CorruptFile(f"payload does not decode at step {k} ({e})") from None
         self._put(symbols, size)  # re-coded: ``stream()`` is the payload of the steps received
         if self._enc.min_bytes() > self._payload_bytes:
-            raise fmt.CorruptFile(f"corrupt .diffc file: the {self._payload_bytes}-byte payload ends before step {k}")
+            raise fmt.CorruptFile(f"the {self._payload_bytes}-byte payload ends before step {k}")
         return symbols
 
     def stream(self) -> tuple[bytes, StreamCost]:
@@ -249,6 +248,6 @@ class TurboDdcmChannel(CodebookChannel):
             rank += self._get(1, size, k)[0] * scale
             scale *= size
         if rank >= self.n_subsets:
-            raise fmt.CorruptFile(f"corrupt .diffc file: codebook subset rank out of range at step {k}")
+            raise fmt.CorruptFile(f"codebook subset rank out of range at step {k}")
         subset = combination_unrank(rank, self.atoms)
         return self._noise(key, subset, self._get(self.atoms, 2, k), device)

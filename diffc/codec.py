@@ -49,6 +49,8 @@ log = logging.getLogger("diffc")
 class UnknownChannel(fmt.DiffcFormatError):
     """The file names a channel that is not installed here."""
 
+    prefix = ".diffc file uses a channel that is not installed here: "
+
 
 @dataclass
 class RatePoint:
@@ -254,11 +256,11 @@ class DiffcCodec:
     def check_header(self, header: fmt.Header) -> None:
         """Raise FingerprintMismatch unless the file was written by this backbone + parameters."""
         if header.backbone != self.backbone.name:
-            raise fmt.FingerprintMismatch(
-                f"file was written with backbone {header.backbone!r}, but {self.backbone.name!r} is loaded")
+            raise fmt.FingerprintMismatch(f"written with backbone {header.backbone!r}, but {self.backbone.name!r} "
+                                          "is loaded")
         if header.fingerprint != self.fingerprint():
             raise fmt.FingerprintMismatch(
-                f"file fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
+                f"its fingerprint {header.fingerprint.hex()} does not match the loaded {self.backbone.name!r} "
                 f"config/weights with the file's codec parameters ({self.fingerprint().hex()}): the file was "
                 f"encoded with other weights or model options")
 
@@ -295,7 +297,7 @@ class DiffcCodec:
             return
         self.check_header(header)
         if header.n_steps > self.chain.n_steps:
-            raise fmt.CorruptFile(f"corrupt .diffc file: {header.n_steps} steps but the schedule has {self.chain.n_steps}")
+            raise fmt.CorruptFile(f"{header.n_steps} steps but the schedule has {self.chain.n_steps}")
         counts = sorted(set([header.n_steps] if step_counts is None else step_counts))
         if not counts or counts[0] < 0 or counts[-1] > header.n_steps:
             raise ValueError(f"step counts must be in 0..{header.n_steps} (the file's), got {counts}")
@@ -407,9 +409,8 @@ def check_payload_end(channel: CodingChannel, payload: bytes) -> None:
     if coded == payload:
         return
     if len(payload) > len(coded) and payload.startswith(coded):
-        raise fmt.CorruptFile(f"corrupt .diffc file: {len(payload) - len(coded)} bytes of trailing data after "
-                              f"the {len(coded)}-byte payload")
-    raise fmt.CorruptFile("corrupt .diffc file: the payload is not the coded stream of the steps it decodes to")
+        raise fmt.CorruptFile(f"{len(payload) - len(coded)} bytes of trailing data after the {len(coded)}-byte payload")
+    raise fmt.CorruptFile("the payload is not the coded stream of the steps it decodes to")
 
 
 @functools.lru_cache(maxsize=64)
@@ -428,27 +429,31 @@ def params_from_header(header: fmt.Header) -> CodecParams:
     try:
         spec_cls = channel_spec(header.channel)
     except ValueError as e:
-        raise UnknownChannel(f".diffc file uses a channel that is not installed here: {e}") from None
+        raise UnknownChannel(e) from None
     try:
         encoding_timesteps(header.schedule)
         return CodecParams(header.schedule, header.seed, spec_cls.from_bytes(header.channel_params), header.recon,
                            header.parity)
     except (ValueError, fmt.DiffcFormatError) as e:
-        msg = str(e).removeprefix("corrupt .diffc file: ")
-        raise fmt.CorruptFile(f"corrupt .diffc file: {msg}") from None
+        raise fmt.CorruptFile(e) from None
 
 
 def _check_image(image: torch.Tensor) -> torch.Tensor:
     """``image`` as the [3, H, W] float tensor in [0, 1] the codec codes (a [1, 3, H, W] batch of one
     is taken as its image); anything else is refused in one line naming what it got: another shape,
     an integer dtype (uint8 images: ``x.float() / 255``), values outside [0, 1] (0..255 floats) or
-    non-finite values. Nothing is rescaled silently: a wrong range would code a wrong image."""
+    non-finite values, a size no file can hold (sides over MAX_SIDE; pixels: ``fmt.check_pixels`` at
+    MAX_PIXELS, before any value is read). Nothing is rescaled silently: a wrong range would code a
+    wrong image."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor [3, H, W] in [0, 1], got {type(image).__name__}")
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W] or [1, 3, H, W], got shape {tuple(image.shape)}")
+    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE:
+        raise ValueError(f"image is {image.shape[2]}x{image.shape[1]}: sides must be <= {fmt.MAX_SIDE}")
+    fmt.check_pixels(image.shape[2], image.shape[1], fmt.MAX_PIXELS, "the image")  # what a file can hold
     if not image.is_floating_point():
         hint = " (convert with image.float() / 255)" if image.dtype == torch.uint8 else ""
         raise ValueError(f"image must be a float tensor in [0, 1], got dtype {image.dtype}{hint}")
@@ -457,7 +462,4 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
         if not (0.0 <= lo and hi <= 1.0):  # NaN fails too
             raise ValueError(f"image values must lie in [0, 1], got [{lo:g}, {hi:g}] ({image.dtype}; "
                              f"0..255 floats: divide by 255)")
-    if image.shape[1] > fmt.MAX_SIDE or image.shape[2] > fmt.MAX_SIDE or image.shape[1] * image.shape[2] > fmt.MAX_PIXELS:
-        raise ValueError(f"image is {image.shape[2]}x{image.shape[1]}: sides must be <= {fmt.MAX_SIDE} and "
-                         f"pixels <= {fmt.MAX_PIXELS}")
     return image

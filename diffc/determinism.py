@@ -60,6 +60,7 @@ from typing import Iterator
 
 import torch
 
+from .checks import checked_int
 from .format import DEVICE_TYPES, DTYPES, MAX_THREADS, Provenance
 
 #: a decoder whose reconstruction is further than this (PSNR, dB) from the encoder's has
@@ -192,8 +193,7 @@ def deterministic(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {threads}")
+    checked_int("threads", threads, 1, MAX_THREADS)
     if not ensure_cublas_workspace() and not _warned_late:
         _warned_late = True
         log.warning("cuBLAS is not deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG=%s was in the "

@@ -48,7 +48,9 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from .checks import checked_int
 from .recon import MAX_GRID, MAX_GUIDANCE, MAX_STEPS as MAX_RECON_STEPS, MODES as RECON_MODES, RECON_GRIDS, Recon
 
 #: the first byte: high nibble MAGIC_NIBBLE, low nibble the version
@@ -99,31 +101,57 @@ MAX_SIZE_SHIFT = 7
 
 
 class DiffcFormatError(ValueError):
-    """A .diffc file could not be parsed."""
+    """A .diffc file could not be parsed, or asks for more than the reader allows.
+
+    Each kind owns the prefix of its messages (``prefix``): a raise states only what is wrong, e.g.
+    ``CorruptFile("CRC32 mismatch")`` reads ``corrupt .diffc file: CRC32 mismatch``. An error of
+    this family given as the detail (re-raised as its own kind, or re-labelled as another) gives its
+    detail alone, so a message has one prefix; any other exception gives its message
+    (``CorruptFile(ValueError("x"))``: ``corrupt .diffc file: x``). ``args[0]`` is the detail, so a
+    copy (pickling, ``copy``) is the same error."""
+
+    prefix: ClassVar[str] = ""
+
+    def __init__(self, detail: object = ""):
+        super().__init__(detail.args[0] if isinstance(detail, DiffcFormatError) else str(detail))
+
+    def __str__(self) -> str:
+        return f"{self.prefix}{self.args[0]}"
 
 
 class NotADiffcFile(DiffcFormatError):
     """Wrong magic: not a .diffc file."""
 
+    prefix = "not a .diffc file: "
+
 
 class UnsupportedVersion(DiffcFormatError):
     """Written by a newer/older, incompatible format version."""
+
+    prefix = "unsupported .diffc file: "
 
 
 class TruncatedFile(DiffcFormatError):
     """The file ends early."""
 
+    prefix = "truncated .diffc file: "
+
 
 class CorruptFile(DiffcFormatError):
     """Checksum mismatch or out-of-range header field."""
+
+    prefix = "corrupt .diffc file: "
 
 
 class FingerprintMismatch(DiffcFormatError):
     """The file was written with another backbone/weights/config than the one loaded."""
 
+    prefix = ".diffc file of another model: "
+
 
 class TooLarge(DiffcFormatError):
-    """The file claims more work than the reader's limits allow (``max_pixels``, per-step entries)."""
+    """The file claims more work than the reader's limits allow (``max_pixels``: ``check_pixels``;
+    per-step entries). No prefix: the message names what is too large and the limit."""
 
 
 @dataclass(frozen=True)
@@ -230,8 +258,7 @@ def write(header: Header, payload: bytes) -> bytes:
         raise ValueError(f"a fingerprint is {FINGERPRINT_BYTES} bytes, got {len(header.fingerprint)}")
     if len(header.channel_params) > MAX_SPEC_BYTES:
         raise ValueError(f"channel parameters take {len(header.channel_params)} bytes, at most {MAX_SPEC_BYTES}")
-    if not 0 <= header.provenance.threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 0..{MAX_THREADS}, got {header.provenance.threads}")
+    checked_int("threads", header.provenance.threads, 0, MAX_THREADS)
     fields = _codec_fields(header)
     bid = BACKBONE_IDS.get(header.backbone, 0)
     flags = bid | (CODEC_FIELDS if fields else 0) | (CAPTION if cap else 0) | (
@@ -304,7 +331,7 @@ class Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > len(self.data):
-            raise TruncatedFile(f"truncated .diffc file: ends inside the {what}")
+            raise TruncatedFile(f"ends inside the {what}")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
@@ -321,43 +348,43 @@ class Reader:
             if not b & 0x80:
                 break
         else:
-            raise CorruptFile(f"corrupt .diffc file: {what} is not a valid varint")
+            raise CorruptFile(f"{what} is not a valid varint")
         if v > max_value:
-            raise CorruptFile(f"corrupt .diffc file: {what} = {v} exceeds {max_value}")
+            raise CorruptFile(f"{what} = {v} exceeds {max_value}")
         return v
 
     def short_str(self, what: str) -> str:
         n = self.byte(what)
         if n > MAX_NAME:
-            raise CorruptFile(f"corrupt .diffc file: {what} length {n} exceeds {MAX_NAME}")
+            raise CorruptFile(f"{what} length {n} exceeds {MAX_NAME}")
         raw = self.take(n, what)
         if not all(0x21 <= c < 0x7F for c in raw):
-            raise CorruptFile(f"corrupt .diffc file: {what} is not printable ASCII")
+            raise CorruptFile(f"{what} is not printable ASCII")
         return raw.decode("ascii")
 
     def choice(self, names: tuple[str, ...], what: str) -> str:
         i = self.byte(what)
         if i >= len(names):
-            raise CorruptFile(f"corrupt .diffc file: unknown {what} {i}")
+            raise CorruptFile(f"unknown {what} {i}")
         return names[i]
 
 
 def read(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
     """Parse and verify a .diffc file; returns (header, payload). A file claiming more than
-    ``max_pixels`` pixels raises ``TooLarge`` (after the checksum: a damaged size reads as corrupt)."""
+    ``max_pixels`` pixels raises ``TooLarge`` (``check_pixels``, after the checksum: a damaged size
+    reads as corrupt)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("read() takes bytes")
     data = bytes(data)
     if data.startswith(OLD_MAGIC) and len(data) > len(OLD_MAGIC):
-        raise UnsupportedVersion(f".diffc format version {data[len(OLD_MAGIC)]} is not supported (this build reads "
-                                 f"{FORMAT_VERSION}; re-encode the image)")
+        raise UnsupportedVersion(f"written in format version {data[len(OLD_MAGIC)]}; this build reads "
+                                 f"{FORMAT_VERSION} (re-encode the image)")
     if not data or data[0] >> 4 != MAGIC_NIBBLE:
-        raise NotADiffcFile("not a .diffc file (bad magic bytes)")
+        raise NotADiffcFile("bad magic bytes")
     if data[0] & 0xF != FORMAT_VERSION:
-        raise UnsupportedVersion(f".diffc format version {data[0] & 0xF} is not supported (this build reads "
-                                 f"{FORMAT_VERSION})")
+        raise UnsupportedVersion(f"written in format version {data[0] & 0xF}; this build reads {FORMAT_VERSION}")
     if len(data) < len(MAGIC) + 1 + 4:
-        raise TruncatedFile("truncated .diffc file: shorter than the smallest header")
+        raise TruncatedFile("shorter than the smallest header")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
     r = Reader(body)
     r.take(len(MAGIC), "magic")
@@ -365,21 +392,38 @@ def read(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, bytes]:
         fields = _read_fields(r)
     except TruncatedFile:
         if zlib.crc32(body) != crc:
-            raise TruncatedFile("truncated or corrupt .diffc file (header incomplete, checksum mismatch)") from None
+            raise TruncatedFile("the header is incomplete and the checksum does not match (or it is corrupt)") from None
         raise
     except CorruptFile:
         if zlib.crc32(body) != crc:
-            raise CorruptFile("corrupt .diffc file: CRC32 mismatch") from None
+            raise CorruptFile("CRC32 mismatch") from None
         raise
     if zlib.crc32(body) != crc:
-        raise CorruptFile("corrupt .diffc file: CRC32 mismatch")
+        raise CorruptFile("CRC32 mismatch")
     header = Header(**fields)
-    pixels = header.width * header.height
-    if pixels > max_pixels:
-        raise TooLarge(f".diffc file claims a {header.width}x{header.height} image ({pixels} pixels), above "
-                       f"max_pixels={max_pixels} (a guard against forged files, as PIL's decompression-bomb limit; "
-                       f"raise it with max_pixels=N, at most {MAX_PIXELS})")
+    check_pixels(header.width, header.height, max_pixels, "the image of a .diffc file")
     return header, body[r.pos:]
+
+
+def pixel_limit(max_pixels: int) -> int:
+    """The ``max_pixels`` option, validated: an integer in 1..MAX_PIXELS (the format's limit)."""
+    return checked_int("max_pixels", max_pixels, 1, MAX_PIXELS)
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """The one ``max_pixels`` rule, applied to a size read from a header before any pixel is
+    decoded or allocated (compress: the input image's header, ``pipelines.datasets.read_image``;
+    decompress and ``DiffcCodec.decode``: the file's, ``read``; ``DiffcCodec.encode``: its input
+    tensor, at the format's limit MAX_PIXELS): more than ``max_pixels`` =
+    ``pixel_limit(max_pixels)`` pixels raises ``TooLarge``, naming ``what`` and the option. A guard
+    against decompression bombs (a forged header, a tiny PNG of 8192 x 8192): like PIL's
+    ``Image.MAX_IMAGE_PIXELS`` but tighter, a diffusion decode costing hundreds of bytes per pixel."""
+    limit = pixel_limit(max_pixels)
+    if width * height > limit:
+        fix = "the .diffc format's limit"
+        if limit < MAX_PIXELS:
+            fix = f"raise the limit with max_pixels=N, at most {MAX_PIXELS}, {fix}"
+        raise TooLarge(f"{what} is {width}x{height} ({width * height} pixels), above max_pixels={limit} ({fix})")
 
 
 def _read_fields(r: Reader) -> dict:
@@ -391,7 +435,7 @@ def _read_fields(r: Reader) -> dict:
     if bid:
         names = [n for n, i in BACKBONE_IDS.items() if i == bid]
         if not names:
-            raise CorruptFile(f"corrupt .diffc file: unknown backbone id {bid}")
+            raise CorruptFile(f"unknown backbone id {bid}")
         backbone = names[0]
     else:
         backbone = r.short_str("backbone name")
@@ -401,11 +445,11 @@ def _read_fields(r: Reader) -> dict:
     shift = packed & MAX_SIZE_SHIFT
     f["width"], f["height"] = (packed >> 3) << shift, r.varint("height", MAX_SIDE) << shift
     if not (1 <= f["width"] <= MAX_SIDE and 1 <= f["height"] <= MAX_SIDE):
-        raise CorruptFile(f"corrupt .diffc file: image size {f['width']}x{f['height']} outside 1..{MAX_SIDE}")
+        raise CorruptFile(f"image size {f['width']}x{f['height']} outside 1..{MAX_SIDE}")
     if size_bytes(f["width"], f["height"]) != r.data[start:r.pos]:
-        raise CorruptFile("corrupt .diffc file: the image size is not in its canonical form")
+        raise CorruptFile("the image size is not in its canonical form")
     if f["width"] * f["height"] > MAX_PIXELS:
-        raise CorruptFile(f"corrupt .diffc file: image {f['width']}x{f['height']} exceeds the format's "
+        raise CorruptFile(f"image {f['width']}x{f['height']} exceeds the format's "
                           f"{MAX_PIXELS}-pixel limit")
     f["n_steps"] = r.varint("step count", MAX_STEPS)
     threads = r.varint("thread count", MAX_THREADS)
@@ -415,7 +459,7 @@ def _read_fields(r: Reader) -> dict:
     if flags & CAPTION:
         f["caption"] = _caption(r.take(r.varint("caption length", MAX_CAPTION), "caption"))
         if f["caption"] is None:
-            raise CorruptFile("corrupt .diffc file: empty caption")
+            raise CorruptFile("empty caption")
     return f
 
 
@@ -423,7 +467,7 @@ def _profile_fields(backbone: str, parity: str) -> dict:
     try:
         p = profile(backbone, parity)
     except ValueError as e:
-        raise CorruptFile(f"corrupt .diffc file: {e}") from None
+        raise CorruptFile(e) from None
     return {"seed": p.seed, "schedule": p.schedule, "channel": p.channel, "channel_params": p.channel_params,
             "recon": p.recon, "parity": parity}
 
@@ -434,7 +478,7 @@ def _read_codec_fields(r: Reader, backbone: str) -> dict:
 
     mask = r.varint("codec field mask", (1 << 5) - 1)
     if not mask:
-        raise CorruptFile("corrupt .diffc file: empty codec field mask")
+        raise CorruptFile("empty codec field mask")
     parity = r.choice(PARITIES, "parity") if mask & PARITY_F else PARITIES[0]
     f = _profile_fields(backbone, parity)
     if mask & SEED_F:
@@ -442,7 +486,7 @@ def _read_codec_fields(r: Reader, backbone: str) -> dict:
     if mask & SCHEDULE_F:
         kind = r.byte("schedule")
         if kind > len(SCHEDULE_FAMILIES):
-            raise CorruptFile(f"corrupt .diffc file: unknown schedule id {kind}")
+            raise CorruptFile(f"unknown schedule id {kind}")
         family = SCHEDULE_FAMILIES[kind - 1] if kind else None
         f["schedule"] = (r.short_str("schedule name") if not kind
                          else f"{family}-{r.varint('schedule steps', MAX_STEPS)}" if family in ("linspace", "geom")
@@ -452,7 +496,7 @@ def _read_codec_fields(r: Reader, backbone: str) -> dict:
         try:
             f["channel"] = channel_by_id(cid) if cid else r.short_str("channel name")
         except ValueError as e:
-            raise CorruptFile(f"corrupt .diffc file: {e}") from None
+            raise CorruptFile(e) from None
         f["channel_params"] = r.take(r.byte("channel parameter length"), "channel parameters")
     if mask & RECON_F:
         f["recon"] = _read_recon(r)
@@ -464,7 +508,7 @@ def _read_recon(r: Reader) -> Recon:
     steps = r.varint("recon_steps", MAX_RECON_STEPS)
     grid_kind = r.byte("reconstruction grid")
     if grid_kind > len(RECON_GRID_NAMES):
-        raise CorruptFile(f"corrupt .diffc file: unknown reconstruction grid {grid_kind}")
+        raise CorruptFile(f"unknown reconstruction grid {grid_kind}")
     grid: str | tuple[int, ...] = RECON_GRID_NAMES[grid_kind] if grid_kind < len(RECON_GRID_NAMES) else ()
     if grid_kind == len(RECON_GRID_NAMES):
         grid = tuple(r.varint("grid timestep", MAX_RECON_STEPS) for _ in range(r.varint("grid length", MAX_GRID)))
@@ -472,7 +516,7 @@ def _read_recon(r: Reader) -> Recon:
     try:
         return Recon(mode, steps, grid, None if guidance_q == 0 else (guidance_q - 1) / 16)
     except ValueError as e:
-        raise CorruptFile(f"corrupt .diffc file: {e}") from None
+        raise CorruptFile(e) from None
 
 
 def _read_provenance(r: Reader, threads: int) -> Provenance:
@@ -488,10 +532,10 @@ def _caption(raw: bytes) -> str | None:
         z = zlib.decompressobj()
         cap_bytes = z.decompress(raw, MAX_CAPTION)
         if z.unconsumed_tail or not z.eof:
-            raise CorruptFile("corrupt .diffc file: caption too long or incomplete")
+            raise CorruptFile("caption too long or incomplete")
         return cap_bytes.decode("utf-8")
     except (zlib.error, UnicodeDecodeError) as e:
-        raise CorruptFile(f"corrupt .diffc file: bad caption ({e})") from None
+        raise CorruptFile(f"bad caption ({e})") from None
 
 
 def header_size(header: Header) -> int:

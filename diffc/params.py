@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import format as fmt
+from .checks import checked_int
 from .plugins import ChannelSpec
 from .rcc.channel import PfrSpec
 from .recon import Recon
@@ -34,8 +35,7 @@ class CodecParams:
     parity: str = "project"
 
     def __post_init__(self):
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in 0..2^32-1, got {self.seed!r}")
+        checked_int("seed", self.seed, 0, 2**32 - 1)
         if not isinstance(self.schedule, str):
             raise ValueError(f"schedule must be a schedule name, got {self.schedule!r}")
         if self.parity not in fmt.PARITIES:

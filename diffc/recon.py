@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .checks import checked_int
+
 MODES = ("denoise", "ode")
 #: named reconstruction grids (index = the byte in a .diffc header; ``diffc.schedule.recon_timesteps``)
 RECON_GRIDS = ("uniform", "reference")
@@ -44,8 +46,7 @@ class Recon:
             object.__setattr__(self, "guidance", float(self.guidance))
         if self.mode not in MODES:
             raise ValueError(f"recon must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"recon_steps must be in 1..{MAX_STEPS}, got {self.steps!r}")
+        checked_int("recon_steps", self.steps, 1, MAX_STEPS)
         if isinstance(grid, str) and grid not in RECON_GRIDS:
             raise ValueError(f"recon_grid must be one of {RECON_GRIDS} or a list of timesteps, got {grid!r}")
         if isinstance(grid, tuple) and (not 1 <= len(grid) <= MAX_GRID or list(grid) != sorted(set(grid), reverse=True)

@@ -33,6 +33,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, features
 
+from diffc.checks import checked_int
+
 from .common import PipelineError, atomic_write
 
 #: scores a row in place and returns it: (row, original, reconstruction), both uint8 [H, W, 3]
@@ -56,9 +58,9 @@ class Baseline:
     @classmethod
     def from_config(cls, name: str, cfg: DictConfig | dict) -> "Baseline":
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        quality = tuple(int(q) for q in cfg.get("quality") or [])
-        if not quality or any(not 0 <= q <= 100 for q in quality):
-            raise PipelineError(f"baselines.{name}.quality must be a non-empty list of 0..100, got {quality}")
+        quality = tuple(checked_int(f"baselines.{name}.quality", q, 0, 100) for q in cfg.get("quality") or [])
+        if not quality:
+            raise PipelineError(f"baselines.{name}.quality must be a non-empty list of 0..100")
         if len(set(quality)) != len(quality):
             raise PipelineError(f"baselines.{name}.quality has duplicates: {list(quality)}")
         return cls(name, str(cfg.get("format") or name.upper()), str(cfg.get("ext") or name), quality,

@@ -42,6 +42,7 @@ import torch
 from analysis.errors import describe
 from diffc.backbones.diffusers_common import (BackboneLoadError, WeightsSource, default_path, hub_cli,
                                               path_env_var, resolve_dtype)
+from diffc.checks import checked_int
 from diffc.device import resolve_device
 
 from .common import PipelineError, atomic_write, plain
@@ -201,8 +202,7 @@ class CaptionerSpec:
         if name not in CAPTIONERS:
             raise PipelineError(f"unknown captioner {name!r}; available: {', '.join(CAPTIONERS)}")
         max_length = cfg.get("max_length", MAX_LENGTH)
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise PipelineError(f"captioner.max_length must be a positive integer, got {max_length!r}")
+        checked_int("captioner.max_length", max_length, 1)
         options = plain(cfg.get("options"))
         allowed = set(inspect.signature(CAPTIONERS[name][0]).parameters) - {"max_length"}
         unknown = sorted(set(options) - allowed)

@@ -23,13 +23,15 @@ from PIL import Image
 from analysis import cli, errors
 from analysis.cli import require  # noqa: F401  (re-exported for the entry points)
 from diffc import format as fmt
+from diffc.checks import InvalidValue
 from diffc.format import DiffcFormatError
 
 from .codec_config import codec_params
 
 #: failures reported by their message alone (no type name, no traceback hint), besides
-#: ``analysis.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``)
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DiffcFormatError, OSError)
+#: ``analysis.errors.UsageError`` and its subclasses (``PipelineError``, ``DatasetError``): the
+#: core's bad files and bad settings (``diffc.checks.InvalidValue``), and the system's
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DiffcFormatError, InvalidValue, OSError)
 
 
 class PipelineError(errors.UsageError):

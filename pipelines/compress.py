@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis import cli
+from diffc.checks import checked_int
 
 from .common import (CONF_DIR, PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes,
                      require)
@@ -60,13 +61,12 @@ def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None,
         if not bpp > 0:
             raise PipelineError(f"bpp must be > 0, got {bpp}")
         return codec.timesteps[1:]
-    if isinstance(timestep, bool) or not isinstance(timestep, int) and not str(timestep).lstrip("-").isdigit():
-        raise PipelineError(f"timestep must be an integer stop timestep (e.g. timestep=300), got {timestep!r}")
+    timestep = checked_int("timestep", timestep, 0)
     try:
-        codec.stop_step_for(int(timestep))
+        codec.stop_step_for(timestep)
     except ValueError as exc:
         raise PipelineError(str(exc)) from exc
-    return [int(timestep)]
+    return [timestep]
 
 
 def choose_point(points: list[RatePoint], bpp: float | None) -> RatePoint:

@@ -44,6 +44,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from analysis.errors import describe
 from diffc import format as fmt
+from diffc.checks import checked_int
 
 from .archives import ARCHIVES, ETHZ_URL, Archive, DatasetError, archive_files, fetch_file
 from .archives import cache_dir  # noqa: F401  (the cache root, re-exported: pipelines/captions.py, fit_gaussian.py)
@@ -87,11 +88,6 @@ ALPHA_MODES = (None, "drop", "white")
 SIXTEEN_BIT = re.compile(r";16[BLN]?$")
 
 
-def _size_error(path: str | os.PathLike, size: str, max_pixels: int) -> DatasetError:
-    return DatasetError(f"image {path} is {size}, above max_pixels={max_pixels} (downscale or crop it, or raise "
-                        f"the limit with max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)")
-
-
 def _header_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the header of an image Pillow's decompression-bomb check refused (its
     check off for this one header read: no pixel is decoded)."""
@@ -106,20 +102,23 @@ def _header_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     """Open ``path`` (header only) and refuse it when it holds more than ``max_pixels`` pixels,
-    before any pixel is decoded. Pillow's decompression-bomb check (warning above
-    ``Image.MAX_IMAGE_PIXELS``, error above twice that, both far above ``fmt.MAX_PIXELS``)
-    becomes the same one-line size error, with no warning printed."""
+    before any pixel is decoded (``fmt.check_pixels``, as a ``DatasetError``). Pillow's
+    decompression-bomb check (warning above ``Image.MAX_IMAGE_PIXELS``, error above twice that,
+    both far above ``fmt.MAX_PIXELS``) becomes the same one-line size error, with no warning printed."""
+    im = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
+        w, h = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        w, h = _header_size(path)
-        raise _size_error(path, f"{w}x{h} ({w * h} pixels)", max_pixels) from None
-    w, h = im.size
-    if w * h > max_pixels:
-        im.close()
-        raise _size_error(path, f"{w}x{h} ({w * h} pixels)", max_pixels)
+        w, h = _header_size(path)  # above Pillow's limits, so above fmt.MAX_PIXELS: refused below
+    try:
+        fmt.check_pixels(w, h, max_pixels, f"image {path}")
+    except fmt.TooLarge as exc:
+        if im is not None:
+            im.close()
+        raise DatasetError(str(exc)) from None
     return im
 
 
@@ -213,7 +212,8 @@ def read_image(path: str | os.PathLike, alpha: str | None = None, frame: int | N
     """An image file as RGB [H, W, 3]: uint8 when its samples are 8-bit, else float32 in [0, 1]
     (16-bit samples / 65535, float samples as they are), upright by its EXIF orientation.
 
-    Palette, gray, CMYK... become RGB through Pillow. Refused in one line (``DatasetError``):
+    Palette, gray, CMYK... become RGB through Pillow. Refused in one line (``DatasetError``; a
+    ``frame`` or ``max_pixels`` that is not an integer in range: ``diffc.checks.InvalidValue``):
     more than ``max_pixels`` pixels (from the header, before any pixel is decoded; default
     ``fmt.DEFAULT_MAX_PIXELS`` = 4096^2, at most ``fmt.MAX_PIXELS`` = 8192^2: a decoded pixel
     costs 12 bytes as float32 RGB here and hundreds in the codec, so the default keeps an
@@ -224,10 +224,9 @@ def read_image(path: str | os.PathLike, alpha: str | None = None, frame: int | N
     """
     if alpha not in ALPHA_MODES:
         raise DatasetError(f"alpha must be null (refuse transparent images), drop or white; got {alpha!r}")
-    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int)):
-        raise DatasetError(f"frame must be a frame number (0, 1, ...) or null, got {frame!r}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or not 1 <= max_pixels <= fmt.MAX_PIXELS:
-        raise DatasetError(f"max_pixels must be in 1..{fmt.MAX_PIXELS} (the .diffc format's limit), got {max_pixels}")
+    if frame is not None:
+        checked_int("frame", frame, 0)
+    fmt.pixel_limit(max_pixels)  # before the file is opened (its errors read as "cannot read image")
     try:
         with _open(path, max_pixels) as im:
             _frame(im, path, frame)

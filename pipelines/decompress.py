@@ -110,8 +110,6 @@ def decompress(cfg: DictConfig) -> None:
     check_writable(cfg.output)
     if cfg.latent_output:
         check_writable(cfg.latent_output, what="latent_output")
-    if isinstance(cfg.max_pixels, bool) or not isinstance(cfg.max_pixels, int) or not 1 <= cfg.max_pixels <= fmt.MAX_PIXELS:
-        raise PipelineError(f"max_pixels must be in 1..{fmt.MAX_PIXELS} (the .diffc format's limit), got {cfg.max_pixels}")
     data = Path(cfg.input).read_bytes()
     header, _ = fmt.read(data, cfg.max_pixels)
     codec = load_codec(header, cfg)

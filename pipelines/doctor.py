@@ -49,6 +49,7 @@ from omegaconf import DictConfig
 from analysis import cli
 from diffc import format as fmt
 from diffc.backbones.diffusers_common import default_path, hub_cli, hub_offline_reason, path_env_var
+from diffc.checks import checked_int
 from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import desynchronised
 from diffc.device import resolve_device
@@ -453,7 +454,7 @@ def round_trip(cfg: DictConfig) -> RoundTrip:
     device = torch.device(getattr(backbone, "device", "cpu"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    size = int(cfg.size)
+    size = checked_int("size", cfg.size, 1, fmt.MAX_SIDE)
     encoded = codec.encode(sample_image(size), stop_timesteps=stop_timesteps(codec, cfg.timestep, None))
     point = encoded.points[-1]
     header, _ = fmt.read(point.data)

@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from diffc.checks import InvalidValue
 from pipelines import baselines as classic
 from pipelines.common import CONF_DIR, PipelineError
 from pipelines.datasets import load_dataset
@@ -112,8 +113,10 @@ def test_a_codec_this_pillow_cannot_write_is_one_error() -> None:
         classic.from_config({"jxl": {"format": "JXL", "plugin": "no_such_plugin", "quality": [50]}})
     with pytest.raises(PipelineError, match="cannot write NOPE"):
         classic.from_config({"nope": {"format": "NOPE", "quality": [50]}})
-    with pytest.raises(PipelineError, match="0..100"):
+    with pytest.raises(InvalidValue, match=r"baselines.jpeg.quality must be an integer in 0\.\.100, got 101"):
         classic.from_config({"jpeg": {"format": "JPEG", "quality": [101]}})
+    with pytest.raises(InvalidValue, match="got 75.5"):  # was truncated to 75 on the quiet
+        classic.from_config({"jpeg": {"format": "JPEG", "quality": [75.5]}})
     with pytest.raises(PipelineError, match="duplicates"):
         classic.from_config({"jpeg": {"format": "JPEG", "quality": [5, 5]}})
 

@@ -24,6 +24,7 @@ import torch
 
 from .. import format as fmt
 from ..chain import LN2, Chain, Step
+from ..checks import checked_int
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound
 from .pfr import ChunkPlan, chunk_sums, decode_chunks, encode_chunks, split_parts
 from ..plugins import ChannelSpec, Search, StepRecord, register_channel
@@ -64,8 +65,8 @@ class PfrSpec(ChannelSpec):
     skip_kl: float = field(default=0.0, kw_only=True)  # keyword-only: subclasses' positional fields stay put
 
     def __post_init__(self):
-        if not 1 <= self.chunk_bits <= MAX_CANDIDATE_BITS or not 0 <= self.padding_bits <= MAX_PADDING_BITS:
-            raise ValueError(f"chunk_bits must be in 1..{MAX_CANDIDATE_BITS} and padding_bits in 0..{MAX_PADDING_BITS}")
+        checked_int("chunk_bits", self.chunk_bits, 1, MAX_CANDIDATE_BITS)
+        checked_int("padding_bits", self.padding_bits, 0, MAX_PADDING_BITS)
         if self.chunk_bits + self.padding_bits > MAX_CANDIDATE_BITS:
             raise ValueError(f"chunk_bits + padding_bits must be <= {MAX_CANDIDATE_BITS} "
                              f"(2^{MAX_CANDIDATE_BITS} candidates per chunk)")
@@ -212,7 +213,7 @@ class PfrChannel:
             try:
                 self._decoder = StepDecoder(payload, s.num_candidates, s.chunk_bits, s.split_min)
             except ValueError as e:
-                raise fmt.CorruptFile(f"corrupt .diffc file: {e}") from None
+                raise fmt.CorruptFile(e) from None
 
     # ---- the search (overridable: benchmarks/coding_efficiency.py simulates it) ---------------
     def search(self, u_coded: torch.Tensor, plan: ChunkPlan, key: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,6 +283,6 @@ class PfrChannel:
             if self._encoder.min_bytes() > self._payload_bytes:
                 raise ValueError(f"the {self._payload_bytes}-byte payload ends before this step")
         except (ValueError, RuntimeError) as e:
-            raise fmt.CorruptFile(f"corrupt .diffc file: payload does not decode at step {step.k} ({e})") from None
+            raise fmt.CorruptFile(f"payload does not decode at step {step.k} ({e})") from None
         z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
         return step.sample(self._z(chain, step, plan, z))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import checked_int
 from ..determinism import search_threads
 from .pfr import ArrivalGaps, ChunkPlan, compiled, default_block_entries, pfr_search, scorer
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
@@ -63,8 +64,7 @@ class SparseSum:
     m: int
 
     def __post_init__(self):
-        if not 1 <= self.m <= MAX_M:
-            raise ValueError(f"sparse_m must be in 1..{MAX_M}, got {self.m}")
+        checked_int("sparse_m", self.m, 1, MAX_M)
         g = self.atoms // self.m
         if not self.m <= self.atoms <= MAX_ATOMS or self.atoms != g * self.m or g & (g - 1):
             raise ValueError(f"atoms must be sparse_m ({self.m}) x a power of two, at most {MAX_ATOMS}, "
