@@ -26,11 +26,15 @@ ORIGINAL = "original"
 U16 = 65535
 
 
-def point_label(recon_timestep: int | None, target_bpp: float) -> str:
+def point_label(recon_timestep: int | None, target_bpp: float, target_metric: str | None = None,
+                target_quality: float = math.nan) -> str:
     """File stem of a rate point: 'vae' (no stop timestep), 't700' (``target_bpp`` NaN: the
-    timesteps plan) or 'bpp0.1' (the bpp plan's target, ``%g``)."""
+    timesteps plan), 'bpp0.1' (the bpp plan's target, ``%g``) or 'psnr24' (a quality target's
+    metric and value, ``%g``)."""
     if recon_timestep is None:
         return "vae"
+    if target_metric:
+        return f"{target_metric}{target_quality:g}"
     return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
 
 
