@@ -40,9 +40,9 @@ def rate_request(cfg: DictConfig) -> Request:
     fill; it must name ONE file: one stop timestep, one bpp budget or one quality target."""
     given = {k: cfg.get(k) for k in SHORTHANDS if cfg.get(k) is not None}
     for k, v in given.items():
-        if OmegaConf.select(cfg, f"bitrate.{SHORTHANDS[k]}") != v:
-            raise PipelineError(f"{k}={v} fills bitrate=compress, but another bitrate option is chosen: give its "
-                                f"bitrate.{SHORTHANDS[k]}= instead")
+        if not OmegaConf.is_interpolation(cfg.bitrate, SHORTHANDS[k]):
+            raise PipelineError(f"{k}={v} fills bitrate.{SHORTHANDS[k]} of bitrate=compress, but the command line "
+                                f"chose another bitrate option or value: give bitrate.{SHORTHANDS[k]}= alone")
     if len([k for k in given if k in TARGET_METRICS]) > 1:
         raise PipelineError(f"give one target quality, got {', '.join(f'{k}={v}' for k, v in given.items())}")
     if len(given) > 1:
