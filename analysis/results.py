@@ -70,8 +70,8 @@ def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
     A rate point is a stop timestep, or a bpp or quality target (``bitrate=bpp``, ``bitrate=psnr``:
     its images' stop timesteps differ, and recon_timestep is NaN). Columns: dataset, model, codec,
-    curve (its label), recon_timestep, target_bpp, target_metric, target_quality, bpp, value (mean over images with a finite value), sem (standard
-    error of that mean; 0 with one image), n.
+    curve (its label), recon_timestep, target_bpp, target_metric, target_quality, bpp, value (mean
+    over images with a finite value), sem (standard error of that mean; 0 with one image), n.
     """
     codec = rows[(rows["kind"] == "codec") & rows["bpp"].notna()].copy()
     codec["value"] = codec[metric].astype(float)

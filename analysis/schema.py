@@ -56,7 +56,8 @@ COLUMNS: tuple[str, ...] = (
     "model", "dataset", "protocol", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
     "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
-    "ms_ssim_scales", "metric_errors", "caption", "encode_cpu_s", "decode_cpu_s", "target_metric", "target_quality",
+    "ms_ssim_scales", "metric_errors", "caption", "encode_cpu_s", "decode_cpu_s", "target_metric",
+    "target_quality",
 )
 #: what the per-row timing columns time (seconds of wall clock, per image). The contract keeps the
 #: names ``encode_s`` and ``decode_s``; ``ENCODE_SCOPE`` says per kind what ``encode_s`` covers.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Protocol, Sequence, TypeVar
 
 
@@ -43,11 +44,11 @@ class RateTarget:
     def __post_init__(self):
         if self.timesteps is not None:
             ts = tuple(self.timesteps)
-            if not ts or any(isinstance(t, bool) or not isinstance(t, int) or t <= 0 for t in ts):
+            if not ts or any(isinstance(t, bool) or not isinstance(t, Integral) or t <= 0 for t in ts):
                 raise ValueError(f"stop timesteps must be a non-empty list of positive integers, got {list(ts)}")
-            object.__setattr__(self, "timesteps", tuple(sorted(set(ts), reverse=True)))
+            object.__setattr__(self, "timesteps", tuple(sorted({int(t) for t in ts}, reverse=True)))
         bpp = tuple(self.bpp)
-        if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and b > 0) for b in bpp):
+        if any(isinstance(b, bool) or not isinstance(b, Real) or not (math.isfinite(b) and b > 0) for b in bpp):
             raise ValueError(f"bpp targets must be positive numbers, got {list(bpp)}")
         object.__setattr__(self, "bpp", tuple(sorted({float(b) for b in bpp})))
 

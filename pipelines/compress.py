@@ -10,7 +10,8 @@ highest-rate point whose real file is at most B bits per pixel; ``psnr=X`` / ``m
 ``lpips=X`` encodes once and keeps the smallest point whose decoder's reconstruction reaches the
 quality, found by bisection over the stops (``pipelines.target``: about log2 of the schedule's
 length reconstructions). These shorthands fill the ``bitrate`` group that evaluate shares
-(conf/bitrate/compress.yaml); ``bitrate=NAME bitrate.KEY=...`` works too when it names one file. bpp = file bytes x 8 / (W x H) of the original image: header, side
+(conf/bitrate/compress.yaml); ``bitrate=NAME bitrate.KEY=...`` works too when it names one file.
+bpp = file bytes x 8 / (W x H) of the original image: header, side
 information, indices and caption included.
 """
 from __future__ import annotations
