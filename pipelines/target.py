@@ -8,8 +8,8 @@ metric: per target, the smallest rate point of ONE progressive encode whose deco
 reconstruction reaches it (``compress psnr=X`` / ``ms_ssim=X`` / ``lpips=X``, evaluate
 ``bitrate.psnr=[...]``). The stop timesteps are then the candidates (null: every schedule step).
 
-One encode gives every rate point (``diffc.codec.DiffcCodec.encode`` with every schedule step as
-a stop); points are ordered by increasing rate. ``smallest_reaching`` bisects over them, calling
+One encode gives every rate point (``diffc.codec.DiffcCodec.encode`` with every schedule step, or
+the group's stop timesteps, as stops); points are ordered by increasing rate. ``smallest_reaching`` bisects over them, calling
 ``quality(i)`` (the decoder's reconstruction of point i, scored against the original) at about
 log2(n) + 1 points instead of n.
 
@@ -85,7 +85,7 @@ def request(node: Mapping[str, Any], spelled: Mapping[str, str] | None = None) -
     if metric is None:
         return Request(rate)
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    return Request(rate, metric, tuple(sorted(set(values[metric]), key=lambda v: sign * v)))
+    return Request(rate, metric, tuple(sorted({float(v) for v in values[metric]}, key=lambda v: sign * v)))
 
 
 def _numbers(value: Any, name: str, integer: bool) -> tuple | None:
