@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 SHORTHANDS: dict[str, str] = {"timestep": "stop_timesteps", "bpp": "bpp", **{m: m for m in TARGET_METRICS}}
 
 
+#: compress's ways to ask for a rate, as its errors list them
+CHOICES = ("timestep=T (stop timestep), bpp=B (target bits per pixel) or a target quality "
+           f"({', '.join(f'{m}=X' for m in TARGET_METRICS)})")
+
+
 def rate_request(cfg: DictConfig) -> Request:
     """compress's request: its bitrate group (``pipelines.target.request``), which the shorthands
     fill; it must name ONE file: one stop timestep, one bpp budget or one quality target."""
@@ -49,15 +54,10 @@ def rate_request(cfg: DictConfig) -> Request:
     if len(given) > 1:
         raise PipelineError(f"give exactly one of {CHOICES}, got {', '.join(f'{k}={v}' for k, v in given.items())}")
     req = request(cfg.bitrate, {v: k for k, v in SHORTHANDS.items()} if given else None)
-    one = req.targets() is not None and len(req.targets()) == 1
-    if not one or req.kind == "stop_timesteps" and req.rate.timesteps is None:
+    targets = req.targets()
+    if targets is None or len(targets) != 1:
         raise PipelineError(f"compress writes one file: give exactly one of {CHOICES}")
     return req
-
-
-#: compress's ways to ask for a rate, as its errors list them
-CHOICES = ("timestep=T (stop timestep), bpp=B (target bits per pixel) or a target quality "
-           f"({', '.join(f'{m}=X' for m in TARGET_METRICS)})")
 
 
 def choose_by_quality(search: QualitySearch, target: float) -> tuple[RatePoint, np.ndarray]:
