@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import imagecodecs
 import numpy as np
@@ -26,12 +27,26 @@ ORIGINAL = "original"
 U16 = 65535
 
 
-def point_label(recon_timestep: int | None, target_bpp: float) -> str:
+def point_label(recon_timestep: int | None, target_bpp: float, target_metric: str | None = None,
+                target_quality: float = math.nan) -> str:
     """File stem of a rate point: 'vae' (no stop timestep), 't700' (``target_bpp`` NaN: the
-    timesteps plan) or 'bpp0.1' (the bpp plan's target, ``%g``)."""
+    timesteps plan), 'bpp0.1' (the bpp plan's target, ``%g``) or 'psnr24' (a quality target's
+    metric and value, ``%g``)."""
     if recon_timestep is None:
         return "vae"
+    if target_metric:
+        return f"{target_metric}{target_quality:g}"
     return f"t{recon_timestep}" if math.isnan(target_bpp) else f"bpp{target_bpp:g}"
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """``point_label`` of a results row (its recon_timestep, target_bpp, target_metric, target_quality;
+    the last two absent or null in shards written before them)."""
+    from pandas import isna  # the rows' nulls (NaN, <NA>); the PNG readers above need no pandas
+
+    t, metric, quality = row["recon_timestep"], row.get("target_metric"), row.get("target_quality")
+    return point_label(None if isna(t) else int(t), float(row["target_bpp"]), None if isna(metric) else str(metric),
+                       math.nan if isna(quality) else float(quality))
 
 
 def recon_png(job_dir: str | os.PathLike, image_id: str, label: str) -> Path:

@@ -53,7 +53,8 @@ def points_table(rows: pd.DataFrame) -> pd.DataFrame:
     says what ``encode_s`` times (``schema.TIMING``): 'image' = the one progressive encode of the
     image that serves all its rate points (the same seconds on each point, not that point's
     cost), 'point' = that point's own encode (a classic codec's quality)."""
-    keys = ["dataset", "model", "kind", "codec", "config_hash", "recon_timestep", "target_bpp", "quality"]
+    keys = ["dataset", "model", "kind", "codec", "config_hash", "recon_timestep", "target_bpp", "target_metric",
+            "target_quality", "quality"]
     df = by_rate_point(rows)
     # jobs of one model and codec with other settings stay apart (their config hashes); VAE and
     # classic-codec rows do not depend on the codec's settings

@@ -50,7 +50,7 @@ from omegaconf import DictConfig
 
 from . import cli
 from .errors import UsageError, one_line_errors
-from .images import ORIGINAL, RECON, point_label, read_png
+from .images import ORIGINAL, RECON, read_png, row_label
 from .provenance import git_revision, machine
 from .make_published import figure_protocol, load_published, matching_points
 from .report import METHODS, MIN_OVERLAP, bd_display, bd_table, points_table
@@ -234,9 +234,7 @@ def image_entry(img_rows: pd.DataFrame, jobs: list[Job], image_id: str, metrics:
     codec = img_rows[img_rows["kind"] == "codec"].copy()
     codec["curve"] = curve_label(codec.assign(codec=codec["codec"].fillna(DIFFC)))
     for label, c in codec.sort_values("bpp").groupby("curve", sort=True):
-        files = [(r, jobs[int(r["job"])].path / RECON / image_id /
-                  f"{point_label(None if pd.isna(r['recon_timestep']) else int(r['recon_timestep']), float(r['target_bpp']))}.png")
-                 for _, r in c.iterrows()]
+        files = [(r, jobs[int(r["job"])].path / RECON / image_id / f"{row_label(r)}.png") for _, r in c.iterrows()]
         series.append(series_entry(str(label), "codec", kept(files), metrics, max_side, max_points))
     for model, v in img_rows[img_rows["kind"] == "vae"].groupby("model"):
         files = [(r, jobs[int(r["job"])].path / RECON / image_id / "vae.png") for _, r in v.iterrows()]

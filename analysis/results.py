@@ -74,16 +74,17 @@ def load_results(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Mean curve per (dataset, model, codec, rate point) of the codec rows, sorted by bpp.
 
-    A rate point is a stop timestep, or a bpp target (``bitrate=bpp``: its images' stop timesteps
-    differ, and recon_timestep is NaN). Columns: dataset, model, codec, curve (its label),
-    recon_timestep, target_bpp, bpp, value (mean over images with a finite value), sem (standard
-    error of that mean; 0 with one image), n.
+    A rate point is a stop timestep, or a bpp or quality target (``bitrate=bpp``, ``bitrate=psnr``:
+    its images' stop timesteps differ, and recon_timestep is NaN). Columns: dataset, model, codec,
+    curve (its label), recon_timestep, target_bpp, target_metric, target_quality, bpp, value (mean
+    over images with a finite value), sem (standard error of that mean; 0 with one image), n.
     """
     codec = rows[(rows["kind"] == "codec") & rows["bpp"].notna()].copy()
     codec["value"] = codec[metric].astype(float)
     codec = codec[codec["value"].notna() & (codec["value"].abs() != float("inf"))]
     codec = by_rate_point(codec)
-    keys = ["dataset", "model", "codec", "config_hash", "recon_timestep", "target_bpp"]
+    keys = ["dataset", "model", "codec", "config_hash", "recon_timestep", "target_bpp", "target_metric",
+            "target_quality"]
     agg = codec.groupby(keys, dropna=False).agg(bpp=("bpp", "mean"), value=("value", "mean"),
                                                 sd=("value", "std"), n=("value", "size")).reset_index()
     agg["sem"] = (agg["sd"] / agg["n"] ** 0.5).fillna(0.0)
@@ -92,10 +93,12 @@ def rate_points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def by_rate_point(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with recon_timestep NaN where a bpp target names the rate point: each image's budget
-    picks its own stop timestep (``bitrate=bpp``), which would split the target's point."""
+    """``rows`` with recon_timestep NaN where a bpp or quality target names the rate point: each
+    image's target picks its own stop timestep (``bitrate=bpp``, ``bitrate=psnr``), which would
+    split the target's point."""
     rows = rows.copy()
-    rows["recon_timestep"] = rows["recon_timestep"].astype(float).where(rows["target_bpp"].isna())
+    named = rows["target_bpp"].notna() | rows["target_quality"].notna()
+    rows["recon_timestep"] = rows["recon_timestep"].astype(float).where(~named)
     return rows
 
 

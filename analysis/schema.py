@@ -51,11 +51,14 @@ UNITS: dict[str, str] = {n: m.unit for n, m in METRICS.items()}
 #: ``caption=auto`` = a BLIP-2 caption, pipelines/captions.py), null when unconditional.
 #: ``protocol``: what the dataset's images became before coding and scoring (conf/protocol:
 #: native, paper, crop512, square512, ...; docs/datasets.md); null in shards written before it existed.
+#: ``target_metric`` / ``target_quality``: a quality target's metric and value (bitrate.psnr=...: the
+#: row is the image's smallest rate point reaching it, pipelines/target.py); null/NaN otherwise.
 COLUMNS: tuple[str, ...] = (
     "model", "dataset", "protocol", "image", "kind", "codec", "recon_timestep", "step_index", "bpp", "bits_total",
     "bits_payload", "bits_side", "bits_header", "kl_bits", *PER_IMAGE_METRICS, "encode_s", "decode_s",
     "config_hash", "timestep", "target_bpp", "quality", "delivered_bits", "drift_xt_max", "drift_psnr_db", "width", "height",
-    "ms_ssim_scales", "metric_errors", "caption", "encode_cpu_s", "decode_cpu_s",
+    "ms_ssim_scales", "metric_errors", "caption", "encode_cpu_s", "decode_cpu_s", "target_metric",
+    "target_quality",
 )
 #: what the per-row timing columns time (seconds of wall clock, per image). The contract keeps the
 #: names ``encode_s`` and ``decode_s``; ``ENCODE_SCOPE`` says per kind what ``encode_s`` covers.
@@ -75,10 +78,12 @@ TIMING: dict[str, str] = {
 ENCODE_SCOPE: dict[str, str] = {"codec": "image", "baseline": "point"}
 INT_COLUMNS = ("recon_timestep", "step_index", "timestep", "bits_total", "bits_header", "width",
                "height", "ms_ssim_scales", "quality")
-STR_COLUMNS = ("model", "dataset", "protocol", "image", "kind", "codec", "config_hash", "metric_errors", "caption")
+STR_COLUMNS = ("model", "dataset", "protocol", "image", "kind", "codec", "config_hash", "metric_errors", "caption",
+               "target_metric")
 #: the dataset-level table (fid.parquet)
 FID_COLUMNS: tuple[str, ...] = ("model", "dataset", "protocol", "kind", "recon_timestep", "target_bpp",
-                                "bpp_mean", *DATASET_METRICS, "n_patches", "reason", "config_hash")
+                                "bpp_mean", *DATASET_METRICS, "n_patches", "reason", "config_hash", "target_metric",
+                                "target_quality")
 
 #: files of a job directory
 DONE, JOB_JSON, JOB_YAML, FID_FILE, SHARDS = "done.json", "job.json", "job.yaml", "fid.parquet", "shards"

@@ -45,7 +45,7 @@ from PIL import Image  # noqa: E402
 
 from . import cli  # noqa: E402
 from .errors import UsageError, one_line_errors  # noqa: E402
-from .images import ORIGINAL, point_label, read_png, recon_png  # noqa: E402
+from .images import ORIGINAL, read_png, recon_png, row_label  # noqa: E402
 from .results import DIFFC, job_dirs, load_results  # noqa: E402
 from .schema import DONE, JOB_JSON  # noqa: E402
 
@@ -103,8 +103,7 @@ def originals(job_dir: Path, images: list[str]) -> dict[str, np.ndarray]:
 
 def recon_path(job_dir: Path, row: pd.Series) -> Path:
     """The PNG the sweep saved for a codec row (named by ``analysis.images.point_label``)."""
-    t = None if pd.isna(row["recon_timestep"]) else int(row["recon_timestep"])
-    return recon_png(job_dir, str(row["image"]), point_label(t, float(row["target_bpp"])))
+    return recon_png(job_dir, str(row["image"]), row_label(row))
 
 
 def select(rows: pd.DataFrame, codec: str, dataset: str | None, models: list[str] | None,

@@ -35,6 +35,7 @@ import torch
 from analysis.report import bd_rate
 from diffc import format as fmt
 from diffc.determinism import provenance_here
+from diffc.rate import RateTarget
 from pipelines.common import build_codec, compose
 from pipelines.datasets import load_kodak, to_tensor
 
@@ -86,7 +87,7 @@ def rd_rows(image_ids, bpp_range: tuple[float, float], schedule: str) -> list[di
         x = to_tensor(img)
         h, w = x.shape[-2:]
         t0 = time.perf_counter()
-        res = codec.encode(x, stop_timesteps=codec.timesteps, max_bits=1.5 * bpp_range[1] * h * w)
+        res = codec.encode(x, RateTarget(bpp=(1.5 * bpp_range[1],)))  # every step up to the first file over
         for p in res.points:
             q = psnr(codec.reconstruct(p.x_t, p.timestep, h, w), x)
             rows.append({"image": image_id, "pixels": h * w, "psnr": q, **priced(p, prov)})

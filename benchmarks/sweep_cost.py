@@ -46,6 +46,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pipelines.common import CONF_DIR, build_codec, compose
+from pipelines.target import request
 
 
 def counted(obj: Any, name: str, counter: dict[str, int]) -> None:
@@ -91,7 +92,7 @@ def paper_evals(x: torch.Tensor, counter: dict[str, int], schedule: str = "paper
 def main() -> None:
     p = C.parser(__doc__.strip().splitlines()[0])
     p.add_argument("--model", default="gaussian", help="conf/model/NAME.yaml (offline ones: gaussian, tiny-*)")
-    p.add_argument("--bitrate", default="paper", help="conf/bitrate/NAME.yaml with mode: timesteps")
+    p.add_argument("--bitrate", default="paper", help="conf/bitrate/NAME.yaml with stop timesteps and no target")
     p.add_argument("--images", type=int, default=None, help="how many kodak-small images (default: 1 quick, 4)")
     args = p.parse_args()
     C.setup(args)
@@ -105,13 +106,11 @@ def main() -> None:
     if hasattr(backbone, "network"):
         counted(backbone, "network", counter)
 
-    bitrate = OmegaConf.load(CONF_DIR / "bitrate" / f"{args.bitrate}.yaml")
-    if bitrate.get("mode", "timesteps") != "timesteps":
-        raise SystemExit(f"--bitrate {args.bitrate}: need a mode: timesteps config")
+    req = request(OmegaConf.load(CONF_DIR / "bitrate" / f"{args.bitrate}.yaml"))
+    if req.kind != "stop_timesteps" or req.rate.timesteps is None:
+        raise SystemExit(f"--bitrate {args.bitrate}: need a config of stop timesteps without targets")
     # distinct rate points: requested timesteps that land on the same schedule step are one file
-    by_step: dict[int, int] = {}
-    for t in sorted(int(t) for t in bitrate.stop_timesteps):  # low t first: keep the lowest t per step
-        by_step.setdefault(codec.stop_step_for(t), t)
+    by_step = {k: t for t, k in codec.stop_steps(req.rate).items()}  # the lowest t per step (last)
     stops = [by_step[k] for k in sorted(by_step)]  # decreasing timestep = increasing rate
     steps = sorted(by_step)
     n_images = args.images or (1 if args.quick else 4)

@@ -40,6 +40,7 @@ from .determinism import (check_provenance, default_threads, deterministic, drif
 from .params import CodecParams
 from .plugins import MAX_STEP_ENTRIES, CodingChannel, Search, StepRecord, channel_spec
 from .profiles import profile_params
+from .rate import RateTarget, within
 from .recon import Recon
 from .schedule import encoding_timesteps, recon_timesteps
 
@@ -86,6 +87,9 @@ class EncodeResult:
     encode_cpu_s: float = math.nan
     #: what the channel did at each step (its own record type, e.g. ``diffc.rcc.channel.PfrStepRecord``)
     records: list[StepRecord] = field(default_factory=list)
+    #: the points keyed by the request (``diffc.rate.RateTarget.keys``, in increasing rate): per stop
+    #: timestep its point, or per bpp budget the highest-rate point within it (None: none fits)
+    by_target: dict[float, RatePoint | None] = field(default_factory=dict)
 
     @property
     def step_kl_bits(self) -> list[float]:
@@ -184,37 +188,50 @@ class DiffcCodec:
                                f"floats per step, above the limit of {MAX_STEP_ENTRIES}")
         return shape
 
-    @torch.no_grad()
-    def encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None = None,
-               caption: str | None = None, progress: bool = False, max_bits: float | None = None,
-               channel: Callable[[int], CodingChannel] | None = None) -> EncodeResult:
-        """Encode ``image`` (float [3, H, W] or [1, 3, H, W] in [0, 1]; other dtypes and ranges are
-        refused, ``_check_image``) once; one ``RatePoint`` per stop timestep.
+    def stop_steps(self, rate: RateTarget) -> dict[int, int]:
+        """Each stop timestep of ``rate`` -> its number of coded steps (``stop_step_for``), in
+        increasing rate: the one conversion of a request; ValueError for a timestep below the
+        schedule's last."""
+        return {t: self.stop_step_for(t) for t in rate.stops(self.timesteps)}
 
-        ``stop_timesteps`` None = only the end of the schedule. Points are ordered by decreasing
-        timestep (increasing rate). ``max_bits``: stop the chain after the first step whose file
-        exceeds ``max_bits`` (no later point can fit a rate target), dropping the stops beyond it;
-        file sizes are exact (the running range coder is sealed after each step).
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor, rate: RateTarget | None = None, caption: str | None = None,
+               progress: bool = False, channel: Callable[[int], CodingChannel] | None = None, *,
+               stop_timesteps: Sequence[int] | None = None) -> EncodeResult:
+        """Encode ``image`` (float [3, H, W] or [1, 3, H, W] in [0, 1]; other dtypes and ranges are
+        refused, ``_check_image``) once, for the rate points of ``rate`` (``diffc.rate``).
+
+        ``rate`` None = only the end of the schedule; ``stop_timesteps=[...]`` is short for
+        ``RateTarget(timesteps=...)``. ``EncodeResult.by_target`` holds the points keyed by the
+        request (``RateTarget.keys``); ``points``, the coded stops in increasing rate. With bpp
+        budgets the chain stops after the first step whose file exceeds the largest budget (no
+        later point can fit), that file being the last of ``points``; file sizes are exact (the
+        running range coder is sealed after each step).
         ``channel``: makes the channel to send with from the latent's entry count (default: the
         spec's; e.g. a ``PfrChannel`` with another search, benchmarks/coding_efficiency.py).
         """
+        if rate is not None and stop_timesteps is not None:
+            raise TypeError("give rate or stop_timesteps, not both")
+        if rate is None:
+            rate = RateTarget(tuple(stop_timesteps) if stop_timesteps is not None else (self.timesteps[-1],))
+        steps = self.stop_steps(rate)
         t0, c0 = time.perf_counter(), time.process_time()
         image = _check_image(image)
         self.latent_shape(*image.shape[-2:])
         threads = default_threads() if self.deterministic else None
         with deterministic(threads):
-            res = self._encode(image, stop_timesteps, caption, progress, max_bits, channel,
-                               self.file_provenance(threads))
+            res = self._encode(image, rate, steps, caption, progress, channel, self.file_provenance(threads))
         res.encode_s, res.encode_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         return res
 
-    def _encode(self, image: torch.Tensor, stop_timesteps: Sequence[int] | None, caption: str | None,
-                progress: bool, max_bits: float | None, channel: Callable[[int], CodingChannel] | None,
+    def _encode(self, image: torch.Tensor, rate: RateTarget, steps: dict[int, int], caption: str | None,
+                progress: bool, channel: Callable[[int], CodingChannel] | None,
                 provenance: fmt.Provenance) -> EncodeResult:
         height, width = image.shape[-2:]
         x0 = self.backbone.encode(pad_for(self.backbone, image)).to(torch.float32)
         cond = self.backbone.condition(caption)
-        stops = sorted({self.stop_step_for(t) for t in (stop_timesteps or [self.timesteps[-1]])})
+        stops = sorted(set(steps.values()))
+        max_bits = rate.max_bits(width * height)
         channel = channel(x0.numel()) if channel else self.params.channel.channel(x0.numel(), search=self.search)
         res = EncodeResult([], 0.0)
         x = self.chain.start(tuple(x0.shape))
@@ -239,6 +256,11 @@ class DiffcCodec:
         if budget is not None:
             budget.close()
         res.records = channel.records
+        if rate.bpp:
+            res.by_target = {b: within(res.points, b) for b in rate.bpp}
+        else:
+            by_step = {p.step_index: p for p in res.points}
+            res.by_target = {t: by_step[k] for t, k in steps.items()}
         return res
 
     def _point(self, header: fmt.Header, payload: bytes, cost, records: list, x: torch.Tensor) -> RatePoint:

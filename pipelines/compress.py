@@ -9,7 +9,9 @@ stops at the largest schedule timestep <= T; ``bpp=B`` encodes once (progressive
 highest-rate point whose real file is at most B bits per pixel; ``psnr=X`` / ``ms_ssim=X`` /
 ``lpips=X`` encodes once and keeps the smallest point whose decoder's reconstruction reaches the
 quality, found by bisection over the stops (``pipelines.target``: about log2 of the schedule's
-length reconstructions). bpp = file bytes x 8 / (W x H) of the original image: header, side
+length reconstructions). These shorthands fill the ``bitrate`` group that evaluate shares
+(conf/bitrate/compress.yaml); ``bitrate=NAME bitrate.KEY=...`` works too when it names one file.
+bpp = file bytes x 8 / (W x H) of the original image: header, side
 information, indices and caption included.
 """
 from __future__ import annotations
@@ -19,123 +21,62 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from analysis import cli
-from diffc.checks import checked_int
 
 from .common import (CONF_DIR, PipelineError, atomic_write, build_codec, check_writable, one_line_errors, png_bytes,
                      require)
-from .target import TARGET_METRICS, best, smallest_reaching
+from .target import TARGET_METRICS, QualitySearch, Request, decoder_image, quality_scorer, request
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from diffc.codec import DiffcCodec, RatePoint
+    from diffc.codec import RatePoint
 
 
-def quality_target(cfg: DictConfig) -> tuple[str, float] | None:
-    """The target quality asked for (``psnr=X``, ``ms_ssim=X`` or ``lpips=X``): (metric, value), or None."""
-    given = [(m, cfg.get(m)) for m in TARGET_METRICS if cfg.get(m) is not None]
+#: compress's shorthands -> the bitrate group's keys they fill (conf/bitrate/compress.yaml)
+SHORTHANDS: dict[str, str] = {"timestep": "stop_timesteps", "bpp": "bpp", **{m: m for m in TARGET_METRICS}}
+
+
+#: compress's ways to ask for a rate, as its errors list them
+CHOICES = ("timestep=T (stop timestep), bpp=B (target bits per pixel) or a target quality "
+           f"({', '.join(f'{m}=X' for m in TARGET_METRICS)})")
+
+
+def rate_request(cfg: DictConfig) -> Request:
+    """compress's request: its bitrate group (``pipelines.target.request``), which the shorthands
+    fill; it must name ONE file: one stop timestep, one bpp budget or one quality target."""
+    given = {k: cfg.get(k) for k in SHORTHANDS if cfg.get(k) is not None}
+    for k, v in given.items():
+        if not OmegaConf.is_interpolation(cfg.bitrate, SHORTHANDS[k]):
+            raise PipelineError(f"{k}={v} fills bitrate.{SHORTHANDS[k]} of bitrate=compress, but the command line "
+                                f"chose another bitrate option or value: give bitrate.{SHORTHANDS[k]}= alone")
+    if len([k for k in given if k in TARGET_METRICS]) > 1:
+        raise PipelineError(f"give one target quality, got {', '.join(f'{k}={v}' for k, v in given.items())}")
     if len(given) > 1:
-        raise PipelineError(f"give one target quality, got {', '.join(f'{m}={v}' for m, v in given)}")
-    if not given:
-        return None
-    metric, value = given[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise PipelineError(f"{metric} must be a number (the target quality), got {value!r}")
-    return metric, float(value)
+        raise PipelineError(f"give exactly one of {CHOICES}, got {', '.join(f'{k}={v}' for k, v in given.items())}")
+    req = request(cfg.bitrate, {v: k for k, v in SHORTHANDS.items()} if given else None)
+    targets = req.targets()
+    if targets is None or len(targets) != 1:
+        raise PipelineError(f"compress writes one file: give exactly one of {CHOICES}")
+    return req
 
 
-def stop_timesteps(codec: DiffcCodec, timestep: int | None, bpp: float | None,
-                   quality: tuple[str, float] | None = None) -> list[int]:
-    """Timesteps to encode: the one asked for, or every step of the schedule (bpp mode: the
-    encoder stops after the first step whose file exceeds the target; quality mode: every
-    step is a candidate of the bisection)."""
-    if sum(v is not None for v in (timestep, bpp, quality)) != 1:
-        raise PipelineError("give exactly one of timestep=T (stop timestep), bpp=B (target bits per pixel) or a "
-                            f"target quality ({', '.join(f'{m}=X' for m in TARGET_METRICS)})")
-    if quality is not None:
-        return codec.timesteps[1:]
-    if bpp is not None:
-        if not bpp > 0:
-            raise PipelineError(f"bpp must be > 0, got {bpp}")
-        return codec.timesteps[1:]
-    timestep = checked_int("timestep", timestep, 0)
-    try:
-        codec.stop_step_for(timestep)
-    except ValueError as exc:
-        raise PipelineError(str(exc)) from exc
-    return [timestep]
-
-
-def choose_point(points: list[RatePoint], bpp: float | None) -> RatePoint:
-    """The single requested point, or the highest-rate point within the target bpp."""
-    if bpp is None:
-        return points[-1]
-    fits = [p for p in points if p.bpp <= bpp]
-    if not fits:
-        raise PipelineError(f"no rate point within {bpp:g} bpp: the smallest file is {points[0].bpp:.4f} bpp "
-                            f"(header alone: {points[0].bits_header / (points[0].width * points[0].height):.4f} bpp)")
-    return fits[-1]
-
-
-def decoder_image(codec: DiffcCodec, point: RatePoint, caption: str | None, height: int, width: int) -> np.ndarray:
-    """The uint8 image ``decompress`` will write for ``point``'s file: its x_t (the decoder's, bit for
-    bit) reconstructed with the file's settings in the decoder's deterministic context
-    (``DiffcCodec.decode_prefixes``)."""
-    from diffc.determinism import deterministic
-    from diffc.format import read
-
-    from .datasets import to_uint8
-
-    header = read(point.data)[0]
-    with deterministic(codec.decode_threads(header)):
-        cond = codec.backbone.condition(caption)
-        return to_uint8(codec.reconstruct(point.x_t, point.timestep, height, width, cond, header.recon))
-
-
-def quality_scorer(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """``score(ref, rec)`` of ``metric`` on uint8 images (``pipelines.metrics``); one line when it
-    cannot be loaded here (lpips: the package or its AlexNet weights missing)."""
-    from .metrics import REGISTRY
-
-    try:
-        return REGISTRY[metric]("cpu")
-    except Exception as exc:  # ImportError, weights not downloadable
-        from analysis.errors import describe as why
-
-        raise PipelineError(f"{metric}=X needs the {metric} metric, which cannot be loaded here: {why(exc, 160)} "
-                            f"(pip install -e '.[metrics]' and its weights)") from None
-
-
-def choose_by_quality(codec: DiffcCodec, points: list[RatePoint], quality: tuple[str, float],
-                      score: Callable[[np.ndarray, np.ndarray], float], ref: np.ndarray,
-                      caption: str | None) -> tuple[RatePoint, np.ndarray]:
-    """The smallest point whose decoder's reconstruction reaches ``quality`` by ``score`` (the
-    ``pipelines.target`` bisection; prints how many reconstructions it ran) and that
-    reconstruction. Unreachable: one line naming the best quality reached."""
-    metric, target = quality
-    h, w = ref.shape[:2]
-    images: dict[int, np.ndarray] = {}
-
-    def at(i: int) -> float:
-        images[i] = decoder_image(codec, points[i], caption, h, w)
-        return score(ref, images[i])
-
-    search = smallest_reaching(len(points), at, target, metric)
-    n = search.evaluations
+def choose_by_quality(search: QualitySearch, target: float) -> tuple[RatePoint, np.ndarray]:
+    """The smallest point whose decoder's reconstruction reaches ``target`` (the ``pipelines.target``
+    bisection; prints how many reconstructions it ran) and that reconstruction. Unreachable: one
+    line naming the best quality reached."""
+    metric, points = search.metric, search.points
+    found = search.reach(target)
+    n = found.evaluations
     print(f"{metric}={target:g}: {n} reconstruction{'s' * (n != 1)} (bisection over the {len(points)} rate points "
           f"of one encode)")
-    if search.index is None:
-        i, value = best(search.scores, metric)
-        raise PipelineError(f"{metric}={target:g} is unreachable: the best reconstruction reaches {metric} {value:.4g} "
-                            f"(t={points[i].timestep}, {points[i].bpp:.4f} bpp, the highest-rate point)")
-    i = search.index
-    below = (f" (the point below, {points[i - 1].bpp:.4f} bpp, scored {search.scores[i - 1]:.4g})"
-             if i - 1 in search.scores else "")
-    print(f"{metric} {search.scores[i]:.4g} at {points[i].bpp:.4f} bpp{below}")
-    return points[i], images[i]
+    if found.index is None:
+        raise PipelineError(search.unreachable(target, found))
+    i = found.index
+    below = (f" (the point below, {points[i - 1].bpp:.4f} bpp, scored {found.scores[i - 1]:.4g})"
+             if i - 1 in found.scores else "")
+    print(f"{metric} {found.scores[i]:.4g} at {points[i].bpp:.4f} bpp{below}")
+    return points[i], search.images[i]
 
 
 def describe(point: RatePoint, n_steps: int) -> str:
@@ -147,6 +88,7 @@ def describe(point: RatePoint, n_steps: int) -> str:
 @one_line_errors
 def compress(cfg: DictConfig) -> None:
     require(cfg, "input", "output")
+    req = rate_request(cfg)
     check_writable(cfg.output)
     if cfg.recon_output:
         check_writable(cfg.recon_output, what="recon_output")
@@ -157,21 +99,23 @@ def compress(cfg: DictConfig) -> None:
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
     codec = build_codec(cfg, deterministic=cfg.deterministic)
     codec.record_provenance = bool(cfg.provenance)
-    quality = quality_target(cfg)
-    stops = stop_timesteps(codec, cfg.timestep, cfg.bpp, quality)
-    score = quality_scorer(quality[0]) if quality is not None else None  # refused before the encode if missing
+    score = quality_scorer(req.metric) if req.metric else None  # refused before the encode if missing
     x = to_tensor(image)
     caption = resolve_caption(cfg.caption, as_uint8(image), cfg.get("captioner")) or None  # auto: a BLIP-2 caption
     try:
-        max_bits = None if cfg.bpp is None else cfg.bpp * image.shape[0] * image.shape[1]
-        result = codec.encode(x, stop_timesteps=stops, caption=caption, progress=cfg.progress, max_bits=max_bits)
-    except ValueError as exc:  # image too large, bad caption...
+        result = codec.encode(x, req.rate, caption=caption, progress=cfg.progress)
+    except ValueError as exc:  # a stop below the schedule, image too large, bad caption...
         raise PipelineError(str(exc)) from exc
     recon: np.ndarray | None = None
-    if quality is not None:
-        point, recon = choose_by_quality(codec, result.points, quality, score, as_uint8(image), caption)
+    if req.metric:
+        search = QualitySearch(codec, result.points, req.metric, score, as_uint8(image), caption)
+        point, recon = choose_by_quality(search, req.quality[0])
     else:
-        point = choose_point(result.points, cfg.bpp)
+        (point,) = result.by_target.values()
+        if point is None:
+            first = result.points[0]
+            raise PipelineError(f"no rate point within {req.rate.bpp[0]:g} bpp: the smallest file is {first.bpp:.4f} "
+                                f"bpp (header alone: {first.bits_header / (first.width * first.height):.4f} bpp)")
     recon_png = None
     if cfg.recon_output:  # as the decoder reconstructs: in its deterministic context (DiffcCodec.decode)
         if recon is None:

@@ -54,9 +54,9 @@ from diffc.codec import DiffcCodec, params_from_header
 from diffc.determinism import desynchronised
 from diffc.device import resolve_device
 
-from .common import CONF_DIR, build_codec, config_names, model_config, one_line_errors, plain
-from .compress import stop_timesteps
+from .common import CONF_DIR, PipelineError, build_codec, config_names, model_config, one_line_errors, plain
 from .datasets import to_tensor
+from .target import request
 
 
 # ---- what the loaders read ----------------------------------------------------------------------
@@ -455,7 +455,11 @@ def round_trip(cfg: DictConfig) -> RoundTrip:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     size = checked_int("size", cfg.size, 1, fmt.MAX_SIDE)
-    encoded = codec.encode(sample_image(size), stop_timesteps=stop_timesteps(codec, cfg.timestep, None))
+    rate = request({"stop_timesteps": cfg.timestep}, {"stop_timesteps": "timestep"}).rate
+    try:
+        encoded = codec.encode(sample_image(size), rate)
+    except ValueError as exc:  # a stop below the schedule
+        raise PipelineError(str(exc)) from None
     point = encoded.points[-1]
     header, _ = fmt.read(point.data)
     decoder = DiffcCodec(backbone, params_from_header(header), deterministic=cfg.deterministic)

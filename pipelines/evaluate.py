@@ -36,7 +36,7 @@ import threading
 import time
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,10 @@ from .common import (CONF_DIR, EXPECTED_ERRORS, PipelineError, atomic_write, bui
 from .captions import resolve_caption
 from .datasets import DatasetError, as_uint8, dataset_archives, load_dataset, to_tensor, to_uint8
 from .metrics import MetricSet, fid_kid, format_reasons, ms_ssim_scales
+from .target import QualitySearch, Request, quality_scorer, request
+
+if TYPE_CHECKING:
+    from diffc.codec import EncodeResult, RatePoint
 
 log = logging.getLogger(__name__)
 
@@ -177,43 +181,6 @@ def protocol_name(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "protocol.name", default="native"))
 
 
-@dataclasses.dataclass(frozen=True)
-class RatePlan:
-    """What to encode (stop timesteps) and which rate points to report (labels)."""
-
-    stop_timesteps: list[int]
-    targets: list[float] | None  # bpp mode: one reported point per target
-
-    @classmethod
-    def from_config(cls, bitrate: DictConfig) -> "RatePlan":
-        mode = bitrate.get("mode", "timesteps")
-        key = {"timesteps": "stop_timesteps", "bpp": "candidates"}.get(mode)
-        if key is None:
-            raise PipelineError(f"bitrate.mode must be timesteps or bpp, got {mode!r}")
-        stops = [int(t) for t in bitrate.get(key) or []]
-        if not stops or any(t <= 0 for t in stops):
-            raise PipelineError(f"bitrate.{key} must be a non-empty list of positive timesteps")
-        targets = None
-        if mode == "bpp":
-            targets = sorted(float(b) for b in bitrate.get("targets") or [])
-            if not targets or targets[0] <= 0:
-                raise PipelineError("bitrate.targets must be a non-empty list of positive bpp")
-        return cls(sorted(set(stops), reverse=True), targets)
-
-    def select(self, pairs: list[tuple[int, Any]], pixels: int) -> list[tuple[int | None, Any | None, float]]:
-        """Rate points to report from ``pairs`` = [(requested stop timestep, point)] in
-        increasing rate: [(timestep, point, target_bpp)] -- every pair (target NaN), or per
-        target the highest-rate pair whose file is at most the target ((None, None, target)
-        when none is)."""
-        if self.targets is None:
-            return [(t, p, math.nan) for t, p in pairs]
-        chosen = []
-        for target in self.targets:
-            fits = [(t, p) for t, p in pairs if len(p.data) * 8 / pixels <= target]
-            chosen.append((*fits[-1], target) if fits else (None, None, target))
-        return chosen
-
-
 # ---- files --------------------------------------------------------------------------------------
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """Atomically write a parquet table."""
@@ -242,6 +209,24 @@ def verify_threshold(value: Any) -> float | None:
 
 
 # ---- one image ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """A row's rate point: the stop timestep that asked for it (``recon_timestep``), the point (None:
+    no point meets the target, ``reason`` says why) and the target it meets (bpp or quality)."""
+
+    requested: int | None
+    point: RatePoint | None
+    target_bpp: float = math.nan
+    target_metric: str | None = None
+    target_quality: float = math.nan
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """The point's file stem (``analysis.images.point_label``)."""
+        return point_label(self.requested, self.target_bpp, self.target_metric, self.target_quality)
+
+
 class Job:
     """The state of one job: config, backbone + codec, metrics, output directory."""
 
@@ -249,7 +234,7 @@ class Job:
         self.cfg = cfg
         self.job_dir = job_dir
         self.hash = config_hash(cfg)
-        self.plan = RatePlan.from_config(cfg.bitrate)
+        self.request = request(cfg.bitrate)
         self.device = resolve_device(cfg.device)
         self.save_png = saves_pngs(cfg)
         self.min_drift_db = verify_threshold(cfg.verify_decode)
@@ -259,11 +244,14 @@ class Job:
             raise PipelineError(str(exc)) from exc
         self.codec = build_codec(cfg, deterministic=cfg.deterministic)
         self.baselines = classic.from_config(cfg.get("baselines"))  # classic codecs (pipelines.baselines)
-        try:
-            for t in self.plan.stop_timesteps:
-                self.codec.stop_step_for(t)
+        try:  # refused before the first image; the encodes convert their own request
+            steps = self.codec.stop_steps(self.request.rate)
         except ValueError as exc:
             raise PipelineError(f"bitrate: {exc}") from exc
+        #: coded steps -> the stop timestep that asked for them (the lowest, as rows name a point)
+        self.requested = {k: t for t, k in steps.items()}
+        # a quality target's metric, loaded before the first image (one line when it cannot be)
+        self.quality = quality_scorer(self.request.metric, self.device) if self.request.metric else None
 
     def caption(self, img: np.ndarray) -> str | None:
         """The prompt of this image (``pipelines.captions.resolve_caption``: ``caption=auto`` a
@@ -292,6 +280,27 @@ class Job:
         if data is not None and self.cfg.save.diffc:
             atomic_write(self.job_dir / "diffc" / image_id / f"{label}.diffc", data)
 
+    def chosen(self, res: EncodeResult, img: np.ndarray, caption: str | None) -> list[Chosen]:
+        """The rows' rate points of one encode, per key of the request (``pipelines.target``): each
+        stop timestep's point, per bpp budget the encoder's pick (``EncodeResult.by_target``), or per
+        quality target the smallest point whose decoder's reconstruction reaches it (a bisection:
+        ``QualitySearch``); None with the reason when no point meets a target."""
+        req = self.request
+        asked = lambda p: None if p is None else self.requested[p.step_index]
+        if req.metric is None and not req.rate.bpp:
+            return [Chosen(t, p) for t, p in res.by_target.items()]
+        if req.metric is None:
+            return [Chosen(asked(p), p, bpp, reason="" if p else f"no rate point at or below {bpp:g} bpp")
+                    for bpp, p in res.by_target.items()]
+        search = QualitySearch(self.codec, res.points, req.metric, self.quality, img, caption)
+        out = []
+        for target in req.quality:
+            found = search.reach(target)
+            p = None if found.index is None else res.points[found.index]
+            out.append(Chosen(asked(p), p, target_metric=req.metric, target_quality=target,
+                              reason="" if p else search.unreachable(target, found)))
+        return out
+
     def image_rows(self, image_id: str, img: np.ndarray) -> list[dict[str, Any]]:
         """Encode once, decode every rate point in one chain pass, score; and the VAE round trip.
 
@@ -301,11 +310,9 @@ class Job:
         x, img = to_tensor(img), as_uint8(img)  # the codec codes the file's precision; scores see 8 bits
         pixels = img.shape[0] * img.shape[1]
         caption = self.caption(img)
-        res = self.codec.encode(x, stop_timesteps=self.plan.stop_timesteps, caption=caption, progress=False)
-        by_step = {p.step_index: p for p in res.points}
-        pairs = [(t, by_step[self.codec.stop_step_for(t)]) for t in self.plan.stop_timesteps]
-        chosen = self.plan.select(pairs, pixels)
-        points = [p for _, p, _ in chosen if p is not None]
+        res = self.codec.encode(x, self.request.rate, caption=caption, progress=False)
+        chosen = self.chosen(res, img, caption)
+        points = [c.point for c in chosen if c.point is not None]
         decoded = {}
         if points:  # what a receiver gets: the decoder's images are scored
             last = max(points, key=lambda p: p.step_index)
@@ -315,13 +322,15 @@ class Job:
             if warning:  # the provenance line: what differs from the encoder's setting (README "Decode anywhere")
                 log.warning("%s: %s", image_id, warning)
         rows = []
-        for requested, point, target in chosen:
-            row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.channel.name, "target_bpp": target,
-                                                   "encode_s": res.encode_s, "encode_cpu_s": res.encode_cpu_s,
-                                                   "caption": caption}
+        for c in chosen:
+            point = c.point
+            row = self.base_row(image_id, img) | {"kind": "codec", "codec": self.codec.params.channel.name,
+                                                   "target_bpp": c.target_bpp, "target_metric": c.target_metric,
+                                                   "target_quality": c.target_quality, "encode_s": res.encode_s,
+                                                   "encode_cpu_s": res.encode_cpu_s, "caption": caption}
             if point is None:
                 self.score(row, img, None)
-                row["metric_errors"] = f"no rate point at or below {target:g} bpp"
+                row["metric_errors"] = c.reason
                 rows.append(row)
                 continue
             out = decoded[point.step_index]
@@ -330,13 +339,13 @@ class Job:
                 raise PipelineError(f"{image_id} t={point.timestep}: the decoder desynchronised (drift PSNR "
                                     f"{drift_db:.1f} dB < verify_decode={self.min_drift_db:g} dB)")
             rec = to_uint8(out.image)
-            row |= {"recon_timestep": requested, "step_index": point.step_index, "timestep": point.timestep,
+            row |= {"recon_timestep": c.requested, "step_index": point.step_index, "timestep": point.timestep,
                     "bpp": len(point.data) * 8 / pixels, "bits_total": point.bits_total,
                     "bits_payload": point.bits_payload, "bits_side": point.bits_side,
                     "bits_header": point.bits_header, "kl_bits": point.kl_bits,
                     "delivered_bits": point.delivered_bits, "decode_s": out.decode_s, "decode_cpu_s": out.decode_cpu_s,
                     "drift_xt_max": xt_max, "drift_psnr_db": drift_db}
-            self.save(image_id, point_label(requested, target), rec, point.data)
+            self.save(image_id, c.label, rec, point.data)
             rows.append(self.score(row, img, rec))
         t0, c0 = time.perf_counter(), time.process_time()
         vae = to_uint8(self.codec.vae_roundtrip(x))
@@ -360,8 +369,9 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
     refs = [as_uint8(img) for _, img in data]
     out = []
     rows = rows[rows["kind"] != "baseline"]  # no FID/KID for the classic codecs (yet)
-    for (kind, t, target), grp in rows.groupby(["kind", "recon_timestep", "target_bpp"], dropna=False):
-        label = point_label(None if pd.isna(t) else int(t), target)
+    keys = ["kind", "recon_timestep", "target_bpp", "target_metric", "target_quality"]
+    for (kind, t, target, metric, quality), grp in rows.groupby(keys, dropna=False):
+        label = point_label(None if pd.isna(t) else int(t), target, None if pd.isna(metric) else metric, quality)
         pngs = [recon_png(job_dir, i, label) for i in grp["image"]]
         if not all(p.exists() for p in pngs):
             res_fid, res_kid, n, reason = math.nan, math.nan, 0, "reconstructions missing"
@@ -370,7 +380,8 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
             r = fid_kid(refs, recs, patch=int(cfg.metrics.fid_patch), device=resolve_device(cfg.device))
             res_fid, res_kid, n, reason = r.fid, r.kid, r.n_patches, r.reason
         out.append({"model": cfg.model.name, "dataset": cfg.dataset.name, "protocol": protocol_name(cfg), "kind": kind,
-                    "recon_timestep": t, "target_bpp": target, "bpp_mean": grp["bpp"].mean(),
+                    "recon_timestep": t, "target_bpp": target, "target_metric": metric, "target_quality": quality,
+                    "bpp_mean": grp["bpp"].mean(),
                     "fid": res_fid, "kid": res_kid, "n_patches": n, "reason": reason,
                     "config_hash": config_hash(cfg)})
     df = pd.DataFrame(out, columns=list(FID_COLUMNS))
@@ -389,8 +400,9 @@ def remove_stale_temps(job_dir: Path) -> int:
 
 def describe_job(cfg: DictConfig, job_dir: Path) -> str:
     """One line naming a job (what ``dry_run=true`` prints instead of running it)."""
-    plan = RatePlan.from_config(cfg.bitrate)
-    points = plan.targets if plan.targets is not None else plan.stop_timesteps
+    req = request(cfg.bitrate)
+    targets = req.targets()
+    points = "every-step" if targets is None else list(targets)
     done = job_dir / DONE
     state = "done" if done.exists() and json.loads(done.read_text()).get("config_hash") == config_hash(cfg) else "todo"
     if state == "todo" and (job_dir / FAILED).exists():
@@ -400,13 +412,14 @@ def describe_job(cfg: DictConfig, job_dir: Path) -> str:
     archives = "".join(f" archive={a.fname}:sha256={a.sha256}:bytes={a.size}"
                        for a in dataset_archives(cfg.dataset.name, **plain(cfg.dataset.get("options"))))
     return (f"job model={cfg.model.name} codec={codec} baselines={baselines} dataset={cfg.dataset.name} "
-            f"protocol={protocol_name(cfg)}{archives} {plan_kind(plan)}={list(points)} "
+            f"protocol={protocol_name(cfg)}{archives} {target_key(req)}={points} "
             f"metrics={list(cfg.metrics.names)} fid={bool(cfg.metrics.get('fid', False))} "
             f"config_hash={config_hash(cfg)} state={state} dir={job_dir}")
 
 
-def plan_kind(plan: RatePlan) -> str:
-    return "target_bpp" if plan.targets is not None else "stop_timesteps"
+def target_key(req: Request) -> str:
+    """What a dry run calls the request's points: stop_timesteps, target_bpp or target_METRIC."""
+    return "stop_timesteps" if req.kind == "stop_timesteps" else f"target_{req.kind}"
 
 
 def run_job(cfg: DictConfig, job_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from diffc import format as fmt
 from diffc.chain import Chain, ExactChannel, Step
 from diffc.rcc.channel import PfrChannel, PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.rate import RateTarget
 from diffc.recon import Recon
 
 PARAMS = CodecParams("geom-12", channel=PfrSpec(chunk_bits=5, padding_bits=0), recon=Recon(mode="denoise"))
@@ -81,14 +82,15 @@ def test_resume_from_a_state(gaussian_backbone, kodak64) -> None:
     assert torch.equal(x9, p9.x_t)
 
 
-def test_max_bits_stops_at_the_first_file_over_budget(gaussian_backbone, kodak64) -> None:
+def test_a_bpp_budget_stops_at_the_first_file_over_it(gaussian_backbone, kodak64) -> None:
     codec = DiffcCodec(gaussian_backbone, PARAMS)
     full = codec.encode(kodak64, stop_timesteps=codec.timesteps[1:])
     sizes = [p.bits_total for p in full.points]
-    budget = (sizes[5] + sizes[6]) / 2  # between the files of steps 6 and 7
-    res = codec.encode(kodak64, stop_timesteps=[codec.timesteps[3], codec.timesteps[-1]], max_bits=budget)
+    bpp = (sizes[5] + sizes[6]) / 2 / (64 * 64)  # between the files of steps 6 and 7
+    res = codec.encode(kodak64, RateTarget((codec.timesteps[3], codec.timesteps[-1]), (bpp,)))
     assert [p.step_index for p in res.points] == [3, 7]  # the stop at 3, then the first file over budget
-    assert res.points[-1].bits_total > budget >= full.points[5].bits_total
+    assert res.points[-1].bpp > bpp >= full.points[5].bpp
+    assert res.by_target == {bpp: res.points[0]}  # the budget's pick: the highest-rate stop within it
     assert res.points[-1].data == full.points[6].data  # the same bytes as a full encode's step-7 file
     assert len(res.records) == 7  # the chain stopped there
 

@@ -14,6 +14,7 @@ from diffc.backbones.gaussian import GaussianBackbone
 from diffc.chain import LN2
 from diffc.rcc.channel import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
+from diffc.rate import RateTarget
 from diffc.recon import Recon
 from diffc.rcc.entropy import MAX_CHUNKS, StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound, step_bits
 
@@ -484,7 +485,7 @@ def test_the_readme_python_snippet_runs_as_written(kodak_odd: torch.Tensor, tmp_
 
 def test_a_bpp_target_shows_the_budget_not_the_schedule(kodak_odd: torch.Tensor, gaussian_backbone,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """issue 28: with ``max_bits`` (compress bpp=B) the chain stops at an unknown step, so the progress
+    """issue 28: with a bpp budget (compress bpp=B) the chain stops at an unknown step, so the progress
     bar's total is the budget in bits (ending at the file's size), not the schedule's length."""
     import diffc.chain
     import diffc.codec
@@ -501,7 +502,7 @@ def test_a_bpp_target_shows_the_budget_not_the_schedule(kodak_odd: torch.Tensor,
     monkeypatch.setattr(diffc.chain, "tqdm", recording)
     codec = DiffcCodec(gaussian_backbone, CodecParams("linspace-8", channel=PfrSpec(chunk_bits=4, padding_bits=1)))
     max_bits = 0.3 * 77 * 53
-    res = codec.encode(kodak_odd, stop_timesteps=codec.timesteps[1:], progress=True, max_bits=max_bits)
+    res = codec.encode(kodak_odd, RateTarget(bpp=(0.3,)), progress=True)
     shown = [(kw, bar) for kw, bar in bars if not kw.get("disable")]
     assert len(shown) == 1 and shown[0][0]["unit"] == "bit" and shown[0][1].total == math.ceil(max_bits)
     assert shown[0][1].n == min(8 * len(res.points[-1].data), math.ceil(max_bits))

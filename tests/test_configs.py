@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.codec_config import codec_params
 from pipelines.common import CONF_DIR, build_codec
-from pipelines.evaluate import RatePlan, config_hash
+from pipelines.evaluate import config_hash
+from pipelines.target import request
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "docs" / "reference" / "seed-settings.json"  # the reference's settings (docs/design.md §2)
@@ -148,8 +149,8 @@ def test_option_composes(group: str, option: str, default_job: tuple[dict, str])
     if group == "dataset":
         assert cfg.dataset.name == option
     if group == "bitrate":
-        plan = RatePlan.from_config(cfg.bitrate)
-        assert plan.stop_timesteps == sorted(plan.stop_timesteps, reverse=True)
+        rate = request(cfg.bitrate).rate  # every option reads as a request
+        assert rate.timesteps is None or list(rate.timesteps) == sorted(rate.timesteps, reverse=True)
     if group == "metrics":
         assert set(cfg.metrics.names) >= {"psnr"} and "fid" in cfg.metrics
     # the hash: 12 hex digits, the same on a second composition, and equal to the default job's
@@ -167,7 +168,7 @@ def test_default_config_is_the_quick_cpu_job() -> None:
     cfg = compose("config")
     assert (cfg.model.name, cfg.dataset.name) == ("gaussian", "kodak-small")
     assert list(cfg.metrics.names) == ["psnr", "ms_ssim"] and not cfg.metrics.fid
-    assert RatePlan.from_config(cfg.bitrate).stop_timesteps == [700, 300, 100]
+    assert request(cfg.bitrate).rate.timesteps == (700, 300, 100)
 
 
 @pytest.mark.parametrize("override", [
@@ -255,7 +256,7 @@ def test_experiment_composes_with_offline_backbones(experiment: str) -> None:
                 codec = build_codec(job)
                 assert codec.backbone.name == "gaussian"
                 assert codec.params.channel.name == job.codec.channel.name
-                steps = [codec.stop_step_for(t) for t in RatePlan.from_config(job.bitrate).stop_timesteps]
+                steps = list(codec.stop_steps(request(job.bitrate).rate).values())
                 assert steps == sorted(steps)  # lower timestep = later step (more bits)
 
 
@@ -269,8 +270,8 @@ def test_paper_experiments_use_reference_settings(experiment: str) -> None:
     assert sorted(j.model.name for j in jobs) == sorted(by_model)
     for job in jobs:
         r = ref[by_model[job.model.name]]
-        plan = RatePlan.from_config(job.bitrate)
-        assert plan.targets is None and plan.stop_timesteps == r["recon_timesteps"]
+        req = request(job.bitrate)
+        assert req.kind == "stop_timesteps" and list(req.rate.timesteps) == r["recon_timesteps"]
         params, _ = codec_params(job.codec, job.parity)
         assert params.channel.chunk_bits + params.channel.padding_bits == r["candidate_bits_per_chunk"]
         assert params.channel.padding_bits == r["padding_bits_per_chunk"]
@@ -312,8 +313,8 @@ def test_command_line_sweep_expands() -> None:
     assert [j.model.name for j in jobs] == ["gaussian", "tiny-flux"]
     # a cartesian product, in the order of the keys, the last key varying fastest
     jobs = sweep(["model=gaussian,tiny-sd15", "bitrate=quick,bpp"])
-    assert [(j.model.name, j.bitrate.mode) for j in jobs] == [
-        ("gaussian", "timesteps"), ("gaussian", "bpp"), ("tiny-sd15", "timesteps"), ("tiny-sd15", "bpp")]
+    assert [(j.model.name, request(j.bitrate).kind) for j in jobs] == [
+        ("gaussian", "stop_timesteps"), ("gaussian", "bpp"), ("tiny-sd15", "stop_timesteps"), ("tiny-sd15", "bpp")]
     assert sweep(["model=tiny-sd15"])[0].model.name == "tiny-sd15"  # no sweep: one job
 
 
@@ -322,8 +323,7 @@ def test_offline_models_build(model: str) -> None:
     cfg = compose("config", overrides=[f"model={model}"])
     codec = build_codec(cfg)
     assert codec.backbone.name == model
-    for t in RatePlan.from_config(cfg.bitrate).stop_timesteps:
-        codec.stop_step_for(t)
+    codec.stop_steps(request(cfg.bitrate).rate)
 
 
 @pytest.mark.parametrize("launcher,plugin,cls", [

@@ -49,5 +49,5 @@ def test_compress_help_lists_only_the_groups_it_uses() -> None:
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == help_text("compress", CONF_DIR).strip()
     groups = re.findall(r"^  ([a-z]+) \(default ", r.stdout, re.M)
-    assert groups == ["model", "codec", "captioner"], groups
+    assert groups == ["model", "codec", "bitrate", "captioner"], groups  # bitrate: the shorthands fill it
     assert "input: ???" in r.stdout and "# image file" in r.stdout

@@ -266,7 +266,7 @@ def test_bpp_targets_pick_real_files(tmp_path: Path) -> None:
     targets = [0.001, 1.0, 4.0]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["model=gaussian", *FAST, "bitrate=bpp",
-                                           f"bitrate.targets=[{','.join(map(str, targets))}]"])
+                                           f"bitrate.bpp=[{','.join(map(str, targets))}]"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -281,7 +281,7 @@ def test_bpp_targets_pick_real_files(tmp_path: Path) -> None:
     for r in codec.iloc[1:].itertuples():
         size = (tmp_path / "diffc" / r.image / f"bpp{r.target_bpp:g}.diffc").stat().st_size
         assert r.bpp == 8 * size / (32 * 32) <= r.target_bpp
-        assert r.recon_timestep in cfg.bitrate.candidates and np.isfinite(r.psnr)
+        assert r.recon_timestep in cfg.bitrate.stop_timesteps and np.isfinite(r.psnr)
     assert codec.iloc[2]["bpp"] >= codec.iloc[1]["bpp"]
 
 
@@ -294,7 +294,7 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert out.stderr.splitlines()[-1].startswith("error: job bitrate.stop_timesteps-0__")  # ours, last
     assert "HYDRA_FULL_ERROR" not in out.stderr  # debug=true is our switch
     (bad,) = [p.parent for p in tmp_path.rglob("failed.json")]
-    assert "positive timesteps" in json.loads((bad / "failed.json").read_text())["error"]
+    assert "positive integers" in json.loads((bad / "failed.json").read_text())["error"]
     (good,) = [p.parent for p in tmp_path.rglob("done.json")]
     assert "stop_timesteps-700__" in good.name and len(list((good / "shards").glob("*.parquet"))) == 1
 
