@@ -17,7 +17,7 @@ from analysis.cli import call
 from diffc import format as fmt
 from diffc.checks import InvalidValue, checked_int
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel
-from pipelines.common import EXPECTED_ERRORS
+from pipelines.common import CONF_DIR, EXPECTED_ERRORS
 from diffc.rcc.channel import PfrSpec
 from pipelines.compress import compress
 from pipelines.datasets import DatasetError, read_image
@@ -162,7 +162,7 @@ def test_compress_and_decompress_refuse_in_the_same_words(file, tmp_path: Path, 
         for limit, said in [(383, f"{what} is 24x16 (384 pixels), above max_pixels=383 (raise the limit with "
                                   f"max_pixels=N, at most {fmt.MAX_PIXELS}, the .diffc format's limit)"),
                             (0, f"max_pixels must be an integer in 1..{fmt.MAX_PIXELS}, got 0")]:
-            code = call(task, config, [*args, f"max_pixels={limit}", "progress=false"])
+            code = call(task, config, [*args, f"max_pixels={limit}", "progress=false"], CONF_DIR)
             _, err = capsys.readouterr()
             assert (code, err) == (2, f"error: {said}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.diffc", "a.png"]
