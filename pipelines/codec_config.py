@@ -18,7 +18,7 @@ Hydra type-checks every value and refuses, at composition, a key the chosen chan
 (``codec=ddcm codec.channel.chunk_bits=8``: ``Key 'chunk_bits' not in 'ddcm'``). The defaults of a
 command compose, in order (later wins):
 
-1. ``codec/schema@codec: base``: the dataclasses' defaults (``CodecParams()``, ``Recon()``, ``Search()``);
+1. ``schema/codec@codec``: the dataclasses' defaults (``CodecParams()``, ``Recon()``, ``Search()``);
 2. the model's codec profile, ``conf/codec/profile/*.yaml`` (schedule, reconstruction), which
    ``conf/model/NAME.yaml`` picks in its own defaults list;
 3. the channel, ``conf/codec/NAME.yaml`` (its spec's defaults, and what the channel sets for every
@@ -43,8 +43,10 @@ from diffc.params import CodecParams
 from diffc.plugins import ChannelSpec, Search, channel_names, channel_spec
 from diffc.recon import Recon
 
-#: the config group of the channels' schemas (``conf/codec/NAME.yaml``: ``- channel@channel: NAME``)
-CHANNEL_GROUP = "codec/channel"
+#: the config groups of the schemas, in Hydra's config store (global to a process: a group of their
+#: own, so that no other app's ``codec`` key reads as a config group): ``schema/codec`` the codec's
+#: shape, ``schema/channel/NAME`` a channel's (``conf/codec/NAME.yaml``: ``- /schema/channel@channel: NAME``)
+SCHEMA_GROUP = "schema"
 #: field types a structured config checks; any other field (e.g. ``Recon.grid``: a name or a list) is ``Any``
 CHECKED = (int, float, bool, str)
 
@@ -80,8 +82,8 @@ def _plain(value: Any) -> Any:
 
 
 def register() -> None:
-    """Register the schemas: ``codec/schema/base`` (schedule, seed, recon, search; ``channel`` is the
-    chosen channel's) and ``codec/channel/NAME`` for every channel installed (``diffc.plugins``:
+    """Register the schemas: ``schema/codec`` (schedule, seed, recon, search; ``channel`` is the
+    chosen channel's) and ``schema/channel/NAME`` for every channel installed (``diffc.plugins``:
     built-ins, entry points, ``$DIFFC_CHANNELS``), so a plug-in's ``conf/codec/NAME.yaml`` is two lines."""
     cs = ConfigStore.instance()
     recon, search = schema(Recon, "recon"), schema(Search, "search")
@@ -92,9 +94,9 @@ def register() -> None:
         ("recon", recon, dataclasses.field(default_factory=recon)),
         ("search", search, dataclasses.field(default_factory=search)),
     ], kw_only=True)
-    cs.store(group="codec/schema", name="base", node=base)
+    cs.store(group=SCHEMA_GROUP, name="codec", node=base)
     for name in channel_names():
-        cs.store(group=CHANNEL_GROUP, name=name, node=schema(channel_spec(name), name, channel=True))
+        cs.store(group=f"{SCHEMA_GROUP}/channel", name=name, node=schema(channel_spec(name), name, channel=True))
 
 
 def channel_from(node: Mapping[str, Any]) -> ChannelSpec:

@@ -90,7 +90,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(images / f"{name}.png")
-    evaluate(cwd, "-m", "model=gaussian", "codec.channel.chunk_bits=6,8", "dataset=folder",
+    evaluate(cwd, "-m", "model=gaussian", "codec.channel.chunk_bits=6,7", "dataset=folder",
              f"dataset.options.path={images}", "bitrate=quick", "metrics=offline", "root=outputs",
              "name=paper_kodak")
     return cwd

@@ -235,7 +235,7 @@ def test_default_targets_and_closest_points() -> None:
 
 @pytest.mark.parametrize("argv, needle", [
     (["images=[kodim05]"], "images ['kodim05'] lack rate points of some model; images with all: kodim01, kodim23"),
-    (["models=[tiny-sd15,sd15]"], "models ['sd15'] have no diffc rate points on kodak-small"),
+    (["models=[tiny-sd15,sd15]"], "models ['sd15'] have no pfr rate points on kodak-small"),
     (["crop=[20,0,16,16]"], "crop=[20,0,16,16] (x, y, width, height) does not fit an image of 32x32"),
     (["crop=[1,2]"], "crop must be 4 integers"),
     (["bpp=-1"], "bpp must be a positive number"),
