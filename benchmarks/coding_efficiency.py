@@ -69,7 +69,8 @@ import torch
 from diffc.rcc import entropy
 from diffc.backbone import load_backbone
 from diffc.chain import STREAM_CANDIDATES, STREAM_PLAN, Step
-from diffc.rcc.channel import PfrChannel, PfrSpec, PfrStepRecord, SparseSumSpec
+from diffc.rcc.spec import PfrSpec, SparseSumSpec
+from diffc.rcc.channel import PfrChannel, PfrStepRecord
 from diffc.profiles import profile_params
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rcc.entropy import zipf_probabilities

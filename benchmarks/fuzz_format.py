@@ -46,7 +46,7 @@ from diffc.codec import CodecParams, DiffcCodec
 from diffc.profiles import profile_params
 from diffc.recon import Recon
 from diffc.schedule import encoding_timesteps
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from pipelines.common import build_codec, compose
 
 #: reconstructions run at most this many ODE steps (the same code as 1000 steps, a fraction of the work)

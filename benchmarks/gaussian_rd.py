@@ -35,7 +35,7 @@ from diffc.backbone import load_backbone
 from diffc.backbones.gaussian import from_coefficients
 from diffc.chain import ExactChannel
 from diffc.codec import CodecParams, DiffcCodec
-from diffc.rcc.channel import PfrSpec, SparseSumSpec
+from diffc.rcc.spec import PfrSpec, SparseSumSpec
 from diffc.recon import Recon
 
 LN2 = math.log(2.0)

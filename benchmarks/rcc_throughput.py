@@ -36,7 +36,7 @@ import diffc.rcc.pfr as pfr
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rcc.randomness import column_hashes, hash32_, row_hashes
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.recon import Recon
 
 def _old_dots(col_h, row_h, u_col, offsets, h, t):

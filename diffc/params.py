@@ -3,7 +3,7 @@ and the codec (``diffc.codec``).
 
 ``CodecParams`` = the chain's ``schedule`` (encoding timesteps, ``diffc.schedule``) and ``seed``
 (shared randomness), the ``channel``'s spec (``diffc.plugins.ChannelSpec``: PFR by default,
-``diffc.rcc.channel.PfrSpec``), the ``recon``struction (``diffc.recon.Recon``) and the ``parity``
+``diffc.rcc.spec.PfrSpec``), the ``recon``struction (``diffc.recon.Recon``) and the ``parity``
 the backbone's config was resolved with. Each part validates itself once, in its own
 ``__post_init__``; the commands build it from the composed ``codec`` config in one call
 (``pipelines.codec_config.codec_params``), the decoder from a header (``diffc.codec.params_from_header``).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import format as fmt
 from .checks import checked_int
 from .plugins import ChannelSpec
-from .rcc.channel import PfrSpec
+from .rcc.spec import PfrSpec
 from .recon import Recon
 
 

@@ -9,7 +9,7 @@ ever see a spec's ``name`` and bytes, so adding a channel is one module that reg
 fields, registered as a Hydra structured config by ``pipelines.codec_config``); the codec never
 branches on names.
 
-Specs are found by name (``channel_spec``): the built-ins (``diffc.rcc.channel``, ``diffc.codebook``), then the
+Specs are found by name (``channel_spec``): the built-ins (``diffc.rcc.spec``, ``diffc.codebook.spec``), then the
 ``diffc.channels`` entry-point group of installed packages, then the modules named in the
 environment variable ``DIFFC_CHANNELS`` (comma-separated, e.g. ``DIFFC_CHANNELS=mypkg.mychannel``).
 
@@ -29,10 +29,14 @@ import os
 import struct
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import format as fmt
-from .chain import Channel
+
+if TYPE_CHECKING:  # the chain imports torch; the specs of a config must not
+    import torch
+
+    from .chain import Chain, Step
 
 #: most bytes of a spec in a header
 MAX_SPEC_BYTES = 255
@@ -63,11 +67,17 @@ class StepRecord:
     delivered_bits: float
 
 
-class CodingChannel(Channel, Protocol):
+class CodingChannel(Protocol):
     """What the codec asks of a channel: ``diffc.chain.Channel``'s ``send`` / ``receive`` (appending a
     ``StepRecord`` per step sent), plus its stream."""
 
     records: list[StepRecord]
+
+    def send(self, chain: "Chain", step: "Step") -> "torch.Tensor":
+        """Encoder: x_t' for ``step`` (``diffc.chain.Channel.send``)."""
+
+    def receive(self, chain: "Chain", step: "Step") -> "torch.Tensor":
+        """Decoder: the same x_t' (``diffc.chain.Channel.receive``)."""
 
     def stream(self) -> tuple[bytes, Any]:
         """(the payload of the steps sent or received so far, its ``diffc.rcc.entropy.StreamCost``)."""
@@ -182,8 +192,8 @@ def _discover() -> None:
     global _DISCOVERED
     if not _DISCOVERED:
         _DISCOVERED = True
-        importlib.import_module("diffc.rcc.channel")
-        importlib.import_module("diffc.codebook")
+        importlib.import_module("diffc.rcc.spec")
+        importlib.import_module("diffc.codebook.spec")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()
     for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):

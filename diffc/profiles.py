@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .params import CodecParams
-from .rcc.channel import PfrSpec
+from .rcc.spec import PfrSpec
 from .recon import Recon
 
 _GAUSSIAN = CodecParams("geom-30", channel=PfrSpec(8, 2, skip_kl=0.03), recon=Recon("denoise", 20))

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from diffc import format as fmt
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec, pad_to
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.profiles import profile_params
 from diffc.recon import Recon
 from pipelines.common import model_config

@@ -9,7 +9,8 @@ import torch
 
 from diffc import format as fmt
 from diffc.chain import Chain, ExactChannel, Step
-from diffc.rcc.channel import PfrChannel, PfrSpec
+from diffc.rcc.spec import PfrSpec
+from diffc.rcc.channel import PfrChannel
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rate import RateTarget
 from diffc.recon import Recon

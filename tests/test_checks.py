@@ -18,7 +18,7 @@ from diffc import format as fmt
 from diffc.checks import InvalidValue, checked_int
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel
 from pipelines.common import CONF_DIR, EXPECTED_ERRORS
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from pipelines.compress import compress
 from pipelines.datasets import DatasetError, read_image
 from pipelines.decompress import decompress

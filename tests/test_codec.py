@@ -12,7 +12,7 @@ import torch
 from diffc import format as fmt
 from diffc.backbones.gaussian import GaussianBackbone
 from diffc.chain import LN2
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec, params_from_header
 from diffc.rate import RateTarget
 from diffc.recon import Recon

@@ -15,7 +15,7 @@ import torch
 from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.determinism import check_provenance, deterministic, provenance_here
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.recon import Recon
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diffc import format as fmt
-from diffc.codebook import TurboDdcmSpec
-from diffc.rcc.channel import PfrSpec
+from diffc.codebook.spec import TurboDdcmSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.recon import Recon
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffc.codebook import DdcmSpec, TurboDdcmSpec
+from diffc.codebook.spec import DdcmSpec, TurboDdcmSpec
 from diffc.codec import DiffcCodec
-from diffc.rcc.channel import PfrSpec, SparseSumSpec
+from diffc.rcc.spec import PfrSpec, SparseSumSpec
 from test_backbones import PARAMS, TINY, _one_thread, make_image, tiny  # noqa: F401 (autouse fixture)
 
 

@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from diffc import format as fmt
-from diffc.rcc.channel import PfrSpec
-from diffc.codebook import DdcmSpec, TurboDdcmChannel, TurboDdcmSpec
+from diffc.rcc.spec import PfrSpec
+from diffc.codebook.spec import DdcmSpec, TurboDdcmSpec
+from diffc.codebook.channel import TurboDdcmChannel
 from diffc.codec import CodecParams, DiffcCodec, UnknownChannel, params_from_header
 from diffc.rcc.randomness import normals
 from diffc.recon import Recon

@@ -18,10 +18,10 @@ from PIL import Image
 
 from diffc import backbone as backbone_mod
 from diffc import format as fmt
-from diffc.rcc.channel import PfrSpec, SparseSumSpec
+from diffc.rcc.spec import PfrSpec, SparseSumSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.plugins import ChannelSpec, channel_names, channel_spec
-from diffc.codebook import DdcmSpec, TurboDdcmSpec
+from diffc.codebook.spec import DdcmSpec, TurboDdcmSpec
 from pipelines.common import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_compiled_search_writes_the_same_files(gaussian_backbone) -> None:
 def test_the_largest_candidate_count_is_coded() -> None:
     """2^23 candidates per chunk (MAX_CANDIDATE_BITS) range-code; 2^24 cannot (the index model's
     24-bit probabilities), so it is refused as a parameter."""
-    from diffc.rcc.channel import MAX_CANDIDATE_BITS
+    from diffc.rcc.spec import MAX_CANDIDATE_BITS
     from diffc.rcc.entropy import StepDecoder, StepEncoder, StepSymbols
 
     k = 1 << MAX_CANDIDATE_BITS

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from analysis.results import load_results
-from diffc.rcc.channel import PfrSpec
+from diffc.rcc.spec import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.checks import InvalidValue
 from diffc.rate import RateTarget, within

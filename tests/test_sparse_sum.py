@@ -19,8 +19,8 @@ from diffc import format as fmt
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.rcc.pfr import ArrivalGaps, ChunkPlan, chunk_sums, decode_chunks, encode_chunks
 from diffc.rcc.sparse_sum import SparseSum
-from diffc.codebook import DdcmSpec
-from diffc.rcc.channel import PfrSpec, SparseSumSpec
+from diffc.codebook.spec import DdcmSpec
+from diffc.rcc.spec import PfrSpec, SparseSumSpec
 from diffc.recon import Recon
 
 LN2 = math.log(2.0)

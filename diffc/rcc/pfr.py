@@ -446,7 +446,7 @@ def codebook_scores(u: torch.Tensor, key: int, num_codes: int, n_dims: int, *, b
                     compile: bool = False) -> torch.Tensor:
     """<C_n, u> for every code n of a step's codebook (float64 [num_codes] on u's device, no host
     sync): code n = row n of the step's stream over ``n_dims`` columns (the DDCM peers' codebook,
-    ``diffc.codebook.CodebookChannel``), K x D candidate entries: the i.i.d. scorer with one chunk
+    ``diffc.codebook.channel.CodebookChannel``), K x D candidate entries: the i.i.d. scorer with one chunk
     (``scorer``: a sequential float32 sum in column order, the same on every device, thread count
     and block size)."""
     dev = u.device

@@ -29,15 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import checked_int
 from ..determinism import search_threads
 from .pfr import ArrivalGaps, ChunkPlan, compiled, default_block_entries, pfr_search, scorer
 from .randomness import column_hashes, entry_hashes, normals, row_hashes
+from .spec import check_bank
 
-#: most atoms per candidate (bounds the per-candidate work and the selection hash's columns)
-MAX_M = 64
-#: largest atom bank (rows of the atom stream; the projection table is 4 x C x K_a bytes)
-MAX_ATOMS = 1 << 20
 #: (candidate, chunk, atom) triples per encoder block, per entry of the device's candidate block
 #: (``diffc.rcc.pfr.default_block_entries``): 2^20 triples on the CPU (~8 MiB of int32 hashes and
 #: scratch, cache-friendly), 2^28 on CUDA
@@ -64,11 +60,7 @@ class SparseSum:
     m: int
 
     def __post_init__(self):
-        checked_int("sparse_m", self.m, 1, MAX_M)
-        g = self.atoms // self.m
-        if not self.m <= self.atoms <= MAX_ATOMS or self.atoms != g * self.m or g & (g - 1):
-            raise ValueError(f"atoms must be sparse_m ({self.m}) x a power of two, at most {MAX_ATOMS}, "
-                             f"got {self.atoms}")
+        check_bank(self.atoms, self.m)
 
     @property
     def group(self) -> int:
