@@ -189,7 +189,7 @@ def test_version_8_file_is_refused_in_one_line() -> None:
     not as a fingerprint mismatch."""
     old = bytes.fromhex(GOLDEN.with_name("gaussian_v8.hex").read_text().strip())
     assert old[0] == 0xD8
-    with pytest.raises(fmt.UnsupportedVersion, match="version 8 is not supported") as ei:
+    with pytest.raises(fmt.UnsupportedVersion, match="format version 8; this build reads 9") as ei:
         fmt.read(old)
     assert "\n" not in str(ei.value)
 
