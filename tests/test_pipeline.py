@@ -47,6 +47,20 @@ ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUF
                     "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def run_job_one_thread(cfg, job_dir: Path) -> None:
+    """``run_job`` in this process at one torch thread (the thread count it restores after)."""
+    import torch
+
+    from pipelines.evaluate import run_job
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(cfg, job_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def evaluate_cmd(args: list[str], root: Path) -> list[str]:
     return [sys.executable, "-m", "pipelines.evaluate", *args, f"root={root}"]
 
@@ -257,22 +271,15 @@ def test_launchers_give_the_same_rows(launcher: str, small_reference: pd.DataFra
 
 def test_bpp_targets_pick_real_files(tmp_path: Path) -> None:
     """bitrate=bpp: per target, the highest-rate point whose real file fits; none fits -> NaN + reason."""
-    import torch
     from hydra import compose, initialize_config_dir
 
     from pipelines.common import CONF_DIR
-    from pipelines.evaluate import run_job
 
     targets = [0.001, 1.0, 4.0]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["model=gaussian", *FAST, "bitrate=bpp",
                                            f"bitrate.bpp=[{','.join(map(str, targets))}]"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_job(cfg, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    run_job_one_thread(cfg, tmp_path)
     rows, _ = load_results(tmp_path)
     codec = rows[rows["kind"] == "codec"].sort_values("target_bpp")
     assert list(codec["target_bpp"]) == targets

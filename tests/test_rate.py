@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from PIL import Image
 
 from analysis.results import load_results
 from diffc.rcc.spec import PfrSpec
@@ -27,6 +26,8 @@ from pipelines.compress import compress
 from pipelines.target import request
 
 from test_cli import run_task
+from test_pipeline import run_job_one_thread
+from test_target import crop  # noqa: F401  (the fixture: kodim23 as kodak-small has it)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = CodecParams("linspace-8", channel=PfrSpec(chunk_bits=4, padding_bits=1))
@@ -122,15 +123,6 @@ def test_bad_group_values_are_one_line(node: dict, needle: str) -> None:
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.fixture(scope="module")
-def crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.datasets import load_dataset
-
-    path = tmp_path_factory.mktemp("rate") / "kodim23.png"
-    Image.fromarray(dict(load_dataset("kodak-small"))["kodim23"]).save(path)
-    return path
-
-
 def test_a_bpp_request_and_a_timestep_request_write_the_same_file(crop: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     """compress bpp=B keeps the file of the highest-rate step within B: the very file that
@@ -174,17 +166,10 @@ FAST = ["model=gaussian", "dataset=kodak-small", "dataset.options.ids=[kodim05,k
 def test_evaluate_quality_target_rows_reach_it_or_say_why(tmp_path: Path) -> None:
     """bitrate=psnr: per image and target, the row's (decoder's) PSNR reaches the target at the
     smallest stop the bisection found, or the row is NaN with the best PSNR reached as its reason."""
-    from pipelines.evaluate import run_job
-
     targets = [18.0, 22.0, 60.0]
     cfg = composed("config", [*FAST, "bitrate=psnr", f"bitrate.psnr=[{','.join(map(str, targets))}]",
                               "save.diffc=true"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_job(cfg, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    run_job_one_thread(cfg, tmp_path)
     rows, _ = load_results(tmp_path)
     codec = rows[rows["kind"] == "codec"]
     assert sorted(codec["target_quality"].unique()) == targets and set(codec["target_metric"]) == {"psnr"}
