@@ -21,10 +21,10 @@ i.e. conf/model/gaussian.yaml with the setting's overrides):
   bits at equal PSNR;
 - ``encode_s``: seconds of the encodes (one thread; read ratios only, the machine is shared).
 
-The settings (``SETTINGS``): skip_kl 0, 0.005, 0.01, 0.03 with i.i.d. candidates, and sparse-sum
-candidates (``diffc.rcc.sparse_sum``) with 256 atoms / M = 8 and 512 atoms / M = 8, skip 0.
+The settings (``SETTINGS``): skip_kl 0, 0.001, 0.002, 0.005, 0.01, 0.03 with i.i.d. candidates, and
+sparse-sum candidates (``diffc.rcc.sparse_sum``) with 256 atoms / M = 8 and 512 atoms / M = 8, skip 0.
 
-    python benchmarks/skip_tradeoff.py [--quick] [--crops N]
+    python benchmarks/skip_tradeoff.py [--quick] [--crops N] [--only LABEL;LABEL...]
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ from diffc.codec import CodecParams, DiffcCodec
 #: label -> overrides of the default options (coding_efficiency.default_options)
 SETTINGS = {
     "iid skip 0": {"skip_kl": 0.0},
+    "iid skip 0.001": {"skip_kl": 0.001},
+    "iid skip 0.002": {"skip_kl": 0.002},
     "iid skip 0.005": {"skip_kl": 0.005},
     "iid skip 0.01": {"skip_kl": 0.01},
     "iid skip 0.03": {"skip_kl": 0.03},
@@ -84,7 +86,10 @@ def main() -> None:
     ap = C.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", default="geom-30")
     ap.add_argument("--crops", type=int, default=None, help="256 x 256 Kodak crops (default 4, quick 2)")
+    ap.add_argument("--only", default=None, help="';'-separated labels of SETTINGS to run (the first, the anchor, always runs)")
     args = ap.parse_args()
+    first = next(iter(SETTINGS))
+    settings = {k: v for k, v in SETTINGS.items() if k == first or args.only is None or k in args.only.split(";")}
     C.setup(args)
     t_start = time.perf_counter()
     sources = {"kodak_small": C.kodak_small(args.quick), "kodak_crops_256": kodak_crops(args.crops or (2 if args.quick else 4))}
@@ -92,7 +97,7 @@ def main() -> None:
     out: dict[str, dict] = {}
     for source, images in sources.items():
         rows, anchor = [], None
-        for label, over in SETTINGS.items():
+        for label, over in settings.items():
             m = measure(DiffcCodec(backbone, CodecParams.of(**{**default_options(args), **over})), images)
             curve = m.pop("curve")
             if anchor is None:
@@ -106,7 +111,7 @@ def main() -> None:
                   f"{m['bits_over_delivered_coded']:.3f}), BD-rate {bd:+.2f}% {reason}, encode {m['encode_s']:.1f} s")
         C.log(f"\n{source} ({len(images)} images {tuple(images[0][1].shape)}):")
         C.table(rows)
-    C.emit("skip_tradeoff", args, {"settings": SETTINGS, **out, "images": {s: [i for i, _ in imgs] for s, imgs in sources.items()}}, t_start)
+    C.emit("skip_tradeoff", args, {"settings": settings, **out, "images": {s: [i for i, _ in imgs] for s, imgs in sources.items()}}, t_start)
 
 
 if __name__ == "__main__":
