@@ -47,7 +47,9 @@ cumulative sum whatever the blocks. On the CPU the scores come from the fused ke
 (``diffc.rcc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
 candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
 neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
-``compile``) give the same scores. Opt-in ``compile=True`` runs the per-block functions through
+``compile``) give the same scores, in the wide form of ``diffc.rcc.randomness`` (int64 hashes, the
+normal from float64 bits: ~23 ops per block into a 20-byte-per-entry ``_Workspace``; every block of
+a step has the same shape, ``block_size``). Opt-in ``compile=True`` runs the per-block functions through
 ``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
 decodable whatever rounding the encoder's scores had.
 """
