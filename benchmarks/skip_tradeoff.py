@@ -86,13 +86,15 @@ def main() -> None:
     ap = C.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", default="geom-30")
     ap.add_argument("--crops", type=int, default=None, help="256 x 256 Kodak crops (default 4, quick 2)")
-    ap.add_argument("--only", default=None, help="';'-separated labels of SETTINGS to run (the first, the anchor, always runs)")
+    ap.add_argument("--only", default=None,
+                    help="';'-separated labels of SETTINGS to run (the first, the anchor, always runs)")
     args = ap.parse_args()
     first = next(iter(SETTINGS))
     settings = {k: v for k, v in SETTINGS.items() if k == first or args.only is None or k in args.only.split(";")}
     C.setup(args)
     t_start = time.perf_counter()
-    sources = {"kodak_small": C.kodak_small(args.quick), "kodak_crops_256": kodak_crops(args.crops or (2 if args.quick else 4))}
+    sources = {"kodak_small": C.kodak_small(args.quick),
+               "kodak_crops_256": kodak_crops(args.crops or (2 if args.quick else 4))}
     backbone = load_backbone("gaussian", device=args.device)
     out: dict[str, dict] = {}
     for source, images in sources.items():
@@ -111,7 +113,8 @@ def main() -> None:
                   f"{m['bits_over_delivered_coded']:.3f}), BD-rate {bd:+.2f}% {reason}, encode {m['encode_s']:.1f} s")
         C.log(f"\n{source} ({len(images)} images {tuple(images[0][1].shape)}):")
         C.table(rows)
-    C.emit("skip_tradeoff", args, {"settings": settings, **out, "images": {s: [i for i, _ in imgs] for s, imgs in sources.items()}}, t_start)
+    images = {s: [i for i, _ in imgs] for s, imgs in sources.items()}
+    C.emit("skip_tradeoff", args, {"settings": settings, **out, "images": images}, t_start)
 
 
 if __name__ == "__main__":

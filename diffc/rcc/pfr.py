@@ -47,10 +47,10 @@ cumulative sum whatever the blocks. On the CPU the scores come from the fused ke
 (``diffc.rcc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
 candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
 neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
-``compile``) give the same scores, in the wide form of ``diffc.rcc.randomness`` (int64 hashes, the
-normal from float64 bits: ~23 ops per block into a 20-byte-per-entry ``_Workspace``; every block of
-a step has the same shape, ``block_size``). Opt-in ``compile=True`` runs the per-block functions through
-``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
+``compile``) give the same scores, in the wide form of ``diffc.rcc.randomness`` (int64 hashes,
+the normal from float64 bits: ~23 ops per block into a 20-byte-per-entry ``_Workspace``; every
+block of a step has the same shape, ``block_size``). Opt-in ``compile=True`` runs the per-block
+functions through ``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
 decodable whatever rounding the encoder's scores had.
 """
 from __future__ import annotations
@@ -68,13 +68,13 @@ from .randomness import (column_hashes, entry_hashes, exact_log, hash_to_normal,
                          wide_normal_, wide_tables)
 
 #: candidate-block size target of the torch path on the CPU (``compile=True``): entries generated
-#: per block (memory 8 bytes each); 2^19 measured fastest (cache-resident blocks)
+#: per block; 2^19 measured fastest (cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
 #: candidates per block of the fused CPU kernels (``diffc.rcc.fused``), whatever the latent's size:
 #: their loops over a block's candidates vectorise, and a chunk's B running sums stay in L1
 #: (benchmarks/rcc_throughput.py: 64..1024 within 20%)
 FUSED_ROWS = 256
-#: the same on CUDA: blocks of 2^27 entries (1 GiB of workspace) keep a Flux-size step
+#: the same on CUDA: blocks of 2^27 entries (2.5 GiB of workspace, ``_Workspace``) keep a Flux-size step
 #: (2^18 entries x 2^14 candidates) at 32 blocks, i.e. ~10^3 kernel launches per step instead of
 #: ~10^6 (benchmarks/gpu_readiness.py)
 BLOCK_ENTRIES_CUDA = 1 << 27

@@ -51,8 +51,9 @@ cell, J = ``WIDE_TABLE_SIZE`` values) and b >> 22 = j 2^22 + f 2^(22 - sh) (sh <
 
 is the module's interpolation exactly (the same floor of the same rational, scaled by 2^(22 - sh);
 for v < 512, f = 0 and the low 44 bits of b are 0); a negative hash reads a second half of the
-tables that gives -q the same way. ``wide_normal_tables`` derives (A, D) from the shipped table; tests/test_randomness.py
-checks the wide form against the int32 one on every table cell's ends and on random hashes.
+tables that gives -q the same way. ``wide_normal_tables`` derives (A, D) from the shipped table;
+tests/test_randomness.py checks the wide form against the int32 one on every table cell's ends and
+on random hashes.
 """
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ def _hash(x: torch.Tensor, wide: bool) -> torch.Tensor:
 
 def column_hashes(key: int, cols: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """P[col] for int columns (any int dtype, values < 2^31): int32, or int64 in 0..2^32-1 (``wide``)."""
-    return _hash(cols.to(torch.int64) + key, True) if wide else hash32(cols.to(torch.int32) + key)
+    return _hash(cols.to(torch.int64 if wide else torch.int32) + key, wide)
 
 
 def row_hashes(key: int, rows: torch.Tensor, wide: bool = False) -> torch.Tensor:
