@@ -19,6 +19,11 @@ decoded by ``pipelines.decompress``, and the decoded PNG must equal the encoder'
 ``recon_output`` byte for byte (``decodes_to_encoder_png``).
 
     python benchmarks/encode_cost.py [--quick] [--baseline REF] [--repeats N] [--timestep T]
+                                     [--variant NAME=OVERRIDE[,OVERRIDE...] ...]
+
+``--variant`` adds configurations of this checkout with their own overrides (e.g.
+``skip_0.01=codec.channel.skip_kl=0.01``), timed in the same interleaved runs; each gets its
+``speedup`` against the same baseline under ``variants``.
 
 --quick: a 256 x 256 crop of kodim23 (about 9x less work), one repeat, the baseline at 1 thread. The last stdout line is one
 JSON object {"bench": "encode_cost", ...}.
@@ -99,8 +104,11 @@ def main() -> None:
                     help="thread counts the baseline runs at, the fastest counts (default 1,2; quick 1)")
     ap.add_argument("--now-threads", type=int, default=None,
                     help="OMP_NUM_THREADS of this checkout's runs (default: not set, what users get)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=OVERRIDE[,OVERRIDE...]: also time this checkout with these overrides")
     args = ap.parse_args()
     t_start = time.perf_counter()
+    variants = {v.split("=", 1)[0]: tuple(v.split("=", 1)[1].split(",")) for v in args.variant}
     repeats = args.repeats or (1 if args.quick else 2)
     from PIL import Image
 
@@ -125,6 +133,7 @@ def main() -> None:
                for n in map(int, (args.baseline_threads or ("1" if args.quick else "1,2")).split(","))},
             "now": (C.ROOT, args.now_threads, ()),
             "now_no_skip": (C.ROOT, args.now_threads, ("codec.channel.skip_kl=0",)),
+            **{name: (C.ROOT, args.now_threads, extra) for name, extra in variants.items()},
         }
         times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in configs}
         C.log(f"encode_cost: kodim23 {img.shape[1]}x{img.shape[0]} to t={args.timestep}, baseline {args.baseline}, "
@@ -156,6 +165,8 @@ def main() -> None:
         "encode_cpu_s": best["now"][1], "no_skip_encode_s": no_skip, "speedup": base / now,
         "skip_factor": no_skip / now, "other_factor": base / no_skip, "goal_speedup": 4.0,
         "decodes_to_encoder_png": same, "file_bytes": sizes,
+        "variants": {name: {"overrides": list(variants[name]), "encode_s": best[name][0], "speedup": base / best[name][0]}
+                     for name in variants},
         "process_cpu_s": {k: min(p for _, _, p in v) for k, v in times.items()},
         "runs": {k: [{"wall_s": w, "cpu_s": c, "process_cpu_s": p} for w, c, p in v] for k, v in times.items()},
     }, t_start)

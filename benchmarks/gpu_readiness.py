@@ -53,7 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import diffc.rcc.pfr as pfr
 from diffc.rcc.pfr import ChunkPlan, _arrival_key, decode_chunks, encode_chunks, make_plan
-from diffc.rcc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms
+from diffc.rcc.randomness import column_hashes, entry_hashes, hash_to_normal, row_hashes, uniforms, wide_tables
 
 LATENTS = {"sd15": (4, 64, 96), "sdxl": (4, 128, 128), "flux": (16, 128, 128)}
 KL_BITS = {"sd15": REF_STEP_KL_BITS["sd15"], "sdxl": REF_STEP_KL_BITS["sdxl"], "flux": REF_STEP_KL_BITS["flux-dev"]}
@@ -238,6 +238,7 @@ def main() -> None:
     C.log(f"gpu_readiness: K = {k_full} (CPU identity checks at K = {k_run}), CUDA block "
           f"{pfr.BLOCK_ENTRIES_CUDA} entries, CPU block {pfr.BLOCK_ENTRIES}, {torch.get_num_threads()} threads")
     rows, identical = [], True
+    wide_tables("meta")  # the normal's tables: one host-to-device copy per device and process, not per step
     for name in LATENTS:
         n, c, u_meta = step_inputs(name, "meta")
         after = counted(fused_step, n, c, u_meta, k_full)

@@ -345,7 +345,7 @@ def test_scored_candidate_equals_regenerated_at_high_rows_and_65536_dims(monkeyp
         blocks.append(pfr.fused.normals_block(col_h, row_h))
         return real_dots(col_h, row_h, *a, **kw)
 
-    monkeypatch.setattr(pfr, "row_hashes", lambda kk, rows: real_row_hashes(kk, rows.to(torch.int64) + offset))
+    monkeypatch.setattr(pfr, "row_hashes", lambda kk, rows, *a: real_row_hashes(kk, rows.to(torch.int64) + offset, *a))
     monkeypatch.setattr(pfr.fused, "iid_dots", spy)
     idx = encode_chunks(u, plan, k, key)
     monkeypatch.undo()

@@ -118,6 +118,30 @@ def test_integer_exact_normal_equals_the_reference_in_torch_and_fused() -> None:
     assert torch.equal(z64.float(), z) and torch.equal(torch.round(z64 * 2**28), z64 * 2**28)
 
 
+def test_wide_form_equals_the_int32_form() -> None:
+    """The torch search's wide form (int64 hashes in 0..2^32-1, the normal read from float64 bits,
+    diffc/rcc/randomness.py docstring): hashes equal the int32 ones read unsigned, and the
+    workspace normal (``wide_normal_``) equals the pure-Python reference on both ends of every
+    table cell, both signs, and on 10^5 random hashes."""
+    rng = np.random.default_rng(1)
+    nodes = [int(v) for v in rnd.normal_table_nodes()[:-1]]
+    ends = sorted({v for n in nodes for v in (n, n - 1, n + 1) if 0 <= v < 1 << 31})
+    vals = ends + [v | (1 << 31) for v in ends] + [int(v) for v in rng.integers(0, 1 << 32, 100_000)]
+    x = torch.tensor(vals, dtype=torch.int64)
+    n = x.numel()
+    z = rnd.wide_normal_(x.clone(), torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int32))
+    assert z.dtype == torch.float32 and z.tolist() == [ref_hash_normal(v) for v in vals]
+    assert torch.equal(rnd.hash_to_normal(x), z)
+    cols = torch.tensor(EDGE[:10] + [int(v) for v in rng.integers(0, 1 << 31, 1000)], dtype=torch.int64).abs()
+    for key in (0, 2**31 - 1):
+        for fn in (rnd.column_hashes, rnd.row_hashes):
+            assert torch.equal(fn(key, cols, wide=True), fn(key, cols).to(torch.int64) & M32)
+    c, r = rnd.column_hashes(3, cols, True)[:, None], rnd.row_hashes(3, cols[:40], True)[None, :]
+    wide = rnd.entry_hashes(c, r)
+    assert wide.dtype == torch.int64 and torch.equal(wide, rnd.entry_hashes(c.int(), r.int()).to(torch.int64) & M32)
+    assert torch.equal(rnd.hash_to_uniform(wide), rnd.hash_to_uniform(wide.int()))
+
+
 def test_integer_exact_normal_accuracy() -> None:
     """|z - Phi^-1(p)| <= 1e-6 (linear interpolation between the table's nodes; measured 8.6e-7)
     on every table node's neighbourhood and 10^6 random hashes; the extreme is Phi^-1(2^-33) and

@@ -149,3 +149,24 @@ def test_compiled_search_equals_eager():
         assert torch.equal(gen.encode_chunks(u, plan, 512, key, compile=True, **kw),
                            gen.encode_chunks(u, plan, 512, key))
         assert torch.equal(codebook_scores(u, key, 128, n, compile=True), codebook_scores(u, key, 128, n))
+
+
+def test_ops_per_step_on_a_gpu_do_not_regress() -> None:
+    """benchmarks/gpu_readiness.py's count (aten ops dispatched by one coded step at the CUDA block
+    size, on the meta device) for the SD 1.5 and SDXL latents: at most the figures of the fusion
+    (72456cc: 364 and 488; the integer-exact normal had raised them to 498 and 728), one host read,
+    and the wide form's workspace of 20 bytes per entry (peak under 2.7 GiB)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_readiness as gr
+
+    from diffc.rcc.randomness import wide_tables
+
+    wide_tables("meta")  # one copy per device and process, not per step
+    for name, most in (("sd15", 364), ("sdxl", 488)):
+        n, c, u = gr.step_inputs(name, "meta")
+        got = gr.counted(gr.fused_step, n, c, u, 1 << 14)
+        assert got["ops"] <= most and got["syncs"] == 1 and got["h2d"] <= 2, (name, got)
+        assert got["peak_mib"] < 2.7 * 1024, (name, got)

@@ -47,8 +47,10 @@ cumulative sum whatever the blocks. On the CPU the scores come from the fused ke
 (``diffc.rcc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
 candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
 neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
-``compile``) give the same scores. Opt-in ``compile=True`` runs the per-block functions through
-``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
+``compile``) give the same scores, in the wide form of ``diffc.rcc.randomness`` (int64 hashes,
+the normal from float64 bits: ~23 ops per block into a 20-byte-per-entry ``_Workspace``; every
+block of a step has the same shape, ``block_size``). Opt-in ``compile=True`` runs the per-block
+functions through ``torch.compile``; the decoder never runs the search (it regenerates z_N alone), so a file is
 decodable whatever rounding the encoder's scores had.
 """
 from __future__ import annotations
@@ -62,16 +64,17 @@ import torch
 
 from . import fused
 from ..determinism import search_threads
-from .randomness import column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes
+from .randomness import (column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes,
+                         wide_normal_, wide_tables)
 
 #: candidate-block size target of the torch path on the CPU (``compile=True``): entries generated
-#: per block (memory 8 bytes each); 2^19 measured fastest (cache-resident blocks)
+#: per block; 2^19 measured fastest (cache-resident blocks)
 BLOCK_ENTRIES = 1 << 19
 #: candidates per block of the fused CPU kernels (``diffc.rcc.fused``), whatever the latent's size:
 #: their loops over a block's candidates vectorise, and a chunk's B running sums stay in L1
 #: (benchmarks/rcc_throughput.py: 64..1024 within 20%)
 FUSED_ROWS = 256
-#: the same on CUDA: blocks of 2^27 entries (1 GiB of workspace) keep a Flux-size step
+#: the same on CUDA: blocks of 2^27 entries (2.5 GiB of workspace, ``_Workspace``) keep a Flux-size step
 #: (2^18 entries x 2^14 candidates) at 32 blocks, i.e. ~10^3 kernel launches per step instead of
 #: ~10^6 (benchmarks/gpu_readiness.py)
 BLOCK_ENTRIES_CUDA = 1 << 27
@@ -296,44 +299,66 @@ def default_block_entries(device: torch.device | str) -> int:
 
 def block_size(n_positions: int, num_candidates: int, block_entries: int | None = None,
                device: torch.device | str = "cpu") -> int:
-    """Candidates per block: ~``block_entries`` entries (None = the device's default), at least 1,
-    at most all."""
+    """Candidates per block: at most ~``block_entries`` entries (None = the device's default), at
+    least 1, at most all; the blocks a search needs at that size, made equal (one block shape per
+    step: no ragged last block, whose views and work a step would pay apart)."""
     entries = block_entries or default_block_entries(device)
-    return max(1, min(num_candidates, entries // max(n_positions, 1)))
+    most = max(1, min(num_candidates, entries // max(n_positions, 1)))
+    return -(-num_candidates // -(-num_candidates // most))
 
 
-def stream_hashes(key: int, n_cols: int, n_rows: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loop invariants of a step's stream: (P[col] int32 [n_cols, 1], R[row] int32 [1, n_rows])
-    for columns 0..n_cols-1 and rows 0..n_rows-1 (``diffc.rcc.randomness``), computed once per step."""
+def stream_hashes(key: int, n_cols: int, n_rows: int, device: torch.device | str,
+                  wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop invariants of a step's stream: (P[col] [n_cols, 1], R[row] [1, n_rows]) for columns
+    0..n_cols-1 and rows 0..n_rows-1 (``diffc.rcc.randomness``; int32, or int64 ``wide``), computed
+    once per step."""
     cols = torch.arange(n_cols, dtype=torch.int32, device=device)
     rows = torch.arange(n_rows, dtype=torch.int32, device=device)
-    return column_hashes(key, cols)[:, None], row_hashes(key, rows)[None, :]
+    return column_hashes(key, cols, wide)[:, None], row_hashes(key, rows, wide)[None, :]
 
 
-def _workspace(n_positions: int, block: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat int32 buffers of one candidate block (hashes; hash scratch, then the block's float32
-    normals in the same bytes: 8 bytes per entry), reused by every block."""
-    n = n_positions * block
-    return torch.empty(n, dtype=torch.int32, device=device), torch.empty(n, dtype=torch.int32, device=device)
+class _Workspace:
+    """Flat buffers of one candidate block of the torch search, reused by every block: the wide
+    hashes (int64), their scratch, then the float64 bits and the table look-ups (int64), and the
+    table index, then the block's float32 normals (int32): 20 bytes per entry
+    (``randomness.wide_normal_``). The views of a block shape are made once per shape."""
+
+    def __init__(self, n_positions: int, block: int, device: torch.device | str):
+        n = n_positions * block
+        self.x, self.bits = (torch.empty(n, dtype=torch.int64, device=device) for _ in range(2))
+        self.index = torch.empty(n, dtype=torch.int32, device=device)
+        self._views: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+
+    def views(self, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """(x, scratch) of ``shape``; x, bits, index, bits as float64, index as float32 (flat); the
+        normals of ``shape`` (in index's bytes)."""
+        v = self._views.get(shape)
+        if v is None:
+            n = shape[0] * shape[1]
+            x, bits, index = self.x[:n], self.bits[:n], self.index[:n]
+            z = index.view(torch.float32)
+            v = self._views[shape] = (x.view(shape), bits.view(shape), x, bits, index, bits.view(torch.float64), z,
+                                      z.view(shape))
+        return v
 
 
-def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, bufs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """Candidates of the rows hashed in ``row_h`` ([1, B]) over the columns of ``col_h`` ([D, 1]):
-    float32 [D, B], contiguous, in ``bufs`` (``_workspace``; overwritten) or freshly allocated
-    (torch ops: the CUDA and ``compile`` path)."""
-    if bufs is None:
+def _normals_block(col_h: torch.Tensor, row_h: torch.Tensor, ws: _Workspace | None) -> torch.Tensor:
+    """Candidates of the rows hashed in ``row_h`` ([1, B]) over the columns of ``col_h`` ([D, 1]),
+    wide hashes: float32 [D, B], contiguous, in ``ws`` (overwritten) or freshly allocated (``compile``)."""
+    if ws is None:
         return hash_to_normal(entry_hashes(col_h, row_h))
-    shape = (col_h.shape[0], row_h.shape[1])
-    h, t = (b[:math.prod(shape)].view(shape) for b in bufs)
-    return hash_to_normal(entry_hashes(col_h, row_h, h, t), out=t.view(torch.float32))
+    x2, t2, x, bits, index, bits_f64, z, z2 = ws.views((col_h.shape[0], row_h.shape[1]))
+    entry_hashes(col_h, row_h, x2, t2)
+    wide_normal_(x, bits, index, bits_f64, z)
+    return z2
 
 
 def _iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u_col: torch.Tensor, offsets: torch.Tensor,
-              bufs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              ws: _Workspace | None = None) -> torch.Tensor:
     """z_n . u_c of the block's candidates for every chunk: float32 [C, B], one segment sum over
     the chunks' contiguous runs of positions (sequential float32 sums in position order; torch
     ops, the same numbers as ``diffc.rcc.fused.iid_dots``)."""
-    z = _normals_block(col_h, row_h, bufs).mul_(u_col)
+    z = _normals_block(col_h, row_h, ws).mul_(u_col)
     return torch.segment_reduce(z, "sum", offsets=offsets, axis=0, unsafe=True)
 
 
@@ -345,14 +370,17 @@ def scorer(u: torch.Tensor, offsets: torch.Tensor, key: int, num_rows: int, bloc
     FUSED_ROWS rows (``block_entries`` // P when given); elsewhere by ``_iid_dots`` in
     ``block_size`` blocks. The numbers are the same either way and whatever the blocks."""
     dev, p = u.device, u.numel()
-    col_h, row_h = stream_hashes(key, p, num_rows, dev)
     u32 = u.to(torch.float32)
     if dev.type == "cpu" and not compile:
+        col_h, row_h = stream_hashes(key, p, num_rows, dev)
         rows = min(num_rows, FUSED_ROWS) if block_entries is None else block_size(p, num_rows, block_entries, dev)
         return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets)), rows
+    col_h, row_h = stream_hashes(key, p, num_rows, dev, wide=True)
+    wide_tables(dev)  # made before a compiled block reads them (tracing cannot run the numpy that makes them)
     block = block_size(p, num_rows, block_entries, dev)
-    fn, bufs = (compiled(_iid_dots), None) if compile else (_iid_dots, _workspace(p, block, dev))
-    return (lambda n0, n1: fn(col_h, row_h[:, n0:n1], u32[:, None], offsets, bufs)), block
+    fn, ws = (compiled(_iid_dots), None) if compile else (_iid_dots, _Workspace(p, block, dev))
+    u_col = u32[:, None]
+    return (lambda n0, n1: fn(col_h, row_h[:, n0:n1], u_col, offsets, ws)), block
 
 
 @functools.lru_cache(maxsize=None)
@@ -420,8 +448,9 @@ def pfr_search(dots: Callable[[int, int], torch.Tensor], n_chunks: int, num_cand
     """
     c, k = n_chunks, num_candidates
     akey = _arrival_key(key)
-    col_a = column_hashes(akey, torch.arange(c, dtype=torch.int32, device=device))[None, :]  # [1, C]
-    row_a = row_hashes(akey, torch.arange(k, dtype=torch.int32, device=device))[:, None]  # [K, 1]
+    wide = torch.device(device).type != "cpu"  # fewer ops per block where each is a launch
+    col_a = column_hashes(akey, torch.arange(c, dtype=torch.int32, device=device), wide)[None, :]  # [1, C]
+    row_a = row_hashes(akey, torch.arange(k, dtype=torch.int32, device=device), wide)[:, None]  # [K, 1]
     rows = torch.arange(k, dtype=torch.int64, device=device)
     state = (torch.full((c,), math.inf, dtype=torch.float64, device=device),
              torch.zeros(c, dtype=torch.int64, device=device), torch.zeros(c, dtype=torch.float64, device=device))
@@ -469,8 +498,9 @@ def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torc
     d = plan.src.numel()
     cols = torch.arange(d, dtype=torch.int32, device=device)
     rows = indices.to(device)[plan.chunk_of.to(device)].to(torch.int32)
-    col_h, row_h = column_hashes(key, cols), row_hashes(key, rows)
-    if torch.device(device).type == "cpu":
+    wide = torch.device(device).type != "cpu"
+    col_h, row_h = column_hashes(key, cols, wide), row_hashes(key, rows, wide)
+    if not wide:
         return fused.pair_normals(col_h, row_h)
     return hash_to_normal(entry_hashes(col_h, row_h))
 

@@ -37,6 +37,23 @@ float ops are what still differ, ``diffc.determinism``). Accuracy: |z - Phi^-1| 
 
 Integer work is int32 with two's-complement wrap-around (as on CPU and CUDA); right shifts are
 made logical by masking. Uniforms (``uniforms``, the encoder's arrival times) keep 24 bits.
+
+Wide form (the torch search's blocks: CUDA, meta, ``compile``): the same numbers with fewer
+tensor ops, each a kernel launch on a GPU (benchmarks/gpu_readiness.py). Hashes are held as int64
+in 0..2^32-1 (``wide=True``), so shifts need no mask (10 ops per hash instead of 15; C2 enters as
+the negative int32 constant, so every product stays below 2^63 in magnitude). The normal reads its
+table index and fraction from the bits b of float64(v) (exact: v < 2^31): with L the bit length of
+v and sh = max(L - 9, 0), b >> 44 = j is the exponent and top 8 mantissa bits (one j per table
+cell, J = ``WIDE_TABLE_SIZE`` values) and b >> 22 = j 2^22 + f 2^(22 - sh) (sh <= 22). So
+
+    q = (T[i] 2^22 + 2^21 + dT (f 2^(22 - sh))) >> 22 = (A[j] + D[j] (b >> 22)) >> 22,
+    A[j] = T[i] 2^22 + 2^21 - D[j] j 2^22,  D[j] = T[i + 1] - T[i] (0 for i < 512)
+
+is the module's interpolation exactly (the same floor of the same rational, scaled by 2^(22 - sh);
+for v < 512, f = 0 and the low 44 bits of b are 0); a negative hash reads a second half of the
+tables that gives -q the same way. ``wide_normal_tables`` derives (A, D) from the shipped table;
+tests/test_randomness.py checks the wide form against the int32 one on every table cell's ends and
+on random hashes.
 """
 from __future__ import annotations
 
@@ -51,6 +68,7 @@ import torch
 _C1 = 0x7FEB352D
 _C2 = 0x846CA68B - (1 << 32)  # as signed int32
 _INV24 = 1.0 / (1 << 24)
+_M32 = 0xFFFFFFFF
 #: xored into h(row + key) before the second hash, so that the row hash is a different function
 #: from the column hash (MurmurHash2's multiplier, used here only as a fixed constant).
 #: Part of the format: changing it changes every candidate and every bitstream.
@@ -91,16 +109,48 @@ def normal_table() -> np.ndarray:
     return t
 
 
-#: the table as an int64 tensor per device (a plain dict: ``torch.compile`` reads it as a constant)
-_TABLES: dict[torch.device, torch.Tensor] = {}
+#: the wide normal's table index: bits 44.. of float64(v), v < 2^31 (module docstring)
+WIDE_INDEX_SHIFT = 44
+#: ... and its fraction's scale: bits 22.. of float64(v)
+WIDE_FRAC_SHIFT = 22
+#: j of float64(2^31 - 1), plus one
+WIDE_TABLE_SIZE = (1022 + 31) * 256 + 256
+#: where the negative half of the wide tables starts (j + s WIDE_SIGN_OFFSET, s = the hash's bit 31)
+WIDE_SIGN_OFFSET = 1 << 19
 
 
-def _table(device: torch.device) -> torch.Tensor:
-    """The table as an int64 tensor on ``device`` (one copy per device)."""
-    table = _TABLES.get(device)
-    if table is None:
-        table = _TABLES[device] = torch.from_numpy(normal_table().copy()).to(device)
-    return table
+@functools.cache
+def wide_normal_tables() -> np.ndarray:
+    """(A, D) of the wide normal (module docstring): int64 [2, WIDE_SIGN_OFFSET + WIDE_TABLE_SIZE],
+    derived from the shipped table, at j for a positive hash and at WIDE_SIGN_OFFSET + j for a
+    negative one (A' = 2^22 - 1 - A, D' = -D: floor((2^22 - 1 - n) / 2^22) = -floor(n / 2^22));
+    entries no hash reaches are 0. Read-only."""
+    t = normal_table()
+    nodes = normal_table_nodes()[:-1]  # the first v of each table cell
+    j = nodes.astype(np.float64).view(np.int64) >> WIDE_INDEX_SHIFT
+    d = np.where(np.arange(nodes.size) >= 512, t[1:] - t[:-1], 0)
+    a = (t[:-1] << WIDE_FRAC_SHIFT) + (1 << (WIDE_FRAC_SHIFT - 1)) - d * (j << WIDE_FRAC_SHIFT)
+    out = np.zeros((2, WIDE_SIGN_OFFSET + WIDE_TABLE_SIZE), dtype=np.int64)
+    out[:, j] = a, d
+    out[:, WIDE_SIGN_OFFSET + j] = (1 << WIDE_FRAC_SHIFT) - 1 - a, -d
+    out.flags.writeable = False
+    return out
+
+
+#: the wide tables (A, D) as int64 tensors per device, one copy each (a plain dict: ``torch.compile``
+#: reads it as a constant)
+_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def wide_tables(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, D) of ``wide_normal_tables`` as int64 tensors on ``device`` (one host-to-device copy per
+    device and process)."""
+    device = torch.device(device)
+    tables = _TABLES.get(device)
+    if tables is None:
+        both = torch.from_numpy(wide_normal_tables().copy()).to(device)
+        tables = _TABLES[device] = (both[0], both[1])
+    return tables
 
 
 @torch.library.custom_op("diffc::aten_log", mutates_args=())
@@ -145,42 +195,75 @@ def hash32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def column_hashes(key: int, cols: torch.Tensor) -> torch.Tensor:
-    """P[col] for int columns (any int dtype, values < 2^31)."""
-    return hash32(cols.to(torch.int32) + key)
+def hash32_wide_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """lowbias32 in place on int64 ``x`` holding 32-bit values (0..2^32-1), the same values as
+    ``hash32_`` (read unsigned) in 10 ops (module docstring, wide form); ``scratch`` int64 of x's shape."""
+    t = scratch
+    for shift, mult in ((16, _C1), (15, _C2), (16, None)):
+        torch.bitwise_right_shift(x, shift, out=t)
+        x.bitwise_xor_(t)
+        if mult is not None:
+            x.mul_(mult).bitwise_and_(_M32)
+    return x
 
 
-def row_hashes(key: int, rows: torch.Tensor) -> torch.Tensor:
-    """R[row] for int rows (values < 2^31)."""
-    return hash32(hash32(rows.to(torch.int32) + key) ^ ROW_SALT)
+def _hash(x: torch.Tensor, wide: bool) -> torch.Tensor:
+    return hash32_wide_(x, torch.empty_like(x)) if wide else hash32(x)
+
+
+def column_hashes(key: int, cols: torch.Tensor, wide: bool = False) -> torch.Tensor:
+    """P[col] for int columns (any int dtype, values < 2^31): int32, or int64 in 0..2^32-1 (``wide``)."""
+    return _hash(cols.to(torch.int64 if wide else torch.int32) + key, wide)
+
+
+def row_hashes(key: int, rows: torch.Tensor, wide: bool = False) -> torch.Tensor:
+    """R[row] for int rows (values < 2^31): int32, or int64 in 0..2^32-1 (``wide``)."""
+    x = rows.to(torch.int64 if wide else torch.int32) + key
+    return _hash(_hash(x, wide) ^ ROW_SALT, wide)
 
 
 def hash_to_normal(h: torch.Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal from a 32-bit hash by the integer-exact inverse CDF (module docstring):
-    bit-identical on every device and thread count. float32 by default; float64 keeps the fixed
-    point's 28 fraction bits exactly (no float32 rounding). ``out`` (a ``dtype`` tensor of h's
-    shape) receives the result; ``h`` is left alone."""
-    table = _table(h.device)
-    v = h.bitwise_and(0x7FFFFFFF)
-    sh = torch.bitwise_right_shift(v, 9).to(torch.float32).view(torch.int32)
-    sh = torch.bitwise_right_shift(sh, 23).sub_(126).clamp_min_(0).to(torch.int64)  # bit length of v >> 9
-    v = v.to(torch.int64)
-    i = torch.bitwise_left_shift(sh, 8).add_(torch.bitwise_right_shift(v, sh))
-    one = torch.bitwise_left_shift(torch.ones_like(sh), sh)
-    t0, t1 = table[i], table[i.add_(1)]
-    x = torch.bitwise_left_shift(t0, sh).add_(t1.sub_(t0).mul_(v.bitwise_and_(one - 1))).add_(one >> 1)
-    x = torch.bitwise_right_shift(x, sh).to(torch.int32)
-    x = torch.where(h < 0, x.neg(), x)
-    z = x.to(dtype).mul_(2.0 ** -NORMAL_FRAC_BITS)
+    bit-identical on every device and thread count. ``h``: int32, or int64 in 0..2^32-1 (wide).
+    float32 by default; float64 keeps the fixed point's 28 fraction bits exactly (no float32
+    rounding). ``out`` (a ``dtype`` tensor of h's shape) receives the result; ``h`` is left alone.
+    Computed in the wide form (module docstring)."""
+    x = h if h.dtype == torch.int64 else h.to(torch.int64).bitwise_and_(_M32)
+    a, d = wide_tables(h.device)
+    bits = x.bitwise_and(0x7FFFFFFF).to(torch.float64).view(torch.int64)
+    j = torch.bitwise_right_shift(bits, WIDE_INDEX_SHIFT).add_(torch.bitwise_right_shift(x, 31), alpha=WIDE_SIGN_OFFSET)
+    q = a[j].addcmul_(d[j], bits.bitwise_right_shift_(WIDE_FRAC_SHIFT)).bitwise_right_shift_(WIDE_FRAC_SHIFT)
+    z = q.to(dtype).mul_(2.0 ** -NORMAL_FRAC_BITS)
     return z if out is None else out.copy_(z)
+
+
+def wide_normal_(x: torch.Tensor, bits: torch.Tensor, index: torch.Tensor,
+                 bits_f64: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``hash_to_normal`` of wide hashes ``x`` (int64 [n], 0..2^32-1; overwritten) with
+    preallocated scratch ``bits`` (int64 [n]) and ``index`` (int32 [n]): float32 [n] in ``index``'s
+    bytes. 12 ops, no allocation (the torch search's blocks, ``diffc.rcc.pfr``); ``bits_f64`` and
+    ``out`` are ``bits.view(torch.float64)`` and ``index.view(torch.float32)`` when the caller
+    keeps them (a view is an op too)."""
+    a, d = wide_tables(x.device)
+    bits_f64 = bits.view(torch.float64) if bits_f64 is None else bits_f64
+    out = index.view(torch.float32) if out is None else out
+    torch.bitwise_right_shift(x, 31, out=index)  # the sign
+    bits_f64.copy_(x.bitwise_and_(0x7FFFFFFF))  # exact: v < 2^31
+    torch.bitwise_right_shift(bits, WIDE_FRAC_SHIFT, out=x)
+    torch.add(bits.bitwise_right_shift_(WIDE_INDEX_SHIFT), index, alpha=WIDE_SIGN_OFFSET, out=index)
+    x.mul_(torch.index_select(d, 0, index, out=bits))
+    x.add_(torch.index_select(a, 0, index, out=bits)).bitwise_right_shift_(WIDE_FRAC_SHIFT)
+    return torch.mul(x, 2.0 ** -NORMAL_FRAC_BITS, out=out)
 
 
 def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | None = None,
                  scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """h(P[col] ^ R[row]) from precomputed column and row hashes (broadcasting); into ``out``
-    (int32, the broadcast shape) with ``scratch`` (same) when given, allocation-free."""
+    """h(P[col] ^ R[row]) from precomputed column and row hashes (broadcasting; both int32, or
+    both wide int64: the result has their dtype); into ``out`` (the broadcast shape) with
+    ``scratch`` (same) when given, allocation-free."""
     x = torch.bitwise_xor(col_h, row_h, out=out)
-    return hash32_(x, torch.empty_like(x) if scratch is None else scratch)
+    scratch = torch.empty_like(x) if scratch is None else scratch
+    return hash32_wide_(x, scratch) if x.dtype == torch.int64 else hash32_(x, scratch)
 
 
 def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -189,8 +272,10 @@ def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype
 
 
 def hash_to_uniform(h: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Uniform in (0, 1) from a 32-bit hash: (top 24 bits + 1/2) / 2^24 (exact in float32/64)."""
-    return (((h >> 8) & 0xFFFFFF).to(dtype) + 0.5) * _INV24
+    """Uniform in (0, 1) from a 32-bit hash (int32, or wide int64): (top 24 bits + 1/2) / 2^24
+    (exact in float32/64)."""
+    top = h >> 8 if h.dtype == torch.int64 else (h >> 8) & 0xFFFFFF
+    return (top.to(dtype) + 0.5) * _INV24
 
 
 def uniforms(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
