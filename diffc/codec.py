@@ -212,6 +212,9 @@ class DiffcCodec:
         """
         if rate is not None and stop_timesteps is not None:
             raise TypeError("give rate or stop_timesteps, not both")
+        if rate is not None and not isinstance(rate, RateTarget):
+            raise TypeError(f"rate must be a diffc.rate.RateTarget, got {type(rate).__name__} (stop timesteps: "
+                            f"encode(image, stop_timesteps=[...]))")
         if rate is None:
             rate = RateTarget(tuple(stop_timesteps) if stop_timesteps is not None else (self.timesteps[-1],))
         steps = self.stop_steps(rate)

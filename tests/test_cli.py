@@ -91,7 +91,8 @@ def test_bpp_target_picks_highest_rate_within_target(odd_image: Path, tmp_path: 
 
     codec = DiffcCodec(load_backbone("gaussian"), params_from_header(header))
     if header.n_steps + 1 < len(codec.timesteps):
-        nxt = codec.encode(to_tensor(read_image(odd_image)), [codec.timesteps[header.n_steps + 1]]).points[-1]
+        nxt = codec.encode(to_tensor(read_image(odd_image)),
+                           stop_timesteps=[codec.timesteps[header.n_steps + 1]]).points[-1]
         assert nxt.bpp > target
 
 

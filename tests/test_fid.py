@@ -210,8 +210,8 @@ def test_dataset_fid_table(net: RandomFeatures, tmp_path, monkeypatch) -> None:
     for (kind, t, target), recs in recons.items():
         label = evaluate.point_label(t, target)
         for k, (image_id, bpp) in enumerate(zip(ids, (0.1, 0.2, 0.3, 0.4))):
-            rows.append({"kind": kind, "recon_timestep": t, "target_bpp": target, "image": image_id,
-                         "bpp": bpp * (1 + (t or 0) / 1000)})
+            rows.append({"kind": kind, "recon_timestep": t, "target_bpp": target, "target_metric": None,
+                         "target_quality": math.nan, "image": image_id, "bpp": bpp * (1 + (t or 0) / 1000)})
             if recs is not None:
                 (tmp_path / "recon" / image_id).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(recs[k]).save(tmp_path / "recon" / image_id / f"{label}.png")
