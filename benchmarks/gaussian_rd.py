@@ -35,6 +35,7 @@ from diffc.backbone import load_backbone
 from diffc.backbones.gaussian import from_coefficients
 from diffc.chain import ExactChannel
 from diffc.codec import CodecParams, DiffcCodec
+from diffc.rate import RateTarget
 from diffc.rcc.spec import PfrSpec, SparseSumSpec
 from diffc.recon import Recon
 
@@ -143,7 +144,8 @@ def main() -> None:
     t0 = time.perf_counter()
     # a prior sample's pixels leave [0, 1], which DiffcCodec.encode refuses for images: this theory
     # check codes the sample as it is, through the encode behind that check
-    res = codec._encode(image, ts[1:], None, False, None, None, codec.file_provenance(None))
+    rate = RateTarget(tuple(ts[1:]))
+    res = codec._encode(image, rate, codec.stop_steps(rate), None, False, None, codec.file_provenance(None))
     enc_s = time.perf_counter() - t0
     log_r_ideal, log_d_ideal = np.log(exp["kl"]), np.log(exp["mse"])  # D decreasing, R increasing in k
     rows = []
