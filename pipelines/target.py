@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 from omegaconf import ListConfig
 
+from analysis.errors import describe
 from analysis.schema import HIGHER_IS_BETTER
 from diffc.checks import checked_int
 from diffc.rate import RateTarget
@@ -188,9 +189,7 @@ def quality_scorer(metric: str, device: Any = "cpu") -> Callable[[np.ndarray, np
     try:
         return REGISTRY[metric](device)
     except Exception as exc:  # ImportError, weights not downloadable
-        from diffc.errors import describe as why
-
-        raise PipelineError(f"{metric}=X needs the {metric} metric, which cannot be loaded here: {why(exc, 160)} "
+        raise PipelineError(f"{metric}=X needs the {metric} metric, which cannot be loaded here: {describe(exc, 160)} "
                             f"(pip install -e '.[metrics]' and its weights)") from None
 
 

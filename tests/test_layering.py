@@ -107,3 +107,18 @@ def test_importing_every_analysis_module_loads_no_diffc_and_no_pipelines() -> No
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(names) <= set(loaded)  # every one was imported
     assert [m for m in loaded if m.split(".")[0] != "analysis"] == []
+
+
+@pytest.mark.parametrize("package", ["diffc", "pipelines", "analysis", "benchmarks"])
+def test_every_import_of_our_own_modules_names_one_that_exists(package: str) -> None:
+    """Imports inside functions run only on some paths (a missing metric's error message, say): each
+    one of ``diffc`` / ``pipelines`` / ``analysis`` names a module or package of the repository, so a
+    moved module cannot leave one behind (``from diffc.errors import ...`` after errors moved)."""
+    known = {name for pkg in ("diffc", "pipelines", "analysis") for name in modules(pkg)}
+    missing = {}
+    for name, path in modules(package).items():
+        names = imported(path.read_text(), name, path.name == "__init__.py")
+        gone = sorted(n for n in names if n.split(".")[0] in ("diffc", "pipelines", "analysis") and n not in known)
+        if gone:
+            missing[name] = gone
+    assert not missing, missing
