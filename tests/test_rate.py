@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from analysis.results import load_results
 from diffc.rcc.spec import PfrSpec
 from diffc.codec import CodecParams, DiffcCodec
 from diffc.checks import InvalidValue
 from diffc.rate import RateTarget, within
-from pipelines.common import CONF_DIR, PipelineError
+from pipelines.common import PipelineError, compose
 from pipelines.compress import compress
 from pipelines.target import request
 
@@ -87,24 +86,19 @@ def test_encode_keys_its_points_by_the_request(gaussian_backbone, kodak64: torch
 
 
 # ---- the group ----------------------------------------------------------------------------------
-def composed(config: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config, overrides=overrides)
-
-
 def test_the_group_composes_for_compress_and_evaluate() -> None:
     need = ["input=x.png", "output=x.diffc"]
-    assert request(composed("compress", [*need, "timestep=300"]).bitrate).rate == RateTarget((300,))
-    assert request(composed("compress", [*need, "bpp=0.25"]).bitrate).rate == RateTarget(bpp=(0.25,))
-    psnr = request(composed("compress", [*need, "psnr=24"]).bitrate)
+    assert request(compose("compress", [*need, "timestep=300"]).bitrate).rate == RateTarget((300,))
+    assert request(compose("compress", [*need, "bpp=0.25"]).bitrate).rate == RateTarget(bpp=(0.25,))
+    psnr = request(compose("compress", [*need, "psnr=24"]).bitrate)
     assert (psnr.metric, psnr.quality, psnr.rate) == ("psnr", (24.0,), RateTarget())
-    grouped = request(composed("compress", [*need, "bitrate=bpp", "bitrate.bpp=0.25"]).bitrate)
+    grouped = request(compose("compress", [*need, "bitrate=bpp", "bitrate.bpp=0.25"]).bitrate)
     assert grouped.rate.bpp == (0.25,) and grouped.rate.timesteps[0] == 900  # the group's candidates
-    assert request(composed("config", []).bitrate).rate == RateTarget((700, 300, 100))
-    assert request(composed("config", ["bitrate=compress"]).bitrate).rate == RateTarget()  # every step
-    q = request(composed("config", ["bitrate=psnr", "bitrate.psnr=[30,20]"]).bitrate)
+    assert request(compose("config", []).bitrate).rate == RateTarget((700, 300, 100))
+    assert request(compose("config", ["bitrate=compress"]).bitrate).rate == RateTarget()  # every step
+    q = request(compose("config", ["bitrate=psnr", "bitrate.psnr=[30,20]"]).bitrate)
     assert (q.kind, q.quality) == ("psnr", (20.0, 30.0))
-    lp = request(composed("config", ["bitrate=quick", "bitrate.lpips=[0.2,0.4]"]).bitrate)
+    lp = request(compose("config", ["bitrate=quick", "bitrate.lpips=[0.2,0.4]"]).bitrate)
     assert (lp.quality, lp.rate.timesteps) == ((0.4, 0.2), (700, 300, 100))  # lower is better: 0.4 first
 
 
@@ -149,6 +143,9 @@ def test_a_bpp_request_and_a_timestep_request_write_the_same_file(crop: Path, tm
     (["bitrate=quick"], "compress writes one file"),
     (["bitrate=quick", "timestep=300"], "chose another bitrate option"),
     (["bitrate=bpp"], "compress writes one file"),
+    (["psnr=20", "bpp=0.5"], "give exactly one of"),
+    (["psnr=20", "ms_ssim=0.9"], "give one target quality"),
+    (["psnr=abc"], "psnr must be a number"),
 ])
 def test_compress_bad_targets_exit_2_one_line_no_file(overrides: list[str], needle: str, crop: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
@@ -167,7 +164,7 @@ def test_evaluate_quality_target_rows_reach_it_or_say_why(tmp_path: Path) -> Non
     """bitrate=psnr: per image and target, the row's (decoder's) PSNR reaches the target at the
     smallest stop the bisection found, or the row is NaN with the best PSNR reached as its reason."""
     targets = [18.0, 22.0, 60.0]
-    cfg = composed("config", [*FAST, "bitrate=psnr", f"bitrate.psnr=[{','.join(map(str, targets))}]",
+    cfg = compose("config", [*FAST, "bitrate=psnr", f"bitrate.psnr=[{','.join(map(str, targets))}]",
                               "save.diffc=true"])
     run_job_one_thread(cfg, tmp_path)
     rows, _ = load_results(tmp_path)
