@@ -3,7 +3,7 @@
 
 Workload: a real encode (Gaussian backbone, a Kodak crop, the codec's own plans, keys and
 channel), stopped at ``--timestep``. The search is timed where the codec calls it
-(``diffc.rcc.channel.encode_chunks``, wrapped): a candidate entry = one (candidate, coding position)
+(``diffc.rcc.pfr.encode_chunks``, wrapped): a candidate entry = one (candidate, coding position)
 pair, K x P per coded step. Wall and CPU seconds of the search and of the whole encode are both
 reported, so that a loaded machine shows.
 
@@ -31,7 +31,6 @@ except ImportError:
 
 import torch
 
-import diffc.rcc.channel as channels
 import diffc.rcc.pfr as pfr
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
@@ -89,7 +88,7 @@ def generator(old: bool):
 def measure(codec: DiffcCodec, image: torch.Tensor, stop: int, threads: int) -> dict:
     """One encode at ``threads``: entries searched, search wall/CPU seconds, encode wall/CPU seconds."""
     acc = {"entries": 0, "search_s": 0.0, "search_cpu_s": 0.0}
-    real = channels.encode_chunks
+    real = pfr.encode_chunks
 
     def timed(u, plan, num_candidates, key, **kw):
         w, c = time.perf_counter(), time.process_time()
@@ -100,14 +99,14 @@ def measure(codec: DiffcCodec, image: torch.Tensor, stop: int, threads: int) -> 
         return out
 
     prev = torch.get_num_threads()
-    channels.encode_chunks = timed
+    pfr.encode_chunks = timed
     torch.set_num_threads(threads)
     try:
         w, c = time.perf_counter(), time.process_time()
         codec.encode(image, stop_timesteps=[stop])
         acc["encode_s"], acc["encode_cpu_s"] = time.perf_counter() - w, time.process_time() - c
     finally:
-        channels.encode_chunks = real
+        pfr.encode_chunks = real
         torch.set_num_threads(prev)
     acc["entries_per_s"] = acc["entries"] / acc["search_s"]
     return acc
