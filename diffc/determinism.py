@@ -19,7 +19,8 @@
   from counter-based hashing and an integer-exact normal (``diffc.rcc.randomness``): bit-identical on
   every device type and thread count (format 7), so a CPU file and a CUDA file share their
   candidates; the device, dtype, library versions and thread count above govern the model's
-  float ops only. The encoder's search runs at ``SEARCH_THREADS`` on the CPU (``search_threads``).
+  float ops only. The encoder's search runs its torch ops at ``SEARCH_THREADS`` on the CPU and its
+  fused kernels at ``search_workers()`` (``search_threads``); its result depends on neither.
 
 The .diffc header records the encoder's thread count (the decoder uses it), and on request
 (``DiffcCodec(provenance=True)``, ``compress provenance=true``) the rest of its
@@ -54,7 +55,10 @@ import logging
 import math
 import os
 import re
+import sys
+from importlib import metadata
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -101,11 +105,15 @@ def _version(text: str) -> tuple[int, int, int]:
 
 
 def _diffusers_version() -> tuple[int, int, int]:
+    """The installed diffusers' version, (0, 0, 0) without it: from the loaded module, else from the
+    package's metadata (importing diffusers to read it took 0.8 s of every gaussian encode)."""
+    loaded = sys.modules.get("diffusers")
+    if loaded is not None:
+        return _version(loaded.__version__)
     try:
-        import diffusers
-    except ImportError:
+        return _version(metadata.version("diffusers"))
+    except metadata.PackageNotFoundError:
         return (0, 0, 0)
-    return _version(diffusers.__version__)
 
 
 def provenance_here(device: torch.device | str, dtype: torch.dtype, threads: int | None) -> Provenance:
@@ -157,26 +165,59 @@ def default_threads() -> int:
 
 
 #: intra-op threads of the candidate search's remaining torch ops on the CPU (arrival times, the
-#: PFR selection, sparse-sum look-ups); the fused kernels (``diffc.rcc.fused``) are single-threaded.
-#: Measured (benchmarks/rcc_throughput.py): one thread is as fast as two on an idle 2-core machine
-#: and does not collapse when another process holds a core (each parallel region ends on a
-#: barrier that waits for a time slice). No result depends on it.
+#: PFR selection, sparse-sum look-ups). Measured (benchmarks/rcc_throughput.py): one thread is as
+#: fast as two on an idle 2-core machine and does not collapse when another process holds a core
+#: (each parallel region ends on a barrier that waits for a time slice). No result depends on it.
 SEARCH_THREADS = 1
+
+#: threads of the fused CPU kernels (``diffc.rcc.fused``) inside ``search_threads``: the torch
+#: intra-op thread count outside it (a multirun job's share, pipelines/evaluate.py ``job_threads``)
+_FUSED_WORKERS: ContextVar[int | None] = ContextVar("diffc_fused_workers", default=None)
+
+
+def search_workers() -> int:
+    """Threads the fused CPU search kernels may use here: inside ``search_threads`` the process's
+    torch intra-op threads outside it, at most ``machine_threads()``; 1 elsewhere. The kernels
+    hand each thread whole chunks and pull the work dynamically (no barrier but the last), so a
+    thread on a core another process holds takes less of it; no result depends on the count."""
+    return _FUSED_WORKERS.get() or 1
 
 
 @contextmanager
 def search_threads(device: torch.device | str) -> Iterator[None]:
-    """SEARCH_THREADS intra-op threads inside when ``device`` is the CPU (restored on exit);
-    nothing changes for an accelerator."""
+    """SEARCH_THREADS intra-op threads inside when ``device`` is the CPU (restored on exit), and
+    ``search_workers()`` set from the thread count outside (kept when nested); nothing changes for
+    an accelerator."""
     if torch.device(device).type != "cpu":
         yield
         return
     prev = torch.get_num_threads()
+    token = _FUSED_WORKERS.set(max(1, min(prev, machine_threads()))) if _FUSED_WORKERS.get() is None else None
     torch.set_num_threads(SEARCH_THREADS)
     try:
         yield
     finally:
         torch.set_num_threads(prev)
+        if token is not None:
+            _FUSED_WORKERS.reset(token)
+
+
+def use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms``, without importing torch's compiler: the public call
+    imports ``torch._inductor`` to set its ``deterministic`` flag (1.2 s of every command on the
+    CPU). Until something imports it (``torch.compile`` does), only the kernel flag is set;
+    ``sync_inductor`` carries the flag into a compiler loaded inside ``deterministic()``."""
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
+def sync_inductor() -> None:
+    """Give torch's compiler the current deterministic-algorithms flag (call after ``torch.compile``
+    inside ``deterministic()``, where the compiler may have been imported after the flag was set)."""
+    torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(),
+                                       warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
 
 
 @contextmanager
@@ -205,13 +246,13 @@ def deterministic(threads: int | None) -> Iterator[None]:
             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
             fill.fill_uninitialized_memory)
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_algorithms(True, warn_only=True)
     fill.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
         torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+        use_deterministic_algorithms(prev[1], warn_only=prev[2])
         torch.backends.cudnn.benchmark = prev[3]
         fill.fill_uninitialized_memory = prev[4]

@@ -16,7 +16,7 @@ from .params import CodecParams
 from .rcc.spec import PfrSpec
 from .recon import Recon
 
-_GAUSSIAN = CodecParams("geom-30", channel=PfrSpec(8, 2, skip_kl=0.03), recon=Recon("denoise", 20))
+_GAUSSIAN = CodecParams("geom-30", channel=PfrSpec(8, 2, skip_kl=0.001), recon=Recon("denoise", 20))
 _REAL = CodecParams("paper", channel=PfrSpec(12, 2), recon=Recon("ode", 50))
 _FLOW = replace(_REAL, schedule="paper-flux")
 _TINY = CodecParams("geom-12", channel=PfrSpec(8, 2), recon=Recon("ode", 4))

@@ -16,7 +16,8 @@ from scipy import stats
 import diffc.rcc.pfr as pfr
 from diffc.rcc.entropy import zipf_probabilities
 from diffc.rcc.pfr import ChunkPlan, chunk_sums, coded_entries, decode_chunks, encode_chunks, make_plan
-from diffc.rcc.randomness import normals, uniforms
+from diffc.determinism import SEARCH_THREADS, machine_threads, search_threads, search_workers
+from diffc.rcc.randomness import column_hashes, normals, row_hashes, uniforms
 
 LN2 = math.log(2.0)
 ALPHA = 1e-3  # false-alarm rate of each KS test (seeds are fixed, so the outcome is too)
@@ -388,3 +389,46 @@ def test_bit_identical_across_thread_counts() -> None:
     assert torch.equal(out[0][0], out[1][0])
     assert torch.equal(out[0][1], out[1][1])
     assert len(set(out[0][0].tolist())) > 10  # a non-trivial selection
+
+
+def test_fused_scores_are_the_same_at_every_worker_count() -> None:
+    """``fused.iid_dots`` shares whole chunks out to its threads: scores equal to the bit at 1, 2, 3
+    and 16 workers over uneven chunks (empty-free, 1 to ~2000 positions), and ``chunk_ranges``
+    covers every chunk once, in order, in at most the parts asked for, about evenly by positions."""
+    g = torch.Generator().manual_seed(5)
+    sizes = torch.randint(1, 2000, (300,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+    p = int(offsets[-1])
+    key = 31337
+    col_h = column_hashes(key, torch.arange(p, dtype=torch.int32))
+    row_h = row_hashes(key, torch.arange(48, dtype=torch.int32))
+    u = torch.randn(p, generator=g)
+    ref = pfr.fused.iid_dots(col_h, row_h, u, offsets)
+    for workers in (2, 3, 16):
+        assert torch.equal(pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=workers), ref)
+    for parts in (1, 2, 7, 64, 1000):
+        ranges = pfr.fused.chunk_ranges(offsets.numpy(), parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == 300 and len(ranges) <= parts
+        assert all(a < b and b == c for (a, b), (c, _) in zip(ranges, ranges[1:] + [(300, None)]))
+    span = [int(offsets[b] - offsets[a]) for a, b in pfr.fused.chunk_ranges(offsets.numpy(), 8)]
+    assert max(span) < p / 8 + 2000  # within one chunk of an even share
+
+
+def test_search_workers_are_the_threads_outside_the_search() -> None:
+    """Inside ``search_threads`` the torch ops run at SEARCH_THREADS and the fused kernels at the
+    thread count outside (at most the machine's CPUs; kept when nested); 1 outside any search."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert search_workers() == 1
+        with search_threads("cpu"):
+            assert torch.get_num_threads() == SEARCH_THREADS
+            assert search_workers() == min(2, machine_threads())
+            with search_threads("cpu"):
+                assert search_workers() == min(2, machine_threads())
+        assert torch.get_num_threads() == 2 and search_workers() == 1
+        torch.set_num_threads(1)
+        with search_threads("cpu"):
+            assert search_workers() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,7 +4,7 @@ The same numbers as ``diffc.rcc.randomness`` (lowbias32 entry hashes, the intege
 normal), bit for bit, without a temporary: each kernel is one single-threaded loop nest that a
 busy neighbour process cannot stall (torch's eager path runs ~12 integer passes per block, each an
 OpenMP parallel region that ends on a barrier). Compiled on first use and cached on disk
-(``cache=True``); ``nogil``: callers may run them from several Python threads.
+(``cache=True``); ``nogil``: ``iid_dots`` runs one on several threads, each taking whole chunks.
 
 Inputs are numpy views of the torch tensors (no copy): hashes as uint32, ``u`` float32, the
 normal table int64 (``diffc.rcc.randomness.normal_table``).
@@ -14,6 +14,9 @@ z_n . u_c is one sequential float32 sum over the chunk's positions in coding ord
 float32(z * u) -- the order of the torch path's segment sum, so both paths give the same scores.
 """
 from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,6 +29,10 @@ _M32 = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0x7FEB352D)
 _C2 = np.uint64(0x846CA68B)
 _SCALE = np.float32(2.0 ** -NORMAL_FRAC_BITS)
+
+#: tasks per thread of a parallel ``iid_dots``: the threads pull them as they finish, so one on a
+#: core that another process holds takes fewer (one join per call, no barrier per pass)
+TASKS_PER_WORKER = 4
 
 
 @njit(inline="always")
@@ -98,15 +105,37 @@ def _u32(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().view(-1).numpy().view(np.uint32)
 
 
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="diffc-search")
+
+
+def chunk_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Consecutive chunk ranges [c0, c1) covering every chunk of ``offsets`` (positions of chunk c:
+    offsets[c]..offsets[c+1]-1), at most ``parts`` of them, each about the same number of positions
+    (a chunk is never split: its score stays one sequential sum)."""
+    c = offsets.shape[0] - 1
+    targets = np.linspace(0, offsets[-1], parts + 1)[1:-1]
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(offsets, targets), [c]]).clip(0, c))
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None, workers: int = 1) -> torch.Tensor:
     """z_n . u_c for the rows hashed in ``row_h`` (int32, B) and every chunk c (positions
     offsets[c]..offsets[c+1]-1 of ``col_h`` int32 [P], ``u`` float32 [P]): float32 [C, B] (into
-    ``out``, contiguous, when given). CPU tensors."""
+    ``out``, contiguous, when given). CPU tensors. ``workers`` > 1: the chunks in
+    TASKS_PER_WORKER x ``workers`` ranges (``chunk_ranges``) on that many threads; the same
+    numbers whatever the count (each chunk's sum is computed by one thread, in position order)."""
     c, b = offsets.numel() - 1, row_h.numel()
     out = torch.empty(c, b, dtype=torch.float32, device="cpu") if out is None else out
-    _dots(_u32(col_h), _u32(row_h), u.contiguous().view(-1).numpy(), offsets.contiguous().numpy(),
-          normal_table(), out.numpy())
+    args = (_u32(col_h), _u32(row_h), u.contiguous().view(-1).numpy())
+    offs, table, res = offsets.contiguous().numpy(), normal_table(), out.numpy()
+    ranges = chunk_ranges(offs, TASKS_PER_WORKER * workers) if workers > 1 and c > 1 else [(0, c)]
+    if len(ranges) == 1:
+        _dots(*args, offs, table, res)
+    else:
+        list(_pool(workers).map(lambda r: _dots(*args, offs[r[0]:r[1] + 1], table, res[r[0]:r[1]]), ranges))
     return out
 
 

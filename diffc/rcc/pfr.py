@@ -44,9 +44,10 @@ device value back to the host (no host sync). The block size only sets how much 
 does (``block_entries``; defaults per device type, ``default_block_entries``): it changes no
 result, since every candidate's score is computed alone and the arrival times are one sequential
 cumulative sum whatever the blocks. On the CPU the scores come from the fused kernel
-(``diffc.rcc.fused``: hash, normal and score in one single-threaded pass, blocks of FUSED_ROWS
-candidates) and the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy
-neighbour process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
+(``diffc.rcc.fused``: hash, normal and score in one pass, blocks of FUSED_ROWS candidates, the
+chunks shared out to ``determinism.search_workers()`` threads that pull them as they finish) and
+the rest of the search runs at ``determinism.SEARCH_THREADS`` threads, so a busy neighbour
+process cannot stall it on a parallel region's barrier; the torch ops (CUDA, meta,
 ``compile``) give the same scores, in the wide form of ``diffc.rcc.randomness`` (int64 hashes,
 the normal from float64 bits: ~23 ops per block into a 20-byte-per-entry ``_Workspace``; every
 block of a step has the same shape, ``block_size``). Opt-in ``compile=True`` runs the per-block
@@ -63,7 +64,7 @@ from typing import Callable
 import torch
 
 from . import fused
-from ..determinism import search_threads
+from ..determinism import search_threads, search_workers, sync_inductor
 from .randomness import (column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes,
                          wide_normal_, wide_tables)
 
@@ -374,7 +375,8 @@ def scorer(u: torch.Tensor, offsets: torch.Tensor, key: int, num_rows: int, bloc
     if dev.type == "cpu" and not compile:
         col_h, row_h = stream_hashes(key, p, num_rows, dev)
         rows = min(num_rows, FUSED_ROWS) if block_entries is None else block_size(p, num_rows, block_entries, dev)
-        return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets)), rows
+        workers = search_workers()
+        return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets, workers=workers)), rows
     col_h, row_h = stream_hashes(key, p, num_rows, dev, wide=True)
     wide_tables(dev)  # made before a compiled block reads them (tracing cannot run the numpy that makes them)
     block = block_size(p, num_rows, block_entries, dev)
@@ -386,7 +388,9 @@ def scorer(u: torch.Tensor, offsets: torch.Tensor, key: int, num_rows: int, bloc
 @functools.lru_cache(maxsize=None)
 def compiled(fn: Callable) -> Callable:
     """``torch.compile`` of a per-block function (shape-generic: one compilation for all steps)."""
-    return torch.compile(fn, dynamic=True)
+    fn = torch.compile(fn, dynamic=True)
+    sync_inductor()
+    return fn
 
 
 def encode_chunks(u: torch.Tensor, plan: ChunkPlan, num_candidates: int, key: int, *,
