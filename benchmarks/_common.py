@@ -13,14 +13,16 @@ runs every ``benchmarks/*.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/X.py` from anywhere, installed or not
@@ -117,6 +119,20 @@ def emit(bench: str, args: argparse.Namespace, figures: dict[str, Any], started:
     sys.stdout.flush()
     print(json.dumps(out), flush=True)
     return out
+
+
+@contextlib.contextmanager
+def busy(on: bool = True) -> Iterator[None]:
+    """One competing busy process (``python -c 'while True: pass'``) while inside, when ``on``:
+    a neighbour holding a core, as on a shared node."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if on else None
+    try:
+        time.sleep(0.3 if on else 0)
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 def kodak_small(quick: bool, quick_size: int = 32, size: int = 64) -> list[tuple[str, torch.Tensor]]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import subprocess
-import sys
 import time
 
 try:
@@ -58,19 +56,6 @@ def old_scorer(u, offsets, key, num_rows, block_entries=None, compile=False):
     h, t = (torch.empty(p * block, dtype=torch.int32) for _ in range(2))
     u_col = u.to(torch.float32)[:, None]
     return (lambda n0, n1: _old_dots(col_h, row_h[:, n0:n1], u_col, offsets, h, t)), block
-
-
-@contextlib.contextmanager
-def busy(on: bool):
-    """One competing busy process while inside (when ``on``)."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if on else None
-    try:
-        time.sleep(0.3 if on else 0)
-        yield
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -133,7 +118,7 @@ def main() -> None:
     for load in ("idle", "busy"):
         for threads in (1, 2):
             for name, old in (("fused", False), ("baseline", True)):
-                with busy(load == "busy"), generator(old):
+                with C.busy(load == "busy"), generator(old):
                     r = measure(codec, image, stop, threads)
                 fig[f"{name}_{threads}t_{load}"] = r
                 rows.append({"generator": name, "threads": threads, "load": load, **r})

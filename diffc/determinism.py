@@ -59,7 +59,6 @@ import sys
 from importlib import metadata
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch

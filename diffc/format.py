@@ -1,8 +1,8 @@
-"""The .diffc container (format version 9: a compact header for ultra-low rates).
+"""The .diffc container (format version 10: a compact header for ultra-low rates).
 
 Layout (integers are unsigned LEB128 varints unless noted; every length is bounded):
 
-    magic+version 1 byte  0xD9: high nibble 0xD = .diffc, low nibble = FORMAT_VERSION (9)
+    magic+version 1 byte  0xDA: high nibble 0xD = .diffc, low nibble = FORMAT_VERSION (10)
     backbone+flags 1 byte bits 0-4: the backbone's id (``diffc.backbone.BACKBONE_IDS``, 1..31; 0 = its
                name follows: u8 length + ASCII, <= 64); bit 5: codec fields follow (the configuration
                differs from the backbone's shipped defaults); bit 6: caption; bit 7: provenance
@@ -62,7 +62,9 @@ MAGIC_NIBBLE = 0xD
 #:    provenance optional but the thread count) and byte-granular payloads (big-endian words, cut last word)
 #: 9: one name per channel (pfr, sparse-sum, ddcm, turbo-ddcm; was diffc, diffc-sparse-sum): the
 #:    fingerprint hashes the name, so a version-8 file is refused by version, not by fingerprint
-FORMAT_VERSION = 9
+#: 10: the gaussian profile's skip_kl 0.001 (was 0.03): a file naming the profile reads it, so a
+#:    version-9 file is refused by version, not by fingerprint
+FORMAT_VERSION = 10
 MAGIC = bytes([MAGIC_NIBBLE << 4 | FORMAT_VERSION])
 #: the magic of format versions 1..7 (then a version byte): refused by version
 OLD_MAGIC = b"\x89DFC"

@@ -175,21 +175,23 @@ def test_empty_and_foreign_inputs() -> None:
 
 
 def test_other_version_is_unsupported(real_files) -> None:
-    assert real_files[0][0] == 0xD0 | fmt.FORMAT_VERSION and fmt.FORMAT_VERSION == 9
-    for v in (0, 1, 7, 8, 15):
+    assert real_files[0][0] == 0xD0 | fmt.FORMAT_VERSION and fmt.FORMAT_VERSION == 10
+    for v in (0, 1, 7, 8, 9, 15):
         data = bytearray(real_files[0])
         data[0] = 0xD0 | v
         with pytest.raises(fmt.UnsupportedVersion, match=f"version {v}"):
             fmt.read(bytes(data))
 
 
-def test_version_8_file_is_refused_in_one_line() -> None:
-    """A file of format 8 (the channels' old names, diffc / diffc-sparse-sum, in its fingerprint: the
-    first point of that golden file, tests/golden/gaussian_v8.hex) is refused by version, in one line,
-    not as a fingerprint mismatch."""
-    old = bytes.fromhex(GOLDEN.with_name("gaussian_v8.hex").read_text().strip())
-    assert old[0] == 0xD8
-    with pytest.raises(fmt.UnsupportedVersion, match="format version 8; this build reads 9") as ei:
+@pytest.mark.parametrize("version", [8, 9])
+def test_version_8_and_9_files_are_refused_in_one_line(version) -> None:
+    """A file of format 8 (the channels' old names, diffc / diffc-sparse-sum, in its fingerprint) or 9
+    (the gaussian profile's skip_kl 0.03, which a file naming the profile reads): the first point of
+    that format's golden file (tests/golden/gaussian_v8.hex, gaussian_v9.hex) is refused by version,
+    in one line, not as a fingerprint mismatch."""
+    old = bytes.fromhex(GOLDEN.with_name(f"gaussian_v{version}.hex").read_text().strip())
+    assert old[0] == 0xD0 | version
+    with pytest.raises(fmt.UnsupportedVersion, match=f"format version {version}; this build reads 10") as ei:
         fmt.read(old)
     assert "\n" not in str(ei.value)
 

@@ -105,15 +105,15 @@ EDGE_HASHES = [0, 1, 255, 256, 511, 512, 513, 1023, 1024, (1 << 31) - 1, 1 << 31
 
 def test_integer_exact_normal_equals_the_reference_in_torch_and_fused() -> None:
     """Segment edges, both signs, the extremes and 10^5 random hashes: torch ops, the fused CPU
-    kernel (``fused.pair_normals``) and the pure-Python reference give the same float32 bits;
+    kernel (``fused.normals_block``) and the pure-Python reference give the same float32 bits;
     float64 output keeps the fixed point exactly."""
     rng = np.random.default_rng(0)
     vals = EDGE_HASHES + [(v | (1 << 31)) for v in EDGE_HASHES] + [int(v) for v in rng.integers(0, 1 << 32, 100_000)]
     h = torch.tensor([to_signed(v & M32) for v in vals], dtype=torch.int32)
     z = rnd.hash_to_normal(h)
     assert z.tolist() == [ref_hash_normal(v & M32) for v in vals]
-    assert torch.equal(fused.pair_normals(h, torch.zeros_like(h).fill_(to_signed(ref_hash32(0)))),
-                       rnd.hash_to_normal(rnd.hash32(h ^ to_signed(ref_hash32(0)))))
+    r = torch.tensor([to_signed(ref_hash32(0))], dtype=torch.int32)
+    assert torch.equal(fused.normals_block(h, r).flatten(), rnd.hash_to_normal(rnd.hash32(h ^ r)))
     z64 = rnd.hash_to_normal(h, torch.float64)
     assert torch.equal(z64.float(), z) and torch.equal(torch.round(z64 * 2**28), z64 * 2**28)
 
@@ -237,3 +237,20 @@ def test_bit_identical_across_thread_counts() -> None:
         torch.set_num_threads(before)
     for a, b in zip(*out):
         assert torch.equal(a, b)
+
+
+def test_stream_normals_equal_the_torch_entries() -> None:
+    """``fused.stream_normals`` (hashes and normal in one CPU pass: the decoder's selected candidates,
+    the prior sample of skipped entries) = ``normals`` of the same (row, column) pairs, also near
+    2^31 and with one row for every column; ``pfr.stream_entries`` is it on the CPU."""
+    from diffc.rcc.pfr import stream_entries
+
+    g = torch.Generator().manual_seed(3)
+    key = rnd.stream_key(5, 1)
+    cols = torch.cat([torch.randint(0, 1 << 31, (5000,), generator=g), torch.arange((1 << 31) - 100, 1 << 31)])
+    rows = torch.cat([torch.randint(0, 1 << 24, (5000,), generator=g), torch.arange((1 << 31) - 100, 1 << 31)])
+    ref = rnd.normals(key, rows, cols)
+    assert torch.equal(fused.stream_normals(key, rows.int(), cols.int()), ref)
+    assert torch.equal(stream_entries(key, rows, cols), ref)
+    one = torch.tensor([7], dtype=torch.int32)
+    assert torch.equal(fused.stream_normals(key, one, cols.int()), rnd.normals(key, one, cols))

@@ -23,8 +23,7 @@ from .. import format as fmt
 from ..chain import LN2, Chain, Step
 from ..plugins import Search, StepRecord
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound
-from .pfr import ChunkPlan, chunk_sums
-from .randomness import normals
+from .pfr import ChunkPlan, chunk_sums, stream_entries
 from .spec import PfrSpec
 
 
@@ -81,8 +80,8 @@ class PfrChannel:
         z = plan.combine(z_coded, step.x.numel())
         if plan.prior is not None:
             cols = plan.prior.to(z.device, torch.int32)
-            z[plan.prior.to(z.device)] = normals(chain.prior_key(step.k), torch.zeros(1, dtype=torch.int32,
-                                                                                      device=z.device), cols)
+            z[plan.prior.to(z.device)] = stream_entries(chain.prior_key(step.k),
+                                                        torch.zeros(1, dtype=torch.int32, device=z.device), cols)
         return z
 
     # ---- encoder ------------------------------------------------------------------------------

@@ -23,12 +23,14 @@ import torch
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from .randomness import NORMAL_FRAC_BITS, normal_table
+from .randomness import NORMAL_FRAC_BITS, ROW_SALT, normal_table
 
 _M32 = np.uint64(0xFFFFFFFF)
 _C1 = np.uint64(0x7FEB352D)
 _C2 = np.uint64(0x846CA68B)
 _SCALE = np.float32(2.0 ** -NORMAL_FRAC_BITS)
+#: entries per block of ``stream_normals`` (its scratch stays in L1)
+PAIR_BLOCK = 1024
 
 #: tasks per thread of a parallel ``iid_dots``: the threads pull them as they finish, so one on a
 #: core that another process holds takes fewer (one join per call, no barrier per pass)
@@ -46,21 +48,22 @@ def _hash32(x):
 
 
 @njit(inline="always")
-def _row(p, row_h, table, work, z):
-    """z[n] = ``diffc.rcc.randomness.hash_to_normal`` of h(p ^ row_h[n]) for every n (p, the column's
-    hash, uint64 < 2^32; ``work`` int64 [6, >= B] scratch): three loops so that the two without a
-    table look-up vectorise (hash, bit length, index; then the interpolation), the look-ups alone
-    in the middle (measured 2.1x over one loop, which the gather keeps scalar)."""
+def _octave(x, n, work):
+    """The table slot of hash x (uint64 < 2^32) into column n of ``work`` (int64 [6, >= B]): the
+    index, fraction, shift and sign of ``diffc.rcc.randomness.hash_to_normal``."""
+    v = np.int64(x & np.uint64(0x7FFFFFFF))
+    sh = np.int64(64) - np.int64(leading_zeros(np.uint64(v >> 9)))  # bit length of v >> 9
+    work[0, n] = (sh << 8) + (v >> sh)
+    work[1, n] = v & ((np.int64(1) << sh) - 1)
+    work[2, n] = sh
+    work[3, n] = np.int64(x >> np.uint64(31))
+
+
+@njit(inline="always")
+def _interpolate(b, table, work, z):
+    """z[n] for the b slots in ``work`` (``_octave``): the look-ups alone in one loop (the gather
+    keeps it scalar), the fixed-point interpolation in another that vectorises."""
     idx, frac, shift, sign, t0, dt = work[0], work[1], work[2], work[3], work[4], work[5]
-    b = row_h.shape[0]
-    for n in range(b):
-        x = _hash32(p ^ np.uint64(row_h[n]))
-        v = np.int64(x & np.uint64(0x7FFFFFFF))
-        sh = np.int64(64) - np.int64(leading_zeros(np.uint64(v >> 9)))  # bit length of v >> 9
-        idx[n] = (sh << 8) + (v >> sh)
-        frac[n] = v & ((np.int64(1) << sh) - 1)
-        shift[n] = sh
-        sign[n] = np.int64(x >> np.uint64(31))
     for n in range(b):
         a = table[idx[n]]
         t0[n] = a
@@ -70,6 +73,39 @@ def _row(p, row_h, table, work, z):
         q = ((t0[n] << sh) + dt[n] * frac[n] + ((np.int64(1) << sh) >> 1)) >> sh
         s = sign[n]
         z[n] = np.float32(np.int32((q ^ -s) + s)) * _SCALE
+
+
+@njit(inline="always")
+def _row(p, row_h, table, work, z):
+    """z[n] = ``diffc.rcc.randomness.hash_to_normal`` of h(p ^ row_h[n]) for every n (p, the column's
+    hash, uint64 < 2^32; ``work`` int64 [6, >= B] scratch): three loops so that the two without a
+    table look-up vectorise (hash, bit length, index; then the interpolation), the look-ups alone
+    in the middle (measured 2.1x over one loop, which the gather keeps scalar)."""
+    b = row_h.shape[0]
+    for n in range(b):
+        _octave(_hash32(p ^ np.uint64(row_h[n])), n, work)
+    _interpolate(b, table, work, z)
+
+
+@njit(cache=True, nogil=True)
+def _entries(key, rows, cols, table, out):
+    """out[i] = entry (rows[i], cols[i]) of the stream ``key`` (``diffc.rcc.randomness.normals``:
+    column hash, row hash, entry hash, normal; ``rows`` of one element: that row for every i), in
+    blocks of PAIR_BLOCK."""
+    k, salt = np.uint64(key), np.uint64(ROW_SALT)
+    work = np.empty((6, PAIR_BLOCK), np.int64)
+    z = np.empty(PAIR_BLOCK, np.float32)
+    one_row = rows.shape[0] == 1
+    n = cols.shape[0]
+    for s in range(0, n, PAIR_BLOCK):
+        b = min(PAIR_BLOCK, n - s)
+        for j in range(b):
+            r = np.uint64(rows[0] if one_row else rows[s + j])
+            ch = _hash32((np.uint64(cols[s + j]) + k) & _M32)
+            rh = _hash32(_hash32((r + k) & _M32) ^ salt)
+            _octave(_hash32(ch ^ rh), j, work)
+        _interpolate(b, table, work, z)
+        out[s:s + b] = z[:b]
 
 
 @njit(cache=True, nogil=True)
@@ -92,13 +128,6 @@ def _normals(col_h, row_h, table, out):
     work = np.empty((6, row_h.shape[0]), np.int64)
     for d in range(col_h.shape[0]):
         _row(np.uint64(col_h[d]), row_h, table, work, out[d])
-
-
-@njit(cache=True, nogil=True)
-def _pairs(col_h, row_h, table, out):
-    work = np.empty((6, 1), np.int64)
-    for d in range(col_h.shape[0]):
-        _row(np.uint64(col_h[d]), row_h[d:d + 1], table, work, out[d:d + 1])
 
 
 def _u32(t: torch.Tensor) -> np.ndarray:
@@ -148,9 +177,11 @@ def normals_block(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | 
     return out
 
 
-def pair_normals(col_h: torch.Tensor, row_h: torch.Tensor) -> torch.Tensor:
-    """Entry (row i, col i) for every i: float32 [P] from int32 [P] column and row hashes (the
-    decoder's selected candidates, one row per position). CPU tensors."""
-    out = torch.empty(col_h.numel(), dtype=torch.float32, device="cpu")
-    _pairs(_u32(col_h), _u32(row_h), normal_table(), out.numpy())
+def stream_normals(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Entries (rows[i], cols[i]) of the stream ``key`` for every i (``rows`` of one element: that
+    row throughout): float32 [len(cols)] from int32 CPU tensors of non-negative values, the same
+    bits as ``diffc.rcc.randomness.normals`` of the pairs, the hashes included in one pass (no
+    torch op: nothing to wait on a busy core)."""
+    out = torch.empty(cols.numel(), dtype=torch.float32, device="cpu")
+    _entries(int(key), _u32(rows), _u32(cols), normal_table(), out.numpy())
     return out

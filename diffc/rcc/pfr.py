@@ -497,16 +497,20 @@ def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torc
     """Regenerate the selected candidates: float32 [P] in coding order (chunk c's entries = z_{N_c}).
 
     Only the selected rows are generated (random access), one vectorised call for all chunks
-    (the fused kernel on the CPU; the same numbers as the torch ops elsewhere).
+    (``stream_entries``).
     """
-    d = plan.src.numel()
-    cols = torch.arange(d, dtype=torch.int32, device=device)
-    rows = indices.to(device)[plan.chunk_of.to(device)].to(torch.int32)
-    wide = torch.device(device).type != "cpu"
-    col_h, row_h = column_hashes(key, cols, wide), row_hashes(key, rows, wide)
-    if not wide:
-        return fused.pair_normals(col_h, row_h)
-    return hash_to_normal(entry_hashes(col_h, row_h))
+    cols = torch.arange(plan.src.numel(), dtype=torch.int32, device=device)
+    return stream_entries(key, indices.to(device)[plan.chunk_of.to(device)], cols)
+
+
+def stream_entries(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Entries (rows[i], cols[i]) of the stream ``key`` (int tensors of one length, or ``rows`` of
+    one element for every i): float32 [len(cols)] on their device, hashes included. On the CPU
+    the fused kernel (one pass, no parallel region), elsewhere the torch ops in the wide form;
+    the same bits (``diffc.rcc.randomness``)."""
+    if cols.device.type == "cpu":
+        return fused.stream_normals(key, rows.to(torch.int32), cols.to(torch.int32))
+    return hash_to_normal(entry_hashes(column_hashes(key, cols, True), row_hashes(key, rows, True)))
 
 
 def chunk_sums(values: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
