@@ -29,6 +29,7 @@ except ImportError:
 
 import torch
 
+import diffc.rcc.channel as channel
 import diffc.rcc.pfr as pfr
 from diffc.backbone import load_backbone
 from diffc.codec import CodecParams, DiffcCodec
@@ -61,13 +62,14 @@ def old_scorer(u, offsets, key, num_rows, block_entries=None, compile=False):
 @contextlib.contextmanager
 def generator(old: bool):
     """The codec's search with the old generator (baseline) or as it is."""
-    saved = pfr.scorer, pfr.search_threads
-    if old:
-        pfr.scorer, pfr.search_threads = old_scorer, lambda device: contextlib.nullcontext()
+    saved = pfr.scorer, pfr.search_threads, channel.search_threads
+    if old:  # that commit ran the search and the channel at the codec's threads
+        pfr.scorer, pfr.search_threads, channel.search_threads = (old_scorer, lambda device: contextlib.nullcontext(),
+                                                                  lambda device: contextlib.nullcontext())
     try:
         yield
     finally:
-        pfr.scorer, pfr.search_threads = saved
+        pfr.scorer, pfr.search_threads, channel.search_threads = saved
 
 
 def measure(codec: DiffcCodec, image: torch.Tensor, stop: int, threads: int) -> dict:

@@ -127,7 +127,7 @@ def compress(cfg: DictConfig) -> None:
     if cfg.caption == "auto":
         print(f"caption (auto): {caption!r}")
     print(f"{Path(cfg.output)}: {describe(point, len(codec.timesteps) - 1)}; "
-          f"encode {result.encode_s:.1f} s (CPU {result.encode_cpu_s:.1f} s)")
+          f"encode {result.encode_s:.2f} s (CPU {result.encode_cpu_s:.2f} s)")
     for note in notes(image, point):
         print(f"note: {note}", file=sys.stderr)
 

@@ -21,6 +21,7 @@ import torch
 
 from .. import format as fmt
 from ..chain import LN2, Chain, Step
+from ..determinism import search_threads
 from ..plugins import Search, StepRecord
 from .entropy import StepDecoder, StepEncoder, StepSymbols, StreamCost, count_bound
 from .pfr import ChunkPlan, chunk_sums, stream_entries
@@ -86,6 +87,10 @@ class PfrChannel:
 
     # ---- encoder ------------------------------------------------------------------------------
     def send(self, chain: Chain, step: Step) -> torch.Tensor:
+        with search_threads(step.x.device):  # the encoder's prior (the model) is computed already (u)
+            return self._send(chain, step)
+
+    def _send(self, chain: Chain, step: Step) -> torch.Tensor:
         s = self.settings
         kl_bits = step.kl_bits
         coded = chain.coded_entries(step, s.skip_kl)
@@ -123,6 +128,16 @@ class PfrChannel:
     def receive(self, chain: Chain, step: Step) -> torch.Tensor:
         if self._decoder is None:
             raise TypeError("this PfrChannel was made for encoding (no payload)")
+        with search_threads(step.x.device):
+            plan, idx = self._read(chain, step)
+        step.mu_p  # the model, at the file's threads: after the step's symbols read (a forged payload never runs it)
+        with search_threads(step.x.device):
+            z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
+            return step.sample(self._z(chain, step, plan, z))
+
+    def _read(self, chain: Chain, step: Step) -> tuple[ChunkPlan, torch.Tensor]:
+        """The step's plan (split parts applied, on the latent's device) and chunk indices, read from
+        the payload; a CorruptFile when they do not decode."""
         dec = self._decoder
         try:
             n_chunks = dec.next_count(self.max_chunks)
@@ -136,5 +151,4 @@ class PfrChannel:
                 raise ValueError(f"the {self._payload_bytes}-byte payload ends before this step")
         except (ValueError, RuntimeError) as e:
             raise fmt.CorruptFile(f"payload does not decode at step {step.k} ({e})") from None
-        z = self.settings.decode(idx, plan, chain.step_key(step.k), step.x.device)
-        return step.sample(self._z(chain, step, plan, z))
+        return plan, idx
