@@ -19,8 +19,9 @@
   from counter-based hashing and an integer-exact normal (``diffc.rcc.randomness``): bit-identical on
   every device type and thread count (format 7), so a CPU file and a CUDA file share their
   candidates; the device, dtype, library versions and thread count above govern the model's
-  float ops only. The encoder's search runs its torch ops at ``SEARCH_THREADS`` on the CPU and its
-  fused kernels at ``search_workers()`` (``search_threads``); its result depends on neither.
+  float ops only. The channel's own torch ops run at ``SEARCH_THREADS`` on the CPU on both sides,
+  whatever the file's count, and the encoder's fused kernels at ``search_workers()``
+  (``search_threads``), whose results do not depend on it.
 
 The .diffc header records the encoder's thread count (the decoder uses it), and on request
 (``DiffcCodec(provenance=True)``, ``compress provenance=true``) the rest of its
@@ -163,10 +164,11 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), MAX_THREADS))
 
 
-#: intra-op threads of the candidate search's remaining torch ops on the CPU (arrival times, the
-#: PFR selection, sparse-sum look-ups). Measured (benchmarks/rcc_throughput.py): one thread is as
+#: intra-op threads on the CPU of the channel's own torch ops, on both sides (the plan, the search's
+#: arrival times and selection, sparse-sum look-ups, chunk sums, x_t' = mu_p + std z; the model
+#: stays at the file's count: ``diffc.rcc.channel``). Measured (benchmarks/rcc_throughput.py): one thread is as
 #: fast as two on an idle 2-core machine and does not collapse when another process holds a core
-#: (each parallel region ends on a barrier that waits for a time slice). No result depends on it.
+#: (each parallel region ends on a barrier that waits for a time slice).
 SEARCH_THREADS = 1
 
 #: threads of the fused CPU kernels (``diffc.rcc.fused``) inside ``search_threads``: the torch

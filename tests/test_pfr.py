@@ -7,6 +7,8 @@ each has a companion case showing the same check does fail on a biased sampler.
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -432,3 +434,21 @@ def test_search_workers_are_the_threads_outside_the_search() -> None:
             assert search_workers() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_fused_search_works_in_a_forked_child() -> None:
+    """The parallel scorer's thread pool is per process: a child forked after the parent used it
+    makes its own (the parent's threads do not exist there) and gets the same scores."""
+    g = torch.Generator().manual_seed(2)
+    offsets = torch.tensor([0, 300, 700, 1000])
+    col_h, row_h = column_hashes(9, torch.arange(1000, dtype=torch.int32)), row_hashes(9, torch.arange(32, dtype=torch.int32))
+    u = torch.randn(1000, generator=g)
+    ref = pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=2)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when its scores equal the parent's; killed after 60 s (a hang)
+        signal.alarm(60)
+        ok = torch.equal(pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=2), ref)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -16,6 +16,7 @@ float32(z * u) -- the order of the torch path's segment sum, so both paths give 
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -137,6 +138,9 @@ def _u32(t: torch.Tensor) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="diffc-search")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the parent's threads
 
 
 def chunk_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
