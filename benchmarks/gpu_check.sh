@@ -42,10 +42,10 @@ run tests 80 env DIFFC_TEST_DEVICE=$DEV "$PY" -m pytest -q -p no:cacheprovider t
 run warn_ops 30 "$PY" -c "
 import json, sys, warnings, torch
 from diffc.codec import DiffcCodec
-from pipelines.common import build_codec, model_config
+from pipelines.common import build_codec, compose
 ops = {}
 for name in ('tiny-sd15', 'tiny-sdxl', 'tiny-flux', 'tiny-sd35-medium', 'tiny-ddpm'):
-    codec = build_codec(model_config(name), {'schedule': 'linspace-8'}, {'device': '$DEV'})
+    codec = build_codec(compose('compress', [f'model={name}', 'codec.schedule=linspace-8']), {'device': '$DEV'})
     img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter('always')
