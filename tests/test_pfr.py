@@ -447,8 +447,11 @@ def test_fused_search_works_in_a_forked_child() -> None:
     ref = pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=2)
     pid = os.fork()
     if pid == 0:  # the child: exit status 0 when its scores equal the parent's; killed after 60 s (a hang)
-        signal.alarm(60)
-        ok = torch.equal(pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=2), ref)
-        os._exit(0 if ok else 1)
+        ok = False
+        try:  # whatever happens, the child never returns into pytest
+            signal.alarm(60)
+            ok = torch.equal(pfr.fused.iid_dots(col_h, row_h, u, offsets, workers=2), ref)
+        finally:
+            os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
