@@ -97,13 +97,13 @@ def _entries(key, rows, cols, table, out):
     work = np.empty((6, PAIR_BLOCK), np.int64)
     z = np.empty(PAIR_BLOCK, np.float32)
     one_row = rows.shape[0] == 1
+    rh0 = _hash32(_hash32((np.uint64(rows[0]) + k) & _M32) ^ salt)  # the one row's hash, once
     n = cols.shape[0]
     for s in range(0, n, PAIR_BLOCK):
         b = min(PAIR_BLOCK, n - s)
         for j in range(b):
-            r = np.uint64(rows[0] if one_row else rows[s + j])
+            rh = rh0 if one_row else _hash32(_hash32((np.uint64(rows[s + j]) + k) & _M32) ^ salt)
             ch = _hash32((np.uint64(cols[s + j]) + k) & _M32)
-            rh = _hash32(_hash32((r + k) & _M32) ^ salt)
             _octave(_hash32(ch ^ rh), j, work)
         _interpolate(b, table, work, z)
         out[s:s + b] = z[:b]
@@ -153,18 +153,27 @@ def chunk_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
+def work_ranges(offsets: torch.Tensor, workers: int) -> list[tuple[int, int]]:
+    """The chunk ranges ``iid_dots`` hands to ``workers`` threads: TASKS_PER_WORKER per thread
+    (``chunk_ranges``); all chunks in one at one thread."""
+    c = offsets.numel() - 1
+    return chunk_ranges(offsets.contiguous().numpy(), TASKS_PER_WORKER * workers) if workers > 1 and c > 1 else [(0, c)]
+
+
 def iid_dots(col_h: torch.Tensor, row_h: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor,
-             out: torch.Tensor | None = None, workers: int = 1) -> torch.Tensor:
+             out: torch.Tensor | None = None, workers: int = 1,
+             ranges: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """z_n . u_c for the rows hashed in ``row_h`` (int32, B) and every chunk c (positions
     offsets[c]..offsets[c+1]-1 of ``col_h`` int32 [P], ``u`` float32 [P]): float32 [C, B] (into
-    ``out``, contiguous, when given). CPU tensors. ``workers`` > 1: the chunks in
-    TASKS_PER_WORKER x ``workers`` ranges (``chunk_ranges``) on that many threads; the same
-    numbers whatever the count (each chunk's sum is computed by one thread, in position order)."""
+    ``out``, contiguous, when given). CPU tensors. ``workers`` > 1: the chunks in ``ranges``
+    (default ``work_ranges(offsets, workers)``; a caller scoring many blocks of one step computes
+    them once) on that many threads; the same numbers whatever the count (each chunk's sum is
+    computed by one thread, in position order)."""
     c, b = offsets.numel() - 1, row_h.numel()
     out = torch.empty(c, b, dtype=torch.float32, device="cpu") if out is None else out
     args = (_u32(col_h), _u32(row_h), u.contiguous().view(-1).numpy())
     offs, table, res = offsets.contiguous().numpy(), normal_table(), out.numpy()
-    ranges = chunk_ranges(offs, TASKS_PER_WORKER * workers) if workers > 1 and c > 1 else [(0, c)]
+    ranges = work_ranges(offsets, workers) if ranges is None else ranges
     if len(ranges) == 1:
         _dots(*args, offs, table, res)
     else:

@@ -376,7 +376,9 @@ def scorer(u: torch.Tensor, offsets: torch.Tensor, key: int, num_rows: int, bloc
         col_h, row_h = stream_hashes(key, p, num_rows, dev)
         rows = min(num_rows, FUSED_ROWS) if block_entries is None else block_size(p, num_rows, block_entries, dev)
         workers = search_workers()
-        return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets, workers=workers)), rows
+        ranges = fused.work_ranges(offsets, workers)  # once per step, not per block
+        return (lambda n0, n1: fused.iid_dots(col_h, row_h[:, n0:n1], u32, offsets, workers=workers,
+                                              ranges=ranges)), rows
     col_h, row_h = stream_hashes(key, p, num_rows, dev, wide=True)
     wide_tables(dev)  # made before a compiled block reads them (tracing cannot run the numpy that makes them)
     block = block_size(p, num_rows, block_entries, dev)
