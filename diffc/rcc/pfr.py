@@ -65,8 +65,8 @@ import torch
 
 from . import fused
 from ..determinism import search_threads, search_workers, sync_inductor
-from .randomness import (column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, row_hashes,
-                         wide_normal_, wide_tables)
+from .randomness import (column_hashes, entry_hashes, exact_log, hash_to_normal, hash_to_uniform, normals,
+                         row_hashes, wide_normal_, wide_on, wide_tables)
 
 #: candidate-block size target of the torch path on the CPU (``compile=True``): entries generated
 #: per block; 2^19 measured fastest (cache-resident blocks)
@@ -454,7 +454,7 @@ def pfr_search(dots: Callable[[int, int], torch.Tensor], n_chunks: int, num_cand
     """
     c, k = n_chunks, num_candidates
     akey = _arrival_key(key)
-    wide = torch.device(device).type != "cpu"  # fewer ops per block where each is a launch
+    wide = wide_on(device)
     col_a = column_hashes(akey, torch.arange(c, dtype=torch.int32, device=device), wide)[None, :]  # [1, C]
     row_a = row_hashes(akey, torch.arange(k, dtype=torch.int32, device=device), wide)[:, None]  # [K, 1]
     rows = torch.arange(k, dtype=torch.int64, device=device)
@@ -508,11 +508,11 @@ def decode_chunks(indices: torch.Tensor, plan: ChunkPlan, key: int, device: torc
 def stream_entries(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Entries (rows[i], cols[i]) of the stream ``key`` (int tensors of one length, or ``rows`` of
     one element for every i): float32 [len(cols)] on their device, hashes included. On the CPU
-    the fused kernel (one pass, no parallel region), elsewhere the torch ops in the wide form;
-    the same bits (``diffc.rcc.randomness``)."""
-    if cols.device.type == "cpu":
-        return fused.stream_normals(key, rows.to(torch.int32), cols.to(torch.int32))
-    return hash_to_normal(entry_hashes(column_hashes(key, cols, True), row_hashes(key, rows, True)))
+    the fused kernel (one pass, no parallel region), elsewhere ``randomness.normals`` (the wide
+    form); the same bits."""
+    if wide_on(cols.device):
+        return normals(key, rows, cols)
+    return fused.stream_normals(key, rows.to(torch.int32), cols.to(torch.int32))
 
 
 def chunk_sums(values: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:

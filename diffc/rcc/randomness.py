@@ -266,9 +266,20 @@ def entry_hashes(col_h: torch.Tensor, row_h: torch.Tensor, out: torch.Tensor | N
     return hash32_wide_(x, scratch) if x.dtype == torch.int64 else hash32_(x, scratch)
 
 
+def wide_on(device: torch.device | str) -> bool:
+    """Whether the hashes take the wide form on ``device``: off the CPU, where every op is a kernel
+    launch (fewer ops; the same values, module docstring)."""
+    return torch.device(device).type != "cpu"
+
+
+def _entry_hashes_of(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    wide = wide_on(cols.device)
+    return entry_hashes(column_hashes(key, cols, wide), row_hashes(key, rows, wide))
+
+
 def normals(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Entries (row, col) of the stream's infinite Gaussian matrix; rows and cols broadcast."""
-    return hash_to_normal(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)), dtype)
+    return hash_to_normal(_entry_hashes_of(key, rows, cols), dtype)
 
 
 def hash_to_uniform(h: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -280,7 +291,7 @@ def hash_to_uniform(h: torch.Tensor, dtype: torch.dtype = torch.float64) -> torc
 
 def uniforms(key: int, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Uniforms in (0, 1) from the same construction (24-bit resolution)."""
-    return hash_to_uniform(entry_hashes(column_hashes(key, cols), row_hashes(key, rows)), dtype)
+    return hash_to_uniform(_entry_hashes_of(key, rows, cols), dtype)
 
 
 def noise_like(seed: int, label: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
