@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from analysis import cli
 from analysis.errors import one_line
-from analysis.images import ORIGINAL, encode_png, point_label, recon_png
+from analysis.images import ORIGINAL, encode_png, point_label, recon_png, row_label
 from analysis.provenance import git_revision, machine
 from analysis.schema import (DONE, FAILED, FID_COLUMNS, FID_FILE, JOB_JSON, JOB_YAML, PER_IMAGE_METRICS, RESULTS,
                              SHARDS, frame)
@@ -371,7 +371,7 @@ def dataset_fid(cfg: DictConfig, job_dir: Path, data: list[tuple[str, np.ndarray
     rows = rows[rows["kind"] != "baseline"]  # no FID/KID for the classic codecs (yet)
     keys = ["kind", "recon_timestep", "target_bpp", "target_metric", "target_quality"]
     for (kind, t, target, metric, quality), grp in rows.groupby(keys, dropna=False):
-        label = point_label(None if pd.isna(t) else int(t), target, None if pd.isna(metric) else metric, quality)
+        label = row_label({"recon_timestep": t, "target_bpp": target, "target_metric": metric, "target_quality": quality})
         pngs = [recon_png(job_dir, i, label) for i in grp["image"]]
         if not all(p.exists() for p in pngs):
             res_fid, res_kid, n, reason = math.nan, math.nan, 0, "reconstructions missing"
