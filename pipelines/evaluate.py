@@ -238,8 +238,12 @@ class Job:
         self.device = resolve_device(cfg.device)
         self.save_png = saves_pngs(cfg)
         self.min_drift_db = verify_threshold(cfg.verify_decode)
+        # a quality target's metric, loaded before the first image (one line when it cannot be) and
+        # shared with the job's metrics (one model on the device when it is one of them too)
+        self.quality = quality_scorer(self.request.metric, self.device) if self.request.metric else None
         try:
-            self.metrics = MetricSet(list(cfg.metrics.names), self.device)
+            self.metrics = MetricSet(list(cfg.metrics.names), self.device,
+                                     loaded={self.request.metric: self.quality} if self.quality else None)
         except ValueError as exc:
             raise PipelineError(str(exc)) from exc
         self.codec = build_codec(cfg, deterministic=cfg.deterministic)
@@ -250,8 +254,6 @@ class Job:
             raise PipelineError(f"bitrate: {exc}") from exc
         #: coded steps -> the stop timestep that asked for them (the lowest, as rows name a point)
         self.requested = {k: t for t, k in steps.items()}
-        # a quality target's metric, loaded before the first image (one line when it cannot be)
-        self.quality = quality_scorer(self.request.metric, self.device) if self.request.metric else None
 
     def caption(self, img: np.ndarray) -> str | None:
         """The prompt of this image (``pipelines.captions.resolve_caption``: ``caption=auto`` a

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -115,13 +115,15 @@ REGISTRY: dict[str, Loader] = {
 class MetricSet:
     """The metrics of one job: each loaded at most once, failures reported once."""
 
-    def __init__(self, names: Sequence[str], device: torch.device | str = "cpu"):
+    def __init__(self, names: Sequence[str], device: torch.device | str = "cpu",
+                 loaded: Mapping[str, Callable[[np.ndarray, np.ndarray], float]] | None = None):
+        """``loaded``: scorers the caller already holds (e.g. a quality target's), used as they are."""
         unknown = [n for n in names if n not in REGISTRY]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; available: {', '.join(REGISTRY)}")
         self.names = list(names)
         self.device = torch.device(device)
-        self._scorers: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+        self._scorers: dict[str, Callable[[np.ndarray, np.ndarray], float]] = dict(loaded or {})
         self._unavailable: dict[str, str] = {}
         self._warned: set[str] = set()
 

@@ -340,3 +340,15 @@ def test_evaluate_command_line_errors_are_one_line(args: list[str], needle: str,
     assert out.returncode == 2 and out.stderr.startswith(needle) and len(out.stderr.strip().splitlines()) == 1, \
         out.stderr
     assert not list(tmp_path.iterdir())  # no job dir, no Hydra output dir
+
+
+def test_metric_set_uses_a_scorer_it_is_given() -> None:
+    """A quality target's scorer handed to the job's metrics is the one they score with (the
+    metric's model is not loaded twice)."""
+    from pipelines.metrics import MetricSet
+
+    calls = []
+    given = lambda ref, rec: calls.append(1) or 42.0
+    values, _ = MetricSet(["psnr"], loaded={"psnr": given}).compute(np.zeros((16, 16, 3), np.uint8),
+                                                                   np.full((16, 16, 3), 1, np.uint8))
+    assert values["psnr"] == 42.0 and calls == [1]
