@@ -97,9 +97,9 @@ def compress(cfg: DictConfig) -> None:
     from .datasets import as_uint8, read_image, to_tensor
 
     image = read_image(cfg.input, cfg.alpha, cfg.frame, cfg.max_pixels)
+    score = quality_scorer(req.metric) if req.metric else None  # refused before the backbone loads if missing
     codec = build_codec(cfg, deterministic=cfg.deterministic)
     codec.record_provenance = bool(cfg.provenance)
-    score = quality_scorer(req.metric) if req.metric else None  # refused before the encode if missing
     x = to_tensor(image)
     caption = resolve_caption(cfg.caption, as_uint8(image), cfg.get("captioner")) or None  # auto: a BLIP-2 caption
     try:
